@@ -1,0 +1,389 @@
+"""The ``seqserve`` command: serve, call a running server, or hand training commands to training.cli."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+ADDRESS_ENV = "SEQSERVE_ADDRESS"
+LOG_LEVEL_ENV = "SEQSERVE_LOG_LEVEL"
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+# Subcommands that belong to the training package (it needs torch: `pip install 'seqserve[train]'`).
+TRAINING_COMMANDS = {
+    "train": "train a model from a preset or config (delegates to training.cli)",
+    "export": "export a trained checkpoint to an ONNX model bundle (delegates to training.cli)",
+    "evaluate": "evaluate a checkpoint or bundle on held-out data (delegates to training.cli)",
+    "gradient-flow": "measure gradient flow through time for each cell type (delegates to training.cli)",
+}
+EXIT_RPC_ERROR = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger(__name__)
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def _client_options(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("connection and output")
+    group.add_argument(
+        "--address",
+        default=environ.get(ADDRESS_ENV, DEFAULT_ADDRESS),
+        help=f"server host:port (default {DEFAULT_ADDRESS}; env {ADDRESS_ENV})",
+    )
+    group.add_argument("--timeout", type=float, default=None, help="deadline per call in seconds (default: none)")
+    group.add_argument("--json", action="store_true", help="print the result as JSON instead of text")
+    return parent
+
+
+def _model_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--model", default="", help="model name (default: the server's default model for the task)")
+    parent.add_argument("--version", default="", help="model version, digits (default: the model's default version)")
+    return parent
+
+
+def _quantile_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--quantiles {text!r} must be comma-separated numbers, e.g. 0.1,0.9") from None
+
+
+def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    """The full ``seqserve`` argument parser (defaults read from ``environ``)."""
+    from service import config as serve_config
+
+    parser = argparse.ArgumentParser(
+        prog="seqserve",
+        description="Serve recurrent sequence models over gRPC, call a running server, or train models.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    client, model = _client_options(environ), _model_options()
+
+    p = sub.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Serve every model bundle under --models over gRPC (plus /metrics for Prometheus) "
+        "until SIGTERM/SIGINT, then drain. Each flag can also be set as SEQSERVE_<FLAG> "
+        "(e.g. SEQSERVE_PORT=50052); flags win over the environment.",
+    )
+    serve_config.add_arguments(p)
+    p.add_argument(
+        "--log-level",
+        default=environ.get(LOG_LEVEL_ENV, "INFO"),
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help=f"log verbosity (default INFO; env {LOG_LEVEL_ENV})",
+    )
+    p.add_argument("--no-reflection", action="store_true", help="do not offer gRPC server reflection")
+
+    p = sub.add_parser(
+        "translate",
+        parents=[client, model],
+        help="translate sentences",
+        description="Translate each TEXT with a translation model; prints one translation per line.",
+    )
+    p.add_argument("texts", nargs="+", metavar="TEXT", help="a sentence to translate (quote it)")
+    p.add_argument("--beam", type=int, default=1, help="beam width; 1 = greedy (default 1)")
+    p.add_argument("--max-length", type=int, default=0, help="longest output in tokens; 0 = the model's choice")
+    p.add_argument("--attention", action="store_true", help="also print each translation's attention matrix")
+
+    p = sub.add_parser(
+        "forecast",
+        parents=[client, model],
+        help="forecast a time series from a CSV file",
+        description="Forecast the steps after the history in a CSV file (one row per time step). "
+        "Without --column, every numeric column is a channel; prints one row per predicted step.",
+    )
+    p.add_argument("--csv", required=True, metavar="FILE", help="CSV file with a header row ('-' = stdin)")
+    p.add_argument(
+        "--column", action="append", default=[], metavar="NAME",
+        help="column to use as history; repeat for several channels (default: all numeric columns)",
+    )
+    p.add_argument("--horizon", type=int, required=True, help="steps to predict; 0 = the model's horizon")
+    p.add_argument(
+        "--quantiles", type=_quantile_list, default=[], metavar="Q1,Q2",
+        help="quantile levels to print, e.g. 0.1,0.9 (default: the model's levels)",
+    )
+
+    p = sub.add_parser(
+        "generate",
+        parents=[client, model],
+        help="continue a prompt with a language model",
+        description="Generate a continuation of PROMPT. Prints the text; the finish reason and token "
+        "counts go to stderr.",
+    )
+    p.add_argument("prompt", metavar="PROMPT", help="the text to continue (may be '')")
+    p.add_argument("--max-tokens", type=int, default=None, help="most tokens to generate (default: the server's)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature; 0 = greedy (default 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (default: off)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (default: off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible text (default: random)")
+    p.add_argument("--stop", action="append", default=[], metavar="S", help="stop before this text; repeatable")
+    p.add_argument("--stream", action="store_true", help="print the text as it is generated")
+
+    p = sub.add_parser(
+        "models",
+        parents=[client],
+        help="list the server's models",
+        description="List every model version the server knows, or describe one with NAME [VERSION].",
+    )
+    p.add_argument("name", nargs="?", default="", metavar="NAME", help="describe only this model")
+    p.add_argument("version", nargs="?", default="", metavar="VERSION", help="version of NAME (default: its default)")
+    p.add_argument("--task", default="", choices=("", "translate", "forecast", "generate"), help="only this task")
+
+    p = sub.add_parser(
+        "health",
+        parents=[client],
+        help="check the server's health",
+        description="Print the grpc.health.v1 status of a service; exits 0 only when SERVING.",
+    )
+    p.add_argument(
+        "--service", default="",
+        help="service name, e.g. seqserve.v1.Translator (default '': the whole server)",
+    )
+
+    for name, text in TRAINING_COMMANDS.items():
+        sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}. See `seqserve {name} --help`.",
+                       add_help=False)
+    return parser
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _print_json(value: Any, out: TextIO) -> None:
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    json.dump(value, out, indent=2, sort_keys=True, default=str)
+    out.write("\n")
+
+
+def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    import asyncio
+
+    from service import config as serve_config
+
+    try:
+        config = serve_config.config_from_args(args, environ)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from service.server import serve
+
+    asyncio.run(serve(config, reflection_enabled=not args.no_reflection))
+    return 0
+
+
+def _run_translate(client, args, out: TextIO) -> int:
+    result = client.translate(
+        args.texts, model=args.model, version=args.version, beam_size=args.beam,
+        max_length=args.max_length, return_attention=args.attention,
+    )
+    if args.json:
+        _print_json(result, out)
+        return 0
+    for t in result.translations:
+        out.write(f"{t.text}\n")
+        if t.attention is not None:
+            width = max([len(s) for s in t.source_tokens] + [5])
+            out.write("  " + " " * 12 + " ".join(s.rjust(width) for s in t.source_tokens) + "\n")
+            for token, row in zip(t.tokens, t.attention, strict=True):
+                out.write(f"  {token[:12]:<12}" + " ".join(f"{w:{width}.2f}" for w in row) + "\n")
+    return 0
+
+
+def read_csv_history(path: str, columns: Sequence[str], stdin: TextIO | None = None) -> tuple[list[str], list[list[float]]]:
+    """Read (names, rows) from a CSV with a header row: rows are time steps, one value per column.
+
+    Without ``columns``, every column whose values all parse as numbers is used. Raises ValueError
+    naming the file, row and column of a bad value, or a missing column.
+    """
+    handle = stdin if path == "-" else open(path, newline="", encoding="utf-8")
+    try:
+        reader = csv.DictReader(handle)
+        records = list(reader)
+        header = reader.fieldnames or []
+    finally:
+        if handle is not stdin:
+            handle.close()
+    if not header or not records:
+        raise ValueError(f"{path}: needs a header row and at least one data row")
+    if columns:
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise ValueError(f"{path}: no column {', '.join(map(repr, missing))}; columns are {', '.join(header)}")
+        names = list(columns)
+    else:
+        names = [c for c in header if all(_is_number(r.get(c)) for r in records)]
+        if not names:
+            raise ValueError(f"{path}: no numeric column; name one with --column")
+    rows = []
+    for i, record in enumerate(records, start=2):  # line 1 is the header
+        try:
+            rows.append([float(record[c]) for c in names])
+        except (TypeError, ValueError):
+            bad = next(c for c in names if not _is_number(record.get(c)))
+            raise ValueError(f"{path}: line {i}, column {bad!r}: {record.get(bad)!r} is not a number") from None
+    return names, rows
+
+
+def _is_number(text: str | None) -> bool:
+    try:
+        return text is not None and math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _run_forecast(client, args, out: TextIO) -> int:
+    try:
+        names, rows = read_csv_history(args.csv, args.column, sys.stdin)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    history = [r[0] for r in rows] if len(names) == 1 else rows
+    result = client.forecast(
+        history, args.horizon, args.quantiles, model=args.model, version=args.version
+    )
+    if args.json:
+        payload = dataclasses.asdict(result)
+        payload["quantiles"] = {str(k): v for k, v in result.quantiles.items()}
+        payload["channel_quantiles"] = {str(k): v for k, v in result.channel_quantiles.items()}
+        payload["columns"] = names
+        _print_json(payload, out)
+        return 0
+    target = names[result.target_channel] if result.target_channel < len(names) else str(result.target_channel)
+    levels = sorted(result.quantiles)
+    out.write(f"# {result.model} v{result.version}, {len(rows)} steps of {', '.join(names)}; forecast of {target}\n")
+    out.write("\t".join(["step", "forecast", *(f"q{q:g}" for q in levels)]) + "\n")
+    for h, point in enumerate(result.forecast, start=1):
+        out.write("\t".join([str(h), f"{point:.6g}", *(f"{result.quantiles[q][h - 1]:.6g}" for q in levels)]) + "\n")
+    return 0
+
+
+def _run_generate(client, args, out: TextIO) -> int:
+    params = dict(
+        model=args.model, version=args.version, max_tokens=args.max_tokens, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
+    )
+    if args.stream:
+        chunks = []
+        for chunk in client.generate_stream(args.prompt, **params):
+            chunks.append(chunk)
+            if args.json:
+                out.write(json.dumps(dataclasses.asdict(chunk), sort_keys=True) + "\n")
+            else:
+                out.write(chunk.text)
+            out.flush()
+        last = chunks[-1] if chunks else None
+        if not args.json:
+            out.write("\n")
+            if last is not None:
+                print(f"[{last.finish_reason}: {last.prompt_tokens} prompt + {last.completion_tokens} "
+                      f"completion tokens]", file=sys.stderr)
+        return 0
+    result = client.generate(args.prompt, **params)
+    if args.json:
+        _print_json(result, out)
+    else:
+        out.write(result.text + "\n")
+        print(f"[{result.model} v{result.version}, {result.finish_reason}: {result.prompt_tokens} prompt + "
+              f"{result.completion_tokens} completion tokens]", file=sys.stderr)
+    return 0
+
+
+def _run_models(client, args, out: TextIO) -> int:
+    if args.name:
+        models = [client.get_model(args.name, args.version)]
+    else:
+        models = client.list_models(args.task)
+    if args.json:
+        _print_json(models if not args.name else models[0], out)
+        return 0
+    if args.name:
+        for key, value in models[0].items():
+            out.write(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}\n")
+        return 0
+    columns = ("name", "version", "task", "cell", "num_layers", "hidden_size", "num_parameters", "state", "is_default")
+    titles = ("NAME", "VERSION", "TASK", "CELL", "LAYERS", "HIDDEN", "PARAMS", "STATE", "DEFAULT")
+    table = [titles] + [tuple(str(m.get(c, "")) for c in columns) for m in models]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    for row in table:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n")
+    for m in models:
+        if m.get("error"):
+            out.write(f"{m['name']} v{m['version']}: {m['error']}\n")
+    return 0
+
+
+def _run_health(client, args, out: TextIO) -> int:
+    status = client.health(args.service)
+    if args.json:
+        _print_json({"service": args.service, "status": status}, out)
+    else:
+        out.write(status + "\n")
+    return 0 if status == "SERVING" else EXIT_RPC_ERROR
+
+
+_CLIENT_COMMANDS = {
+    "translate": _run_translate,
+    "forecast": _run_forecast,
+    "generate": _run_generate,
+    "models": _run_models,
+    "health": _run_health,
+}
+
+
+def _run_training(argv: list[str]) -> int:
+    import importlib
+
+    try:
+        training_cli = importlib.import_module("training.cli")
+        return int(training_cli.main(argv) or 0)
+    except ModuleNotFoundError as err:
+        if err.name and err.name.split(".")[0] in ("torch", "onnx", "onnxscript"):
+            print(
+                f"error: `seqserve {argv[0]}` needs the training extras ({err.name} is missing): "
+                "pip install 'seqserve[train]'",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        raise
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the ``seqserve`` command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    if argv and argv[0] in TRAINING_COMMANDS:
+        return _run_training(argv)
+    args = build_parser(environ).parse_args(argv)
+    if args.command == "serve":
+        return _run_serve(args, environ)
+
+    from service.client import ClientError, SeqserveClient
+
+    out = sys.stdout
+    try:
+        with SeqserveClient(args.address, timeout=args.timeout) as client:
+            return _CLIENT_COMMANDS[args.command](client, args, out)
+    except ClientError as err:
+        print(f"error: {err.code}: {err.message}", file=sys.stderr)
+        return EXIT_RPC_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""A synchronous Python client for seqserve; returns plain dataclasses and dicts, never protos."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from service.v1 import (
+    forecast_pb2,
+    forecast_pb2_grpc,
+    generate_pb2,
+    generate_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    translate_pb2,
+    translate_pb2_grpc,
+)
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+_UNSET = object()
+
+
+class ClientError(Exception):
+    """An RPC that failed. ``code`` is the gRPC status code name ("NOT_FOUND", ...), ``message``
+    the server's details, ``field`` the offending request field when the server named one."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.field = field
+
+    @classmethod
+    def from_rpc_error(cls, err: grpc.RpcError) -> ClientError:
+        code = err.code().name if err.code() is not None else "UNKNOWN"
+        field = None
+        try:
+            status = rpc_status.from_call(err)
+        except ValueError:
+            status = None
+        for detail in status.details if status is not None else ():
+            bad = error_details_pb2.BadRequest()
+            if detail.Unpack(bad) and bad.field_violations:
+                field = bad.field_violations[0].field
+        return cls(code, err.details() or "", field)
+
+
+@dataclass
+class Translation:
+    text: str
+    tokens: list[str]  # target tokens, end-of-sentence excluded
+    source_tokens: list[str]
+    score: float  # length-normalised log-probability, <= 0
+    attention: list[list[float]] | None = None  # (len(tokens), len(source_tokens)) when asked for
+
+
+@dataclass
+class TranslateResult:
+    model: str
+    version: str
+    translations: list[Translation]
+
+
+@dataclass
+class ForecastResult:
+    model: str
+    version: str
+    forecast: list[float]  # (H,) point forecast (median) of the target channel
+    quantiles: dict[float, list[float]]  # level -> (H,) path of the target channel
+    target_channel: int = 0
+    channels: list[list[float]] = field(default_factory=list)  # (C, H) medians, multichannel only
+    channel_quantiles: dict[float, list[list[float]]] = field(default_factory=dict)  # level -> (C, H)
+
+
+@dataclass
+class GenerateResult:
+    model: str
+    version: str
+    text: str
+    finish_reason: str  # "length" | "stop" | "eos"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class GenerateChunk:
+    text: str
+    finish_reason: str = ""  # set on the last chunk only
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # tokens sampled so far; the total in the last chunk
+
+
+def _model_dict(info: models_pb2.ModelInfo) -> dict[str, Any]:
+    out = json_format.MessageToDict(
+        info, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    out["limits"] = {k: int(v) for k, v in out.get("limits", {}).items()}  # int64 arrive as strings
+    out["num_parameters"] = int(out.get("num_parameters", 0))
+    return out
+
+
+class SeqserveClient:
+    """Talks to a seqserve server. Every call raises ClientError when the RPC fails.
+
+    ``timeout`` (seconds) applies to every call unless the call passes its own; None = no deadline.
+    Use as a context manager, or call close().
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        timeout: float | None = None,
+        *,
+        max_message_bytes: int = 4 * 1024 * 1024,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = channel or grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        self._translator = translate_pb2_grpc.TranslatorStub(self._channel)
+        self._forecaster = forecast_pb2_grpc.ForecasterStub(self._channel)
+        self._generator = generate_pb2_grpc.GeneratorStub(self._channel)
+        self._models = models_pb2_grpc.ModelsStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> SeqserveClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, rpc, request, timeout):
+        try:
+            return rpc(request, timeout=self.timeout if timeout is _UNSET else timeout)
+        except grpc.RpcError as err:
+            raise ClientError.from_rpc_error(err) from None
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def translate(
+        self,
+        texts: str | Sequence[str],
+        *,
+        model: str = "",
+        version: str = "",
+        beam_size: int = 1,
+        max_length: int = 0,
+        return_attention: bool = False,
+        timeout: float | None = _UNSET,  # type: ignore[assignment]
+    ) -> TranslateResult:
+        """Translate one text or a list of texts (one Translation each, in order)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        request = translate_pb2.TranslateRequest(
+            model=model, version=version, texts=list(texts), beam_size=beam_size,
+            max_length=max_length, return_attention=return_attention,
+        )
+        reply = self._call(self._translator.Translate, request, timeout)
+        out = []
+        for t in reply.translations:
+            attention = None
+            if t.HasField("attention"):
+                values = np.asarray(t.attention.values, dtype=np.float32).reshape(t.attention.rows, t.attention.cols)
+                attention = values.tolist()
+            out.append(Translation(t.text, list(t.tokens), list(t.source_tokens), t.score, attention))
+        return TranslateResult(reply.model, reply.version, out)
+
+    def forecast(
+        self,
+        history: Sequence[float] | Sequence[Sequence[float]] | np.ndarray,
+        horizon: int = 0,
+        quantiles: Sequence[float] = (),
+        *,
+        model: str = "",
+        version: str = "",
+        timeout: float | None = _UNSET,  # type: ignore[assignment]
+    ) -> ForecastResult:
+        """Forecast ``horizon`` steps (0 = the model's) after ``history``.
+
+        ``history`` is (T,) for one channel or (T, C) for several (rows are time steps).
+        ``quantiles`` empty returns the model's own levels.
+        """
+        values = np.asarray(history, dtype=np.float64)
+        request = forecast_pb2.ForecastRequest(
+            model=model, version=version, horizon=horizon, quantiles=list(quantiles)
+        )
+        if values.ndim == 1:
+            request.history.extend(values.tolist())
+        elif values.ndim == 2:
+            request.channels.extend(forecast_pb2.Series(values=col.tolist()) for col in values.T)
+        else:
+            raise ValueError(f"history must be (T,) or (T, C), got shape {values.shape}")
+        reply = self._call(self._forecaster.Forecast, request, timeout)
+        return ForecastResult(
+            model=reply.model,
+            version=reply.version,
+            forecast=list(reply.forecast),
+            quantiles={q.quantile: list(q.values) for q in reply.quantiles},
+            target_channel=reply.target_channel,
+            channels=[list(s.values) for s in reply.channels],
+            channel_quantiles={
+                q.quantile: [list(s.values) for s in q.channels] for q in reply.quantiles if q.channels
+            },
+        )
+
+    @staticmethod
+    def _generate_request(prompt, model, version, max_tokens, temperature, top_k, top_p, seed, stop):
+        request = generate_pb2.GenerateRequest(
+            model=model, version=version, prompt=prompt, max_tokens=max_tokens or 0,
+            top_k=top_k or 0, stop=list(stop),
+        )
+        if temperature is not None:
+            request.temperature = temperature
+        if top_p is not None:
+            request.top_p = top_p
+        if seed is not None:
+            request.seed = seed
+        return request
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        model: str = "",
+        version: str = "",
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        timeout: float | None = _UNSET,  # type: ignore[assignment]
+    ) -> GenerateResult:
+        """Continue ``prompt``; None leaves a parameter to the server (temperature 0 = greedy)."""
+        request = self._generate_request(prompt, model, version, max_tokens, temperature, top_k, top_p, seed, stop)
+        r = self._call(self._generator.Generate, request, timeout)
+        return GenerateResult(r.model, r.version, r.text, r.finish_reason, r.prompt_tokens, r.completion_tokens)
+
+    def generate_stream(
+        self,
+        prompt: str,
+        *,
+        model: str = "",
+        version: str = "",
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        timeout: float | None = _UNSET,  # type: ignore[assignment]
+    ) -> Iterator[GenerateChunk]:
+        """Yield the continuation chunk by chunk; the last chunk has finish_reason and the counts.
+
+        Leaving the loop early (break, close(), garbage collection) cancels the call on the server.
+        """
+        request = self._generate_request(prompt, model, version, max_tokens, temperature, top_k, top_p, seed, stop)
+        call = self._generator.GenerateStream(request, timeout=self.timeout if timeout is _UNSET else timeout)
+        try:
+            for c in call:
+                yield GenerateChunk(c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens)
+        except grpc.RpcError as err:
+            raise ClientError.from_rpc_error(err) from None
+        finally:
+            call.cancel()  # a no-op when the stream already ended
+
+    # -- catalogue and health ------------------------------------------------------------------
+
+    def list_models(self, task: str = "", *, timeout: float | None = _UNSET) -> list[dict[str, Any]]:  # type: ignore[assignment]
+        """Every model version the server knows (optionally of one task), as dicts named like ModelInfo."""
+        reply = self._call(self._models.ListModels, models_pb2.ListModelsRequest(task=task), timeout)
+        return [_model_dict(m) for m in reply.models]
+
+    def get_model(self, name: str, version: str = "", *, timeout: float | None = _UNSET) -> dict[str, Any]:  # type: ignore[assignment]
+        """One model version ("" = its default) as a dict named like ModelInfo."""
+        reply = self._call(self._models.GetModel, models_pb2.GetModelRequest(name=name, version=version), timeout)
+        return _model_dict(reply.model)
+
+    def health(self, service: str = "", *, timeout: float | None = _UNSET) -> str:  # type: ignore[assignment]
+        """The grpc.health.v1 status of ``service`` ("" = the whole server): "SERVING", "NOT_SERVING", ..."""
+        reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -1,0 +1,212 @@
+"""The serving engine: routes requests to loaded model versions, admits and drains work, and
+reports readiness. Everything below the gRPC servicer; no grpc, no torch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing, contextmanager
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from .bundle import TASKS
+from .config import ServeConfig
+from .errors import DeadlineExceeded, NotFound, Unavailable
+from .repository import Bundle, ModelRepository, ModelVersion, TaskModel
+from .scheduler import StreamSlots
+from .tasks import TaskContext, build_model
+from .types import (
+    READY,
+    EngineStats,
+    ForecastRequest,
+    ForecastResult,
+    GenerateChunk,
+    GenerateRequest,
+    GenerateResult,
+    ModelInfo,
+    TranslateRequest,
+    TranslateResult,
+)
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Owns the repository, the thread pool that runs graphs, and the stream cap.
+
+    ``deadline`` arguments are absolute ``time.monotonic()`` values (None = no deadline). Every
+    method raises ServiceError subclasses only (anything else is a bug: the caller maps it to
+    INTERNAL). Empty model name = the task's default model; empty version = newest loaded."""
+
+    def __init__(self, config: ServeConfig, metrics: Metrics | None = None) -> None:
+        self.config = config.validate()
+        self.metrics = metrics  # Prometheus metrics; None records nothing
+        self.stats = EngineStats()
+        workers = config.worker_threads or os.cpu_count() or 1
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seqserve-run")
+        self._slots = StreamSlots(config.max_streams, self.stats)
+        self._ctx = TaskContext(config, self._slots, self.stats, metrics)
+        self._repo = ModelRepository(config, self._build, self._executor, self._on_repository_change, metrics)
+        self._listeners: list[Callable[[], None]] = []
+        self._ready = {task: False for task in TASKS}
+        self._started = False
+        self._draining = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def _build(self, bundle: Bundle) -> TaskModel:
+        return build_model(bundle, self._ctx)
+
+    # ------------------------------------------------------------ lifecycle and readiness
+
+    async def start(self) -> None:
+        """Load (and warm up) every bundle's newest versions, then poll for changes."""
+        await self._repo.start()
+        self._started = True
+        self._notify_if_changed()
+        log.info("engine started: %s", ", ".join(f"{t}={'ready' if r else 'not ready'}" for t, r in self._ready.items()))
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Refuse new calls (Unavailable "server is draining"), give in-flight calls and streams
+        ``grace_s`` (default config.grace_s) to finish, then unload everything."""
+        grace = self.config.grace_s if grace_s is None else grace_s
+        self._draining = True
+        self._notify_if_changed()
+        if self._inflight and grace > 0:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout=grace)
+            except asyncio.TimeoutError:
+                log.warning("grace period of %.1f s over with %d calls still running; cancelling them", grace, self._inflight)
+        await self._repo.stop(0.0)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._started = False
+
+    async def refresh(self) -> None:
+        """Scan the model repository now (the poll task does this every poll_interval_s)."""
+        await self._repo.refresh()
+
+    def task_ready(self, task: str) -> bool:
+        """True while the engine is started, not draining, and a version of ``task`` is READY."""
+        return self._ready.get(task, False)
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """``callback()`` runs (on the event loop) whenever task_ready() of some task changes."""
+        self._listeners.append(callback)
+
+    def _on_repository_change(self) -> None:
+        self._notify_if_changed()
+
+    def _notify_if_changed(self) -> None:
+        ready_tasks = {e.task for e in self._repo.ready()}
+        now = {task: self._started and not self._draining and task in ready_tasks for task in TASKS}
+        if now == self._ready:
+            return
+        self._ready = now
+        for callback in list(self._listeners):
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - a listener must not break loading
+                log.exception("readiness listener failed")
+
+    @contextmanager
+    def _admit(self, deadline: float | None) -> Iterator[None]:
+        if self._draining:
+            raise Unavailable("server is draining")
+        if not self._started:
+            raise Unavailable("server is starting")
+        if deadline is not None and time.monotonic() >= deadline:
+            self.stats.deadline_dropped += 1
+            raise DeadlineExceeded("deadline passed before the request was started")
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    # ------------------------------------------------------------ models
+
+    def list_models(self) -> list[ModelInfo]:
+        """Every known version (LOADING, READY, FAILED, UNLOADING), by name and version."""
+        return [self._info(e) for e in self._repo.versions()]
+
+    def get_model(self, name: str, version: str = "") -> ModelInfo:
+        """One version ("" = newest READY, else newest known). Raises NotFound."""
+        if not name:
+            raise NotFound("model '' not found; name a model", field="model")
+        return self._info(self._repo.find(name, version))
+
+    def _info(self, e: ModelVersion) -> ModelInfo:
+        m = e.manifest
+        is_default = False
+        if m is not None and e.state == READY and self._repo.default_name(m.task) == e.name:
+            is_default = self._repo.find(e.name) is e
+        return ModelInfo(
+            name=e.name,
+            version=e.version,
+            task=m.task if m else "",
+            cell=m.cell if m else "",
+            num_layers=m.num_layers if m else 0,
+            hidden_size=m.hidden_size if m else 0,
+            bidirectional=m.bidirectional if m else False,
+            num_parameters=m.num_parameters if m else 0,
+            state=e.state,
+            is_default=is_default,
+            description=m.description if m else "",
+            evaluation=dict(m.evaluation) if m else {},
+            limits=e.model.limits() if e.model is not None else {},
+            forecast=asdict(m.forecast) if m and m.forecast else None,
+            error=e.error,
+            loaded_at=e.loaded_at,
+        )
+
+    # ------------------------------------------------------------ requests
+
+    async def forecast(self, req: ForecastRequest, deadline: float | None = None) -> ForecastResult:
+        with self._admit(deadline):
+            entry = self._repo.resolve("forecast", req.model, req.version)
+            with entry.lease() as model:
+                return await model.forecast(req, deadline)
+
+    async def translate(self, req: TranslateRequest, deadline: float | None = None) -> TranslateResult:
+        with self._admit(deadline):
+            entry = self._repo.resolve("translate", req.model, req.version)
+            with entry.lease() as model:
+                return await model.translate(req, deadline)
+
+    async def generate(self, req: GenerateRequest, deadline: float | None = None) -> GenerateResult:
+        """The whole completion at once (the stream, collected)."""
+        entry_name, entry_version = "", ""
+        parts: list[str] = []
+        last = GenerateChunk("")
+        async with aclosing(self._stream(req, deadline)) as stream:
+            async for name, version, chunk in stream:
+                entry_name, entry_version = name, version
+                parts.append(chunk.text)
+                last = chunk
+        return GenerateResult(entry_name, entry_version, "".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens)
+
+    async def generate_stream(self, req: GenerateRequest, deadline: float | None = None) -> AsyncIterator[GenerateChunk]:
+        """Chunks of new text; the last carries finish_reason. Close the iterator (``aclosing``)
+        or cancel the task to stop: the stream leaves the step loop before its next step."""
+        async with aclosing(self._stream(req, deadline)) as stream:
+            async for _, _, chunk in stream:
+                yield chunk
+
+    async def _stream(self, req: GenerateRequest, deadline: float | None) -> AsyncIterator[tuple[str, str, GenerateChunk]]:
+        with self._admit(deadline):
+            entry = self._repo.resolve("generate", req.model, req.version)
+            with entry.lease() as model:
+                async with aclosing(model.stream(req, deadline)) as chunks:
+                    async for chunk in chunks:
+                        yield entry.name, entry.version, chunk

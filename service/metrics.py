@@ -1,0 +1,501 @@
+"""Every Prometheus metric of the service, created on an injected registry, plus the gRPC interceptor.
+
+How to wire it (one ``Metrics`` per process; tests make their own with a fresh registry)::
+
+    metrics = Metrics()                                   # own CollectorRegistry + process metrics
+    server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics), ...])  # FIRST in the list,
+    http, port = start_metrics_server(metrics, host, port) # so it sees the final status code
+    ...
+    stop_metrics_server(http)
+
+Who records what (all durations in seconds, measured with ``time.perf_counter()``):
+
+* ``MetricsInterceptor`` -- every registered RPC: ``grpc_server_*`` (go-grpc-prometheus names and
+  labels), ``seqserve_requests_in_flight{method}`` and, when the RPC ends,
+  ``Metrics.observe_request`` with the final status code. Inside a handler, call
+  ``label_request(model=..., version=..., reason=...)`` once the model is resolved (and, for a
+  rejection, why); the interceptor puts those on ``seqserve_request_duration_seconds`` and on the
+  rejected/expired/cancelled counters. Codes are ``grpc.StatusCode`` names: "OK",
+  "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", ...
+* repository: ``model_loaded`` / ``model_load_failed`` / ``model_unloaded``. Only models announced
+  here are used as ``model`` label values; any other name becomes "unknown" (no client-chosen
+  label values).
+* batcher / step scheduler: ``queue_depth`` (gauge ``.labels(model, version, graph).set(n)``),
+  ``observe_item`` (per request: queue wait, compute), ``observe_batch`` (per onnxruntime run:
+  rows in the batch, run duration), ``active_streams`` (``.labels(model, version).set(n)``).
+* token producers (generate, translate decoding): ``TokenTimer`` from ``token_timer(...)``; call
+  ``.emitted(n)`` whenever n tokens are produced: time to first token, time between tokens,
+  generated tokens.
+
+Label names come only from: grpc_* (gRPC layer), method, model, version, code, graph, task, reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+
+from .observe import NULL_METER, GraphMeter, RequestLabels, _current, label_request  # noqa: F401 - re-exported
+
+logger = logging.getLogger(__name__)
+
+# 100 µs .. 30 s: a decoder step is well under a millisecond, a long translation takes seconds.
+DURATION_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+# Loading + warming a bundle: tens of milliseconds for a toy model, minutes for a large one.
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+UNKNOWN_MODEL = "unknown"  # label value for a model name the repository never announced
+
+_GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+
+
+class Metrics:
+    """All metrics of one server process, registered on ``registry`` (a new one when None).
+
+    Attributes (metric name; labels) -- see the module docstring for who records each:
+      grpc_started          grpc_server_started_total; grpc_type, grpc_service, grpc_method
+      grpc_handled          grpc_server_handled_total; ... + grpc_code
+      grpc_handling_seconds grpc_server_handling_seconds (histogram); grpc_type/service/method
+      grpc_msg_received     grpc_server_msg_received_total; grpc_type/service/method
+      grpc_msg_sent         grpc_server_msg_sent_total; grpc_type/service/method
+      request_seconds       seqserve_request_duration_seconds; method, model, version, code
+      in_flight             seqserve_requests_in_flight (gauge); method
+      rejected              seqserve_requests_rejected_total (RESOURCE_EXHAUSTED); method, model, reason
+      expired               seqserve_requests_expired_total (DEADLINE_EXCEEDED); method, model, reason
+      cancelled             seqserve_requests_cancelled_total (CANCELLED); method, model, reason
+      queue_seconds         seqserve_queue_duration_seconds; model, version, graph
+      compute_seconds       seqserve_compute_duration_seconds; model, version, graph
+      onnx_run_seconds      seqserve_onnx_run_duration_seconds; model, version, graph
+      batch_size            seqserve_batch_size (histogram of rows per run); model, version, graph
+      queue_depth           seqserve_queue_depth (gauge); model, version, graph
+      active_streams        seqserve_active_streams (gauge, sequences being decoded); model, version
+      ttft_seconds          seqserve_time_to_first_token_seconds; model, version
+      tbt_seconds           seqserve_time_between_tokens_seconds; model, version
+      generated_tokens      seqserve_generated_tokens_total; model, version
+      load_seconds          seqserve_model_load_duration_seconds; model, version
+      load_failures         seqserve_model_load_failures_total; model, version, reason
+      model_info            seqserve_model_info (gauge, 1 per loaded version); model, version, task, cell
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process_metrics: bool = True):
+        self.registry = CollectorRegistry() if registry is None else registry
+        r = self.registry
+        if process_metrics:
+            ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+            PlatformCollector(registry=r)  # python_info
+            GCCollector(registry=r)  # python_gc_*
+
+        def hist(name: str, doc: str, labels: tuple[str, ...], buckets=DURATION_BUCKETS) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=r)
+
+        self.grpc_started = Counter(
+            "grpc_server_started_total", "RPCs started on the server.", _GRPC_LABELS, registry=r)
+        self.grpc_handled = Counter(
+            "grpc_server_handled_total", "RPCs completed on the server, regardless of success.",
+            (*_GRPC_LABELS, "grpc_code"), registry=r)
+        self.grpc_handling_seconds = hist(
+            "grpc_server_handling_seconds",
+            "Response latency of RPCs handled by the server, until the final status.", _GRPC_LABELS)
+        self.grpc_msg_received = Counter(
+            "grpc_server_msg_received_total", "Stream messages received by the server.",
+            _GRPC_LABELS, registry=r)
+        self.grpc_msg_sent = Counter(
+            "grpc_server_msg_sent_total", "Stream messages sent by the server.", _GRPC_LABELS,
+            registry=r)
+
+        self.request_seconds = hist(
+            "seqserve_request_duration_seconds", "Time from an RPC's start to its final status.",
+            ("method", "model", "version", "code"))
+        self.in_flight = Gauge(
+            "seqserve_requests_in_flight", "RPCs started and not yet finished.", ("method",),
+            registry=r)
+        self.rejected = Counter(
+            "seqserve_requests_rejected_total", "Requests refused with RESOURCE_EXHAUSTED.",
+            ("method", "model", "reason"), registry=r)
+        self.expired = Counter(
+            "seqserve_requests_expired_total", "Requests that ended with DEADLINE_EXCEEDED.",
+            ("method", "model", "reason"), registry=r)
+        self.cancelled = Counter(
+            "seqserve_requests_cancelled_total", "Requests that ended with CANCELLED.",
+            ("method", "model", "reason"), registry=r)
+
+        graph = ("model", "version", "graph")
+        self.queue_seconds = hist(
+            "seqserve_queue_duration_seconds",
+            "Time a work item waited in a batcher or step-scheduler queue before its batch ran.", graph)
+        self.compute_seconds = hist(
+            "seqserve_compute_duration_seconds",
+            "Time from a work item's batch starting to its result being ready.", graph)
+        self.onnx_run_seconds = hist(
+            "seqserve_onnx_run_duration_seconds", "Duration of one onnxruntime session run.", graph)
+        self.batch_size = hist(
+            "seqserve_batch_size", "Rows (requests or sequences) in one onnxruntime run.", graph,
+            buckets=BATCH_BUCKETS)
+        self.queue_depth = Gauge(
+            "seqserve_queue_depth", "Work items waiting in a queue.", graph, registry=r)
+        self.active_streams = Gauge(
+            "seqserve_active_streams",
+            "Sequences the step scheduler is decoding (joined and not yet left).",
+            ("model", "version"), registry=r)
+
+        mv = ("model", "version")
+        self.ttft_seconds = hist(
+            "seqserve_time_to_first_token_seconds",
+            "Time from a request's start to its first generated token.", mv)
+        self.tbt_seconds = hist(
+            "seqserve_time_between_tokens_seconds",
+            "Time between consecutive generated tokens of one sequence.", mv)
+        self.generated_tokens = Counter(
+            "seqserve_generated_tokens_total", "Tokens generated (text generation and translation).",
+            mv, registry=r)
+
+        self.load_seconds = hist(
+            "seqserve_model_load_duration_seconds",
+            "Time to validate, load and warm one model version.", mv, buckets=LOAD_BUCKETS)
+        self.load_failures = Counter(
+            "seqserve_model_load_failures_total", "Model versions that failed to load.",
+            ("model", "version", "reason"), registry=r)
+        self.model_info = Gauge(
+            "seqserve_model_info", "1 for each model version that is loaded and serving.",
+            ("model", "version", "task", "cell"), registry=r)
+
+        self._known: dict[str, set[str]] = {}  # model -> versions the repository announced
+        self._info: dict[tuple[str, str], tuple[str, str]] = {}  # (model, version) -> (task, cell)
+
+    # -- model lifecycle (repository) ---------------------------------------------------------
+    def model_loaded(self, model: str, version: str, task: str, cell: str, seconds: float) -> None:
+        """Record that ``model``/``version`` (a ``task`` model with ``cell`` cells) is now serving."""
+        self._known.setdefault(model, set()).add(version)
+        self.load_seconds.labels(model, version).observe(seconds)
+        self._info[(model, version)] = (task, cell)
+        self.model_info.labels(model, version, task, cell).set(1)
+
+    def model_load_failed(self, model: str, version: str, reason: str,
+                          seconds: float | None = None) -> None:
+        """Count a failed load; ``reason`` is a short fixed word ("manifest", "onnx", "warmup")."""
+        self._known.setdefault(model, set()).add(version)
+        self.load_failures.labels(model, version, reason).inc()
+        if seconds is not None:
+            self.load_seconds.labels(model, version).observe(seconds)
+
+    def model_unloaded(self, model: str, version: str) -> None:
+        """Drop the ``seqserve_model_info`` series of a version that stopped serving."""
+        task_cell = self._info.pop((model, version), None)
+        if task_cell is not None:
+            self.model_info.remove(model, version, *task_cell)
+
+    def model_label(self, model: str, version: str = "") -> tuple[str, str]:
+        """(model, version) label values: as given if announced, else ("unknown", "")."""
+        if not model:
+            return "", ""
+        versions = self._known.get(model)
+        if versions is None:
+            return UNKNOWN_MODEL, ""
+        return model, (version if version in versions else ("" if not version else UNKNOWN_MODEL))
+
+    # -- requests (interceptor) ---------------------------------------------------------------
+    def observe_request(self, method: str, model: str, version: str, code: str, seconds: float,
+                        reason: str = "") -> None:
+        """Record one finished request; RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED / CANCELLED also
+        count on rejected / expired / cancelled with ``reason`` ("" becomes "unspecified")."""
+        model, version = self.model_label(model, version)
+        self.request_seconds.labels(method, model, version, code).observe(seconds)
+        counter = {"RESOURCE_EXHAUSTED": self.rejected, "DEADLINE_EXCEEDED": self.expired,
+                   "CANCELLED": self.cancelled}.get(code)
+        if counter is not None:
+            counter.labels(method, model, reason or "unspecified").inc()
+
+    # -- scheduling (batcher, step scheduler, runtime) ----------------------------------------
+    def observe_item(self, model: str, version: str, graph: str, queue_seconds: float,
+                     compute_seconds: float) -> None:
+        """One work item done: how long it queued, how long its batch took until its result."""
+        self.queue_seconds.labels(model, version, graph).observe(queue_seconds)
+        self.compute_seconds.labels(model, version, graph).observe(compute_seconds)
+
+    def observe_batch(self, model: str, version: str, graph: str, rows: int, seconds: float) -> None:
+        """One onnxruntime run of ``rows`` rows (the batch dimension B) that took ``seconds``."""
+        self.batch_size.labels(model, version, graph).observe(rows)
+        self.onnx_run_seconds.labels(model, version, graph).observe(seconds)
+
+    def graph_meter(self, model: str, version: str, graph: str) -> GraphMeter:
+        """What a batcher or step scheduler of ``graph`` (of ``model``/``version``) records into."""
+        return GraphMeter(self, model, version, graph)
+
+    def count_tokens(self, model: str, version: str, n: int) -> None:
+        """``n`` tokens were produced by a non-streaming decoder (translation)."""
+        if n > 0:
+            self.generated_tokens.labels(model, version).inc(n)
+
+    def token_timer(self, model: str, version: str, start: float | None = None) -> TokenTimer:
+        """A timer for one sequence; ``start`` is the request's ``perf_counter()`` (default: now)."""
+        return TokenTimer(self, model, version, time.perf_counter() if start is None else start)
+
+
+class TokenTimer:
+    """Time to first token, time between tokens and token count of one generated sequence."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str, start: float):
+        self._ttft = metrics.ttft_seconds.labels(model, version)
+        self._tbt = metrics.tbt_seconds.labels(model, version)
+        self._tokens = metrics.generated_tokens.labels(model, version)
+        self._last = start
+        self._first = True
+
+    def emitted(self, n: int = 1, now: float | None = None) -> None:
+        """``n`` tokens were produced at ``now`` (a ``perf_counter()`` value, default: now).
+
+        The first call observes time to first token; each later call observes gap / n once per
+        token, so a chunk of n tokens counts like n evenly spaced ones.
+        """
+        if n <= 0:
+            return
+        now = time.perf_counter() if now is None else now
+        gap = now - self._last
+        self._last = now
+        self._tokens.inc(n)
+        if self._first:
+            self._first = False
+            self._ttft.observe(gap)
+            return
+        for _ in range(n):
+            self._tbt.observe(gap / n)
+
+
+def split_method(full_method: str | bytes) -> tuple[str, str]:
+    """'/pkg.Service/Method' -> ('pkg.Service', 'Method')."""
+    if isinstance(full_method, bytes):
+        full_method = full_method.decode()
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    return service or "unknown", method or "unknown"
+
+
+def final_code(context: Any, error: BaseException | None) -> grpc.StatusCode:
+    """The status an aio handler ends with, given how it ended (``error`` None = returned).
+
+    A handler that returned sends the code it set (OK if none); one that raised sends the code
+    set by ``context.abort``/``set_code``, else UNKNOWN; a cancelled one was cut off by the
+    client (CANCELLED) or by its deadline (DEADLINE_EXCEEDED, no time remaining).
+    """
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+    code = context.code()
+    if error is None:
+        return grpc.StatusCode.OK if code is None else code
+    return grpc.StatusCode.UNKNOWN if code in (None, grpc.StatusCode.OK) else code
+
+
+class _Rpc:
+    """Bookkeeping of one intercepted RPC."""
+
+    def __init__(self, metrics: Metrics, rpc_type: str, service: str, method: str):
+        self.m = metrics
+        self.key = (rpc_type, service, method)
+        self.method = method
+        self.labels = RequestLabels()
+        self.start = time.perf_counter()
+        _current.set(self.labels)
+        metrics.grpc_started.labels(*self.key).inc()
+        metrics.in_flight.labels(method).inc()
+
+    def received(self) -> None:
+        self.m.grpc_msg_received.labels(*self.key).inc()
+
+    def sent(self) -> None:
+        self.m.grpc_msg_sent.labels(*self.key).inc()
+
+    def finish(self, context: Any, error: BaseException | None) -> None:
+        seconds = time.perf_counter() - self.start
+        code = final_code(context, error).name
+        m = self.m
+        m.grpc_handled.labels(*self.key, code).inc()
+        m.grpc_handling_seconds.labels(*self.key).observe(seconds)
+        m.in_flight.labels(self.method).dec()
+        lb = self.labels
+        m.observe_request(self.method, lb.model, lb.version, code, seconds, lb.reason)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Records go-grpc-prometheus metrics and request metrics for every registered RPC.
+
+    Put it first in ``grpc.aio.server(interceptors=[...])`` so it wraps the error-mapping layer
+    and sees the final status code. Unknown methods (handler None) are not recorded, so clients
+    cannot invent label values.
+    """
+
+    def __init__(self, metrics: Metrics):
+        self._m = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        service, method = split_method(handler_call_details.method)
+        codec = dict(request_deserializer=handler.request_deserializer,
+                     response_serializer=handler.response_serializer)
+        m = self._m
+        if handler.unary_unary is not None:
+            fn = _wrap_unary(m, ("unary", service, method), handler.unary_unary, False)
+            return grpc.unary_unary_rpc_method_handler(fn, **codec)
+        if handler.unary_stream is not None:
+            fn = _wrap_streaming(m, ("server_stream", service, method), handler.unary_stream, False)
+            return grpc.unary_stream_rpc_method_handler(fn, **codec)
+        if handler.stream_unary is not None:
+            fn = _wrap_unary(m, ("client_stream", service, method), handler.stream_unary, True)
+            return grpc.stream_unary_rpc_method_handler(fn, **codec)
+        fn = _wrap_streaming(m, ("bidi_stream", service, method), handler.stream_stream, True)
+        return grpc.stream_stream_rpc_method_handler(fn, **codec)
+
+
+def _count_requests(rpc: _Rpc, requests: Any) -> Any:
+    """Wrap a request iterator (async or sync) so each message read counts as received."""
+    if hasattr(requests, "__aiter__"):
+        async def agen() -> AsyncIterator[Any]:
+            async for item in requests:
+                rpc.received()
+                yield item
+        return agen()
+
+    def gen() -> Iterator[Any]:
+        for item in requests:
+            rpc.received()
+            yield item
+    return gen()
+
+
+def _start(m: Metrics, key: tuple[str, str, str], request: Any, streaming_in: bool) -> tuple[_Rpc, Any]:
+    rpc = _Rpc(m, *key)
+    if streaming_in:
+        return rpc, _count_requests(rpc, request)
+    rpc.received()
+    return rpc, request
+
+
+def _wrap_unary(m: Metrics, key: tuple[str, str, str], inner: Callable, streaming_in: bool) -> Callable:
+    """Wrap a handler with one response (unary or client-streaming), keeping it async or sync."""
+    if inspect.iscoroutinefunction(inner):
+        async def behavior(request: Any, context: Any) -> Any:
+            rpc, request = _start(m, key, request, streaming_in)
+            try:
+                response = await inner(request, context)
+            except BaseException as error:
+                rpc.finish(context, error)
+                raise
+            rpc.sent()
+            rpc.finish(context, None)
+            return response
+        return behavior
+
+    def sync_behavior(request: Any, context: Any) -> Any:
+        rpc, request = _start(m, key, request, streaming_in)
+        try:
+            response = inner(request, context)
+        except BaseException as error:
+            rpc.finish(context, error)
+            raise
+        rpc.sent()
+        rpc.finish(context, None)
+        return response
+    return sync_behavior
+
+
+def _wrap_streaming(m: Metrics, key: tuple[str, str, str], inner: Callable, streaming_in: bool) -> Callable:
+    """Wrap a handler with a response stream, keeping its kind (async generator, coroutine
+    writing with ``context.write`` -- whose messages are not counted -- or sync generator)."""
+    if inspect.isasyncgenfunction(inner):
+        async def agen_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
+            rpc, request = _start(m, key, request, streaming_in)
+            try:
+                async for response in inner(request, context):
+                    rpc.sent()
+                    yield response
+            except BaseException as error:
+                rpc.finish(context, error)
+                raise
+            rpc.finish(context, None)
+        return agen_behavior
+
+    if inspect.iscoroutinefunction(inner):
+        async def writer_behavior(request: Any, context: Any) -> None:
+            rpc, request = _start(m, key, request, streaming_in)
+            try:
+                await inner(request, context)
+            except BaseException as error:
+                rpc.finish(context, error)
+                raise
+            rpc.finish(context, None)
+        return writer_behavior
+
+    def gen_behavior(request: Any, context: Any) -> Iterator[Any]:
+        rpc, request = _start(m, key, request, streaming_in)
+        try:
+            for response in inner(request, context):
+                rpc.sent()
+                yield response
+        except BaseException as error:
+            rpc.finish(context, error)
+            raise
+        rpc.finish(context, None)
+    return gen_behavior
+
+
+# -- exposition ---------------------------------------------------------------------------------
+def start_metrics_server(metrics: Metrics, host: str = "127.0.0.1", port: int = 0) -> tuple[Any, int]:
+    """Serve ``metrics.registry`` at http://host:port/metrics from a daemon thread.
+
+    Returns (server, bound_port); port 0 picks a free port. Stop with ``stop_metrics_server``.
+    Raises OSError when the address cannot be bound.
+    """
+    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    bound = server.server_port
+    logger.info("metrics on http://%s:%s/metrics", host, bound)
+    return server, bound
+
+
+def stop_metrics_server(server: Any) -> None:
+    """Stop a server returned by ``start_metrics_server`` and close its socket."""
+    server.shutdown()
+    server.server_close()
+
+
+def series_names(registry: CollectorRegistry) -> set[str]:
+    """Every series name ``registry`` exposes or will expose once labelled (e.g. ``x_bucket``)."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "gauge": ("",),
+        "info": ("_info",),
+        "summary": ("", "_sum", "_count", "_created"),
+        "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+    }
+    names: set[str] = set()
+    for family in registry.collect():
+        if family.samples:  # what it exposes now
+            names.update(sample.name for sample in family.samples)
+        else:  # a labelled metric nobody has recorded into yet
+            names.update(family.name + s for s in suffixes.get(family.type, ("",)))
+    return names

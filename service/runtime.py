@@ -1,0 +1,90 @@
+"""onnxruntime wrapper: one InferenceSession per graph, run in a thread pool off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from .bundle import BundleError
+from .errors import Internal
+
+log = logging.getLogger(__name__)
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    intra_op_threads: int = 1  # threads inside one operator
+    inter_op_threads: int = 1  # threads across operators; > 1 enables parallel execution
+    graph_optimization: str = "all"  # disable | basic | extended | all
+
+
+def session_options(options: RuntimeOptions) -> ort.SessionOptions:
+    """SessionOptions for our graphs: fixed thread counts, no spinning (the CPU is shared), and no
+    memory pattern, since every call may have a different batch and length."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    so.graph_optimization_level = _OPT_LEVELS[options.graph_optimization]
+    so.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if options.inter_op_threads > 1 else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    so.enable_mem_pattern = False
+    so.log_severity_level = 3  # errors only; shape warnings on every call would flood the log
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return so
+
+
+class GraphRuntime:
+    """One ONNX graph. ``run`` executes on ``executor`` so the event loop never blocks; the session
+    is thread-safe, so batchers and step schedulers may share it."""
+
+    def __init__(self, name: str, model: bytes, options: RuntimeOptions, executor: Executor) -> None:
+        self.name = name
+        self._executor = executor
+        self._session = ort.InferenceSession(model, sess_options=session_options(options), providers=["CPUExecutionProvider"])
+        self.inputs = {i.name: (i.type, i.shape) for i in self._session.get_inputs()}
+        self.outputs = [o.name for o in self._session.get_outputs()]
+        self.calls = 0
+        self.busy_s = 0.0
+
+    def require(self, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
+        """Raise BundleError unless the graph has these input and output names."""
+        missing_in = [n for n in inputs if n not in self.inputs]
+        missing_out = [n for n in outputs if n not in self.outputs]
+        if missing_in or missing_out:
+            raise BundleError(
+                f"graph {self.name} lacks input(s) {missing_in} / output(s) {missing_out}; "
+                f"it has inputs {sorted(self.inputs)} and outputs {self.outputs}"
+            )
+
+    def run_sync(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph in the calling thread; returns every output by name."""
+        start = time.perf_counter()
+        values = self._session.run(self.outputs, feeds)
+        self.calls += 1
+        self.busy_s += time.perf_counter() - start
+        return dict(zip(self.outputs, values))
+
+    async def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph in the thread pool. Raises Internal (traceback logged) if it fails."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self.run_sync, feeds)
+        except Exception as err:
+            shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+            log.error("graph %s failed on inputs %s", self.name, shapes, exc_info=err)
+            raise Internal(f"model graph {self.name} failed to run") from err

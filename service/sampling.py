@@ -1,0 +1,213 @@
+"""Token choice: temperature / top-k / top-p sampling, stop strings, greedy and beam search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities of (V,) logits in float64 (-inf entries get 0)."""
+    z = logits.astype(np.float64)
+    z = z - np.max(z)
+    p = np.exp(z)
+    return p / p.sum()
+
+
+def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
+    """(V,) bool: the k largest logits (all when k <= 0 or k >= V)."""
+    v = logits.shape[-1]
+    if k <= 0 or k >= v:
+        return np.ones(v, dtype=bool)
+    keep = np.zeros(v, dtype=bool)
+    keep[np.argpartition(-logits, k - 1)[:k]] = True
+    return keep
+
+
+def top_p_mask(probs: np.ndarray, p: float) -> np.ndarray:
+    """(V,) bool: the smallest set of most probable tokens whose total probability reaches p
+    (nucleus; always at least the most probable token)."""
+    if p >= 1.0:
+        return probs > 0
+    order = np.argsort(-probs, kind="stable")
+    cum = np.cumsum(probs[order])
+    n = int(np.searchsorted(cum, p * cum[-1], side="left")) + 1  # first index where cum >= p
+    keep = np.zeros(probs.shape[-1], dtype=bool)
+    keep[order[: min(n, len(order))]] = True
+    return keep
+
+
+class Sampler:
+    """Chooses the next token from (V,) logits: greedy at temperature 0, otherwise temperature,
+    then top-k, then top-p, then one draw from the request's own RNG (inverse CDF, so the same
+    seed and logits always give the same token)."""
+
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, rng: np.random.Generator | None = None) -> None:
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+        self.rng = rng if rng is not None else np.random.default_rng()
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """(V,) the distribution sample() draws from (one-hot at temperature 0)."""
+        logits = np.asarray(logits, dtype=np.float64)
+        if self.temperature == 0:
+            p = np.zeros_like(logits)
+            p[int(np.argmax(logits))] = 1.0
+            return p
+        z = logits / self.temperature
+        if self.top_k > 0:
+            z = np.where(top_k_mask(z, self.top_k), z, -np.inf)
+        probs = softmax(z)
+        if self.top_p < 1.0:
+            probs = np.where(top_p_mask(probs, self.top_p), probs, 0.0)
+            probs /= probs.sum()
+        return probs
+
+    def sample(self, logits: np.ndarray) -> int:
+        if self.temperature == 0:
+            return int(np.argmax(logits))
+        probs = self.probabilities(logits)
+        cum = np.cumsum(probs)
+        i = int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
+        return min(i, len(probs) - 1)
+
+
+class StopChecker:
+    """Finds stop strings in generated text and says how much of a text's end could still grow
+    into one (streaming must hold that part back)."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.longest = max((len(s) for s in self.stops), default=0)
+
+    def find(self, text: str, start: int = 0) -> int:
+        """Index of the earliest stop string in ``text[start:]`` (as an index into text), or -1."""
+        hits = [i for i in (text.find(s, start) for s in self.stops) if i >= 0]
+        return min(hits, default=-1)
+
+    def holdback(self, text: str) -> int:
+        """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
+        best = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(text)), best, -1):
+                if text.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT length normalisation (Wu et al. 2016): ((5 + length) / 6) ** alpha; alpha 0 = raw sum."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # target ids, BOS/EOS excluded
+    logp: float  # sum of log-probs of tokens (and of EOS when ended)
+    attention: list[np.ndarray] = field(default_factory=list)  # one (S,) row per token
+    ended: bool = False  # produced EOS
+
+    def score(self, alpha: float) -> float:
+        """Length-normalised log-prob; EOS counts as a token."""
+        return self.logp / length_penalty(len(self.tokens) + int(self.ended), alpha)
+
+
+class GreedySearch:
+    """beam_size 1: the most probable token at every step."""
+
+    def __init__(self, eos: int, max_length: int, alpha: float, keep_attention: bool = False) -> None:
+        self.eos = eos
+        self.max_length = max_length
+        self.alpha = alpha
+        self.keep_attention = keep_attention
+        self.hyp = Hypothesis([], 0.0)
+        self.done = max_length <= 0
+
+    @property
+    def rows(self) -> int:
+        return 1
+
+    def prev_tokens(self, bos: int) -> np.ndarray:
+        """(1,) the token to feed next."""
+        return np.array([self.hyp.tokens[-1] if self.hyp.tokens else bos], dtype=np.int64)
+
+    def step(self, log_probs: np.ndarray, attention: np.ndarray | None = None) -> np.ndarray:
+        """Consume (1, V) log-probs (and (1, S) attention); returns the parent rows (1,)."""
+        tok = int(np.argmax(log_probs[0]))
+        self.hyp.logp += float(log_probs[0, tok])
+        if tok == self.eos:
+            self.hyp.ended = True
+            self.done = True
+        else:
+            self.hyp.tokens.append(tok)
+            if self.keep_attention and attention is not None:
+                self.hyp.attention.append(attention[0].copy())
+            self.done = len(self.hyp.tokens) >= self.max_length
+        return np.zeros(1, dtype=np.int64)
+
+    def best(self) -> Hypothesis:
+        return self.hyp
+
+
+class BeamSearch:
+    """Beam search over k live hypotheses. Each step scores the 2k best (parent, token) pairs; an
+    EOS among the first k ranks finishes a hypothesis, the others continue until k are live. Stops
+    when k hypotheses have finished or max_length tokens were produced; the best finished one by
+    GNMT-normalised score wins."""
+
+    def __init__(self, beam_size: int, eos: int, max_length: int, alpha: float, keep_attention: bool = False) -> None:
+        self.k = beam_size
+        self.eos = eos
+        self.max_length = max_length
+        self.alpha = alpha
+        self.keep_attention = keep_attention
+        self.live = [Hypothesis([], 0.0)]
+        self.finished: list[Hypothesis] = []
+        self.steps = 0
+        self.done = max_length <= 0
+
+    @property
+    def rows(self) -> int:
+        return len(self.live)
+
+    def prev_tokens(self, bos: int) -> np.ndarray:
+        """(rows,) the token each live hypothesis feeds next."""
+        return np.array([h.tokens[-1] if h.tokens else bos for h in self.live], dtype=np.int64)
+
+    def step(self, log_probs: np.ndarray, attention: np.ndarray | None = None) -> np.ndarray:
+        """Consume (rows, V) log-probs (and (rows, S) attention); returns each new live
+        hypothesis's parent row (rows',), to reorder the decoder states with."""
+        rows, vocab = log_probs.shape
+        cand = (np.array([h.logp for h in self.live])[:, None] + log_probs.astype(np.float64)).ravel()
+        n = min(2 * self.k, cand.size)
+        top = np.argpartition(-cand, n - 1)[:n]
+        top = top[np.lexsort((top, -cand[top]))]  # best first; ties -> lower (row, token)
+        live: list[Hypothesis] = []
+        parents: list[int] = []
+        for rank, idx in enumerate(top):
+            parent, tok = divmod(int(idx), vocab)
+            h = self.live[parent]
+            if tok == self.eos:
+                if rank < self.k:
+                    self.finished.append(Hypothesis(h.tokens, float(cand[idx]), h.attention, ended=True))
+                continue
+            att = h.attention + [attention[parent].copy()] if self.keep_attention and attention is not None else h.attention
+            live.append(Hypothesis(h.tokens + [tok], float(cand[idx]), att))
+            parents.append(parent)
+            if len(live) == self.k:
+                break
+        self.steps += 1
+        self.live = live
+        if len(self.finished) >= self.k or not live:
+            self.done = True
+        elif self.steps >= self.max_length:
+            self.finished.extend(live)
+            self.done = True
+        return np.asarray(parents, dtype=np.int64)
+
+    def best(self) -> Hypothesis:
+        pool = self.finished or self.live
+        return max(pool, key=lambda h: h.score(self.alpha))

@@ -1,0 +1,283 @@
+"""Step-level (continuous) batching of autoregressive decoding: every active stream or beam
+advances through one shared decoder call per step; streams join and leave between steps."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import (
+    DeadlineExceeded,
+    Internal,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
+from .observe import NULL_METER, GraphMeter, label_request
+from .runtime import GraphRuntime
+from .types import EngineStats
+
+log = logging.getLogger(__name__)
+
+
+class StreamSlots:
+    """The server-wide cap on concurrently admitted generation streams and translation beam
+    searches (one slot per sentence, whatever its beam). Full -> ResourceExhausted at once."""
+
+    def __init__(self, capacity: int, stats: EngineStats | None = None) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self._stats = stats if stats is not None else EngineStats()
+
+    def acquire(self, n: int = 1) -> "SlotLease":
+        """Take ``n`` slots now or raise ResourceExhausted; release them with the lease."""
+        if self.in_use + n > self.capacity:
+            self._stats.streams_rejected += 1
+            label_request(reason="streams_full")
+            if n > self.capacity:
+                raise ResourceExhausted(f"request needs {n} decoding streams; the server admits at most {self.capacity}")
+            raise ResourceExhausted(
+                f"{self.in_use} of {self.capacity} decoding streams are in use; {n} more requested; retry later"
+            )
+        self.in_use += n
+        return SlotLease(self, n)
+
+    @contextmanager
+    def hold(self, n: int = 1) -> Iterator[None]:
+        lease = self.acquire(n)
+        try:
+            yield
+        finally:
+            lease.release()
+
+
+class SlotLease:
+    """Slots taken from StreamSlots; release() is idempotent."""
+
+    def __init__(self, slots: StreamSlots, n: int) -> None:
+        self._slots = slots
+        self._n = n
+
+    def release(self) -> None:
+        if self._n:
+            self._slots.in_use -= self._n
+            self._n = 0
+
+
+class StepItem:
+    """One participant of the step loop: a generation stream (1 row) or a beam search (one row
+    per live hypothesis). Subclasses keep their own state, sampler and RNG."""
+
+    rows: int = 1  # rows this item contributes to the next call
+    deadline: float | None = None  # time.monotonic() value
+    cancelled: bool = False  # set by the owner; the loop drops the item before the next step
+    serial: int = 0  # set by StepScheduler.add; unique per scheduler (ids of dead objects get reused)
+
+    def step_feeds(self) -> dict[str, np.ndarray]:
+        """Per-step inputs: state tensors (L, rows, H), everything else (rows, ...)."""
+        raise NotImplementedError
+
+    def static_feeds(self) -> dict[str, np.ndarray]:
+        """Inputs fixed while ``rows`` is unchanged, (rows, S, ...); padded along S to the step's
+        longest. Items should cache them."""
+        return {}
+
+    def advance(self, outputs: dict[str, np.ndarray]) -> bool:
+        """Consume this item's rows of one call's outputs; return True when finished."""
+        raise NotImplementedError
+
+    def fail(self, error: ServiceError) -> None:
+        """Finish with an error (deadline, shutdown, graph failure)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    """How to stack items' feeds: states along axis 1, padded inputs along axis 0 after
+    right-padding axis 1 with zeros, everything else along axis 0."""
+
+    state_inputs: tuple[str, ...]
+    state_outputs: tuple[str, ...]
+    padded_inputs: tuple[str, ...] = ()
+
+
+class StepScheduler:
+    """One loop per decoder graph. ``add`` an item; it advances one step per shared call until its
+    ``advance`` returns True, it is cancelled, or its deadline passes."""
+
+    def __init__(
+        self,
+        name: str,
+        runtime: GraphRuntime,
+        layout: StepLayout,
+        stats: EngineStats | None = None,
+        meter: GraphMeter = NULL_METER,
+    ) -> None:
+        self.name = name
+        self._meter = meter
+        self._runtime = runtime
+        self._layout = layout
+        self._stats = stats if stats is not None else EngineStats()
+        self._pending: list[StepItem] = []
+        self._active: list[StepItem] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self._static_key: tuple | None = None
+        self._static: dict[str, np.ndarray] = {}
+        self._serial = 0
+        self.steps = 0  # decoder calls made
+        self.rows_run = 0  # rows over all calls (rows_run / steps = mean batch)
+
+    @property
+    def active(self) -> int:
+        return len(self._active) + len(self._pending)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"scheduler {self.name}")
+
+    def add(self, item: StepItem) -> None:
+        """Join the loop before its next step. Raises Unavailable after close()."""
+        if self._closed:
+            raise Unavailable(f"{self.name} is shutting down")
+        self._serial += 1
+        item.serial = self._serial
+        self._pending.append(item)
+        self._meter.streams(self.active)
+        self._idle.clear()
+        self._wake.set()
+
+    def remove(self, item: StepItem) -> None:
+        """Leave at once (no-op when already gone): the item is not part of any later call."""
+        item.cancelled = True
+        for group in (self._pending, self._active):
+            if item in group:
+                group.remove(item)
+        self._meter.streams(self.active)
+        if not self._pending and not self._active:
+            self._idle.set()
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Refuse new items, let active ones finish within ``grace_s``, fail the rest with Unavailable."""
+        self._closed = True
+        if grace_s > 0:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
+            except asyncio.TimeoutError:
+                pass
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for item in self._pending + self._active:
+            item.fail(Unavailable(f"{self.name} shut down before the request finished"))
+        self._pending.clear()
+        self._active.clear()
+        self._meter.streams(0)
+        self._idle.set()
+
+    def _stack(self, items: list[StepItem]) -> dict[str, np.ndarray]:
+        per_item = [it.step_feeds() for it in items]
+        feeds: dict[str, np.ndarray] = {}
+        for name in per_item[0]:
+            axis = 1 if name in self._layout.state_inputs else 0
+            arrays = [f[name] for f in per_item]
+            feeds[name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=axis)
+        if self._layout.padded_inputs:
+            key = tuple((it.serial, it.rows) for it in items)
+            if key != self._static_key:  # membership or row counts changed: rebuild
+                self._static = self._pad([it.static_feeds() for it in items])
+                self._static_key = key
+            feeds.update(self._static)
+        return feeds
+
+    def _pad(self, statics: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for name in self._layout.padded_inputs:
+            arrays = [s[name] for s in statics]
+            if len(arrays) == 1:
+                out[name] = arrays[0]
+                continue
+            longest = max(a.shape[1] for a in arrays)
+            rows = sum(a.shape[0] for a in arrays)
+            buf = np.zeros((rows, longest, *arrays[0].shape[2:]), dtype=arrays[0].dtype)
+            r = 0
+            for a in arrays:
+                buf[r : r + a.shape[0], : a.shape[1]] = a
+                r += a.shape[0]
+            out[name] = buf
+        return out
+
+    def _split(self, outputs: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+        return {
+            name: (value[:, start:stop] if name in self._layout.state_outputs else value[start:stop])
+            for name, value in outputs.items()
+        }
+
+    def _admit(self) -> list[StepItem]:
+        self._active.extend(self._pending)
+        self._pending.clear()
+        now = time.monotonic()
+        live: list[StepItem] = []
+        for item in self._active:
+            if item.cancelled:
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                self._stats.deadline_dropped += 1
+                item.fail(DeadlineExceeded(f"deadline passed while decoding in {self.name}"))
+                continue
+            live.append(item)
+        self._active = live
+        self._meter.streams(self.active)
+        return list(live)
+
+    async def _loop(self) -> None:
+        while True:
+            items = self._admit()
+            if not items:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            bounds = []
+            start = 0
+            for it in items:  # rows may change in advance(): fix the slices first
+                bounds.append((start, start + it.rows))
+                start += it.rows
+            started = time.monotonic()
+            try:
+                outputs = await self._runtime.run(self._stack(items))
+            except ServiceError as err:
+                for it in items:
+                    if not it.cancelled:
+                        it.fail(err)
+                    self.remove(it)
+                continue
+            self._meter.batch(start, time.monotonic() - started)
+            self.steps += 1
+            self.rows_run += start
+            self._stats.decode_steps += 1
+            self._stats.decode_rows += start
+            for it, (lo, hi) in zip(items, bounds):
+                if it.cancelled:  # left while the call ran
+                    continue
+                try:
+                    done = it.advance(self._split(outputs, lo, hi))
+                except Exception as err:  # noqa: BLE001 - one broken item must not stop the loop
+                    log.error("%s: decoding step failed", self.name, exc_info=err)
+                    it.fail(Internal(f"decoding failed in {self.name}"))
+                    done = True
+                if done:
+                    self.remove(it)

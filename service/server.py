@@ -1,0 +1,183 @@
+"""The gRPC server: wires engine, servicers, health and reflection; runs until a signal, then drains."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.config import ServeConfig
+from service.engine import Engine
+from service.metrics import (
+    Metrics,
+    MetricsInterceptor,
+    start_metrics_server,
+    stop_metrics_server,
+)
+from service.servicers import add_servicers
+
+log = logging.getLogger(__name__)
+
+OVERALL = ""  # the health service name that stands for the whole server
+# The service each task answers on; its health status follows engine.task_ready(task).
+TASK_SERVICES = {
+    "translate": "seqserve.v1.Translator",
+    "forecast": "seqserve.v1.Forecaster",
+    "generate": "seqserve.v1.Generator",
+}
+MODELS_SERVICE = "seqserve.v1.Models"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class ServingHealth:
+    """grpc.health.v1 statuses that follow the engine.
+
+    Each task's service is SERVING while that task has a ready model; Models and "" (overall) while
+    any task does. Everything is NOT_SERVING before the first model loads and from drain() on.
+    """
+
+    def __init__(self) -> None:
+        self.servicer = health.aio.HealthServicer()
+        self._engine: Engine | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: set[asyncio.Task] = set()
+
+    async def attach(self, engine: Engine) -> None:
+        """Follow ``engine``'s readiness from now on (call inside the server's event loop)."""
+        self._engine = engine
+        self._loop = asyncio.get_running_loop()
+        engine.add_listener(self._on_change)
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Re-read every task's readiness from the engine and publish it."""
+        ready = {task: bool(self._engine and self._engine.task_ready(task)) for task in TASK_SERVICES}
+        for task, service in TASK_SERVICES.items():
+            await self.servicer.set(service, SERVING if ready[task] else NOT_SERVING)
+        overall = SERVING if any(ready.values()) else NOT_SERVING
+        await self.servicer.set(MODELS_SERVICE, overall)
+        await self.servicer.set(OVERALL, overall)
+
+    async def drain(self) -> None:
+        """Mark everything NOT_SERVING for good (later readiness changes are ignored)."""
+        await self.servicer.enter_graceful_shutdown()
+
+    def _on_change(self) -> None:
+        # The engine calls this on the event loop; be safe if a loader thread ever does.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._schedule()
+        else:
+            loop.call_soon_threadsafe(self._schedule)
+
+    def _schedule(self) -> None:
+        task = asyncio.ensure_future(self.refresh())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+
+async def create_server(
+    config: ServeConfig,
+    engine: Engine | None = None,
+    *,
+    health: ServingHealth | None = None,
+    metrics: Metrics | None = None,
+    reflection_enabled: bool = True,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> tuple[grpc.aio.Server, int, Engine]:
+    """Build (not start) the server bound to ``config.host:config.port``; port 0 picks a free one.
+
+    The engine is created from ``config`` (and ``metrics``) when not given, and is not started
+    here: health reports NOT_SERVING until ``await engine.start()`` has loaded a task's models.
+    Pass ``health`` to keep a handle for drain(); with ``metrics`` every RPC is recorded (its
+    interceptor runs first, before ``interceptors``). Returns (server, bound port, engine);
+    raises RuntimeError when the address cannot be bound.
+    """
+    engine = engine if engine is not None else Engine(config, metrics=metrics)
+    health_state = health if health is not None else ServingHealth()
+    options = [
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+    ]
+    chain = ([MetricsInterceptor(metrics)] if metrics is not None else []) + list(interceptors)
+    server = grpc.aio.server(interceptors=chain, options=options)
+    names = add_servicers(server, engine)
+    health_pb2_grpc.add_HealthServicer_to_server(health_state.servicer, server)
+    names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+    if reflection_enabled:
+        names.append(reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+    address = f"{config.host}:{config.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as err:
+        raise RuntimeError(f"cannot bind gRPC address {address}: {err}") from None
+    if port == 0:
+        raise RuntimeError(f"cannot bind gRPC address {address}")
+    await health_state.attach(engine)
+    log.info("gRPC server bound to %s:%d (%s)", config.host, port, ", ".join(names))
+    return server, port, engine
+
+
+async def drain(server: grpc.aio.Server, engine: Engine, health: ServingHealth, grace_s: float) -> None:
+    """Shut down gracefully within about ``grace_s`` seconds.
+
+    Health turns NOT_SERVING for good; the engine refuses new calls (UNAVAILABLE "server is
+    draining", which clients may retry elsewhere) while in-flight calls and streams get ``grace_s``
+    to finish; then the gRPC server stops, cancelling whatever is still running.
+    """
+    log.info("draining: in-flight requests have %.1f s", grace_s)
+    await health.drain()
+    await engine.stop(grace_s)
+    # The engine has finished or cancelled its work; handlers only have their replies to send.
+    await server.stop(grace_s)
+    log.info("drained")
+
+
+async def serve(config: ServeConfig, *, reflection_enabled: bool = True) -> None:
+    """Serve gRPC and /metrics until SIGTERM or SIGINT, then drain within ``config.grace_s``."""
+    health = ServingHealth()
+    metrics = Metrics()
+    server, port, engine = await create_server(
+        config, health=health, metrics=metrics, reflection_enabled=reflection_enabled
+    )
+    http, metrics_port = start_metrics_server(metrics, config.metrics_host, config.metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    log.info(
+        "serving gRPC on %s:%d, metrics on %s:%d, models from %s",
+        config.host, port, config.metrics_host, metrics_port, config.models,
+    )
+    # Load models while already answering health checks; a signal during loading still drains.
+    starting = asyncio.create_task(engine.start())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # re-raise a failed start
+            await stopping
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        for task in (starting, stopping):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(starting, stopping, return_exceptions=True)
+        await drain(server, engine, health, config.grace_s)
+        stop_metrics_server(http)

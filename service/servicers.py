@@ -1,0 +1,361 @@
+"""gRPC servicers: convert protos to engine requests and engine results to protos, nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf import any_pb2, struct_pb2, timestamp_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from service import types
+from service.bundle import TASKS
+from service.errors import InvalidArgument, ServiceError
+from service.metrics import label_request
+from service.v1 import (
+    forecast_pb2,
+    forecast_pb2_grpc,
+    generate_pb2,
+    generate_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    translate_pb2,
+    translate_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+INTERNAL_MESSAGE = "internal error; the server log has the details"
+_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
+
+
+# --- errors: the one place a ServiceError becomes a gRPC status -------------------------------
+
+
+def status_for(err: ServiceError) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
+    """The gRPC code, details and rich ``google.rpc.Status`` for ``err``.
+
+    INVALID_ARGUMENT with a field carries a ``google.rpc.BadRequest`` naming it.
+    """
+    try:
+        code = grpc.StatusCode[err.code]
+    except KeyError:
+        log.error("ServiceError %s has unknown code %r; sending INTERNAL", type(err).__name__, err.code)
+        code = grpc.StatusCode.INTERNAL
+    message = err.message
+    rich = status_pb2.Status(code=code.value[0], message=message)
+    field = err.field
+    if code is grpc.StatusCode.INVALID_ARGUMENT and field:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]
+            )
+        )
+        rich.details.append(detail)
+    return code, message, rich
+
+
+def handle_errors(method: _Handler) -> _Handler:
+    """Decorate a servicer method: ServiceError -> its status; anything else -> generic INTERNAL.
+
+    Cancellation (asyncio.CancelledError) and aborts pass through untouched.
+    """
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        # Metrics label the RPC with the requested model until the engine resolves it.
+        label_request(model=getattr(request, "model", "") or getattr(request, "name", ""))
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except ServiceError as err:
+            code, message, rich = status_for(err)
+            log.warning("%s -> %s: %s", method.__qualname__, code.name, message)
+            await context.abort_with_status(rpc_status.to_status(rich))
+        except Exception:
+            log.exception("%s failed", method.__qualname__)
+            rich = status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE)
+            await context.abort_with_status(rpc_status.to_status(rich))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's deadline as an absolute ``time.monotonic()`` time, or None without one."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return time.monotonic() + remaining
+
+
+# --- conversions --------------------------------------------------------------------------
+
+
+def matrix(values: np.ndarray) -> translate_pb2.Matrix:
+    """A 2-D array as a row-major Matrix."""
+    values = np.asarray(values, dtype=np.float32)  # (rows, cols)
+    rows, cols = values.shape
+    return translate_pb2.Matrix(rows=rows, cols=cols, values=values.ravel().tolist())
+
+
+def history_of(request: forecast_pb2.ForecastRequest) -> np.ndarray:
+    """The request's history as a (T, C) float64 array; raises InvalidArgument on a bad shape."""
+    if request.history and request.channels:
+        raise InvalidArgument("set either history or channels, not both", field="channels")
+    if request.channels:
+        lengths = {len(s.values) for s in request.channels}
+        if len(lengths) > 1:
+            raise InvalidArgument(
+                f"channels must all have the same length, got lengths {sorted(lengths)}", field="channels"
+            )
+        return np.array([list(s.values) for s in request.channels], dtype=np.float64).T  # (T, C)
+    return np.array(list(request.history), dtype=np.float64).reshape(-1, 1)  # (T, 1)
+
+
+def _resolved_target(spec: dict | None, channels: int) -> int:
+    target = int((spec or {}).get("target_channel", -1))
+    return target % channels if channels else 0
+
+
+def struct_of(data: dict[str, Any]) -> struct_pb2.Struct:
+    """A JSON-like dict as a Struct; values that are not JSON-like become their str()."""
+    out = struct_pb2.Struct()
+    out.update({str(k): _jsonable(v) for k, v in (data or {}).items()})
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else str(v)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _timestamp(value: Any) -> timestamp_pb2.Timestamp | None:
+    if value is None or value == 0 or value == "":
+        return None
+    ts = timestamp_pb2.Timestamp()
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        ts.FromDatetime(value)
+    elif isinstance(value, (int, float)):
+        ts.FromNanoseconds(int(value * 1e9))  # seconds since the epoch
+    elif isinstance(value, str):
+        ts.FromJsonString(value)
+    else:
+        return None
+    return ts
+
+
+def model_info(info: types.ModelInfo) -> models_pb2.ModelInfo:
+    """An engine ModelInfo as a proto."""
+    state = info.state.value if hasattr(info.state, "value") else info.state
+    out = models_pb2.ModelInfo(
+        name=info.name,
+        version=str(info.version),
+        task=info.task,
+        cell=info.cell,
+        num_layers=int(info.num_layers or 0),
+        hidden_size=int(info.hidden_size or 0),
+        bidirectional=bool(info.bidirectional),
+        num_parameters=int(info.num_parameters or 0),
+        state=str(state or ""),
+        is_default=bool(info.is_default),
+        description=info.description or "",
+        evaluation=struct_of(info.evaluation or {}),
+        limits={str(k): int(v) for k, v in (info.limits or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        error=info.error or "",
+    )
+    if info.forecast:
+        spec = info.forecast
+        channels = int(spec.get("channels", 1))
+        out.forecast.CopyFrom(
+            models_pb2.ForecastSpec(
+                window=int(spec.get("window", 0)),
+                min_history=int(spec.get("min_history", 0)),
+                horizon=int(spec.get("horizon", 0)),
+                channels=channels,
+                quantiles=[float(q) for q in spec.get("quantiles", [])],
+                target_channel=_resolved_target(spec, channels),
+                channel_names=[str(n) for n in spec.get("channel_names", [])],
+                frequency=str(spec.get("frequency", "")),
+            )
+        )
+    loaded = _timestamp(info.loaded_at)
+    if loaded is not None:
+        out.loaded_at.CopyFrom(loaded)
+    return out
+
+
+def generate_request(request: generate_pb2.GenerateRequest) -> types.GenerateRequest:
+    """A GenerateRequest proto as the engine's request (0 / unset -> None = server default)."""
+    return types.GenerateRequest(
+        model=request.model,
+        version=request.version,
+        prompt=request.prompt,
+        max_tokens=request.max_tokens or None,
+        temperature=request.temperature if request.HasField("temperature") else None,
+        top_k=request.top_k or None,
+        top_p=request.top_p if request.HasField("top_p") else None,
+        seed=request.seed if request.HasField("seed") else None,
+        stop=list(request.stop),
+    )
+
+
+# --- servicers ----------------------------------------------------------------------------
+
+
+class TranslatorServicer(translate_pb2_grpc.TranslatorServicer):
+    """seqserve.v1.Translator on an Engine."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    @handle_errors
+    async def Translate(self, request, context):
+        req = types.TranslateRequest(
+            model=request.model,
+            version=request.version,
+            texts=list(request.texts),
+            beam_size=request.beam_size,
+            max_length=request.max_length,
+            return_attention=request.return_attention,
+        )
+        result = await self.engine.translate(req, deadline_of(context))
+        label_request(model=result.model, version=str(result.version))
+        out = translate_pb2.TranslateResponse(model=result.model, version=str(result.version))
+        for t in result.translations:
+            item = out.translations.add(
+                text=t.text, tokens=list(t.tokens), source_tokens=list(t.source_tokens), score=float(t.score)
+            )
+            if t.attention is not None:
+                item.attention.CopyFrom(matrix(t.attention))
+        return out
+
+
+class ForecasterServicer(forecast_pb2_grpc.ForecasterServicer):
+    """seqserve.v1.Forecaster on an Engine."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    @handle_errors
+    async def Forecast(self, request, context):
+        req = types.ForecastRequest(
+            model=request.model,
+            version=request.version,
+            history=history_of(request),
+            horizon=request.horizon,
+            quantiles=list(request.quantiles),
+        )
+        result = await self.engine.forecast(req, deadline_of(context))
+        label_request(model=result.model, version=str(result.version))
+        point = np.asarray(result.forecast, dtype=np.float64)  # (H, C)
+        paths = np.asarray(result.quantile_paths, dtype=np.float64)  # (Q, H, C)
+        channels = point.shape[1]
+        target = 0
+        if channels > 1:
+            try:
+                target = _resolved_target(self.engine.get_model(result.model, result.version).forecast, channels)
+            except ServiceError:  # the version was unloaded meanwhile; its manifest default is the last
+                target = channels - 1
+        out = forecast_pb2.ForecastResponse(
+            model=result.model,
+            version=str(result.version),
+            forecast=point[:, target].tolist(),
+            target_channel=target,
+        )
+        if channels > 1:
+            out.channels.extend(forecast_pb2.Series(values=point[:, c].tolist()) for c in range(channels))
+        for q, path in zip(result.quantiles, paths, strict=True):  # path (H, C)
+            qp = out.quantiles.add(quantile=float(q), values=path[:, target].tolist())
+            if channels > 1:
+                qp.channels.extend(forecast_pb2.Series(values=path[:, c].tolist()) for c in range(channels))
+        return out
+
+
+class GeneratorServicer(generate_pb2_grpc.GeneratorServicer):
+    """seqserve.v1.Generator on an Engine."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    @handle_errors
+    async def Generate(self, request, context):
+        result = await self.engine.generate(generate_request(request), deadline_of(context))
+        label_request(model=result.model, version=str(result.version))
+        return generate_pb2.GenerateResponse(
+            model=result.model,
+            version=str(result.version),
+            text=result.text,
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+        )
+
+    @handle_errors
+    async def GenerateStream(self, request, context):
+        # Written with context.write (not as a generator) so that a cancelled call raises
+        # CancelledError right here and `aclosing` closes the engine's stream at once.
+        stream = self.engine.generate_stream(generate_request(request), deadline_of(context))
+        async with contextlib.aclosing(stream):
+            async for chunk in stream:
+                await context.write(
+                    generate_pb2.GenerateChunk(
+                        text=chunk.text,
+                        finish_reason=chunk.finish_reason,
+                        prompt_tokens=chunk.prompt_tokens,
+                        completion_tokens=chunk.completion_tokens,
+                    )
+                )
+
+
+class ModelsServicer(models_pb2_grpc.ModelsServicer):
+    """seqserve.v1.Models on an Engine."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    @handle_errors
+    async def ListModels(self, request, context):
+        if request.task and request.task not in TASKS:
+            raise InvalidArgument(f"task {request.task!r} is not one of {', '.join(TASKS)}", field="task")
+        infos = [i for i in self.engine.list_models() if not request.task or i.task == request.task]
+        infos.sort(key=lambda i: (i.name, int(i.version) if str(i.version).isdigit() else 0, str(i.version)))
+        return models_pb2.ListModelsResponse(models=[model_info(i) for i in infos])
+
+    @handle_errors
+    async def GetModel(self, request, context):
+        return models_pb2.GetModelResponse(model=model_info(self.engine.get_model(request.name, request.version)))
+
+
+def add_servicers(server: grpc.aio.Server, engine) -> list[str]:
+    """Register the four seqserve.v1 services on ``server``; returns their full names."""
+    translate_pb2_grpc.add_TranslatorServicer_to_server(TranslatorServicer(engine), server)
+    forecast_pb2_grpc.add_ForecasterServicer_to_server(ForecasterServicer(engine), server)
+    generate_pb2_grpc.add_GeneratorServicer_to_server(GeneratorServicer(engine), server)
+    models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(engine), server)
+    return [
+        translate_pb2.DESCRIPTOR.services_by_name["Translator"].full_name,
+        forecast_pb2.DESCRIPTOR.services_by_name["Forecaster"].full_name,
+        generate_pb2.DESCRIPTOR.services_by_name["Generator"].full_name,
+        models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
+    ]

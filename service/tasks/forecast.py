@@ -1,0 +1,142 @@
+"""Forecast task: validate a history, batch windows of equal length, return quantile paths."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..batching import DynamicBatcher
+from ..bundle import BundleError
+from ..errors import InvalidArgument
+from ..repository import Bundle
+from ..types import ForecastRequest, ForecastResult
+from . import TaskContext
+
+
+def interpolate_levels(paths: np.ndarray, levels: np.ndarray, wanted: list[float]) -> np.ndarray:
+    """(H, C, Qm) paths at the model's sorted ``levels`` -> (Q, H, C) at ``wanted`` levels, linear
+    between the two neighbouring model levels. ``wanted`` must lie within [levels[0], levels[-1]]."""
+    out = np.empty((len(wanted), *paths.shape[:2]), dtype=np.float64)
+    for i, q in enumerate(wanted):
+        j = int(np.searchsorted(levels, q))
+        if j < len(levels) and math.isclose(levels[j], q, abs_tol=1e-9):
+            out[i] = paths[..., j]
+        elif j > 0 and math.isclose(levels[j - 1], q, abs_tol=1e-9):
+            out[i] = paths[..., j - 1]
+        else:
+            w = (q - levels[j - 1]) / (levels[j] - levels[j - 1])
+            out[i] = (1.0 - w) * paths[..., j - 1] + w * paths[..., j]
+    return out
+
+
+class ForecastModel:
+    """One loaded forecasting version: a dynamic batcher in front of ``forecast.onnx``. Windows of
+    different lengths never share a call (a recurrent net must not see padding)."""
+
+    task = "forecast"
+
+    def __init__(self, bundle: Bundle, ctx: TaskContext) -> None:
+        m = bundle.manifest
+        assert m.forecast is not None  # validated by the manifest
+        self.name, self.version, self.spec = m.name, m.version, m.forecast
+        self._config = ctx.config
+        self._graph = bundle.graphs["forecast"]
+        self._graph.require(("window",), ("quantiles",))
+        self._levels = np.asarray(self.spec.quantiles, dtype=np.float64)
+        self._median = int(np.argmin(np.abs(self._levels - 0.5)))
+        cfg = ctx.config
+        self._batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
+            f"model {m.name} version {m.version} (forecast)",
+            self._run_batch,
+            max_batch_size=cfg.max_batch_size,
+            max_wait_s=cfg.max_batch_wait_ms / 1000.0,
+            max_queue=cfg.max_queue,
+            key=lambda window: window.shape[0],
+            stats=ctx.stats,
+            meter=ctx.meter(m.name, m.version, "forecast"),
+        )
+
+    def limits(self) -> dict[str, int]:
+        return {
+            "window": self.spec.window,
+            "min_history": self.spec.min_history,
+            "horizon": self.spec.horizon,
+            "channels": self.spec.channels,
+            "max_history": self._config.max_history,
+            "max_quantiles": self._config.max_quantiles,
+        }
+
+    def start(self) -> None:
+        self._batcher.start()
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+    async def warmup(self) -> None:
+        """Run the graph on two windows of the longest length and one of the shortest; check shapes."""
+        spec = self.spec
+        for batch, length in ((2, spec.window), (1, spec.min_history)):
+            t = np.arange(length, dtype=np.float32)[None, :, None]
+            window = np.sin(t / 3.0 + np.arange(spec.channels, dtype=np.float32)) + 0.01 * t  # (B, T, C)
+            window = np.repeat(window, batch, axis=0)
+            q = (await self._graph.run({"window": window}))["quantiles"]
+            want = (batch, spec.horizon, spec.channels, len(spec.quantiles))
+            if q.shape != want:
+                raise BundleError(f"{self._graph.name}: quantiles have shape {q.shape}, the manifest implies {want}")
+            if not np.all(np.isfinite(q)):
+                raise BundleError(f"{self._graph.name}: warm-up forecast is not finite")
+
+    def prepare(self, req: ForecastRequest) -> tuple[np.ndarray, int, list[float]]:
+        """Validate; returns the window (T, C) float32 (the most recent ``window`` steps), the
+        horizon and the levels. Raises InvalidArgument naming field, value and limit."""
+        spec, cfg, name = self.spec, self._config, self.name
+        try:
+            history = np.asarray(req.history, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InvalidArgument("history must be numbers", field="history") from None
+        if history.ndim == 1:
+            history = history[:, None]
+        if history.ndim != 2:
+            raise InvalidArgument(f"history has {history.ndim} dimensions; it must be (steps, channels)", field="history")
+        steps, channels = history.shape
+        if channels != spec.channels:
+            raise InvalidArgument(f"history has {channels} channels; model {name!r} expects {spec.channels}", field="history")
+        if steps > cfg.max_history:
+            raise InvalidArgument(f"history has {steps} steps; the limit is {cfg.max_history}", field="history")
+        if steps < spec.min_history:
+            raise InvalidArgument(f"history has {steps} steps; model {name!r} needs at least {spec.min_history}", field="history")
+        finite = np.isfinite(history)
+        if not finite.all():
+            t, c = (int(i) for i in np.argwhere(~finite)[0])
+            raise InvalidArgument(f"history[{t}, {c}] is {history[t, c]}; every value must be finite", field="history")
+        horizon = req.horizon or spec.horizon
+        if horizon < 0:
+            raise InvalidArgument(f"horizon {horizon} must be positive (0 = the model's {spec.horizon})", field="horizon")
+        if horizon > spec.horizon:
+            raise InvalidArgument(f"horizon {horizon} exceeds the model's maximum {spec.horizon}", field="horizon")
+        levels = [float(q) for q in req.quantiles] if len(req.quantiles) else list(spec.quantiles)
+        if len(levels) > cfg.max_quantiles:
+            raise InvalidArgument(f"quantiles has {len(levels)} levels; the limit is {cfg.max_quantiles}", field="quantiles")
+        lo, hi = spec.quantiles[0], spec.quantiles[-1]
+        for i, q in enumerate(levels):
+            if not 0.0 < q < 1.0:  # also NaN
+                raise InvalidArgument(f"quantiles[{i}] {q} must be within (0, 1)", field="quantiles")
+            if q < lo - 1e-9 or q > hi + 1e-9:
+                raise InvalidArgument(
+                    f"quantiles[{i}] {q} is outside model {name!r}'s range [{lo}, {hi}]", field="quantiles"
+                )
+        window = np.ascontiguousarray(history[-spec.window :], dtype=np.float32)
+        return window, horizon, levels
+
+    async def forecast(self, req: ForecastRequest, deadline: float | None) -> ForecastResult:
+        window, horizon, levels = self.prepare(req)
+        paths = await self._batcher.submit(window, deadline)  # (H, C, Qm)
+        paths = paths[:horizon].astype(np.float64)
+        wanted = interpolate_levels(paths, self._levels, levels)  # (Q, H, C)
+        return ForecastResult(self.name, self.version, paths[..., self._median].copy(), levels, wanted)
+
+    async def _run_batch(self, windows: list[np.ndarray]) -> list[np.ndarray]:
+        out = await self._graph.run({"window": np.stack(windows)})  # (B, T, C) -> (B, H, C, Q)
+        q = out["quantiles"]
+        return [q[i] for i in range(len(windows))]

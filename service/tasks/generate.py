@@ -1,0 +1,225 @@
+"""Generate task: one prefill call for the prompt, then one shared step per token, sampled with
+each request's own RNG; text streams out as it becomes final."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from ..bundle import BundleError
+from ..config import effective_limit
+from ..errors import DeadlineExceeded, InvalidArgument, ServiceError
+from ..repository import Bundle
+from ..sampling import Sampler, StopChecker
+from ..scheduler import StepItem, StepLayout, StepScheduler
+from ..tokenizing import StreamDecoder
+from ..types import GenerateChunk, GenerateRequest
+from . import TaskContext
+
+DEFAULT_PROMPT_TOKENS = 1024
+
+
+class GenerationStream(StepItem):
+    """One request in the LM's step loop: its state (L, 1, H), sampler, RNG and decoder."""
+
+    rows = 1
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        decoder: StreamDecoder,
+        eos: int | None,
+        max_tokens: int,
+        prompt_tokens: int,
+        state_names: tuple[str, ...],
+        deadline: float | None,
+    ) -> None:
+        self.deadline = deadline
+        self.queue: asyncio.Queue[GenerateChunk | ServiceError] = asyncio.Queue()
+        self._sampler = sampler
+        self._decoder = decoder
+        self._eos = eos
+        self._max_tokens = max_tokens
+        self._prompt_tokens = prompt_tokens
+        self._names = state_names
+        self._states: dict[str, np.ndarray] = {}
+        self._next = 0
+        self.completion_tokens = 0
+
+    def accept(self, logits: np.ndarray, states: dict[str, np.ndarray]) -> bool:
+        """Sample the next token from (V,) logits; queue the text it makes final. True when done."""
+        token = self._sampler.sample(logits)
+        self.completion_tokens += 1
+        finish = ""
+        if self._eos is not None and token == self._eos:
+            text, finish = self._decoder.finish(), "eos"
+        else:
+            text = self._decoder.push(token)
+            if self._decoder.stopped:
+                finish = "stop"
+            elif self.completion_tokens >= self._max_tokens:
+                text, finish = text + self._decoder.finish(), "length"
+        if text or finish:
+            self.queue.put_nowait(GenerateChunk(text, finish, self._prompt_tokens, self.completion_tokens))
+        self._next = token
+        self._states = states
+        return bool(finish)
+
+    def step_feeds(self) -> dict[str, np.ndarray]:
+        return {"tokens": np.array([[self._next]], dtype=np.int64), **self._states}
+
+    def advance(self, outputs: dict[str, np.ndarray]) -> bool:
+        states = {n: outputs[n + "_out"] for n in self._names}
+        return self.accept(outputs["logits"][0, -1], states)
+
+    def fail(self, error: ServiceError) -> None:
+        self.queue.put_nowait(error)
+
+
+class GenerateModel:
+    """One loaded language-model version."""
+
+    task = "generate"
+
+    def __init__(self, bundle: Bundle, ctx: TaskContext) -> None:
+        m = bundle.manifest
+        self.name, self.version = m.name, m.version
+        self._ctx = ctx
+        cfg = ctx.config
+        self._codec = bundle.codecs["text"]
+        self._bos = m.special_tokens.get("bos")
+        self._eos = m.special_tokens.get("eos")
+        self._states = tuple(f"state_{s}" for s in m.state_names)
+        self._layers, self._hidden = m.num_layers, m.hidden_size
+        self._lm = bundle.graphs["lm"]
+        self._lm.require(("tokens", *self._states), ("logits", *(s + "_out" for s in self._states)))
+        self.max_prompt_tokens = effective_limit(cfg.max_prompt_tokens, m.limits, "max_prompt_tokens", DEFAULT_PROMPT_TOKENS)
+        self.max_tokens = effective_limit(cfg.max_tokens, m.limits, "max_tokens", cfg.max_tokens)
+        self._scheduler = StepScheduler(
+            f"model {m.name} version {m.version} (lm)",
+            self._lm,
+            StepLayout(state_inputs=self._states, state_outputs=tuple(s + "_out" for s in self._states)),
+            ctx.stats,
+            ctx.meter(m.name, m.version, "lm"),
+        )
+        self._prefill_meter = ctx.meter(m.name, m.version, "lm_prefill")
+
+    def limits(self) -> dict[str, int]:
+        cfg = self._ctx.config
+        return {
+            "max_prompt_chars": cfg.max_text_chars,
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "max_tokens": self.max_tokens,
+            "max_stop": cfg.max_stop,
+            "max_stop_chars": cfg.max_stop_chars,
+        }
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    async def close(self) -> None:
+        await self._scheduler.close()
+
+    def _zeros(self, batch: int) -> dict[str, np.ndarray]:
+        return {s: np.zeros((self._layers, batch, self._hidden), dtype=np.float32) for s in self._states}
+
+    async def warmup(self) -> None:
+        """A two-row prefill of 3 tokens, then one single-token step; check shapes."""
+        tokens = np.zeros((2, 3), dtype=np.int64)
+        out = await self._lm.run({"tokens": tokens, **self._zeros(2)})
+        logits = out["logits"]
+        if logits.ndim != 3 or logits.shape[:2] != (2, 3) or logits.shape[2] < self._codec.vocab_size:
+            raise BundleError(f"{self._lm.name}: logits have shape {logits.shape}; expected (2, 3, V >= {self._codec.vocab_size})")
+        step = await self._lm.run({"tokens": tokens[:, :1], **{s: out[s + "_out"] for s in self._states}})
+        if not np.all(np.isfinite(step["logits"])):
+            raise BundleError(f"{self._lm.name}: warm-up logits are not finite")
+
+    def prepare(self, req: GenerateRequest) -> tuple[list[int], Sampler, StopChecker, int]:
+        """Validate; returns prompt ids, the sampler (with its RNG), the stop checker, max_tokens."""
+        cfg = self._ctx.config
+        prompt = req.prompt or ""
+        if len(prompt) > cfg.max_text_chars:
+            raise InvalidArgument(f"prompt has {len(prompt)} characters; the limit is {cfg.max_text_chars}", field="prompt")
+        max_tokens = min(cfg.default_max_tokens, self.max_tokens) if req.max_tokens is None else req.max_tokens
+        if max_tokens < 1:
+            raise InvalidArgument(f"max_tokens {max_tokens} must be at least 1", field="max_tokens")
+        if max_tokens > self.max_tokens:
+            raise InvalidArgument(f"max_tokens {max_tokens} exceeds the limit {self.max_tokens}", field="max_tokens")
+        temperature = 1.0 if req.temperature is None else float(req.temperature)
+        if not (temperature >= 0 and math.isfinite(temperature)):
+            raise InvalidArgument(f"temperature {temperature} must be 0 (greedy) or more", field="temperature")
+        top_k = req.top_k or 0
+        if top_k < 0:
+            raise InvalidArgument(f"top_k {top_k} must be 0 (off) or more", field="top_k")
+        top_p = 1.0 if req.top_p is None else float(req.top_p)
+        if not 0.0 < top_p <= 1.0:
+            raise InvalidArgument(f"top_p {top_p} must be within (0, 1]", field="top_p")
+        if req.seed is not None and req.seed < 0:
+            raise InvalidArgument(f"seed {req.seed} must be 0 or more", field="seed")
+        stops = list(req.stop)
+        if len(stops) > cfg.max_stop:
+            raise InvalidArgument(f"stop has {len(stops)} strings; the limit is {cfg.max_stop}", field="stop")
+        for i, s in enumerate(stops):
+            if not s:
+                raise InvalidArgument(f"stop[{i}] is empty", field="stop")
+            if len(s) > cfg.max_stop_chars:
+                raise InvalidArgument(f"stop[{i}] has {len(s)} characters; the limit is {cfg.max_stop_chars}", field="stop")
+        ids, _ = self._codec.encode(prompt)
+        if not ids:
+            if self._bos is None:
+                raise InvalidArgument(f"prompt is empty and model {self.name!r} has no BOS token to start from", field="prompt")
+            ids = [self._bos]
+        if len(ids) > self.max_prompt_tokens:
+            raise InvalidArgument(
+                f"prompt has {len(ids)} tokens; model {self.name!r} accepts at most {self.max_prompt_tokens}", field="prompt"
+            )
+        sampler = Sampler(temperature, top_k, top_p, np.random.default_rng(req.seed))
+        return ids, sampler, StopChecker(stops), max_tokens
+
+    async def stream(self, req: GenerateRequest, deadline: float | None) -> AsyncIterator[GenerateChunk]:
+        """Chunks of new text; the last one carries finish_reason. Leaving the iteration (or
+        cancelling the task) removes the stream from the step loop before its next step."""
+        ids, sampler, stops, max_tokens = self.prepare(req)
+        timer = self._ctx.token_timer(self.name, self.version)
+        lease = self._ctx.slots.acquire(1)
+        item = GenerationStream(
+            sampler, StreamDecoder(self._codec, stops), self._eos, max_tokens, len(ids), self._states, deadline
+        )
+
+        def leave(_task: object = None) -> None:
+            self._scheduler.remove(item)
+            lease.release()
+
+        # The consumer may be cancelled while this generator is suspended at a yield (then no
+        # exception reaches it until it is garbage-collected): free the slot when its task ends.
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(leave)
+        emitted = 0
+        try:
+            if deadline is not None and time.monotonic() >= deadline:
+                self._ctx.stats.deadline_dropped += 1
+                raise DeadlineExceeded("deadline passed before generation started")
+            started = time.monotonic()
+            out = await self._lm.run({"tokens": np.asarray([ids], dtype=np.int64), **self._zeros(1)})  # prefill
+            self._prefill_meter.batch(1, time.monotonic() - started)
+            if not item.accept(out["logits"][0, -1], {s: out[s + "_out"] for s in self._states}):
+                self._scheduler.add(item)
+            while True:
+                chunk = await item.queue.get()
+                if isinstance(chunk, ServiceError):
+                    raise chunk
+                if timer is not None:
+                    timer.emitted(chunk.completion_tokens - emitted)
+                emitted = chunk.completion_tokens
+                yield chunk
+                if chunk.finish_reason:
+                    return
+        finally:
+            leave()
+            if task is not None:
+                task.remove_done_callback(leave)

@@ -1,0 +1,119 @@
+"""Plain request/result values of the engine (numpy arrays, no protos)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# ModelInfo.state values.
+LOADING, READY, FAILED, UNLOADING = "LOADING", "READY", "FAILED", "UNLOADING"
+
+
+@dataclass
+class ForecastRequest:
+    model: str = ""  # "" = the forecast task's default model
+    version: str = ""  # "" = newest loaded version
+    history: np.ndarray = field(default_factory=lambda: np.zeros((0, 1)))  # (T, C) float64; (T,) = one channel
+    horizon: int = 0  # steps to return; 0 = the model's horizon
+    # Levels to return; empty = the model's levels. Levels between the model's are linearly
+    # interpolated; outside the model's range -> InvalidArgument.
+    quantiles: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ForecastResult:
+    model: str
+    version: str
+    forecast: np.ndarray  # (H, C) the median (0.5 level)
+    quantiles: list[float]  # the levels of quantile_paths, in request order
+    quantile_paths: np.ndarray  # (Q, H, C)
+
+
+@dataclass
+class TranslateRequest:
+    model: str = ""
+    version: str = ""
+    texts: list[str] = field(default_factory=list)
+    beam_size: int = 1  # 0 or 1 = greedy; up to config.max_beam
+    max_length: int = 0  # target tokens; 0 = min(model limit, 2 * source tokens + 10)
+    return_attention: bool = False
+
+
+@dataclass
+class Translation:
+    text: str
+    tokens: list[str]  # target tokens, BOS/EOS excluded
+    source_tokens: list[str]
+    score: float  # sum of token log-probs (EOS included) / ((5 + n) / 6) ** alpha (GNMT)
+    attention: np.ndarray | None = None  # (len(tokens), len(source_tokens)) when asked for
+
+
+@dataclass
+class TranslateResult:
+    model: str
+    version: str
+    translations: list[Translation]
+
+
+@dataclass
+class GenerateRequest:
+    model: str = ""
+    version: str = ""
+    prompt: str = ""  # "" starts from the model's BOS token (InvalidArgument when it has none)
+    max_tokens: int | None = None  # None = config.default_max_tokens
+    temperature: float | None = None  # None = 1.0; 0 = greedy (argmax)
+    top_k: int | None = None  # None or 0 = off
+    top_p: float | None = None  # None = 1.0 (off)
+    seed: int | None = None  # None = random; same seed -> same text, alone or under load
+    stop: list[str] = field(default_factory=list)  # the text ends before the first of these
+
+
+@dataclass
+class GenerateChunk:
+    text: str  # new text only
+    finish_reason: str = ""  # set on the last chunk: "length" | "stop" | "eos"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # tokens sampled so far, EOS and a stop's tokens included
+
+
+@dataclass
+class GenerateResult:
+    model: str
+    version: str
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    version: str
+    task: str
+    cell: str
+    num_layers: int
+    hidden_size: int
+    bidirectional: bool
+    num_parameters: int
+    state: str  # LOADING | READY | FAILED | UNLOADING
+    is_default: bool  # this version answers requests that leave model/version empty
+    description: str = ""
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, int] = field(default_factory=dict)  # effective request limits
+    forecast: dict[str, Any] | None = None  # the manifest's forecast section
+    error: str = ""  # why a FAILED version failed
+    loaded_at: float = 0.0  # time.time() when it became READY; 0 otherwise
+
+
+@dataclass
+class EngineStats:
+    """Counters the engine keeps until a metrics module takes them over."""
+
+    deadline_dropped: int = 0  # work dropped because its deadline had passed before it ran
+    queue_rejected: int = 0  # batcher queue full
+    streams_rejected: int = 0  # stream cap reached
+    decode_steps: int = 0  # shared decoder calls made by the step schedulers
+    decode_rows: int = 0  # rows over those calls (decode_rows / decode_steps = mean step batch)

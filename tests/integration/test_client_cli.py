@@ -1,0 +1,149 @@
+"""The Python client and the seqserve command line against a live server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from service import cli
+from service.client import ClientError, SeqserveClient
+from tests.integration.harness import serving
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def served(module_models):
+    async with serving(module_models) as s:
+        yield s
+
+
+async def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run ``seqserve ARGV`` in a thread (the server shares this event loop)."""
+    capsys.readouterr()
+    rc = await asyncio.to_thread(cli.main, list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# -- client --------------------------------------------------------------------------------------
+
+
+def _client_calls(address: str) -> dict:
+    with SeqserveClient(address, timeout=10) as client:
+        out = {
+            "translate": client.translate("Ein Kind liest ein Buch.", beam_size=2, return_attention=True),
+            "forecast": client.forecast(np.linspace(0, 1, 20), horizon=3, quantiles=[0.25, 0.75]),
+            "forecast3": client.forecast(np.ones((12, 3)), model="tiny-forecast3"),
+            "generate": client.generate("All:", max_tokens=12, seed=5, temperature=0.9),
+            "stream": list(client.generate_stream("All:", max_tokens=12, seed=5, temperature=0.9)),
+            "models": client.list_models(),
+            "model": client.get_model("tiny-translate"),
+            "health": client.health("seqserve.v1.Generator"),
+        }
+        try:
+            client.generate("x", top_k=-1)
+        except ClientError as err:
+            out["error"] = err
+        return out
+
+
+async def test_client_returns_plain_values(served):
+    r = await asyncio.to_thread(_client_calls, served.address)
+    t = r["translate"].translations[0]
+    assert r["translate"].model == "tiny-translate" and isinstance(t.text, str)
+    assert len(t.attention) == len(t.tokens) and all(len(row) == len(t.source_tokens) for row in t.attention)
+    f = r["forecast"]
+    assert len(f.forecast) == 3 and sorted(f.quantiles) == [0.25, 0.75] and not f.channels
+    f3 = r["forecast3"]
+    assert f3.target_channel == 2 and len(f3.channels) == 3 and f3.forecast == f3.channels[2]
+    assert set(f3.channel_quantiles) == set(f3.quantiles)
+    assert "".join(c.text for c in r["stream"]) == r["generate"].text
+    assert r["stream"][-1].finish_reason == r["generate"].finish_reason
+    assert [m["name"] for m in r["models"]][0] == "tiny-forecast"
+    assert r["model"]["limits"]["max_source_tokens"] == 64 and r["model"]["bidirectional"] is True
+    assert r["health"] == "SERVING"
+    err = r["error"]
+    assert (err.code, err.field) == ("INVALID_ARGUMENT", "top_k") and "top_k -1" in err.message
+
+
+def _break_early(address: str, n: int) -> list[str]:
+    """Leave n endless streams after their first chunk; each must be cancelled on the server."""
+    texts = []
+    with SeqserveClient(address, timeout=30) as client:
+        for _ in range(n):
+            for chunk in client.generate_stream("First", max_tokens=1000, temperature=0.0):
+                texts.append(chunk.text)
+                break
+        # All those streams were cancelled: a full-length one still fits under the default cap.
+        texts.append(client.generate("First", max_tokens=5, temperature=0.0).text)
+    return texts
+
+
+async def test_leaving_a_stream_early_cancels_it(served):
+    texts = await asyncio.to_thread(_break_early, served.address, 3)
+    assert len(texts) == 4 and texts[-1].startswith(texts[0])
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+async def test_cli_translate(served, capsys):
+    rc, out, _ = await run_cli(capsys, "translate", "Ein Mann trinkt Kaffee.", "Ein Mädchen lacht.",
+                               "--beam", "2", "--address", served.address)
+    assert rc == 0 and len(out.splitlines()) == 2
+    rc, out, _ = await run_cli(capsys, "translate", "Ein Mann trinkt Kaffee.", "--json", "--address", served.address)
+    data = json.loads(out)
+    assert data["model"] == "tiny-translate" and len(data["translations"]) == 1
+
+
+async def test_cli_forecast_from_csv(served, capsys, tmp_path):
+    path = tmp_path / "load.csv"
+    rows = ["time,load"] + [f"2024-01-01T{h:02d}:00,{50 + 10 * np.sin(h / 3):.3f}" for h in range(24)]
+    path.write_text("\n".join(rows) + "\n")
+    rc, out, _ = await run_cli(capsys, "forecast", "--csv", str(path), "--horizon", "4",
+                               "--quantiles", "0.1,0.9", "--address", served.address)
+    assert rc == 0, out
+    lines = out.splitlines()
+    assert lines[0].startswith("# tiny-forecast v1, 24 steps of load")
+    assert lines[1].split("\t") == ["step", "forecast", "q0.1", "q0.9"]
+    assert [line.split("\t")[0] for line in lines[2:]] == ["1", "2", "3", "4"]
+    rc, out, _ = await run_cli(capsys, "forecast", "--csv", str(path), "--column", "load", "--horizon", "2",
+                               "--json", "--address", served.address)
+    data = json.loads(out)
+    assert len(data["forecast"]) == 2 and data["columns"] == ["load"]
+
+
+async def test_cli_generate_plain_and_streamed_match(served, capsys):
+    args = ["generate", "First", "--max-tokens", "15", "--seed", "3", "--temperature", "0.7", "--address", served.address]
+    rc, plain, err = await run_cli(capsys, *args)
+    assert rc == 0 and re.search(r"\[tiny-generate v1, \w+: 5 prompt \+ \d+ completion tokens\]", err)
+    rc, streamed, _ = await run_cli(capsys, *args, "--stream")
+    assert rc == 0 and streamed == plain
+    rc, out, _ = await run_cli(capsys, *args, "--stream", "--json")
+    chunks = [json.loads(line) for line in out.splitlines()]
+    assert "".join(c["text"] for c in chunks) + "\n" == plain and chunks[-1]["finish_reason"]
+
+
+async def test_cli_models_and_health(served, capsys):
+    rc, out, _ = await run_cli(capsys, "models", "--address", served.address)
+    lines = out.splitlines()
+    assert rc == 0 and lines[0].split()[:3] == ["NAME", "VERSION", "TASK"]
+    assert [line.split()[0] for line in lines[1:]] == ["tiny-forecast", "tiny-forecast3", "tiny-generate", "tiny-translate"]
+    rc, out, _ = await run_cli(capsys, "models", "tiny-generate", "--json", "--address", served.address)
+    assert json.loads(out)["task"] == "generate"
+    rc, out, _ = await run_cli(capsys, "health", "--service", "seqserve.v1.Forecaster", "--address", served.address)
+    assert (rc, out) == (0, "SERVING\n")
+
+
+async def test_cli_errors_print_code_and_message(served, capsys):
+    rc, out, err = await run_cli(capsys, "generate", "x", "--model", "nope", "--address", served.address)
+    assert rc == cli.EXIT_RPC_ERROR and out == ""
+    assert err == "error: NOT_FOUND: model 'nope' not found\n"
+    rc, _, err = await run_cli(capsys, "translate", "Hallo", "--beam", "99", "--address", served.address)
+    assert rc == cli.EXIT_RPC_ERROR and err.startswith("error: INVALID_ARGUMENT: beam_size 99")

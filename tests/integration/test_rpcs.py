@@ -1,0 +1,217 @@
+"""Every RPC against a real server: results, error codes with details, reflection, health."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2
+
+from service.v1 import forecast_pb2, generate_pb2, models_pb2, translate_pb2
+from tests.integration.harness import bad_request_fields, rpc_error, serving
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SERVICES = ["seqserve.v1.Translator", "seqserve.v1.Forecaster", "seqserve.v1.Generator", "seqserve.v1.Models"]
+HISTORY = [float(np.sin(t / 3.0) * 10 + 50) for t in range(30)]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def served(module_models):
+    async with serving(module_models) as s:
+        yield s
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+async def test_translate_greedy_and_beam_with_attention(served):
+    texts = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Park."]
+    for beam in (1, 3):
+        reply = await served.translator.Translate(
+            translate_pb2.TranslateRequest(texts=texts, beam_size=beam, max_length=8, return_attention=True)
+        )
+        assert (reply.model, reply.version) == ("tiny-translate", "1")
+        assert len(reply.translations) == len(texts)
+        for t in reply.translations:
+            assert len(t.tokens) <= 8 and t.source_tokens
+            assert t.score <= 0
+            assert (t.attention.rows, t.attention.cols) == (len(t.tokens), len(t.source_tokens))
+            weights = np.array(t.attention.values).reshape(t.attention.rows, t.attention.cols)
+            np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-4)
+    plain = await served.translator.Translate(translate_pb2.TranslateRequest(texts=texts[:1], max_length=8))
+    assert not plain.translations[0].HasField("attention")
+
+
+async def test_forecast_univariate_with_quantiles(served):
+    reply = await served.forecaster.Forecast(
+        forecast_pb2.ForecastRequest(history=HISTORY, horizon=4, quantiles=[0.1, 0.9, 0.5])
+    )
+    assert (reply.model, reply.version, reply.target_channel) == ("tiny-forecast", "1", 0)
+    assert len(reply.forecast) == 4 and not reply.channels
+    assert [q.quantile for q in reply.quantiles] == [0.1, 0.9, 0.5]
+    paths = {q.quantile: np.array(q.values) for q in reply.quantiles}
+    np.testing.assert_allclose(paths[0.5], reply.forecast)
+    assert all(len(p) == 4 for p in paths.values())
+
+    default = await served.forecaster.Forecast(forecast_pb2.ForecastRequest(history=HISTORY))
+    info = (await served.models.GetModel(models_pb2.GetModelRequest(name="tiny-forecast"))).model
+    assert len(default.forecast) == info.forecast.horizon
+    assert [q.quantile for q in default.quantiles] == list(info.forecast.quantiles)
+
+
+async def test_forecast_multichannel(served):
+    rng = np.random.default_rng(0)
+    history = rng.normal(size=(20, 3)) * [1.0, 10.0, 100.0]  # (T, C)
+    request = forecast_pb2.ForecastRequest(model="tiny-forecast3", horizon=5, quantiles=[0.1, 0.9])
+    request.channels.extend(forecast_pb2.Series(values=col.tolist()) for col in history.T)
+    reply = await served.forecaster.Forecast(request)
+    assert reply.target_channel == 2  # the manifest's default target is the last channel
+    assert len(reply.channels) == 3 and all(len(s.values) == 5 for s in reply.channels)
+    np.testing.assert_allclose(reply.forecast, reply.channels[2].values)
+    for q in reply.quantiles:
+        assert len(q.channels) == 3
+        np.testing.assert_allclose(q.values, q.channels[2].values)
+
+
+async def test_generate_and_stream_agree_for_a_seed(served):
+    request = generate_pb2.GenerateRequest(prompt="First", max_tokens=30, temperature=0.8, top_k=20, seed=7)
+    unary = await served.generator.Generate(request)
+    assert (unary.model, unary.version) == ("tiny-generate", "1")
+    assert unary.finish_reason in ("length", "stop", "eos") and unary.completion_tokens > 0
+    assert unary.prompt_tokens == len("First")  # character tokenizer
+    chunks = [c async for c in served.generator.GenerateStream(request)]
+    assert len(chunks) > 1
+    assert "".join(c.text for c in chunks) == unary.text
+    assert all(not c.finish_reason for c in chunks[:-1])
+    last = chunks[-1]
+    assert (last.finish_reason, last.prompt_tokens, last.completion_tokens) == (
+        unary.finish_reason, unary.prompt_tokens, unary.completion_tokens)
+    other = await served.generator.Generate(generate_pb2.GenerateRequest(
+        prompt="First", max_tokens=30, temperature=0.8, top_k=20, seed=8))
+    assert other.text != unary.text
+
+
+async def test_greedy_generation_is_deterministic_and_stops(served):
+    greedy = generate_pb2.GenerateRequest(prompt="All:", max_tokens=40, temperature=0.0)
+    first, second = [await served.generator.Generate(greedy) for _ in range(2)]
+    assert first.text == second.text
+    stop = first.text[5:7]
+    stopped = await served.generator.Generate(
+        generate_pb2.GenerateRequest(prompt="All:", max_tokens=40, temperature=0.0, stop=[stop]))
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == first.text[: first.text.index(stop)]
+
+
+async def test_list_and_get_models(served):
+    listed = (await served.models.ListModels(models_pb2.ListModelsRequest())).models
+    assert [(m.name, m.version) for m in listed] == [
+        ("tiny-forecast", "1"), ("tiny-forecast3", "1"), ("tiny-generate", "1"), ("tiny-translate", "1")]
+    assert all(m.state == "READY" and not m.error and m.loaded_at.seconds > 0 for m in listed)
+    by_name = {m.name: m for m in listed}
+    assert by_name["tiny-forecast"].is_default and not by_name["tiny-forecast3"].is_default
+    assert by_name["tiny-translate"].bidirectional and by_name["tiny-translate"].limits["max_source_tokens"] == 64
+    assert by_name["tiny-forecast3"].forecast.channels == 3
+    assert by_name["tiny-generate"].num_parameters > 0 and by_name["tiny-generate"].num_layers == 2
+
+    forecast_only = (await served.models.ListModels(models_pb2.ListModelsRequest(task="forecast"))).models
+    assert {m.name for m in forecast_only} == {"tiny-forecast", "tiny-forecast3"}
+    one = (await served.models.GetModel(models_pb2.GetModelRequest(name="tiny-generate", version="1"))).model
+    assert one == by_name["tiny-generate"]
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rpc, message, field, words",
+    [
+        ("forecaster.Forecast", forecast_pb2.ForecastRequest(history=[1.0, 2.0]), "history", "needs at least 8"),
+        ("forecaster.Forecast", forecast_pb2.ForecastRequest(history=HISTORY, horizon=99), "horizon", "99"),
+        ("forecaster.Forecast", forecast_pb2.ForecastRequest(
+            model="tiny-forecast3", channels=[forecast_pb2.Series(values=[1.0] * 9), forecast_pb2.Series(values=[1.0] * 8)]),
+         "channels", "same length"),
+        ("generator.Generate", generate_pb2.GenerateRequest(prompt="x", temperature=-1.0), "temperature", "-1"),
+        ("generator.Generate", generate_pb2.GenerateRequest(prompt="x", top_p=0.0), "top_p", "top_p"),
+        ("generator.Generate", generate_pb2.GenerateRequest(prompt="x", stop=[""]), "stop", "empty"),
+        ("translator.Translate", translate_pb2.TranslateRequest(), "texts", "empty"),
+        ("translator.Translate", translate_pb2.TranslateRequest(texts=["Hallo"], beam_size=99), "beam_size", "99"),
+        ("translator.Translate", translate_pb2.TranslateRequest(model="tiny-forecast", texts=["Hallo"]), "model", "forecast model"),
+        ("models.ListModels", models_pb2.ListModelsRequest(task="cook"), "task", "'cook'"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+async def test_invalid_argument_names_the_field(served, rpc, message, field, words):
+    stub, method = rpc.split(".")
+    err = await rpc_error(getattr(getattr(served, stub), method)(message))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in err.details() and field in err.details()
+    assert bad_request_fields(err) == [field]
+
+
+@pytest.mark.parametrize(
+    "make_call, details",
+    [
+        (lambda s: s.forecaster.Forecast(forecast_pb2.ForecastRequest(model="nope", history=HISTORY)),
+         "model 'nope' not found"),
+        (lambda s: s.forecaster.Forecast(forecast_pb2.ForecastRequest(model="tiny-forecast", version="9", history=HISTORY)),
+         "model 'tiny-forecast' has no version '9'"),
+        (lambda s: s.translator.Translate(translate_pb2.TranslateRequest(model="../x", texts=["Hallo"])),
+         "model '../x' not found"),
+        (lambda s: s.models.GetModel(models_pb2.GetModelRequest(name="../x")), "model '../x' not found"),
+        (lambda s: s.models.GetModel(models_pb2.GetModelRequest(name="tiny-generate", version="../1")),
+         "model 'tiny-generate' has no version '../1'"),
+    ],
+)
+async def test_not_found(served, make_call, details):
+    err = await rpc_error(make_call(served))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert err.details() == details
+
+
+async def test_deadline_exceeded_and_server_keeps_serving(served):
+    long = generate_pb2.GenerateRequest(prompt="First", max_tokens=1000, temperature=1.0, seed=1)
+    err = await rpc_error(served.generator.Generate(long, timeout=0.005))
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "deadline" in err.details().lower()
+    ok = await served.generator.Generate(generate_pb2.GenerateRequest(prompt="First", max_tokens=3, seed=1))
+    assert ok.completion_tokens == 3
+
+
+async def test_unknown_method_is_unimplemented(served):
+    call = served.channel.unary_unary("/seqserve.v1.Forecaster/Backcast")(b"")
+    err = await rpc_error(call)
+    assert err.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+# -- health and reflection -----------------------------------------------------------------------
+
+
+async def test_health_reports_every_service_serving(served):
+    for service in ["", *SERVICES]:
+        reply = await served.health_stub.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+    err = await rpc_error(served.health_stub.Check(health_pb2.HealthCheckRequest(service="seqserve.v1.Nope")))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _reflect(address: str):
+    from google.protobuf import descriptor_pool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(address) as channel:
+        db = ProtoReflectionDescriptorDatabase(channel)
+        services = set(db.get_services())
+        pool = descriptor_pool.DescriptorPool(db)
+        stream = pool.FindServiceByName("seqserve.v1.Generator").methods_by_name["GenerateStream"]
+        temperature = pool.FindMessageTypeByName("seqserve.v1.GenerateRequest").fields_by_name["temperature"]
+        return services, stream.server_streaming, temperature.has_presence
+
+
+async def test_reflection_lists_and_describes_the_services(served):
+    services, streaming, has_presence = await asyncio.to_thread(_reflect, served.address)
+    assert set(SERVICES) | {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+    assert streaming and has_presence

@@ -1,0 +1,151 @@
+"""Dynamic batching: queue bound, deadlines, grouping, failures; batched results equal unbatched."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.batching import DynamicBatcher
+from service.errors import DeadlineExceeded, ResourceExhausted
+from service.repository import open_bundle
+from service.runtime import RuntimeOptions
+from service.types import EngineStats, ForecastRequest, TranslateRequest
+
+
+class Recorder:
+    """A run_batch that records each call and can be held until released."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.calls: list[list] = []
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        if not hold:
+            self.release.set()
+
+    async def __call__(self, payloads: list) -> list:
+        self.calls.append(list(payloads))
+        self.started.set()
+        await self.release.wait()
+        return [p * 10 for p in payloads]
+
+
+async def test_batches_up_to_max_size_and_keeps_order():
+    rec = Recorder()
+    b = DynamicBatcher("t", rec, max_batch_size=4, max_wait_s=0.05, max_queue=100)
+    b.start()
+    results = await asyncio.gather(*(b.submit(i) for i in range(10)))
+    await b.close()
+    assert results == [i * 10 for i in range(10)]
+    assert all(len(c) <= 4 for c in rec.calls) and sum(len(c) for c in rec.calls) == 10
+    assert len(rec.calls) == 3  # 4 + 4 + 2
+
+
+async def test_groups_never_mix_keys():
+    rec = Recorder()
+    b = DynamicBatcher("t", rec, max_batch_size=8, max_wait_s=0.05, max_queue=100, key=lambda p: p % 3)
+    b.start()
+    results = await asyncio.gather(*(b.submit(i) for i in range(8)))
+    await b.close()
+    assert results == [i * 10 for i in range(8)]
+    assert all(len({p % 3 for p in call}) == 1 for call in rec.calls)
+
+
+async def test_full_queue_is_rejected_at_once():
+    rec = Recorder(hold=True)
+    stats = EngineStats()
+    b = DynamicBatcher("forecaster", rec, max_batch_size=1, max_wait_s=0.0, max_queue=2, stats=stats)
+    b.start()
+    running = asyncio.ensure_future(b.submit(1))
+    await rec.started.wait()  # 1 is running (held); the next two wait in the queue
+    waiting = [asyncio.ensure_future(b.submit(i)) for i in (2, 3)]
+    await asyncio.sleep(0)  # let them enqueue (a yield, not a timed wait)
+    assert b.queued == 2
+    with pytest.raises(ResourceExhausted, match=r"queue of forecaster is full \(2 requests waiting\)"):
+        await b.submit(4)
+    assert stats.queue_rejected == 1
+    rec.release.set()
+    assert await asyncio.gather(running, *waiting) == [10, 20, 30]
+    await b.close()
+
+
+async def test_expired_work_is_dropped_before_it_runs():
+    rec = Recorder(hold=True)
+    stats = EngineStats()
+    b = DynamicBatcher("t", rec, max_batch_size=1, max_wait_s=0.0, max_queue=10, stats=stats)
+    b.start()
+    first = asyncio.ensure_future(b.submit(1))
+    await rec.started.wait()
+    late = asyncio.ensure_future(b.submit(2, deadline=time.monotonic() - 0.001))  # expires while queued
+    fine = asyncio.ensure_future(b.submit(3, deadline=time.monotonic() + 60))
+    await asyncio.sleep(0)  # let them enqueue behind the running batch
+    rec.release.set()
+    assert await first == 10 and await fine == 30
+    with pytest.raises(DeadlineExceeded):
+        await late
+    assert [c for call in rec.calls for c in call] == [1, 3]  # 2 never ran
+    assert stats.deadline_dropped == 1
+    await b.close()
+
+
+async def test_a_failed_batch_fails_each_request():
+    async def broken(payloads):
+        raise ValueError("boom")
+
+    b = DynamicBatcher("t", broken, max_batch_size=4, max_wait_s=0.05, max_queue=10)
+    b.start()
+    results = await asyncio.gather(*(b.submit(i) for i in range(3)), return_exceptions=True)
+    await b.close()
+    assert all(isinstance(r, ValueError) and str(r) == "boom" for r in results)
+
+
+async def test_forecast_batched_equals_unbatched(engine):
+    rng = np.random.default_rng(0)
+    # lengths below, at and above the window (24): different lengths never share a call
+    histories = [rng.normal(size=(n, 1)).cumsum(0) * s for n, s in [(8, 1.0), (24, 5.0), (30, 0.1), (8, 100.0), (12, 1.0), (24, 1.0)]]
+    alone = [await engine.forecast(ForecastRequest(history=h)) for h in histories]
+    together = await asyncio.gather(*(engine.forecast(ForecastRequest(history=h)) for h in histories))
+    for a, t in zip(alone, together):
+        np.testing.assert_allclose(t.quantile_paths, a.quantile_paths, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(t.forecast, a.forecast, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny-translate", "gru-translate"])
+def test_encoder_padding_does_not_change_results(built, name):
+    with ThreadPoolExecutor(1) as pool:
+        bundle = open_bundle(built[name], name, "1", RuntimeOptions(), pool)
+        pad = bundle.manifest.special_tokens["pad"]
+        enc = bundle.graphs["encoder"]
+        sentences = [[5, 9, 14, 7, 30], [11, 4], [8, 8, 8]]
+        batch = np.full((3, 5), pad, dtype=np.int64)
+        for b, s in enumerate(sentences):
+            batch[b, : len(s)] = s
+        together = enc.run_sync({"src": batch, "src_len": np.array([5, 2, 3], dtype=np.int64)})
+        for b, s in enumerate(sentences):
+            alone = enc.run_sync({"src": np.array([s], dtype=np.int64), "src_len": np.array([len(s)], dtype=np.int64)})
+            n = len(s)
+            np.testing.assert_allclose(together["memory"][b, :n], alone["memory"][0], atol=1e-5)
+            np.testing.assert_allclose(together["memory_keys"][b, :n], alone["memory_keys"][0], atol=1e-5)
+            np.testing.assert_allclose(together["state_h"][:, b], alone["state_h"][:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny-translate", "gru-translate"])
+async def test_translate_batched_equals_unbatched(tmp_path, add_bundle, make_engine, name):
+    add_bundle(tmp_path, name)
+    engine = await make_engine(tmp_path, max_batch_wait_ms=20.0)
+    texts = ["Ein Mann fährt Fahrrad.", "Zwei Hunde", "Die Katze schläft auf dem Sofa.", "Ein Kind liest ein Buch."]
+    for beam in (1, 3):
+        alone = [await engine.translate(TranslateRequest(texts=[t], beam_size=beam, return_attention=True)) for t in texts]
+        one_request = await engine.translate(TranslateRequest(texts=texts, beam_size=beam, return_attention=True))
+        concurrent = await asyncio.gather(
+            *(engine.translate(TranslateRequest(texts=[t], beam_size=beam, return_attention=True)) for t in texts)
+        )
+        for i, a in enumerate(alone):
+            want = a.translations[0]
+            for got in (one_request.translations[i], concurrent[i].translations[0]):
+                assert got.tokens == want.tokens and got.text == want.text
+                assert got.score == pytest.approx(want.score, abs=1e-4)
+                np.testing.assert_allclose(got.attention, want.attention, atol=1e-5)

@@ -1,0 +1,140 @@
+"""The seqserve command line without a server: help texts, argument handling, CSV input, errors."""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from service import cli
+
+SUBCOMMANDS = ["serve", "translate", "forecast", "generate", "models", "health"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert f"seqserve {command}" in text
+    description = text.split("\n\n")[1]  # usage, blank line, description
+    assert len(description.split()) >= 5, description
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    for command in [*SUBCOMMANDS, *cli.TRAINING_COMMANDS]:
+        assert command in text
+
+
+def test_serve_help_lists_config_flags_with_env_names(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    text = capsys.readouterr().out
+    for flag, env in [("--port", "SEQSERVE_PORT"), ("--models", "SEQSERVE_MODELS"), ("--max-streams", "SEQSERVE_MAX_STREAMS")]:
+        assert flag in text and env in text
+
+
+def test_client_commands_need_their_arguments(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["forecast", "--horizon", "3"])  # --csv missing
+    assert exit_info.value.code == 2
+    assert "--csv" in capsys.readouterr().err
+
+
+def test_bad_quantiles_are_rejected_by_name(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["forecast", "--csv", "x.csv", "--horizon", "3", "--quantiles", "0.1,abc"])
+    assert "--quantiles" in capsys.readouterr().err
+
+
+def test_address_defaults_to_environment():
+    parser = cli.build_parser({"SEQSERVE_ADDRESS": "10.0.0.1:7000"})
+    assert parser.parse_args(["models"]).address == "10.0.0.1:7000"
+    assert cli.build_parser({}).parse_args(["models"]).address == cli.DEFAULT_ADDRESS
+    assert parser.parse_args(["models", "--address", "h:1"]).address == "h:1"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_prints_code_and_exits_nonzero(capsys):
+    address = f"127.0.0.1:{_closed_port()}"
+    rc = cli.main(["models", "--address", address, "--timeout", "2"])
+    assert rc == cli.EXIT_RPC_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("error: UNAVAILABLE: ") or err.startswith("error: DEADLINE_EXCEEDED: "), err
+
+
+def test_csv_with_one_numeric_column(tmp_path):
+    path = tmp_path / "series.csv"
+    path.write_text("time,load\n2024-01-01,1.5\n2024-01-02,2\n2024-01-03,-3e2\n")
+    names, rows = cli.read_csv_history(str(path), [])
+    assert names == ["load"]
+    assert rows == [[1.5], [2.0], [-300.0]]
+
+
+def test_csv_columns_chosen_by_name_in_given_order(tmp_path):
+    path = tmp_path / "series.csv"
+    path.write_text("a,b,c\n1,2,3\n4,5,6\n")
+    names, rows = cli.read_csv_history(str(path), ["c", "a"])
+    assert names == ["c", "a"]
+    assert rows == [[3.0, 1.0], [6.0, 4.0]]
+    assert cli.read_csv_history(str(path), [])[0] == ["a", "b", "c"]
+
+
+def test_csv_errors_name_file_line_and_column(tmp_path):
+    path = tmp_path / "series.csv"
+    path.write_text("a,b\n1,2\n3,oops\n")
+    with pytest.raises(ValueError, match=r"line 3, column 'b': 'oops'"):
+        cli.read_csv_history(str(path), ["a", "b"])
+    with pytest.raises(ValueError, match=r"no column 'z'"):
+        cli.read_csv_history(str(path), ["z"])
+
+
+def test_csv_from_stdin():
+    names, rows = cli.read_csv_history("-", ["v"], io.StringIO("v\n1\n2\n"))
+    assert (names, rows) == (["v"], [[1.0], [2.0]])
+
+
+def test_forecast_with_unreadable_csv_is_a_usage_error(tmp_path, capsys):
+    rc = cli.main(["forecast", "--csv", str(tmp_path / "missing.csv"), "--horizon", "2"])
+    assert rc == cli.EXIT_USAGE
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_serve_rejects_a_bad_environment_value(capsys):
+    rc = cli.main(["serve"], environ={"SEQSERVE_PORT": "not-a-port"})
+    assert rc == cli.EXIT_USAGE
+    assert "SEQSERVE_PORT" in capsys.readouterr().err
+
+
+def test_training_commands_without_torch_say_how_to_install(tmp_path):
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # makes `import torch` fail like a serving install
+        "from service.cli import main\n"
+        f"sys.exit(main(['train', 'forecast', '--out', {str(tmp_path / 'run')!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == cli.EXIT_USAGE, proc.stderr
+    assert proc.stderr.strip() == (
+        "error: `seqserve train` needs the training extras (torch is missing): pip install 'seqserve[train]'"
+    )
+
+
+@pytest.mark.parametrize("command", ["train", "export", "evaluate"])
+def test_training_commands_delegate_to_the_training_cli(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert f"seqserve-train {command}" in text  # training.cli's own parser answered

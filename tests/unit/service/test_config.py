@@ -1,0 +1,92 @@
+"""ServeConfig: defaults, flag > env > default precedence, clear errors."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+import service
+from service.config import ServeConfig, add_arguments, config_from_args
+from service.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unauthenticated,
+    Unavailable,
+)
+
+
+def _parse(argv: list[str], environ: dict[str, str]) -> ServeConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return config_from_args(parser.parse_args(argv), environ=environ)
+
+
+def test_defaults():
+    cfg = _parse([], {})
+    assert cfg == ServeConfig()
+    assert cfg.models == Path(service.__file__).parents[1] / "models"
+    assert (cfg.host, cfg.port, cfg.metrics_port, cfg.max_batch_size, cfg.max_streams) == ("127.0.0.1", 50051, 9464, 32, 64)
+
+
+def test_flag_beats_env_beats_default():
+    env = {"SEQSERVE_PORT": "6000", "SEQSERVE_MAX_BATCH_WAIT_MS": "0.5", "SEQSERVE_MODELS": "/srv/models"}
+    cfg = _parse(["--port", "7000", "--max-streams", "3"], env)
+    assert cfg.port == 7000  # flag over env
+    assert cfg.max_batch_wait_ms == 0.5  # env over default
+    assert cfg.models == Path("/srv/models")
+    assert cfg.max_streams == 3
+    assert cfg.max_queue == 256  # default
+
+
+def test_bad_env_value_names_the_variable():
+    with pytest.raises(ValueError, match=r"SEQSERVE_MAX_QUEUE='lots' is not an integer"):
+        _parse([], {"SEQSERVE_MAX_QUEUE": "lots"})
+    with pytest.raises(ValueError, match=r"max_streams 0 must be at least 1"):
+        _parse([], {"SEQSERVE_MAX_STREAMS": "0"})
+    with pytest.raises(ValueError, match=r"graph_optimization 'fast' is not one of"):
+        _parse([], {"SEQSERVE_GRAPH_OPTIMIZATION": "fast"})
+
+
+def test_help_shows_default_and_env_var():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    text = parser.format_help()
+    assert "--max-batch-size" in text and "SEQSERVE_MAX_BATCH_SIZE" in text and "default 32" in text
+
+
+@pytest.mark.parametrize(
+    "cls, code",
+    [
+        (InvalidArgument, "INVALID_ARGUMENT"),
+        (NotFound, "NOT_FOUND"),
+        (ResourceExhausted, "RESOURCE_EXHAUSTED"),
+        (Unavailable, "UNAVAILABLE"),
+        (DeadlineExceeded, "DEADLINE_EXCEEDED"),
+        (Cancelled, "CANCELLED"),
+        (Unauthenticated, "UNAUTHENTICATED"),
+        (Internal, "INTERNAL"),
+    ],
+)
+def test_error_codes(cls, code):
+    err = cls("horizon 900 exceeds the model's maximum 720", field="horizon")
+    assert isinstance(err, ServiceError) and err.code == code
+    assert err.message == str(err) == "horizon 900 exceeds the model's maximum 720" and err.field == "horizon"
+
+
+def test_engine_imports_without_torch_or_grpc():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['grpc'] = None\n"
+        "import service.engine, service.tasks.forecast, service.tasks.translate, service.tasks.generate"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,156 @@
+"""Generation through the step scheduler: seeded determinism under load, streaming, stop strings,
+cancellation, the stream cap, deadlines and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import aclosing
+
+import pytest
+
+from service.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from service.types import GenerateRequest
+
+PROMPTS = ["First Citizen:\n", "Speak", "All:", "Before we proceed", "You are all resolved", "F", "hear me", "Resolved."]
+
+
+def _requests(n: int, **kw) -> list[GenerateRequest]:
+    return [GenerateRequest(prompt=PROMPTS[i % len(PROMPTS)], max_tokens=24 + i, seed=1000 + i, temperature=0.9, **kw) for i in range(n)]
+
+
+@pytest.mark.parametrize("name", ["tiny-generate", "gru-generate"])
+async def test_seeded_generation_is_identical_alone_and_under_load(tmp_path, add_bundle, make_engine, name):
+    add_bundle(tmp_path, name)
+    engine = await make_engine(tmp_path)
+    requests = _requests(16, top_k=20, top_p=0.95)
+    alone = [await engine.generate(r) for r in requests]
+    steps, rows = engine.stats.decode_steps, engine.stats.decode_rows
+    assert rows == steps  # one stream at a time: one row per step
+    together = await asyncio.gather(*(engine.generate(r) for r in requests))
+    steps, rows = engine.stats.decode_steps - steps, engine.stats.decode_rows - rows
+    assert rows / steps > 4  # the streams really shared decoder calls
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert [r.completion_tokens for r in together] == [r.completion_tokens for r in alone]
+    assert len({r.text for r in alone}) > 1  # different seeds and prompts, different texts
+
+
+async def test_stream_chunks_add_up_to_the_completion(engine):
+    req = GenerateRequest(prompt="First", max_tokens=30, seed=5)
+    chunks = [c async for c in engine.generate_stream(req)]
+    whole = await engine.generate(req)
+    assert "".join(c.text for c in chunks) == whole.text
+    assert [c.finish_reason for c in chunks[:-1]] == [""] * (len(chunks) - 1)
+    assert chunks[-1].finish_reason == whole.finish_reason in ("length", "eos")
+    assert chunks[-1].completion_tokens == whole.completion_tokens <= 30
+    assert whole.prompt_tokens == 5  # character tokenizer
+    if whole.finish_reason == "length":
+        assert whole.completion_tokens == 30
+
+
+async def test_temperature_zero_is_greedy_and_seed_free(engine):
+    a = await engine.generate(GenerateRequest(prompt="All:", max_tokens=20, temperature=0, seed=1))
+    b = await engine.generate(GenerateRequest(prompt="All:", max_tokens=20, temperature=0, seed=2))
+    assert a.text == b.text
+
+
+async def test_stop_string_ends_the_text_before_it(engine):
+    for seed in range(100):  # random weights may sample EOS early: find a seed with a long text
+        full = await engine.generate(GenerateRequest(prompt="First", max_tokens=60, seed=seed))
+        if len(full.text) > 12:
+            break
+    stop = full.text[6:9]
+    cut = full.text.find(stop)
+    req = GenerateRequest(prompt="First", max_tokens=60, seed=seed, stop=["\x00never", stop])
+    stopped = await engine.generate(req)
+    assert stopped.finish_reason == "stop" and stopped.text == full.text[:cut]
+    chunks = [c async for c in engine.generate_stream(req)]
+    streamed = ""
+    for c in chunks:
+        streamed += c.text
+        assert stop not in streamed
+    assert streamed == full.text[:cut] and chunks[-1].finish_reason == "stop"
+
+
+async def _first_chunk(stream) -> None:
+    await stream.__anext__()
+
+
+async def test_stream_cap_and_closing_a_stream_frees_its_slot(repo, make_engine):
+    engine = await make_engine(repo, max_streams=2)
+    req = GenerateRequest(prompt="First", max_tokens=500, seed=3)
+    a, b = engine.generate_stream(req), engine.generate_stream(req)
+    await _first_chunk(a)
+    await _first_chunk(b)
+    c = engine.generate_stream(req)
+    with pytest.raises(ResourceExhausted, match=r"2 of 2 decoding streams are in use"):
+        await _first_chunk(c)
+    await a.aclose()  # the consumer stops: slot freed
+    async with aclosing(engine.generate_stream(req)) as d:
+        await _first_chunk(d)
+    await b.aclose()
+    assert engine.stats.streams_rejected == 1
+
+
+async def test_cancelling_the_consumer_task_frees_the_slot(repo, make_engine):
+    engine = await make_engine(repo, max_streams=1)
+    got_one = asyncio.Event()
+
+    async def consume():
+        async for _ in engine.generate_stream(GenerateRequest(prompt="First", max_tokens=1000, seed=4)):
+            got_one.set()
+            await asyncio.Event().wait()  # a slow client
+
+    task = asyncio.ensure_future(consume())
+    await got_one.wait()
+    with pytest.raises(ResourceExhausted):
+        await engine.generate(GenerateRequest(prompt="x", max_tokens=2))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    result = await engine.generate(GenerateRequest(prompt="First", max_tokens=2, seed=0))
+    assert result.completion_tokens >= 1
+
+
+async def test_translation_counts_against_the_stream_cap(repo, make_engine):
+    from service.types import TranslateRequest
+
+    engine = await make_engine(repo, max_streams=2)
+    with pytest.raises(ResourceExhausted, match=r"request needs 3 decoding streams; the server admits at most 2"):
+        await engine.translate(TranslateRequest(texts=["Ein Mann", "Zwei Hunde", "Ein Kind"]))
+    assert len((await engine.translate(TranslateRequest(texts=["Ein Mann", "Zwei Hunde"]))).translations) == 2
+
+
+async def test_expired_deadline_is_refused_and_counted(engine):
+    before = engine.stats.deadline_dropped
+    with pytest.raises(DeadlineExceeded):
+        await engine.generate(GenerateRequest(prompt="First", max_tokens=5), deadline=time.monotonic() - 0.1)
+    assert engine.stats.deadline_dropped == before + 1
+
+
+async def test_deadline_passing_mid_stream_ends_it(engine):
+    # 1000 greedy tokens take far longer than 20 ms (the tiny model's greedy path never hits EOS)
+    req = GenerateRequest(prompt="First", max_tokens=1000, temperature=0)
+    received = []
+    with pytest.raises(DeadlineExceeded, match="deadline passed while decoding"):
+        async with aclosing(engine.generate_stream(req, deadline=time.monotonic() + 0.02)) as stream:
+            async for chunk in stream:
+                received.append(chunk)
+    assert received and not any(c.finish_reason for c in received)
+    assert engine.stats.deadline_dropped == 1
+
+
+async def test_drain_refuses_new_work_and_lets_streams_finish(repo, make_engine):
+    engine = await make_engine(repo)
+    changed = asyncio.Event()
+    engine.add_listener(changed.set)
+    stream = engine.generate_stream(GenerateRequest(prompt="First", max_tokens=40, seed=2))
+    first = await stream.__anext__()
+    stopping = asyncio.ensure_future(engine.stop(5.0))
+    await changed.wait()  # readiness dropped: draining
+    assert not engine.task_ready("generate")
+    with pytest.raises(Unavailable, match="server is draining"):
+        await engine.generate(GenerateRequest(prompt="x", max_tokens=2))
+    rest = [c async for c in stream]  # the in-flight stream completes
+    assert (rest[-1] if rest else first).finish_reason in ("length", "eos")
+    await stopping

@@ -1,0 +1,182 @@
+"""Model repository: loading, polling, atomic swaps, failed versions, keep_versions, path safety."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.errors import InvalidArgument, NotFound, Unavailable
+from service.types import FAILED, READY, ForecastRequest, GenerateRequest
+
+HISTORY = np.sin(np.arange(30.0))[:, None]
+
+
+def _edit_manifest(bundle: Path, **changes) -> None:
+    path = bundle / "manifest.json"
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _states(engine) -> dict[tuple[str, str], str]:
+    return {(m.name, m.version): m.state for m in engine.list_models()}
+
+
+async def test_loads_every_bundle(engine):
+    infos = {m.name: m for m in engine.list_models()}
+    assert set(infos) == {"tiny-forecast", "tiny-translate", "tiny-generate"}
+    assert all(m.state == READY and m.is_default and m.version == "1" and m.loaded_at > 0 for m in infos.values())
+    assert all(engine.task_ready(t) for t in ("forecast", "translate", "generate"))
+    fc = infos["tiny-forecast"]
+    assert fc.task == "forecast" and fc.cell == "lstm" and fc.forecast["horizon"] == 6
+    assert fc.limits["window"] == 24 and fc.num_parameters > 0
+    tr = infos["tiny-translate"]
+    assert tr.bidirectional and tr.limits["max_source_tokens"] == 64 and tr.forecast is None
+    assert engine.get_model("tiny-generate").limits["max_prompt_tokens"] == 512
+
+
+async def test_new_version_swaps_in_and_old_one_retires(repo, add_bundle, make_engine):
+    engine = await make_engine(repo)
+    assert (await engine.forecast(ForecastRequest(history=HISTORY))).version == "1"
+    add_bundle(repo, "tiny-forecast", "2")
+    await engine.refresh()
+    assert (await engine.forecast(ForecastRequest(history=HISTORY))).version == "2"
+    assert engine.get_model("tiny-forecast").version == "2"
+    assert _states(engine).get(("tiny-forecast", "1")) in (None, "UNLOADING")
+    with pytest.raises((NotFound, Unavailable)):
+        await engine.forecast(ForecastRequest(model="tiny-forecast", version="1", history=HISTORY))
+
+
+async def test_keep_versions_serves_the_latest_n(repo, add_bundle, make_engine):
+    add_bundle(repo, "tiny-forecast", "2")
+    add_bundle(repo, "tiny-forecast", "10")
+    engine = await make_engine(repo, keep_versions=2)
+    states = _states(engine)
+    assert states[("tiny-forecast", "10")] == READY and states[("tiny-forecast", "2")] == READY
+    assert ("tiny-forecast", "1") not in states  # beyond the latest 2: never loaded
+    assert (await engine.forecast(ForecastRequest(history=HISTORY))).version == "10"  # numeric, not lexical
+    pinned = await engine.forecast(ForecastRequest(model="tiny-forecast", version="2", history=HISTORY))
+    assert pinned.version == "2"
+    shutil.rmtree(repo / "tiny-forecast" / "10")
+    await engine.refresh()
+    assert {v for (n, v), s in _states(engine).items() if n == "tiny-forecast" and s == READY} == {"1", "2"}
+
+
+async def test_failed_version_never_replaces_the_good_one(repo, add_bundle, make_engine, caplog):
+    engine = await make_engine(repo)
+    bad = add_bundle(repo, "tiny-generate", "2")
+    (bad / "lm.onnx").write_bytes(b"this is not an onnx graph")
+    with caplog.at_level(logging.WARNING, logger="service.repository"):
+        await engine.refresh()
+    info = engine.get_model("tiny-generate", "2")
+    assert info.state == FAILED and "graph 'lm.onnx' does not load" in info.error
+    assert engine.get_model("tiny-generate").version == "1"
+    assert (await engine.generate(GenerateRequest(prompt="Fir", max_tokens=3, seed=0))).version == "1"
+    assert any("tiny-generate" in r.getMessage() and r.levelno >= logging.WARNING for r in caplog.records)
+    with pytest.raises(Unavailable, match=r"model 'tiny-generate' version 2 is FAILED"):
+        await engine.generate(GenerateRequest(model="tiny-generate", version="2", prompt="Fir"))
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="service.repository"):
+        await engine.refresh()  # unchanged files: not retried
+    assert not caplog.records and engine.get_model("tiny-generate", "2").state == FAILED
+
+    shutil.copy(repo / "tiny-generate" / "1" / "lm.onnx", bad / "lm.onnx")  # fixed: retried, swaps in
+    await engine.refresh()
+    assert engine.get_model("tiny-generate").version == "2"
+    assert (await engine.generate(GenerateRequest(prompt="Fir", max_tokens=3, seed=0))).version == "2"
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("missing_file", "named by the manifest is missing"),
+        ("bad_json", "not readable JSON"),
+        ("bad_schema", "cell 'transformer' is not one of"),
+        ("escape", "must be a plain file name"),
+        ("symlinked_graph", "missing"),
+        ("name_mismatch", "the directory says 'tiny-forecast' version '2'"),
+        ("wrong_suffix", "must be a plain file name"),
+    ],
+)
+async def test_broken_bundles_are_recorded_failed(repo, add_bundle, make_engine, breakage, message):
+    bad = add_bundle(repo, "tiny-forecast", "2")
+    if breakage == "missing_file":
+        (bad / "forecast.onnx").unlink()
+    elif breakage == "bad_json":
+        (bad / "manifest.json").write_text("{ not json")
+    elif breakage == "bad_schema":
+        _edit_manifest(bad, cell="transformer")
+    elif breakage == "escape":
+        shutil.copy(bad / "forecast.onnx", repo / "outside.onnx")
+        _edit_manifest(bad, graphs={"forecast": "../../outside.onnx"})
+    elif breakage == "symlinked_graph":
+        (bad / "forecast.onnx").rename(repo / "real.onnx")
+        (bad / "forecast.onnx").symlink_to(repo / "real.onnx")
+    elif breakage == "name_mismatch":
+        _edit_manifest(bad, name="other")
+    elif breakage == "wrong_suffix":
+        shutil.copy(bad / "forecast.onnx", bad / "forecast.so")
+        _edit_manifest(bad, graphs={"forecast": "forecast.so"})
+    engine = await make_engine(repo)
+    info = engine.get_model("tiny-forecast", "2")
+    assert info.state == FAILED and message in info.error
+    assert engine.get_model("tiny-forecast").version == "1"  # the good one serves
+    assert engine.task_ready("forecast")
+
+
+async def test_symlinked_directories_are_ignored(repo, tmp_path, make_engine):
+    shutil.copytree(repo / "tiny-forecast" / "1", tmp_path / "elsewhere")
+    (repo / "tiny-forecast" / "5").symlink_to(tmp_path / "elsewhere")
+    (repo / "linked-model").symlink_to(repo / "tiny-forecast")
+    engine = await make_engine(repo)
+    assert ("tiny-forecast", "5") not in _states(engine)
+    assert all(m.name != "linked-model" for m in engine.list_models())
+
+
+async def test_request_names_never_reach_the_filesystem(engine):
+    for name in ("../tiny-forecast", "tiny-forecast/1", "/etc/passwd", "..", "nope"):
+        with pytest.raises(NotFound, match=r"model .* not found"):
+            await engine.forecast(ForecastRequest(model=name, history=HISTORY))
+    for version in ("../1", "2", "01x"):
+        with pytest.raises(NotFound, match=r"model 'tiny-forecast' has no version"):
+            await engine.forecast(ForecastRequest(model="tiny-forecast", version=version, history=HISTORY))
+    with pytest.raises(NotFound, match="model 'nope' not found"):
+        engine.get_model("nope")
+    with pytest.raises(InvalidArgument, match="model 'tiny-translate' is a translate model, not a forecast model"):
+        await engine.forecast(ForecastRequest(model="tiny-translate", history=HISTORY))
+
+
+async def test_default_model_is_marked_or_alphabetical(repo, add_bundle, make_engine):
+    add_bundle(repo, "gru-generate")
+    engine = await make_engine(repo)
+    assert (await engine.generate(GenerateRequest(prompt="Fi", max_tokens=2))).model == "gru-generate"
+    _edit_manifest(repo / "tiny-generate" / "1", default=True)
+    add_bundle(repo, "tiny-generate", "2")
+    _edit_manifest(repo / "tiny-generate" / "2", default=True)
+    await engine.refresh()
+    assert (await engine.generate(GenerateRequest(prompt="Fi", max_tokens=2))).model == "tiny-generate"
+    defaults = [(m.name, m.version) for m in engine.list_models() if m.is_default and m.task == "generate"]
+    assert defaults == [("tiny-generate", "2")]
+
+
+async def test_polling_finds_new_and_removed_models(tmp_path, add_bundle, make_engine):
+    engine = await make_engine(tmp_path, poll_interval_s=0.05)
+    assert not engine.task_ready("forecast")
+    changed = asyncio.Event()
+    engine.add_listener(changed.set)
+    add_bundle(tmp_path, "tiny-forecast")
+    await asyncio.wait_for(changed.wait(), timeout=10)
+    assert engine.task_ready("forecast") and not engine.task_ready("generate")
+    changed.clear()
+    shutil.rmtree(tmp_path / "tiny-forecast")
+    await asyncio.wait_for(changed.wait(), timeout=10)
+    assert not engine.task_ready("forecast")
+    with pytest.raises(Unavailable, match="no forecast model is loaded"):
+        await engine.forecast(ForecastRequest(history=HISTORY))

@@ -1,0 +1,165 @@
+"""Sampling, stop strings, incremental detokenisation, greedy and beam search (pure numpy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from service.sampling import BeamSearch, GreedySearch, Sampler, StopChecker, softmax, top_k_mask, top_p_mask
+from service.tokenizing import StreamDecoder, TextCodec
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = np.array([0.1, 3.0, -1.0, 2.5, 0.0, 2.9])
+    assert set(np.flatnonzero(top_k_mask(logits, 3))) == {1, 3, 5}
+    assert top_k_mask(logits, 0).all() and top_k_mask(logits, 10).all()
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    probs = np.array([0.05, 0.5, 0.1, 0.3, 0.05])
+    assert set(np.flatnonzero(top_p_mask(probs, 0.5))) == {1}
+    assert set(np.flatnonzero(top_p_mask(probs, 0.51))) == {1, 3}
+    assert set(np.flatnonzero(top_p_mask(probs, 0.85))) == {1, 3, 2}
+    assert set(np.flatnonzero(top_p_mask(probs, 0.01))) == {1}  # never empty
+
+
+def test_temperature_zero_is_argmax_and_ignores_the_rng():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=50)
+    sampler = Sampler(temperature=0.0, rng=np.random.default_rng(1))
+    assert all(sampler.sample(logits) == int(np.argmax(logits)) for _ in range(20))
+
+
+def test_sampler_draws_only_from_the_filtered_set_and_follows_the_distribution():
+    logits = np.log(np.array([0.4, 0.3, 0.2, 0.1]))
+    top_k = Sampler(1.0, top_k=2, rng=np.random.default_rng(0))
+    draws = np.array([top_k.sample(logits) for _ in range(4000)])
+    assert set(draws) == {0, 1}
+    assert abs((draws == 0).mean() - 0.4 / 0.7) < 0.03
+    top_p = Sampler(1.0, top_p=0.75, rng=np.random.default_rng(0))
+    assert set(top_p.sample(logits) for _ in range(2000)) == {0, 1, 2}
+    hot = Sampler(0.5, rng=np.random.default_rng(0)).probabilities(logits)
+    np.testing.assert_allclose(hot, softmax(logits / 0.5))
+
+
+def test_same_seed_same_tokens():
+    logits = np.random.default_rng(3).normal(size=(30, 40))
+    a = Sampler(0.8, top_k=10, top_p=0.9, rng=np.random.default_rng(7))
+    b = Sampler(0.8, top_k=10, top_p=0.9, rng=np.random.default_rng(7))
+    assert [a.sample(x) for x in logits] == [b.sample(x) for x in logits]
+
+
+def test_stop_checker_finds_earliest_and_holds_back_prefixes():
+    stops = StopChecker(["\n\n", "END", "xyz"])
+    assert stops.find("abc END and \n\n") == 4
+    assert stops.find("nothing here") == -1
+    assert stops.holdback("hello E") == 1
+    assert stops.holdback("hello EN") == 2
+    assert stops.holdback("hello\n") == 1
+    assert stops.holdback("hello") == 0
+    assert StopChecker([]).holdback("abc") == 0
+
+
+def _char_codec(text: str) -> TextCodec:
+    vocab = {ch: i for i, ch in enumerate(sorted(set(text)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=text[0]))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return TextCodec(tok)
+
+
+def test_stream_decoder_never_emits_the_start_of_a_stop_string():
+    text = "ab STOP cd"
+    codec = _char_codec("abSTOPcd ")
+    ids, _ = codec.encode(text)
+    dec = StreamDecoder(codec, StopChecker(["STOP"]))
+    chunks = []
+    for i in ids:
+        chunks.append(dec.push(i))
+        assert "S" not in "".join(chunks)  # "S" may start "STOP": held back
+        if dec.stopped:
+            break
+    assert dec.stopped and dec.text == "ab " and "".join(chunks) == "ab "
+
+
+def test_stream_decoder_releases_a_false_alarm():
+    codec = _char_codec("abSTcd ")
+    ids, _ = codec.encode("ab ST")
+    dec = StreamDecoder(codec, StopChecker(["STOP"]))
+    chunks = [dec.push(i) for i in ids]
+    assert "".join(chunks) == "ab "
+    assert dec.finish() == "ST" and not dec.stopped
+
+
+def test_stream_decoder_holds_partial_utf8_pieces():
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["plain ascii text"], trainer=trainer)
+    codec = TextCodec(tok)
+    text = "naïve 日本"
+    ids, _ = codec.encode(text)  # multi-byte characters are several byte tokens
+    assert len(ids) > len(text)
+    dec = StreamDecoder(codec, StopChecker([]))
+    chunks = [dec.push(i) for i in ids]
+    assert all("\ufffd" not in c for c in chunks)
+    assert "".join(chunks) + dec.finish() == text
+
+
+def _random_log_probs(rng: np.random.Generator, steps: int, rows: int, vocab: int) -> np.ndarray:
+    logits = rng.normal(size=(steps, rows, vocab)) * 2.0
+    return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_beam_search_with_beam_one_equals_greedy(seed):
+    rng = np.random.default_rng(seed)
+    eos, vocab = 0, 6
+    table = _random_log_probs(rng, 40, 1, vocab)
+    greedy = GreedySearch(eos, max_length=30, alpha=0.6)
+    beam = BeamSearch(1, eos, max_length=30, alpha=0.6)
+    step = 0
+    while not greedy.done:
+        greedy.step(table[step])
+        step += 1
+    step = 0
+    while not beam.done:
+        assert beam.rows == 1
+        beam.step(table[step])
+        step += 1
+    assert beam.best().tokens == greedy.best().tokens
+    assert beam.best().score(0.6) == pytest.approx(greedy.best().score(0.6))
+
+
+def test_beam_search_finds_the_better_sequence_greedy_misses():
+    # Step 1: token 1 (p .6) beats token 2 (p .4); after 1 everything is flat, after 2 EOS is certain.
+    eos, vocab = 0, 4
+    first = np.log(np.array([[1e-9, 0.6, 0.4, 1e-9]]))
+    after = {1: np.log(np.array([0.25, 0.25, 0.25, 0.25])), 2: np.log(np.array([0.97, 0.01, 0.01, 0.01]))}
+
+    def run(search):
+        search.step(first)
+        while not search.done:
+            rows = [after.get(t, after[1]) for t in search.prev_tokens(bos=3)]
+            search.step(np.stack(rows))
+        return search.best()
+
+    assert run(GreedySearch(eos, 10, alpha=0.0)).tokens[0] == 1
+    best = run(BeamSearch(2, eos, 10, alpha=0.0))
+    assert best.tokens == [2] and best.ended
+    assert best.logp == pytest.approx(np.log(0.4) + np.log(0.97))
+
+
+def test_beam_search_reorders_parents_and_respects_max_length():
+    rng = np.random.default_rng(0)
+    beam = BeamSearch(3, eos=0, max_length=5, alpha=0.6)
+    steps = 0
+    while not beam.done:
+        lp = _random_log_probs(rng, 1, beam.rows, 8)[0]
+        lp[:, 0] = -50.0  # EOS never wins
+        parents = beam.step(lp)
+        assert len(parents) == beam.rows and all(0 <= p < lp.shape[0] for p in parents)
+        steps += 1
+    assert steps == 5 and len(beam.best().tokens) == 5

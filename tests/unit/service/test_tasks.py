@@ -1,0 +1,137 @@
+"""Task behaviour and validation: every refused request's error class and message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.errors import InvalidArgument, ResourceExhausted
+from service.types import ForecastRequest, GenerateRequest, TranslateRequest
+
+HISTORY = np.sin(np.arange(40.0) / 3.0)[:, None] * 10 + 50  # (40, 1)
+
+
+async def test_forecast_shapes_levels_and_window(engine):
+    r = await engine.forecast(ForecastRequest(history=HISTORY))
+    assert (r.model, r.version, r.quantiles) == ("tiny-forecast", "1", [0.1, 0.5, 0.9])
+    assert r.forecast.shape == (6, 1) and r.quantile_paths.shape == (3, 6, 1)
+    np.testing.assert_array_equal(r.forecast, r.quantile_paths[1])
+    # only the most recent `window` (24) steps matter; a 1-D history is one channel
+    recent = await engine.forecast(ForecastRequest(history=HISTORY[-24:, 0]))
+    np.testing.assert_allclose(recent.quantile_paths, r.quantile_paths, rtol=1e-6)
+    short = await engine.forecast(ForecastRequest(history=HISTORY, horizon=2, quantiles=[0.9, 0.3, 0.5]))
+    assert short.quantile_paths.shape == (3, 2, 1) and short.quantiles == [0.9, 0.3, 0.5]
+    np.testing.assert_allclose(short.quantile_paths[0], r.quantile_paths[2, :2])
+    lo, mid = r.quantile_paths[0, :2], r.quantile_paths[1, :2]
+    np.testing.assert_allclose(short.quantile_paths[1], 0.5 * lo + 0.5 * mid)  # 0.3 is halfway 0.1..0.5
+
+
+async def test_translate_outputs(engine):
+    r = await engine.translate(TranslateRequest(texts=["Ein Mann trinkt Kaffee.", "Ein Kind"], return_attention=True, max_length=7))
+    assert (r.model, r.version) == ("tiny-translate", "1") and len(r.translations) == 2
+    for t in r.translations:
+        assert 0 < len(t.tokens) <= 7 and np.isfinite(t.score)
+        assert t.attention.shape == (len(t.tokens), len(t.source_tokens))
+        np.testing.assert_allclose(t.attention.sum(axis=1), 1.0, atol=1e-4)
+    assert "".join(r.translations[1].source_tokens).replace("▁", " ").strip() == "Ein Kind"
+    assert (await engine.translate(TranslateRequest(texts=["Ein Kind"]))).translations[0].attention is None
+
+
+async def test_translate_beam_zero_and_one_are_greedy(engine):
+    texts = ["Die Katze schläft auf dem Sofa.", "Zwei Hunde spielen im Park."]
+    greedy = await engine.translate(TranslateRequest(texts=texts, beam_size=0))
+    one = await engine.translate(TranslateRequest(texts=texts, beam_size=1))
+    assert [t.tokens for t in greedy.translations] == [t.tokens for t in one.translations]
+    beam = await engine.translate(TranslateRequest(texts=texts, beam_size=4))
+    assert all(np.isfinite(t.score) for t in beam.translations)
+
+
+FORECAST_ERRORS = [
+    (dict(history=np.array([[1.0, 2.0]] * 30)), "history has 2 channels; model 'tiny-forecast' expects 1"),
+    (dict(history=np.ones(3)), "history has 3 steps; model 'tiny-forecast' needs at least 8"),
+    (dict(history=np.ones((2, 3, 1))), "history has 3 dimensions; it must be (steps, channels)"),
+    (dict(history=np.r_[np.ones(12), np.nan, np.ones(5)]), "history[12, 0] is nan; every value must be finite"),
+    (dict(history=np.r_[np.ones(10), np.inf]), "history[10, 0] is inf; every value must be finite"),
+    (dict(history=HISTORY, horizon=900), "horizon 900 exceeds the model's maximum 6"),
+    (dict(history=HISTORY, horizon=-1), "horizon -1 must be positive (0 = the model's 6)"),
+    (dict(history=HISTORY, quantiles=[0.5, 1.0]), "quantiles[1] 1.0 must be within (0, 1)"),
+    (dict(history=HISTORY, quantiles=[0.05]), "quantiles[0] 0.05 is outside model 'tiny-forecast''s range [0.1, 0.9]"),
+    (dict(history=HISTORY, quantiles=[0.5] * 33), "quantiles has 33 levels; the limit is 32"),
+    (dict(history=np.ones(100_001)), "history has 100001 steps; the limit is 100000"),
+]
+
+
+@pytest.mark.parametrize("fields, message", FORECAST_ERRORS)
+async def test_forecast_validation(engine, fields, message):
+    with pytest.raises(InvalidArgument) as info:
+        await engine.forecast(ForecastRequest(**fields))
+    assert info.value.message == message and info.value.code == "INVALID_ARGUMENT"
+    assert info.value.field in ("history", "horizon", "quantiles")
+
+
+TRANSLATE_ERRORS = [
+    (dict(texts=[]), "texts is empty; send at least one text"),
+    (dict(texts=["a"] * 33), "texts has 33 entries; the limit is 32"),
+    (dict(texts=["Ein Mann", "  "]), "texts[1] is empty"),
+    (dict(texts=["x" * 1001]), "texts[0] has 1001 characters; the limit is 1000"),
+    (dict(texts=[" ".join(["Ein"] * 70)]), "texts[0] has 70 tokens; model 'tiny-translate' accepts at most 64"),
+    (dict(texts=["Ein Mann"], beam_size=9), "beam_size 9 must be within 0..8 (0 or 1 = greedy)"),
+    (dict(texts=["Ein Mann"], beam_size=-1), "beam_size -1 must be within 0..8 (0 or 1 = greedy)"),
+    (dict(texts=["Ein Mann"], max_length=49), "max_length 49 must be within 0..48 (0 = automatic)"),
+]
+
+
+@pytest.mark.parametrize("fields, message", TRANSLATE_ERRORS)
+async def test_translate_validation(engine, fields, message):
+    with pytest.raises(InvalidArgument) as info:
+        await engine.translate(TranslateRequest(**fields))
+    assert info.value.message == message
+
+
+GENERATE_ERRORS = [
+    (dict(temperature=-0.5), "temperature -0.5 must be 0 (greedy) or more"),
+    (dict(top_p=0.0), "top_p 0.0 must be within (0, 1]"),
+    (dict(top_p=1.5), "top_p 1.5 must be within (0, 1]"),
+    (dict(top_k=-1), "top_k -1 must be 0 (off) or more"),
+    (dict(max_tokens=0), "max_tokens 0 must be at least 1"),
+    (dict(max_tokens=1025), "max_tokens 1025 exceeds the limit 1024"),
+    (dict(seed=-3), "seed -3 must be 0 or more"),
+    (dict(stop=["a"] * 9), "stop has 9 strings; the limit is 8"),
+    (dict(stop=["ok", ""]), "stop[1] is empty"),
+    (dict(stop=["s" * 65]), "stop[0] has 65 characters; the limit is 64"),
+    (dict(prompt="F" * 1001), "prompt has 1001 characters; the limit is 1000"),
+]
+
+
+@pytest.mark.parametrize("fields, message", GENERATE_ERRORS)
+async def test_generate_validation(engine, fields, message):
+    with pytest.raises(InvalidArgument) as info:
+        await engine.generate(GenerateRequest(**{"prompt": "First", **fields}))
+    assert info.value.message == message
+    with pytest.raises(InvalidArgument):  # the stream refuses it the same way
+        async for _ in engine.generate_stream(GenerateRequest(**{"prompt": "First", **fields})):
+            pass
+
+
+async def test_prompt_token_limit_comes_from_the_manifest(repo, make_engine):
+    engine = await make_engine(repo, max_text_chars=2000)
+    with pytest.raises(InvalidArgument, match="prompt has 600 tokens; model 'tiny-generate' accepts at most 512"):
+        await engine.generate(GenerateRequest(prompt="F" * 600))
+    tight = await make_engine(repo, max_prompt_tokens=4)  # the config can only tighten it
+    with pytest.raises(InvalidArgument, match="prompt has 5 tokens; model 'tiny-generate' accepts at most 4"):
+        await tight.generate(GenerateRequest(prompt="First"))
+
+
+async def test_empty_prompt_starts_from_bos(engine):
+    r = await engine.generate(GenerateRequest(prompt="", max_tokens=3, seed=0))
+    assert r.prompt_tokens == 1 and r.completion_tokens >= 1
+
+
+async def test_queue_full_through_the_engine(repo, make_engine):
+    import asyncio
+
+    engine = await make_engine(repo, max_queue=1, max_batch_size=1, max_batch_wait_ms=0.0)
+    results = await asyncio.gather(*(engine.forecast(ForecastRequest(history=HISTORY)) for _ in range(6)), return_exceptions=True)
+    rejected = [r for r in results if isinstance(r, ResourceExhausted)]
+    assert rejected and all("is full (1 requests waiting)" in r.message for r in rejected)
+    assert any(not isinstance(r, Exception) for r in results)

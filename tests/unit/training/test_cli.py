@@ -1,0 +1,101 @@
+"""seqserve-train end to end: train a tiny preset, export it, evaluate the bundle and the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from service.bundle import read_manifest
+from training import cli, train
+
+torch.set_num_threads(1)
+TASKS = ("translate", "forecast", "generate")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Train each tiny preset briefly through the CLI and export it: task -> (run dir, bundle dir)."""
+    root = tmp_path_factory.mktemp("cli")
+    out = {}
+    for task in TASKS:
+        run_dir, models = root / f"run-{task}", root / "models"
+        assert cli.main(["train", task, "--preset", f"tiny-{task}", "--out", str(run_dir), "--seed", "1",
+                         "--set", "train.max_steps=60", "--set", "train.eval_every=30",
+                         "--set", "train.progress=false"]) == 0
+        assert cli.main(["export", "--checkpoint", str(run_dir / train.BEST), "--models", str(models),
+                         "--name", f"tiny-{task}", "--version", "1"]) == 0
+        out[task] = (run_dir, models / f"tiny-{task}" / "1")
+    return out
+
+
+def _evaluate(capsys, *args: str) -> dict:
+    capsys.readouterr()
+    assert cli.main(["evaluate", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_train_export_evaluate(task, exported, capsys):
+    run_dir, bundle = exported[task]
+    records = [json.loads(x) for x in (run_dir / train.METRICS_JSONL).read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["split"] == "train"]
+    assert losses[-1] < 0.7 * losses[0], losses  # the tiny preset really learns
+    assert (run_dir / train.LOSS_PNG).is_file()
+    assert train.load_checkpoint(run_dir / train.BEST)["run_config"]["train"]["seed"] == 1
+
+    served = _evaluate(capsys, "--bundle", str(bundle), "--write-manifest")
+    trained = _evaluate(capsys, "--checkpoint", str(run_dir / train.BEST))
+    assert served["source"] == "onnxruntime" and trained["source"] == "pytorch"
+    assert served["task"] == task and served["split"] == "test"
+    manifest = read_manifest(bundle)
+    assert manifest.evaluation["test"]["task"] == task
+    assert manifest.training["run_config"]["train"]["max_steps"] == 60
+    if task == "forecast":
+        assert served["windows"] > 0 and 0 <= served["coverage_10_90"] <= 1
+        assert 0 < served["mse"] < 1.0  # standardised series: below predicting the mean
+        for key in ("mse", "mae", "coverage_10_90"):
+            assert served[key] == pytest.approx(trained[key], rel=1e-4)
+        assert manifest.forecast.horizon == served["horizon"]
+    elif task == "generate":
+        vocab = manifest.vocab_size["text"]
+        assert served["nats_per_char"] < 0.5 * math.log(vocab)  # far better than a uniform guess
+        assert served["nats_per_char"] == pytest.approx(trained["nats_per_char"], rel=1e-4)
+    else:
+        assert served["sentences"] == trained["sentences"] > 0
+        for key in ("bleu", "chrf", "bleu_lc"):
+            assert 0 <= served[key] <= 100 and served[key] == pytest.approx(trained[key], abs=0.5)
+        assert served["bleu"] > 5 and len(served["examples"]) == 3
+
+
+def test_help_texts_and_bad_arguments(capsys):
+    for cmd in (["--help"], ["train", "--help"], ["export", "--help"], ["evaluate", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(cmd)
+        assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "tiny-translate" in text and "--write-manifest" in text and "--checkpoint" in text
+    with pytest.raises(SystemExit, match="preset 'nope' is not one of"):
+        cli.main(["train", "generate", "--preset", "nope"])
+    with pytest.raises(SystemExit, match="SECTION.KEY=VALUE"):
+        cli.main(["train", "generate", "--set", "max_steps=3"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["gradient-flow", "--help"])
+    assert exc.value.code == 0 and "gradient-flow" in capsys.readouterr().out
+
+
+def test_unknown_setting_is_named(capsys, tmp_path):
+    with pytest.raises(SystemExit, match="unknown train setting.*bogus"):
+        cli.main(["train", "generate", "--out", str(tmp_path), "--set", "train.bogus=3"])
+
+
+def test_every_preset_parses():
+    names = cli.presets()
+    assert {"tiny-translate", "tiny-forecast", "tiny-generate", "translate-de-en", "translate-zh-en",
+            "forecast-etth1", "generate-shakespeare"} <= set(names)
+    for name in names:
+        cfg = cli.load_yaml(cli.PRESET_DIR / f"{name}.yaml")
+        run = train.RunConfig.from_dict(cfg)
+        assert run.train.out_dir == f"runs/{name}"

@@ -1,0 +1,109 @@
+"""Evaluation metrics on inputs whose right answer is known, and the greedy decoder's batching."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from training import data, evaluate
+
+
+def _series():
+    return data.synthetic_series(num_series=2, length=40, channels=2, seed=0)
+
+
+def test_forecast_metrics_of_an_oracle_and_of_zero():
+    series, window, horizon = _series(), 8, 4
+    ds = data.WindowDataset(series, window, horizon)
+    truth = {tuple(ds[i]["window"].numpy().ravel()): ds[i]["target"].numpy() for i in range(len(ds))}
+
+    def oracle(feed):  # quantiles = truth - 1, truth, truth + 1
+        y = np.stack([truth[tuple(w.ravel())] for w in feed["window"]])
+        return {"quantiles": np.stack([y - 1, y, y + 1], axis=-1)}
+
+    perfect = evaluate.forecast_metrics(oracle, series, window, horizon, [0.1, 0.5, 0.9], batch_size=7)
+    assert perfect["mse"] == 0 and perfect["mae"] == 0 and perfect["coverage_10_90"] == 1.0
+    assert perfect["windows"] == len(ds) and perfect["mse@1"] == 0
+
+    def zero(feed):
+        B = feed["window"].shape[0]
+        return {"quantiles": np.zeros((B, horizon, 2, 3), np.float32)}
+
+    z = evaluate.forecast_metrics(zero, series, window, horizon, [0.1, 0.5, 0.9])
+    ys = np.stack([ds[i]["target"].numpy() for i in range(len(ds))])  # (N, H, C)
+    assert z["mse"] == pytest.approx(float((ys**2).mean()), rel=1e-6)
+    assert z["mae"] == pytest.approx(float(np.abs(ys).mean()), rel=1e-6)
+    assert z["mse@1"] == pytest.approx(float((ys[:, :1] ** 2).mean()), rel=1e-6)
+    assert z["coverage_10_90"] == pytest.approx(float((ys == 0).mean()))
+
+
+def test_lm_metrics_uniform_logits_give_log_vocab():
+    V = 7
+
+    def uniform(feed):
+        B, T = feed["tokens"].shape
+        assert feed["state_h"].shape == (1, B, 5)
+        return {"logits": np.zeros((B, T, V), np.float32), "state_h_out": feed["state_h"] + 1}
+
+    ids = np.arange(100) % V
+    m = evaluate.lm_metrics(uniform, ids, chars=100, state_shape=(1, 5), state_names=("h",), streams=4, chunk=6)
+    assert m["tokens"] == 4 * 24 and m["nats_per_token"] == pytest.approx(math.log(V))
+    assert m["perplexity"] == pytest.approx(V) and m["bits_per_char"] == pytest.approx(math.log2(V))
+    half = evaluate.lm_metrics(uniform, ids, chars=200, state_shape=(1, 5), state_names=("h",))
+    assert half["nats_per_char"] == pytest.approx(math.log(V) / 2)  # two characters per token
+
+
+def test_lm_metrics_carry_state_between_chunks():
+    seen = []
+
+    def counting(feed):
+        seen.append(float(feed["state_h"][0, 0, 0]))
+        B, T = feed["tokens"].shape
+        return {"logits": np.zeros((B, T, 3), np.float32), "state_h_out": feed["state_h"] + T}
+
+    evaluate.lm_metrics(counting, np.zeros(41, np.int64), chars=41, state_shape=(1, 1), state_names=("h",), streams=2, chunk=8)
+    assert seen == [0.0, 8.0, 16.0]  # streams of 20: chunks of 8, 8, 3 each continuing the state
+
+
+def test_greedy_translate_stops_at_eos_and_keeps_order():
+    specials = {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+
+    def encoder(feed):
+        B, S = feed["src"].shape
+        # the "state" remembers each sentence's length; the decoder emits 10 + length, length times
+        return {"memory": np.zeros((B, S, 1), np.float32), "memory_keys": np.zeros((B, S, 1), np.float32),
+                "state_h": np.stack([feed["src_len"].astype(np.float32), np.zeros(B, np.float32)], axis=1)[None]}
+
+    def decoder(feed):
+        length, emitted = feed["state_h"][0, :, 0], feed["state_h"][0, :, 1]
+        assert feed["src_mask"].sum(1).tolist() == length.tolist()
+        tok = np.where(emitted < length, 10 + length, 3).astype(np.int64)
+        V = 20
+        logp = np.full((len(tok), V), -10.0, np.float32)
+        logp[np.arange(len(tok)), tok] = 0.0
+        state = feed["state_h"].copy()
+        state[0, :, 1] += 1
+        return {"log_probs": logp, "state_h_out": state, "attention": feed["src_mask"]}
+
+    sources = [[5] * n for n in (3, 1, 4, 2, 1)]
+    out = evaluate.greedy_translate(encoder, decoder, sources, specials, ("h",), batch_size=2)
+    assert out == [[13] * 3, [11], [14] * 4, [12] * 2, [11]]
+    capped = evaluate.greedy_translate(encoder, decoder, sources, specials, ("h",), max_target_tokens=2)
+    assert [len(x) for x in capped] == [2, 1, 2, 2, 1]
+
+
+def test_translation_metrics_case_and_identity():
+    refs = ["A man rides a red bike.", "Two dogs play in the snow."]
+    same = evaluate.translation_metrics(refs, refs)
+    assert same["bleu"] == pytest.approx(100) and same["chrf"] == pytest.approx(100)
+    lower = evaluate.translation_metrics([r.lower() for r in refs], refs)
+    assert lower["bleu"] < 100 and lower["bleu_lc"] == pytest.approx(100)
+    wrong = evaluate.translation_metrics(["x y z", "q"], refs)
+    assert wrong["bleu"] < 5 and wrong["chrf"] < 20
+
+
+def test_format_table_lists_every_figure():
+    text = evaluate.format_table({"task": "forecast", "mse": 0.25, "examples": [{"source": "a", "output": "b"}]})
+    assert "mse" in text and "0.2500" in text and "source: a" in text

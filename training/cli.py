@@ -1,0 +1,217 @@
+"""seqserve-train: train, export, evaluate and gradient-flow subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+FREQUENCY = {"ETTh1": "1h", "ETTm1": "15min"}
+
+log = logging.getLogger(__name__)
+
+
+def presets() -> list[str]:
+    """Names of the bundled presets (training/presets/*.yaml)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SystemExit(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise SystemExit(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"config file {path} must hold a mapping with sections task, data, model, train")
+    return data
+
+
+def apply_override(config: dict[str, Any], item: str) -> None:
+    """Set ``section.key=value`` (value parsed as YAML: 30, 1e-3 -> float, true, [0.1, 0.5, 0.9]) in place."""
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or parts[0] not in ("data", "model", "train"):
+        raise SystemExit(f"--set {item!r} must look like SECTION.KEY=VALUE with SECTION one of data, model, train")
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    config.setdefault(parts[0], {})[parts[1]] = value
+
+
+def _resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+    if args.config and args.preset:
+        raise SystemExit("give --config or --preset, not both")
+    if args.config:
+        config = load_yaml(Path(args.config))
+    else:
+        name = args.preset or f"tiny-{args.task}"
+        if name not in presets():
+            raise SystemExit(f"preset {name!r} is not one of {', '.join(presets())}")
+        config = load_yaml(PRESET_DIR / f"{name}.yaml")
+    config.setdefault("task", args.task)
+    for item in args.set or []:
+        apply_override(config, item)
+    train = config.setdefault("train", {})
+    if args.out:
+        train["out_dir"] = args.out
+    if args.seed is not None:
+        train["seed"] = args.seed
+    return config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.train import RunConfig, run_task, world
+
+    try:
+        run = RunConfig.from_dict(_resolve_config(args), args.task)
+    except ValueError as err:
+        raise SystemExit(f"bad config: {err}") from None
+    model, result = run_task(run, data_dir=args.data_dir, resume=args.resume)
+    if world()[0] == 0:
+        print(
+            f"{run.task}: {result.steps} steps in {result.seconds:.1f} s, best val loss {result.best_val:.4f} "
+            f"at step {result.best_step}{' (early stop)' if result.stopped_early else ''}"
+        )
+        print(f"best checkpoint: {result.best_path}")
+    return 0
+
+
+def export_checkpoint(checkpoint: str | Path, models_dir: str | Path, name: str, version: str, description: str = ""):
+    """Export ``checkpoint`` as the bundle ``models_dir/name/version``; returns the manifest."""
+    from training.export import export_bundle
+    from training.train import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    model, tokenizers = model_from_checkpoint(ckpt)
+    run, info = ckpt["run_config"], ckpt.get("data_info", {})
+    training = {
+        "run_config": run, "data": info, "checkpoint": str(checkpoint), "step": ckpt["step"],
+        "best_step": ckpt["best_step"], "best_val_loss": ckpt["best_val"], "seconds": round(ckpt["seconds"], 1),
+        "seed": run["train"]["seed"], "world_size": ckpt["world_size"],
+    }
+    kwargs: dict[str, Any] = {}
+    if model.task == "translate":
+        max_len = int(run["data"]["max_len"])
+        kwargs["limits"] = {"max_source_tokens": 2 * max_len, "max_target_tokens": 2 * max_len}
+    if model.task == "forecast":
+        columns = list(info.get("columns", []))
+        kwargs.update(channel_names=columns, frequency=FREQUENCY.get(run["data"]["dataset"], ""),
+                      target_channel=columns.index("OT") if "OT" in columns else -1)
+    description = description or f"{model.task} {model.config.cell} trained on {run['data']['dataset']}"
+    out = Path(models_dir) / name / str(version)
+    return export_bundle(model, out, name=name, version=str(version), tokenizers=tokenizers, training=training,
+                         description=description, **kwargs)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    manifest = export_checkpoint(args.checkpoint, args.models, args.name, args.version, args.description)
+    print(f"exported {manifest.task} bundle to {Path(args.models) / args.name / args.version}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training import evaluate as E
+
+    if args.write_manifest and not args.bundle:
+        raise SystemExit("--write-manifest needs --bundle")
+    if args.bundle:
+        figures = E.evaluate_bundle(args.bundle, args.split, args.data_dir, args.max_items, args.threads)
+    else:
+        figures = E.evaluate_checkpoint(args.checkpoint, args.split, args.data_dir, args.max_items)
+    if args.write_manifest:
+        E.write_evaluation(args.bundle, figures)
+    print(E.to_json(figures) if args.json else E.format_table(figures))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seqserve-train",
+        description="Train recurrent models, export them as seqserve bundles, and evaluate checkpoints or bundles.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train", help="train a model from a preset or a YAML config",
+        description="Train a model. Without --config or --preset, the tiny-TASK preset (synthetic data, "
+        "seconds on a CPU) is used. Under torchrun the run is data-parallel (gloo); rank 0 writes "
+        "OUT/last.pt, OUT/best.pt, metrics.jsonl, metrics.csv and loss.png.",
+        epilog=f"presets: {', '.join(presets())}",
+    )
+    t.add_argument("task", choices=("translate", "forecast", "generate"))
+    t.add_argument("--config", metavar="FILE.yaml", help="YAML with sections task, data, model, train")
+    t.add_argument("--preset", metavar="NAME", help="a bundled preset (see the list below)")
+    t.add_argument("--out", metavar="DIR", help="output directory (overrides train.out_dir)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly where it stopped")
+    t.add_argument("--seed", type=int, help="overrides train.seed")
+    t.add_argument("--data-dir", metavar="DIR", help="dataset directory (default: $SEQSERVE_DATA_DIR)")
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set train.max_steps=100 (repeatable)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="export a checkpoint as a model bundle",
+                       description="Write MODELS/NAME/VERSION/ with the ONNX graphs, tokenizers and manifest.json, "
+                       "after checking every graph against PyTorch.")
+    e.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .pt file written by train (best.pt)")
+    e.add_argument("--models", required=True, metavar="DIR", help="model repository directory")
+    e.add_argument("--name", required=True, help="model name (letters, digits, . _ -)")
+    e.add_argument("--version", required=True, help="version (digits)")
+    e.add_argument("--description", default="", help="free text stored in the manifest")
+    e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("evaluate", help="evaluate a bundle (onnxruntime) or a checkpoint (PyTorch)",
+                       description="Forecast: MSE/MAE on train-standardised values and 10-90%% coverage; "
+                       "generate: nats per character; translate: greedy decoding scored with sacreBLEU "
+                       "(BLEU, chrF, lowercased BLEU).")
+    src = v.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bundle", metavar="DIR", help="bundle directory (MODELS/NAME/VERSION)")
+    src.add_argument("--checkpoint", metavar="CKPT", help="a .pt file written by train")
+    v.add_argument("--data-dir", metavar="DIR", help="dataset directory (default: $SEQSERVE_DATA_DIR)")
+    v.add_argument("--split", default="test", choices=("train", "val", "test"))
+    v.add_argument("--max-items", type=int, default=0, metavar="N",
+                   help="only the first N sentences / characters / windows (0 = all)")
+    v.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    v.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    v.add_argument("--write-manifest", action="store_true", help="store the figures in the bundle's manifest")
+    v.set_defaults(func=cmd_evaluate)
+
+    sub.add_parser("gradient-flow", help="gradient-flow report per cell (see gradient-flow --help)", add_help=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "gradient-flow":
+        from training.diagnostics import main as gradient_flow_main
+
+        return gradient_flow_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from training.data import DataError
+
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, DataError) as err:  # BundleError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        if type(err).__name__ != "ExportError":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Evaluate a checkpoint (PyTorch) or an exported bundle (onnxruntime): MSE/MAE, nats per char, BLEU/chrF."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Graph = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # contract names in -> contract names out
+COVERAGE = (0.1, 0.9)  # the interval whose empirical coverage is reported
+HORIZON_MARKS = (1, 6, 12, 24, 48, 96, 168, 336, 720)  # prefix horizons reported besides the full one
+
+
+# ---------------------------------------------------------------- graph backends
+
+
+def ort_graphs(bundle_dir: Path, graphs: dict[str, str], threads: int = 1) -> dict[str, Graph]:
+    """role -> callable running the bundle's ONNX graph with onnxruntime (what the service runs)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    out: dict[str, Graph] = {}
+    for role, file in graphs.items():
+        sess = ort.InferenceSession(str(bundle_dir / file), opts, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        out[role] = lambda feed, sess=sess, names=names: dict(zip(names, sess.run(None, feed)))
+    return out
+
+
+def torch_graphs(model) -> dict[str, Graph]:
+    """role -> callable running ``model`` through export's contract wrappers (same names as the graphs)."""
+    import torch
+
+    from training import export
+
+    task, cell = model.task, model.config.cell
+    wrappers = {
+        "forecast": {"forecast": export.ForecastGraph},
+        "generate": {"lm": export.LMGraph},
+        "translate": {"encoder": export.EncoderGraph, "decoder_step": export.DecoderStepGraph},
+    }[task]
+    out: dict[str, Graph] = {}
+    for role, cls in wrappers.items():
+        module = cls(model).eval()
+        in_names, out_names = export.graph_io(role, cell)
+
+        def run(feed, module=module, in_names=in_names, out_names=out_names):
+            with torch.no_grad():
+                res = module(*(torch.from_numpy(np.ascontiguousarray(feed[n])) for n in in_names))
+            res = res if isinstance(res, tuple) else (res,)
+            return {n: r.numpy() for n, r in zip(out_names, res)}
+
+        out[role] = run
+    return out
+
+
+# ---------------------------------------------------------------- metrics per task
+
+
+def forecast_metrics(
+    run: Graph, series: list[np.ndarray], window: int, horizon: int, quantiles: list[float], batch_size: int = 256
+) -> dict[str, Any]:
+    """MSE/MAE of the median (on the given, train-standardised scale), per prefix horizon, and interval coverage."""
+    from training.data import WindowDataset
+
+    ds = WindowDataset(series, window, horizon)
+    q = list(quantiles)
+    med = min(range(len(q)), key=lambda i: abs(q[i] - 0.5))
+    lo = min(range(len(q)), key=lambda i: abs(q[i] - COVERAGE[0]))
+    hi = min(range(len(q)), key=lambda i: abs(q[i] - COVERAGE[1]))
+    sq = np.zeros(horizon)  # summed squared error per step
+    ab = np.zeros(horizon)
+    inside, count = 0, 0
+    for i in range(0, len(ds), batch_size):
+        items = [ds[j] for j in range(i, min(i + batch_size, len(ds)))]
+        x = np.stack([it["window"].numpy() for it in items])  # (B, T, C)
+        y = np.stack([it["target"].numpy() for it in items])  # (B, H, C)
+        pred = run({"window": x})["quantiles"]  # (B, H, C, Q)
+        err = pred[..., med] - y
+        sq += (err**2).sum(axis=(0, 2))
+        ab += np.abs(err).sum(axis=(0, 2))
+        inside += int(((pred[..., lo] <= y) & (y <= pred[..., hi])).sum())
+        count += y.size
+    per_step = count / horizon
+    out: dict[str, Any] = {"windows": len(ds), "horizon": horizon, "mse": float(sq.sum() / count), "mae": float(ab.sum() / count)}
+    for h in HORIZON_MARKS:
+        if h < horizon:
+            out[f"mse@{h}"] = float(sq[:h].sum() / (per_step * h))
+            out[f"mae@{h}"] = float(ab[:h].sum() / (per_step * h))
+    out[f"coverage_{round(q[lo] * 100)}_{round(q[hi] * 100)}"] = inside / count
+    return out
+
+
+def lm_metrics(
+    run: Graph, ids: np.ndarray, chars: int, state_shape: tuple[int, int], state_names: tuple[str, ...],
+    streams: int = 16, chunk: int = 256,
+) -> dict[str, Any]:
+    """Mean next-token cross-entropy over ``ids`` read as ``streams`` parallel streams, state carried
+    between chunks; nats per character scales it by tokens/characters of the text (1 for char models)."""
+    streams = max(1, min(streams, len(ids) // 2))
+    n = len(ids) // streams
+    data = ids[: n * streams].reshape(streams, n)  # (B, N)
+    L, H = state_shape
+    state = {f"state_{s}": np.zeros((L, streams, H), np.float32) for s in state_names}
+    nats, count = 0.0, 0
+    for i in range(0, n - 1, chunk):
+        tokens = data[:, i : min(i + chunk, n - 1)]
+        targets = data[:, i + 1 : i + 1 + tokens.shape[1]]
+        out = run({"tokens": tokens.astype(np.int64), **state})
+        logits = out["logits"].astype(np.float64)  # (B, T, V)
+        m = logits.max(-1, keepdims=True)
+        logz = (m[..., 0] + np.log(np.exp(logits - m).sum(-1)))  # (B, T)
+        picked = np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+        nats += float((logz - picked).sum())
+        count += targets.size
+        state = {k: out[f"{k}_out"] for k in state}
+    per_token = nats / count
+    per_char = per_token * len(ids) / chars
+    return {
+        "tokens": count, "nats_per_token": per_token, "nats_per_char": per_char,
+        "bits_per_char": per_char / math.log(2), "perplexity": math.exp(per_token),
+    }
+
+
+def greedy_translate(
+    encoder: Graph, decoder: Graph, sources: list[list[int]], specials: dict[str, int], state_names: tuple[str, ...],
+    max_target_tokens: int = 0, batch_size: int = 64,
+) -> list[list[int]]:
+    """Greedy decoding of token-id sources in batches (sorted by length); returns target ids without BOS/EOS."""
+    pad, bos, eos = specials["pad"], specials["bos"], specials["eos"]
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    results: list[list[int]] = [[] for _ in sources]
+    for k in range(0, len(order), batch_size):
+        idx = order[k : k + batch_size]
+        lens = np.array([max(1, len(sources[i])) for i in idx], np.int64)
+        S = int(lens.max())
+        src = np.full((len(idx), S), pad, np.int64)
+        for b, i in enumerate(idx):
+            src[b, : len(sources[i])] = sources[i]
+        enc = encoder({"src": src, "src_len": lens})
+        state = {f"state_{s}": enc[f"state_{s}"] for s in state_names}
+        mask = (np.arange(S)[None, :] < lens[:, None]).astype(np.float32)
+        prev = np.full(len(idx), bos, np.int64)
+        done = np.zeros(len(idx), bool)
+        limit = 2 * S + 10
+        if max_target_tokens:
+            limit = min(limit, max_target_tokens)
+        out: list[list[int]] = [[] for _ in idx]
+        for _ in range(limit):
+            step = decoder({"prev_token": prev, **state, "memory": enc["memory"], "memory_keys": enc["memory_keys"], "src_mask": mask})
+            tok = step["log_probs"].argmax(-1).astype(np.int64)
+            for b in np.flatnonzero(~done):
+                if tok[b] == eos:
+                    done[b] = True
+                else:
+                    out[b].append(int(tok[b]))
+            if done.all():
+                break
+            prev = np.where(done, pad, tok)
+            state = {k: step[f"{k}_out"] for k in state}
+        for b, i in enumerate(idx):
+            results[i] = out[b]
+    return results
+
+
+def translation_metrics(hyps: list[str], refs: list[str], tgt_lang: str = "en") -> dict[str, Any]:
+    """sacreBLEU BLEU and chrF on detokenised cased text, and BLEU on lowercased 13a tokens."""
+    import sacrebleu
+
+    tokenize = "zh" if tgt_lang == "zh" else "13a"
+    return {
+        "sentences": len(hyps),
+        "bleu": sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize).score,
+        "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
+        "bleu_lc": sacrebleu.corpus_bleu(hyps, [refs], lowercase=True, tokenize="zh" if tgt_lang == "zh" else "13a").score,
+    }
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def _evaluate(
+    task: str, graphs: dict[str, Graph], *, run_config: dict[str, Any], tokenizers: dict[str, Any], cell: str,
+    num_layers: int, hidden_size: int, specials: dict[str, int], limits: dict[str, int], forecast: dict[str, Any] | None,
+    split: str, data_dir, max_items: int,
+) -> dict[str, Any]:
+    from service.bundle import state_names
+    from training import data as D
+
+    cfg = D.DataConfig.from_dict(run_config["data"], task)
+    states = state_names(cell)
+    t0 = time.perf_counter()
+    figures: dict[str, Any] = {"task": task, "dataset": cfg.dataset, "split": split}
+    if task == "forecast":
+        series = D.forecast_series(cfg, forecast["window"], data_dir).split(split)
+        if max_items:
+            series = [s[: forecast["window"] + forecast["horizon"] + max_items - 1] for s in series]
+        figures.update(forecast_metrics(graphs["forecast"], series, forecast["window"], forecast["horizon"], forecast["quantiles"]))
+    elif task == "generate":
+        text = D.lm_text(cfg, split, data_dir)
+        if max_items:
+            text = text[:max_items]
+        ids = np.array(D.encode(tokenizers["text"], text), np.int64)
+        figures.update(lm_metrics(graphs["lm"], ids, len(text), (num_layers, hidden_size), states))
+    else:
+        pairs = D.translation_pairs(cfg, split, data_dir)
+        if max_items:
+            pairs = pairs[:max_items]
+        sources = [D.encode(tokenizers["source"], s) for s, _ in pairs]
+        out = greedy_translate(graphs["encoder"], graphs["decoder_step"], sources, specials, states,
+                               limits.get("max_target_tokens", 0))
+        hyps = [tokenizers["target"].decode(ids, skip_special_tokens=True) for ids in out]
+        figures.update(translation_metrics(hyps, [t for _, t in pairs], cfg.tgt_lang))
+        figures["examples"] = [{"source": s, "reference": t, "output": h} for (s, t), h in list(zip(pairs, hyps))[:3]]
+    figures["seconds"] = round(time.perf_counter() - t0, 3)
+    return figures
+
+
+def evaluate_bundle(bundle_dir: str | Path, split: str = "test", data_dir=None, max_items: int = 0, threads: int = 1) -> dict[str, Any]:
+    """Figures for an exported bundle, computed with onnxruntime on its graphs (what the service serves).
+
+    The data and split come from manifest.training["run_config"]; raises BundleError / ValueError."""
+    from tokenizers import Tokenizer
+
+    from service.bundle import read_manifest
+
+    bundle_dir = Path(bundle_dir)
+    m = read_manifest(bundle_dir)
+    run_config = m.training.get("run_config")
+    if not run_config:
+        raise ValueError(f"{bundle_dir}: manifest.training has no run_config; cannot tell which data to evaluate on")
+    figures = _evaluate(
+        m.task, ort_graphs(bundle_dir, m.graphs, threads), run_config=run_config,
+        tokenizers={r: Tokenizer.from_file(str(bundle_dir / f)) for r, f in m.tokenizers.items()},
+        cell=m.cell, num_layers=m.num_layers, hidden_size=m.hidden_size, specials=m.special_tokens, limits=m.limits,
+        forecast=None if m.forecast is None else {"window": m.forecast.window, "horizon": m.forecast.horizon, "quantiles": m.forecast.quantiles},
+        split=split, data_dir=data_dir, max_items=max_items,
+    )
+    figures["source"] = "onnxruntime"
+    return figures
+
+
+def evaluate_checkpoint(path: str | Path, split: str = "test", data_dir=None, max_items: int = 0) -> dict[str, Any]:
+    """Figures for a training checkpoint, computed with PyTorch (same metrics as evaluate_bundle)."""
+    from training.train import load_checkpoint, model_from_checkpoint
+    from training.vocab import SPECIAL_IDS
+
+    ckpt = load_checkpoint(path)
+    model, tokenizers = model_from_checkpoint(ckpt)
+    c = model.config
+    figures = _evaluate(
+        model.task, torch_graphs(model), run_config=ckpt["run_config"], tokenizers=tokenizers, cell=c.cell,
+        num_layers=c.num_layers, hidden_size=c.hidden_size, specials=dict(SPECIAL_IDS), limits={},
+        forecast={"window": c.window, "horizon": c.horizon, "quantiles": list(c.quantiles)} if model.task == "forecast" else None,
+        split=split, data_dir=data_dir, max_items=max_items,
+    )
+    figures["source"] = "pytorch"
+    figures["step"] = ckpt["step"]
+    return figures
+
+
+def write_evaluation(bundle_dir: str | Path, figures: dict[str, Any]) -> Path:
+    """Store ``figures`` (examples dropped) in the bundle's manifest under evaluation[split]."""
+    from service.bundle import read_manifest, write_manifest
+
+    m = read_manifest(bundle_dir)
+    m.evaluation[figures["split"]] = {k: v for k, v in figures.items() if k != "examples"}
+    return write_manifest(bundle_dir, m)
+
+
+def format_table(figures: dict[str, Any]) -> str:
+    """Two-column text table of the figures (examples listed after it)."""
+    rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in figures.items() if k != "examples"]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    for ex in figures.get("examples", []):
+        lines.append("")
+        lines.extend(f"{k:>9}: {v}" for k, v in ex.items())
+    return "\n".join(lines)
+
+
+def to_json(figures: dict[str, Any]) -> str:
+    return json.dumps(figures, indent=2, ensure_ascii=False)

@@ -1,0 +1,430 @@
+"""Export a trained model as a seqserve bundle: ONNX graphs (fused recurrent ops), tokenizers, manifest, parity check."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import Tensor, nn
+
+from service.bundle import (
+    GRAPHS,
+    TOKENIZERS,
+    ForecastSpec,
+    Manifest,
+    check_name,
+    state_names,
+    write_manifest,
+)
+from training.layers import ONNX_OP, export_mode
+from training.models import Forecaster, LanguageModel, Seq2Seq, config_to_dict
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-4  # max abs difference onnxruntime vs PyTorch, per output
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+UNROLLED_OPS = ("Loop", "Scan", "If")
+# name -> (rank, axes that must be symbolic: batch and length axes), from service/bundle.py
+IO_AXES: dict[str, tuple[int, tuple[int, ...]]] = {
+    "window": (3, (0, 1)),
+    "quantiles": (4, (0,)),
+    "tokens": (2, (0, 1)),
+    "logits": (3, (0, 1)),
+    "state_h": (3, (1,)),
+    "state_c": (3, (1,)),
+    "state_h_out": (3, (1,)),
+    "state_c_out": (3, (1,)),
+    "src": (2, (0, 1)),
+    "src_len": (1, (0,)),
+    "memory": (3, (0, 1)),
+    "memory_keys": (3, (0, 1)),
+    "prev_token": (1, (0,)),
+    "src_mask": (2, (0, 1)),
+    "log_probs": (2, (0,)),
+    "attention": (2, (0, 1)),
+}
+_AXIS_NAMES = {"window": ("batch", "time"), "tokens": ("batch", "time"), "logits": ("batch", "time"),
+               "src": ("batch", "src_time"), "memory": ("batch", "src_time"), "memory_keys": ("batch", "src_time"),
+               "src_mask": ("batch", "src_time"), "attention": ("batch", "src_time")}
+
+
+class ExportError(RuntimeError):
+    """An exported graph breaks the bundle contract or disagrees with PyTorch; says which and by how much."""
+
+
+def graph_io(role: str, cell: str) -> tuple[list[str], list[str]]:
+    """Input and output names of graph ``role`` for ``cell``, exactly as service/bundle.py documents."""
+    states = [f"state_{s}" for s in state_names(cell)]
+    outs = [f"{s}_out" for s in states]
+    if role == "forecast":
+        return ["window"], ["quantiles"]
+    if role == "lm":
+        return ["tokens", *states], ["logits", *outs]
+    if role == "encoder":
+        return ["src", "src_len"], ["memory", "memory_keys", *states]
+    if role == "decoder_step":
+        return ["prev_token", *states, "memory", "memory_keys", "src_mask"], ["log_probs", *outs, "attention"]
+    raise ValueError(f"graph role {role!r} is not one of forecast, lm, encoder, decoder_step")
+
+
+# ---- graph wrappers: the contract's flat tensor I/O around each model ----------------------------
+
+
+def _split_state(has_c: bool, states: tuple[Tensor, ...]):
+    return (states[0], states[1]) if has_c else states[0]
+
+
+def _flat_state(state) -> tuple[Tensor, ...]:
+    return tuple(state) if isinstance(state, tuple) else (state,)
+
+
+class ForecastGraph(nn.Module):
+    def __init__(self, model: Forecaster) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, window: Tensor) -> Tensor:  # (B, T, C) -> (B, H, C, Q)
+        return self.model(window)
+
+
+class LMGraph(nn.Module):
+    def __init__(self, model: LanguageModel) -> None:
+        super().__init__()
+        self.model = model
+        self.has_c = model.rnn.has_cell_state
+
+    def forward(self, tokens: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
+        logits, state = self.model(tokens, _split_state(self.has_c, states))
+        return (logits, *_flat_state(state))
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model: Seq2Seq) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, src: Tensor, src_len: Tensor) -> tuple[Tensor, ...]:
+        memory, memory_keys, state = self.model.encode(src, src_len)
+        return (memory, memory_keys, *_flat_state(state))
+
+
+class DecoderStepGraph(nn.Module):
+    def __init__(self, model: Seq2Seq) -> None:
+        super().__init__()
+        self.model = model
+        self.has_c = model.decoder.has_cell_state
+
+    def forward(self, prev_token: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
+        n = 2 if self.has_c else 1
+        states, (memory, memory_keys, src_mask) = rest[:n], rest[n:]
+        log_probs, state, attention = self.model.decode_step(
+            prev_token, _split_state(self.has_c, states), memory, memory_keys, src_mask
+        )
+        return (log_probs, *_flat_state(state), attention)
+
+
+# ---- checks usable from tests --------------------------------------------------------------------
+
+
+def check_op_types(path: str | Path, expect: str | None = None) -> Counter:
+    """Op-type counts of the graph at ``path``; raises ExportError unless its recurrence is fused
+    LSTM/GRU/RNN ops (all of type ``expect`` when given) with no Loop/Scan/If."""
+    model = onnx.load(str(path), load_external_data=False)
+    ops = Counter(n.op_type for n in model.graph.node)
+    name = Path(path).name
+    bad = sorted(op for op in UNROLLED_OPS if ops[op])
+    if bad:
+        raise ExportError(f"{name}: contains {', '.join(bad)} (recurrence must be fused LSTM/GRU/RNN ops)")
+    found = {op: ops[op] for op in RECURRENT_OPS if ops[op]}
+    if not found:
+        raise ExportError(f"{name}: has no fused recurrent op ({', '.join(RECURRENT_OPS)}); ops are {dict(ops)}")
+    if expect is not None and set(found) != {expect}:
+        raise ExportError(f"{name}: recurrent ops {found}, expected only {expect}")
+    return ops
+
+
+def check_symbolic_shapes(path: str | Path, names: tuple[list[str], list[str]] | None = None) -> None:
+    """Raise ExportError unless every graph input/output has the contract's rank and symbolic
+    (not fixed) batch/length axes; with ``names`` (inputs, outputs) also the exact names, in order."""
+    model = onnx.load(str(path), load_external_data=False)
+    file = Path(path).name
+    ins = [v for v in model.graph.input]
+    outs = [v for v in model.graph.output]
+    if names is not None:
+        got = ([v.name for v in ins], [v.name for v in outs])
+        if got != (list(names[0]), list(names[1])):
+            raise ExportError(f"{file}: inputs/outputs {got}, contract says {names}")
+    for v in [*ins, *outs]:
+        if v.name not in IO_AXES:
+            raise ExportError(f"{file}: {v.name!r} is not an input/output name of the bundle contract")
+        rank, axes = IO_AXES[v.name]
+        dims = v.type.tensor_type.shape.dim
+        if len(dims) != rank:
+            raise ExportError(f"{file}: {v.name} has rank {len(dims)}, contract says {rank}")
+        for a in axes:
+            if not dims[a].dim_param or dims[a].HasField("dim_value"):
+                raise ExportError(f"{file}: {v.name} axis {a} is fixed to {dims[a].dim_value}, must be symbolic")
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def compare(path: Path, module: nn.Module, inputs: dict[str, Tensor], tolerance: float = PARITY_TOLERANCE) -> float:
+    """Run ``module`` (PyTorch) and the graph at ``path`` (onnxruntime) on ``inputs``; returns the max
+    abs difference over all outputs, raising ExportError naming the graph and output when > tolerance."""
+    with torch.no_grad():
+        want = module(*inputs.values())
+    want = want if isinstance(want, tuple) else (want,)
+    sess = _session(path)
+    got = sess.run(None, {k: v.numpy() for k, v in inputs.items()})
+    shapes = {k: tuple(v.shape) for k, v in inputs.items()}
+    worst = 0.0
+    for out, g, w in zip(sess.get_outputs(), got, want):
+        w = w.numpy()
+        if g.shape != w.shape:
+            raise ExportError(f"{path.name}: output {out.name} has shape {g.shape}, PyTorch {w.shape} (inputs {shapes})")
+        diff = float(np.abs(g - w).max()) if g.size else 0.0
+        if not diff <= tolerance:
+            raise ExportError(
+                f"{path.name}: output {out.name} differs from PyTorch by max abs {diff:.3g} "
+                f"(tolerance {tolerance:g}) on inputs {shapes}"
+            )
+        worst = max(worst, diff)
+    return worst
+
+
+# ---- export --------------------------------------------------------------------------------------
+
+
+def _export_graph(module: nn.Module, args: tuple[Tensor, ...], path: Path, names: tuple[list[str], list[str]], cell: str) -> None:
+    inputs, outputs = names
+    dynamic = {}
+    for n in [*inputs, *outputs]:
+        _, axes = IO_AXES[n]
+        labels = _AXIS_NAMES.get(n, ("batch",))
+        dynamic[n] = {a: (labels[i] if i < len(labels) else f"{n}_{a}") for i, a in enumerate(axes)}
+    with warnings.catch_warnings(), export_mode():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice, tracer warnings
+        torch.onnx.export(
+            module, args, str(path), dynamo=False, opset_version=OPSET, input_names=inputs,
+            output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True, export_params=True,
+        )
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise ExportError(f"{path.name}: onnx.checker failed: {err}") from None
+    check_symbolic_shapes(path, names)
+    check_op_types(path, ONNX_OP[cell])
+
+
+def _random_state(rng: torch.Generator, layers: int, batch: int, hidden: int, n: int) -> list[Tensor]:
+    return [0.5 * torch.randn(layers, batch, hidden, generator=rng) for _ in range(n)]
+
+
+def _export_forecast(model: Forecaster, out: Path, rng: torch.Generator) -> dict[str, float]:
+    c = model.config
+    path = out / GRAPHS["forecast"]["forecast"]
+    names = graph_io("forecast", c.cell)
+    graph = ForecastGraph(model).eval()
+    example = torch.randn(2, max(c.min_history, 2), c.channels, generator=rng)
+    _export_graph(graph, (example,), path, names, c.cell)
+    worst = 0.0
+    for batch, length in ((1, c.window), (3, c.min_history), (2, (c.window + c.min_history) // 2)):
+        level = 10.0 * torch.randn(1, 1, c.channels, generator=rng)
+        spread = torch.rand(1, 1, c.channels, generator=rng) * 3 + 0.5
+        window = level + spread * torch.randn(batch, length, c.channels, generator=rng)
+        worst = max(worst, compare(path, graph, {"window": window}))
+    return {"forecast": worst}
+
+
+def _export_lm(model: LanguageModel, out: Path, rng: torch.Generator) -> dict[str, float]:
+    c = model.config
+    path = out / GRAPHS["generate"]["lm"]
+    names = graph_io("lm", c.cell)
+    graph = LMGraph(model).eval()
+    n_states = len(state_names(c.cell))
+
+    def inputs(batch: int, length: int) -> dict[str, Tensor]:
+        tokens = torch.randint(0, c.vocab_size, (batch, length), generator=rng)
+        return dict(zip(names[0], [tokens, *_random_state(rng, c.num_layers, batch, c.hidden_size, n_states)]))
+
+    _export_graph(graph, tuple(inputs(2, 3).values()), path, names, c.cell)
+    worst = 0.0
+    for batch, length in ((1, 1), (3, 7), (2, 16)):
+        worst = max(worst, compare(path, graph, inputs(batch, length)))
+    return {"lm": worst}
+
+
+def _source_batch(c, rng: torch.Generator, lengths: list[int], width: int) -> tuple[Tensor, Tensor]:
+    lens = torch.tensor(lengths, dtype=torch.int64)
+    src = torch.randint(4, c.src_vocab_size, (len(lengths), width), generator=rng) if c.src_vocab_size > 4 else \
+        torch.randint(0, c.src_vocab_size, (len(lengths), width), generator=rng)
+    src = src.masked_fill(torch.arange(width)[None, :] >= lens[:, None], c.pad_id)
+    return src, lens
+
+
+def _export_translate(model: Seq2Seq, out: Path, rng: torch.Generator) -> dict[str, float]:
+    c = model.config
+    enc_path = out / GRAPHS["translate"]["encoder"]
+    dec_path = out / GRAPHS["translate"]["decoder_step"]
+    enc_names, dec_names = graph_io("encoder", c.cell), graph_io("decoder_step", c.cell)
+    encoder, step = EncoderGraph(model).eval(), DecoderStepGraph(model).eval()
+    n_states = len(state_names(c.cell))
+
+    src, lens = _source_batch(c, rng, [5, 3], 5)
+    _export_graph(encoder, (src, lens), enc_path, enc_names, c.cell)
+
+    def step_inputs(src: Tensor, lens: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            memory, keys, _ = model.encode(src, lens)
+        batch = src.shape[0]
+        prev = torch.randint(0, c.tgt_vocab_size, (batch,), generator=rng)
+        states = _random_state(rng, c.num_layers, batch, c.hidden_size, n_states)
+        mask = model.source_mask(lens, src.shape[1])
+        return dict(zip(dec_names[0], [prev, *states, memory, keys, mask]))
+
+    _export_graph(step, tuple(step_inputs(src, lens).values()), dec_path, dec_names, c.cell)
+    worst = {"encoder": 0.0, "decoder_step": 0.0}
+    # Varied batch sizes, widths and true lengths, including a batch padded beyond its longest sentence.
+    for lengths, width in (([6], 6), ([9, 4, 1], 9), ([7, 12, 3, 10], 12), ([2, 5], 8)):
+        src, lens = _source_batch(c, rng, lengths, width)
+        worst["encoder"] = max(worst["encoder"], compare(enc_path, encoder, {"src": src, "src_len": lens}))
+        worst["decoder_step"] = max(worst["decoder_step"], compare(dec_path, step, step_inputs(src, lens)))
+    return worst
+
+
+def _seqserve_version() -> str:
+    try:
+        return importlib.metadata.version("seqserve")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def export_bundle(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    name: str,
+    version: str,
+    tokenizers: dict[str, Any] | None = None,
+    special_tokens: dict[str, int] | None = None,
+    limits: dict[str, int] | None = None,
+    training: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    description: str = "",
+    channel_names: list[str] | None = None,
+    frequency: str = "",
+    target_channel: int = -1,
+    seed: int = 0,
+) -> Manifest:
+    """Write ``model`` as a bundle into ``out_dir`` (normally <repository>/<name>/<version>/).
+
+    Writes the task's graphs (weights inside), the tokenizers (HF tokenizers JSON, roles per
+    service.bundle.TOKENIZERS) and manifest.json; checks every graph (onnx.checker, contract names and
+    symbolic axes, fused recurrent ops) and its parity with PyTorch on random batches of several sizes
+    and lengths. Returns the manifest; raises ExportError (a check failed) or ValueError (bad argument).
+    Parity figures (max abs difference per graph) are recorded in manifest.extra["export_parity"].
+    """
+    task = getattr(model, "task", None)
+    if task not in GRAPHS:
+        raise ValueError(f"model {type(model).__name__} has task {task!r}; expected one of {', '.join(GRAPHS)}")
+    check_name("name", name)
+    check_name("version", str(version))
+    tokenizers = dict(tokenizers or {})
+    want_roles = set(TOKENIZERS[task])
+    if set(tokenizers) != want_roles:
+        raise ValueError(f"tokenizers has roles {sorted(tokenizers)}, task {task} needs {sorted(want_roles)}")
+    cfg = model.config
+    _check_vocab(task, cfg, tokenizers)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        exporter = {"forecast": _export_forecast, "generate": _export_lm, "translate": _export_translate}[task]
+        parity = exporter(model, out, rng)
+    finally:
+        model.train(was_training)
+    log.info("exported %s/%s: parity %s", name, version, parity)
+
+    tok_files = {}
+    for role, tok in sorted(tokenizers.items()):
+        tok_files[role] = f"tokenizer_{role}.json"
+        tok.save(str(out / tok_files[role]))
+
+    specials = _special_tokens(task, cfg, tokenizers)
+    specials.update(special_tokens or {})
+    train_info = dict(training or {})
+    train_info.setdefault("model_config", config_to_dict(cfg))
+    manifest = Manifest(
+        name=name,
+        version=str(version),
+        task=task,
+        cell=cfg.cell,
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        graphs=dict(GRAPHS[task]),
+        bidirectional=bool(getattr(cfg, "bidirectional", False)),
+        embed_size=int(getattr(cfg, "embed_size", 0)),
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        vocab_size={role: tok.get_vocab_size() for role, tok in tokenizers.items()},
+        tokenizers=tok_files,
+        special_tokens=specials,
+        limits=dict(limits or {}),
+        forecast=_forecast_spec(cfg, channel_names, frequency, target_channel) if task == "forecast" else None,
+        training=train_info,
+        evaluation=dict(evaluation or {}),
+        description=description,
+        seqserve_version=_seqserve_version(),
+        extra={"export_parity": parity, "onnx_opset": OPSET},
+    )
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _check_vocab(task: str, cfg: Any, tokenizers: dict[str, Any]) -> None:
+    sizes = {"translate": {"source": "src_vocab_size", "target": "tgt_vocab_size"}, "generate": {"text": "vocab_size"}}
+    for role, key in sizes.get(task, {}).items():
+        have, room = tokenizers[role].get_vocab_size(), getattr(cfg, key)
+        if have > room:
+            raise ValueError(f"tokenizer {role} has {have} tokens, more than the model's {key} {room}")
+
+
+def _special_tokens(task: str, cfg: Any, tokenizers: dict[str, Any]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for tok in tokenizers.values():
+        for role, text in (("pad", "[PAD]"), ("unk", "[UNK]"), ("bos", "[BOS]"), ("eos", "[EOS]")):
+            i = tok.token_to_id(text)
+            if i is not None:
+                found.setdefault(role, i)
+    if task == "translate":
+        found.update(pad=cfg.pad_id, bos=cfg.bos_id, eos=cfg.eos_id)
+        found.setdefault("unk", 1)
+    return found
+
+
+def _forecast_spec(cfg: Any, channel_names: list[str] | None, frequency: str, target_channel: int) -> ForecastSpec:
+    names = list(channel_names or [])
+    if names and len(names) != cfg.channels:
+        raise ValueError(f"channel_names has {len(names)} names for {cfg.channels} channels")
+    return ForecastSpec(
+        window=cfg.window, min_history=cfg.min_history, horizon=cfg.horizon, channels=cfg.channels,
+        quantiles=[float(q) for q in cfg.quantiles], target_channel=target_channel,
+        channel_names=names, frequency=frequency,
+    )
