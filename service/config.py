@@ -14,8 +14,10 @@ GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 
 
 def default_models_dir() -> Path:
-    """The repository's ``models/`` directory (next to the ``service`` package)."""
-    return Path(__file__).resolve().parents[1] / "models"
+    """The checkout's ``models/`` (next to the ``service`` package) when there is one, as in a
+    source checkout or editable install; otherwise ``./models`` of the working directory."""
+    beside = Path(__file__).resolve().parents[1] / "models"
+    return beside if beside.is_dir() else Path("models").resolve()
 
 
 @dataclass
@@ -58,6 +60,16 @@ class ServeConfig:
     max_stop_chars: int = 64  # characters per stop sequence
     max_message_bytes: int = 4 * 1024 * 1024  # gRPC send/receive message size
     length_penalty: float = 0.6  # GNMT alpha for beam search: score / ((5 + len) / 6) ** alpha
+    # Transport security (PEM files; all empty = plaintext). A client CA turns on mutual TLS:
+    # every client must then present a certificate signed by it.
+    tls_cert: str = ""  # server certificate chain; needs tls_key
+    tls_key: str = ""  # private key of tls_cert
+    tls_client_ca: str = ""  # CA bundle that client certificates must chain to (mutual TLS)
+    # Bearer-token authentication: when a token is set, every RPC except grpc.health.v1 must carry
+    # metadata "authorization: Bearer <token>" (server reflection included).
+    auth_token_file: str = ""  # file with the accepted token(s), one per line ('#' comments)
+    # The accepted token itself: environment only (SEQSERVE_AUTH_TOKEN), never a flag or repr().
+    auth_token: str = field(default="", repr=False, metadata={"env_only": True})
 
     def validate(self) -> "ServeConfig":
         """Check ranges; raises ValueError naming the field, the value and the rule."""
@@ -85,8 +97,75 @@ class ServeConfig:
             )
         if self.default_max_tokens > self.max_tokens:
             raise ValueError(f"default_max_tokens {self.default_max_tokens} exceeds max_tokens {self.max_tokens}")
+        self.validate_security()
         self.models = Path(self.models)
         return self
+
+    def validate_security(self) -> None:
+        """TLS files come as a readable cert + key pair (plus an optional client CA); at most one
+        token source, holding at least one well-formed token. Messages never quote a token."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            given, missing = ("tls_cert", "tls_key") if self.tls_cert else ("tls_key", "tls_cert")
+            raise ValueError(
+                f"tls_cert and tls_key must be set together: {given} {getattr(self, given)!r} is set "
+                f"but {missing} is not"
+            )
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError(
+                f"tls_client_ca {self.tls_client_ca!r} needs tls_cert and tls_key (mutual TLS runs on top of TLS)"
+            )
+        # "PRIVATE KEY-----" also matches the "RSA PRIVATE KEY" and "EC PRIVATE KEY" forms.
+        pem = (("tls_cert", "-----BEGIN CERTIFICATE-----"), ("tls_key", "PRIVATE KEY-----"),
+               ("tls_client_ca", "-----BEGIN CERTIFICATE-----"))
+        for name, marker in pem:
+            path = getattr(self, name)
+            if path and marker.encode() not in read_config_file(name, path):
+                kind = "private key" if name == "tls_key" else "certificate"
+                raise ValueError(f"{name} {path!r} holds no PEM {kind}")
+        if self.auth_token and self.auth_token_file:
+            raise ValueError(
+                f"set either auth_token ({env_var('auth_token')}) or auth_token_file "
+                f"{self.auth_token_file!r}, not both"
+            )
+        self.auth_tokens()
+
+    def auth_tokens(self) -> tuple[str, ...]:
+        """The bearer tokens clients may present; empty = no authentication.
+
+        From ``auth_token_file`` (one token per line; blank lines and ``#`` comments are skipped,
+        so a second line can hold the next token during a rotation) or else ``auth_token``. Raises
+        ValueError naming the file, never a token, when the file cannot be read, holds no token, or
+        a token is not printable ASCII without spaces (it must fit a gRPC metadata value).
+        """
+        if self.auth_token_file:
+            source = f"auth_token_file {self.auth_token_file!r}"
+            raw = read_config_file("auth_token_file", self.auth_token_file).decode("utf-8", "replace")
+            tokens = tuple(
+                stripped for stripped in (line.strip() for line in raw.splitlines())
+                if stripped and not stripped.startswith("#")
+            )
+            if not tokens:
+                raise ValueError(f"{source} holds no token")
+        elif self.auth_token:
+            source = f"auth_token ({env_var('auth_token')})"
+            tokens = (self.auth_token.strip(),)
+        else:
+            return ()
+        for number, token in enumerate(tokens, start=1):
+            if not token or not all("!" <= ch <= "~" for ch in token):
+                raise ValueError(
+                    f"{source}: token {number} must be printable ASCII without spaces "
+                    "(it travels as 'authorization: Bearer <token>' metadata)"
+                )
+        return tokens
+
+
+def read_config_file(name: str, path: str | Path) -> bytes:
+    """The bytes of the file configured as field ``name``; ValueError naming both when it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise ValueError(f"{name} {str(path)!r} cannot be read: {err.strerror or err}") from None
 
 
 def effective_limit(configured: int, manifest_limits: Mapping[str, Any], key: str, default: int) -> int:
@@ -116,10 +195,12 @@ def env_var(name: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--<field-name>`` for every ServeConfig field; an unset flag stays None so that
-    config_from_args can fall back to the environment, then the default."""
+    """Add ``--<field-name>`` for every ServeConfig field but the env-only secrets; an unset flag
+    stays None so that config_from_args can fall back to the environment, then the default."""
     defaults = ServeConfig()
     for f in fields(ServeConfig):
+        if f.metadata.get("env_only"):  # secrets: a flag would show up in `ps` and shell history
+            continue
         kind = _kind(f)
         flag = "--" + f.name.replace("_", "-")
         help_text = f"(default {getattr(defaults, f.name)}; env {env_var(f.name)})"

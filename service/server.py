@@ -19,6 +19,7 @@ from service.metrics import (
     start_metrics_server,
     stop_metrics_server,
 )
+from service.security import auth_interceptor, describe, server_credentials
 from service.servicers import add_servicers
 
 log = logging.getLogger(__name__)
@@ -102,9 +103,13 @@ async def create_server(
     The engine is created from ``config`` (and ``metrics``) when not given, and is not started
     here: health reports NOT_SERVING until ``await engine.start()`` has loaded a task's models.
     Pass ``health`` to keep a handle for drain(); with ``metrics`` every RPC is recorded (its
-    interceptor runs first, before ``interceptors``). Returns (server, bound port, engine);
-    raises RuntimeError when the address cannot be bound.
+    interceptor runs first, before ``interceptors``). With ``config.tls_cert`` the port speaks TLS
+    (mutual TLS with ``config.tls_client_ca``); with a configured token every RPC but health needs
+    it (see service.security). Returns (server, bound port, engine); raises ValueError on unusable
+    TLS or token settings, RuntimeError when the address cannot be bound.
     """
+    credentials = server_credentials(config)
+    auth = auth_interceptor(config)
     engine = engine if engine is not None else Engine(config, metrics=metrics)
     health_state = health if health is not None else ServingHealth()
     options = [
@@ -112,7 +117,12 @@ async def create_server(
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
     ]
-    chain = ([MetricsInterceptor(metrics)] if metrics is not None else []) + list(interceptors)
+    # Metrics first so that it also records calls the token check turns away (UNAUTHENTICATED).
+    chain = [
+        *([MetricsInterceptor(metrics)] if metrics is not None else []),
+        *([auth] if auth is not None else []),
+        *interceptors,
+    ]
     server = grpc.aio.server(interceptors=chain, options=options)
     names = add_servicers(server, engine)
     health_pb2_grpc.add_HealthServicer_to_server(health_state.servicer, server)
@@ -122,13 +132,15 @@ async def create_server(
         reflection.enable_server_reflection(names, server)
     address = f"{config.host}:{config.port}"
     try:
-        port = server.add_insecure_port(address)
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError as err:
         raise RuntimeError(f"cannot bind gRPC address {address}: {err}") from None
     if port == 0:
         raise RuntimeError(f"cannot bind gRPC address {address}")
     await health_state.attach(engine)
-    log.info("gRPC server bound to %s:%d (%s)", config.host, port, ", ".join(names))
+    log.info("gRPC server bound to %s:%d (%s; %s)", config.host, port, describe(config), ", ".join(names))
+    if auth is not None and credentials is None:
+        log.warning("bearer tokens travel in plaintext: set tls_cert/tls_key or terminate TLS in front of the server")
     return server, port, engine
 
 

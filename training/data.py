@@ -352,6 +352,27 @@ def collate_windows(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in ("window", "target")}
 
 
+class CropWindows:
+    """collate_windows, then with probability ``prob`` keep only the most recent L steps of every
+    window of the batch, L uniform in [min_len, T]: the model learns to forecast from any history
+    the service accepts (min_history .. window), not only from full windows. Seeded per epoch."""
+
+    def __init__(self, min_len: int, prob: float, seed: int = 0) -> None:
+        self.min_len, self.prob, self.seed = min_len, prob, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+
+    def __call__(self, items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        batch = collate_windows(items)
+        steps = batch["window"].shape[1]
+        if self.prob > 0 and steps > self.min_len and torch.rand((), generator=self._gen) < self.prob:
+            keep = int(torch.randint(self.min_len, steps + 1, (), generator=self._gen))
+            batch["window"] = batch["window"][:, steps - keep :].contiguous()
+        return batch
+
+
 # ---------------------------------------------------------------- character text
 
 
@@ -506,6 +527,9 @@ class LoaderBatches:
 
     def batches(self, epoch: int = 0) -> Iterator[dict[str, Tensor]]:
         self.sampler.set_epoch(epoch)
+        set_epoch = getattr(self.loader.collate_fn, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
         return iter(self.loader)
 
 
@@ -555,6 +579,7 @@ class DataConfig:
     # forecast (window and horizon come from the model config)
     features: str = "S"  # ETT: S = OT only, M = all 7 channels
     stride: int = 1  # step between training windows
+    crop_prob: float = 0.5  # share of training batches cut to a random history in [min_history, window]
     num_series: int = 48  # synthetic forecast
     series_length: int = 400
     channels: int = 1  # synthetic forecast
@@ -573,6 +598,8 @@ class DataConfig:
         for key in ("vocab_size", "min_freq", "max_len", "num_examples", "stride", "num_series", "series_length", "channels", "repeats"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)!r}")
+        if not 0.0 <= self.crop_prob <= 1.0:
+            raise ValueError(f"data.crop_prob must be within [0, 1], got {self.crop_prob!r}")
         return self
 
     @classmethod

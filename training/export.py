@@ -416,7 +416,20 @@ def _special_tokens(task: str, cfg: Any, tokenizers: dict[str, Any]) -> dict[str
     if task == "translate":
         found.update(pad=cfg.pad_id, bos=cfg.bos_id, eos=cfg.eos_id)
         found.setdefault("unk", 1)
+    if task == "generate":
+        # The language model is trained on a plain character stream that never contains [BOS]; an
+        # empty prompt starts after a line break instead, where the stream's texts start too.
+        found.pop("bos", None)
+        newline = _token_of(tokenizers["text"], "\n")
+        if newline is not None:
+            found["bos"] = newline
     return found
+
+
+def _token_of(tokenizer: Any, text: str) -> int | None:
+    """The id of the single token ``text`` encodes to, or None."""
+    ids = tokenizer.encode(text).ids
+    return ids[0] if len(ids) == 1 else None
 
 
 def _forecast_spec(cfg: Any, channel_names: list[str] | None, frequency: str, target_channel: int) -> ForecastSpec:

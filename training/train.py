@@ -585,12 +585,16 @@ def prepare_data(run: RunConfig, data_dir=None, rank: int = 0, world_size: int =
 
         window = int(run.model.get("window", ForecastConfig.window))
         horizon = int(run.model.get("horizon", ForecastConfig.horizon))
+        min_history = int(run.model.get("min_history", ForecastConfig.min_history))
         series = D.forecast_series(cfg, window, data_dir)
         train_ds = D.WindowDataset(series.train, window, horizon, cfg.stride)
         val_ds = D.WindowDataset(series.val, window, horizon)
         info.update(scaler=asdict(series.scaler), columns=series.columns, lead=series.lead, train_windows=len(train_ds))
         return TaskData(
-            train=D.LoaderBatches(train_ds, tc.batch_size, D.collate_windows, seed=tc.seed, rank=rank, world_size=world_size),
+            train=D.LoaderBatches(
+                train_ds, tc.batch_size, D.CropWindows(min_history, cfg.crop_prob, tc.seed),
+                seed=tc.seed, rank=rank, world_size=world_size,
+            ),
             val=D.EvalBatches(val_ds, tc.batch_size, D.collate_windows, rank, world_size),
             tokenizers={},
             model_fields={"channels": len(series.columns)},

@@ -1,11 +1,9 @@
-"""A real Prometheus scrapes a live /metrics endpoint; every dashboard panel and rule query runs.
+"""A real Prometheus scrapes a live seqserve; every dashboard panel and rule query returns data.
 
-TODO(lead): the `seqserve_target` fixture below drives service.metrics directly (a grpc.aio server
-with MetricsInterceptor + health service, plus the Metrics API called the way the engine will).
-Once the server is wired, replace it with the real thing: start `service.server.create_server`
-(or `seqserve serve --port 0 --metrics-port 0`) on small test bundles, send real Translate,
-Forecast, Generate and GenerateStream RPCs (one of them rejected with RESOURCE_EXHAUSTED, one
-with an expired deadline), and yield the bound metrics port. The assertions need no change.
+The target is the real server (``service.server.create_server`` on loopback) over tiny exported
+bundles plus one broken bundle, driven with real Translate, Forecast, Generate, GenerateStream and
+Models RPCs, including one rejected with RESOURCE_EXHAUSTED, one that runs past its deadline and one
+stream the client cancels.
 """
 
 from __future__ import annotations
@@ -23,22 +21,15 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from service.metrics import (
-    Metrics,
-    MetricsInterceptor,
-    label_request,
-    series_names,
-    start_metrics_server,
-    stop_metrics_server,
-)
+from service.metrics import Metrics, series_names, start_metrics_server, stop_metrics_server
+from service.v1 import forecast_pb2, generate_pb2, models_pb2, translate_pb2
 from tests.deploy.conftest import DEPLOY
 from tests.deploy.promql import grafana_to_promql
+from tests.integration.harness import rpc_error, serving
 
 READY_TIMEOUT_S = 30.0
-Req, Resp = health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
 
 
 def free_port() -> int:
@@ -47,76 +38,66 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def drive(metrics: Metrics) -> None:
-    """Record every metric once, through real RPCs where the interceptor is the recorder."""
-    metrics.model_loaded("en-de", "1", "translate", "lstm", 0.3)
-    metrics.model_loaded("lm", "2", "generate", "gru", 0.1)
-    metrics.model_load_failed("lm", "3", "onnx", 0.01)
+@pytest.fixture(scope="module")
+def live_models(tmp_path_factory) -> Path:
+    """Tiny bundles of every task, and a version whose manifest is broken (a load failure)."""
+    torch = pytest.importorskip("torch")
+    from tests.bundles import make_bundle
 
-    async def translate(request, context):
-        label_request(model="en-de", version="1")
-        if request.service == "full":
-            # set_code + return, not abort: abort sends the status before the interceptor
-            # records, and server.stop below could cut that short.
-            label_request(reason="queue_full")
-            context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
-            context.set_details("queue of 256 is full")
-        return Resp(status=Resp.SERVING)
+    torch.set_num_threads(1)
+    models = tmp_path_factory.mktemp("live") / "models"
+    for task in ("translate", "forecast", "generate"):
+        make_bundle(models, task)
+    broken = models / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "manifest.json").write_text("{not json")
+    return models
 
-    async def generate_stream(request, context):
-        label_request(model="lm", version="2")
-        for _ in range(3):
-            yield Resp(status=Resp.SERVING)
 
-    codec = dict(request_deserializer=Req.FromString, response_serializer=Resp.SerializeToString)
-    server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics)])
-    server.add_generic_rpc_handlers([
-        grpc.method_handlers_generic_handler("seqserve.v1.Translator", {
-            "Translate": grpc.unary_unary_rpc_method_handler(translate, **codec)}),
-        grpc.method_handlers_generic_handler("seqserve.v1.Generator", {
-            "GenerateStream": grpc.unary_stream_rpc_method_handler(generate_stream, **codec)}),
-    ])
-    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.unary_unary("/seqserve.v1.Translator/Translate",
-                                       request_serializer=Req.SerializeToString, response_deserializer=Resp.FromString)
-            stream = channel.unary_stream("/seqserve.v1.Generator/GenerateStream",
-                                          request_serializer=Req.SerializeToString, response_deserializer=Resp.FromString)
-            for _ in range(5):
-                await call(Req())
-            with pytest.raises(grpc.aio.AioRpcError):
-                await call(Req(service="full"))
-            assert len([r async for r in stream(Req())]) == 3
-            await health_pb2_grpc.HealthStub(channel).Check(Req())
-    finally:
-        await server.stop(None)
+async def drive(served) -> None:
+    """Real RPCs to every method, with a rejection, an expired deadline and a cancelled stream."""
+    for _ in range(3):
+        await served.translator.Translate(translate_pb2.TranslateRequest(texts=["ka pa lo", "lo ka"]))
+        await served.translator.Translate(translate_pb2.TranslateRequest(texts=["pa lo"], beam_size=3))
+    await asyncio.gather(*(  # fills batches of equal history lengths
+        served.forecaster.Forecast(forecast_pb2.ForecastRequest(history=[float(i % 7) for i in range(24 + k % 2)]))
+        for k in range(6)))
+    for seed in range(3):
+        await served.generator.Generate(generate_pb2.GenerateRequest(prompt="the ", max_tokens=8, seed=seed))
+    async for _ in served.generator.GenerateStream(generate_pb2.GenerateRequest(prompt="a", max_tokens=6, seed=1)):
+        pass
+    await served.models.ListModels(models_pb2.ListModelsRequest())
+    await served.models.GetModel(models_pb2.GetModelRequest(name="tiny-forecast"))
 
-    metrics.observe_request("Translate", "en-de", "1", "DEADLINE_EXCEEDED", 2.0, "queue")
-    metrics.observe_request("GenerateStream", "lm", "2", "CANCELLED", 0.4, "client")
-    for graph, rows in (("encoder", 4), ("decoder_step", 8)):
-        metrics.observe_batch("en-de", "1", graph, rows, 0.002)
-        metrics.observe_item("en-de", "1", graph, queue_seconds=0.001, compute_seconds=0.003)
-        metrics.queue_depth.labels("en-de", "1", graph).set(2)
-    metrics.active_streams.labels("lm", "2").set(1)
-    start = time.perf_counter()
-    timer = metrics.token_timer("lm", "2", start=start)
-    for i in range(1, 5):
-        timer.emitted(1, now=start + 0.01 * i)
+    # RESOURCE_EXHAUSTED: more sentences than the server's decoding streams (max_streams=4 below).
+    err = await rpc_error(served.translator.Translate(translate_pb2.TranslateRequest(texts=["ka"] * 5)))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+    # DEADLINE_EXCEEDED: a forecast whose deadline passes while it waits for its batch to fill
+    # (max_batch_wait_ms=300 below).
+    lone = forecast_pb2.ForecastRequest(history=[1.0] * 30)
+    err = await rpc_error(served.forecaster.Forecast(lone, timeout=0.1))
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err
+    # CANCELLED: the client walks away from a forecast waiting in the same queue.
+    call = served.forecaster.Forecast(lone)
+    await asyncio.sleep(0.1)
+    assert call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.sleep(0.4)  # the server notices when the batch would have run
 
 
 @pytest.fixture
-async def seqserve_target() -> AsyncIterator[int]:
-    """Port of a live /metrics endpoint with every seqserve metric populated (see TODO above)."""
+async def seqserve_target(live_models) -> AsyncIterator[int]:
+    """Port of the live /metrics endpoint of a real server that has served traffic."""
     metrics = Metrics(CollectorRegistry())
-    await drive(metrics)
-    http, port = start_metrics_server(metrics, "127.0.0.1", 0)
-    try:
-        yield port
-    finally:
-        stop_metrics_server(http)
+    async with serving(live_models, metrics=metrics, max_streams=4, max_batch_wait_ms=300) as served:
+        await drive(served)
+        http, port = start_metrics_server(metrics, "127.0.0.1", 0)
+        try:
+            # Keep the server (and its event loop) alive while Prometheus scrapes.
+            yield port
+        finally:
+            stop_metrics_server(http)
 
 
 class Prometheus:

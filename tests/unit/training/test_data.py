@@ -159,3 +159,22 @@ def test_loader_batches_order_depends_on_seed_and_epoch_only():
     assert len(r[0]) == len(r[1])
     ev = [data.EvalBatches(ds, 8, data.collate_windows, rank=k, world_size=2) for k in (0, 1)]
     assert sum(x["window"].shape[0] for e in ev for x in e.batches()) == len(ds)
+
+
+def test_crop_windows_cuts_batches_to_histories_the_service_accepts():
+    items = [{"window": torch.arange(48, dtype=torch.float32).reshape(48, 1) + i, "target": torch.zeros(6, 1)}
+             for i in range(4)]
+    crop = data.CropWindows(min_len=12, prob=0.5, seed=3)
+    lengths = [crop(items)["window"].shape[1] for _ in range(200)]
+    assert set(lengths) - set(range(12, 49)) == set()
+    assert 60 < lengths.count(48) < 140  # about half the batches stay whole
+    assert len(set(lengths)) > 20  # the rest spread over the range
+    cut = next(b for b in (crop(items) for _ in range(50)) if b["window"].shape[1] < 48)
+    keep = cut["window"].shape[1]
+    assert torch.equal(cut["window"][2, :, 0], torch.arange(48 - keep, 48, dtype=torch.float32) + 2)  # most recent steps
+    # Seeded per epoch: the same epoch gives the same lengths again.
+    crop.set_epoch(5)
+    first = [crop(items)["window"].shape[1] for _ in range(20)]
+    crop.set_epoch(5)
+    assert [crop(items)["window"].shape[1] for _ in range(20)] == first
+    assert data.CropWindows(12, 0.0)(items)["window"].shape[1] == 48

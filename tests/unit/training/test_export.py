@@ -205,3 +205,12 @@ def test_make_bundle_is_fast_and_valid(tmp_path, task):
     assert path == tmp_path / manifest.name / "1" and manifest.name == f"tiny-{task}"
     again = make_bundle(tmp_path, task, name="other", version="2", cell="gru", num_layers=2)
     assert read_manifest(again).cell == "gru" and read_manifest(again).num_layers == 2
+
+
+def test_generate_bundle_starts_empty_prompts_after_a_line_break(tmp_path):
+    # The LM never sees [BOS] in its training stream: the bundle's start token is the newline.
+    model, toks = _tiny("generate", "lstm")
+    manifest = export_bundle(model, tmp_path, name="lm", version="1", tokenizers=toks)
+    bos = manifest.special_tokens["bos"]
+    assert toks["text"].id_to_token(bos) == "\n"
+    assert toks["text"].token_to_id("[BOS]") != bos
