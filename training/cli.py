@@ -136,6 +136,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from training.compare import compare_cells
+
+    config = _resolve_config(argparse.Namespace(**{**vars(args), "out": None}))
+    try:
+        rows = compare_cells(config, [c.strip() for c in args.cells.split(",") if c.strip()], args.out,
+                             data_dir=args.data_dir, split=args.split, max_eval_items=args.max_items)
+    except ValueError as err:
+        raise SystemExit(f"bad config: {err}") from None
+    print((Path(args.out) / "cells.md").read_text(encoding="utf-8"))
+    print(f"wrote {args.out}/cells.csv, cells.md, val_loss.png, gradient_flow.csv, gradient_flow.png "
+          f"({len(rows)} cells)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seqserve-train",
@@ -186,6 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print JSON instead of a table")
     v.add_argument("--write-manifest", action="store_true", help="store the figures in the bundle's manifest")
     v.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser(
+        "compare", help="train one task once per cell with the same budget and compare",
+        description="Train the same configuration once per cell (same data, seed, sizes, steps), evaluate each "
+        "best checkpoint, measure each cell's gradient flow, and write OUT/cells.csv, cells.md, val_loss.png, "
+        "gradient_flow.csv and gradient_flow.png. Fix the budget with --set train.max_steps=N.",
+        epilog=f"presets: {', '.join(presets())}",
+    )
+    c.add_argument("task", choices=("translate", "forecast", "generate"))
+    c.add_argument("--config", metavar="FILE.yaml", help="YAML with sections task, data, model, train")
+    c.add_argument("--preset", metavar="NAME", help="a bundled preset (see the list below)")
+    c.add_argument("--cells", default="rnn,lstm,gru,peephole", help="comma-separated cells (default %(default)s)")
+    c.add_argument("--out", required=True, metavar="DIR", help="output directory (one run directory per cell inside)")
+    c.add_argument("--seed", type=int, help="overrides train.seed")
+    c.add_argument("--data-dir", metavar="DIR", help="dataset directory (default: $SEQSERVE_DATA_DIR)")
+    c.add_argument("--split", default="test", choices=("val", "test"), help="split the figures are computed on")
+    c.add_argument("--max-items", type=int, default=0, metavar="N", help="evaluate on the first N items only")
+    c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
+    c.set_defaults(func=cmd_compare)
 
     sub.add_parser("gradient-flow", help="gradient-flow report per cell (see gradient-flow --help)", add_help=False)
     return p

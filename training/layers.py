@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from service.bundle import CELLS, LSTM_FAMILY
-from training.cells import StackedRNN
+from training.cells import StackedRNN, set_forget_bias
 
 State = Tensor | tuple[Tensor, Tensor]  # h (L*D, B, H), or (h, c) for the LSTM family
 
@@ -67,6 +67,7 @@ class Recurrent(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.0,
         nonlinearity: str = "tanh",
+        forget_bias: float | None = None,
     ) -> None:
         super().__init__()
         check_cell(cell)
@@ -92,6 +93,27 @@ class Recurrent(nn.Module):
             )
         else:
             self.rnn = StackedRNN(cell, input_size, hidden_size, num_layers, bidirectional, dropout, nonlinearity)
+        if forget_bias is not None and cell != "rnn":
+            self.set_forget_bias(forget_bias)
+
+    def set_forget_bias(self, value: float) -> None:
+        """Bias every layer's forget gate (GRU: update gate z, the weight on h_{t-1}) to ``value``:
+        bias_ih of that block = value, bias_hh = 0, so the gate starts near σ(value) and gradients
+        survive long spans at initialisation (see training/cells.py set_forget_bias; torch's own
+        init leaves the gate near 0.5). Raises ValueError for the plain RNN."""
+        if self.cell == "rnn":
+            raise ValueError("cell 'rnn' has no forget/update gate to bias")
+        if isinstance(self.rnn, StackedRNN):
+            for cell in self.rnn.cells:
+                set_forget_bias(cell, value)
+            return
+        H = self.hidden_size  # torch's gate blocks: LSTM i, f, g, o; GRU r, z, n -> block 1 either way
+        with torch.no_grad():
+            for name, param in self.rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    param[H : 2 * H].fill_(value)
+                elif name.startswith("bias_hh"):
+                    param[H : 2 * H].zero_()
 
     @property
     def has_cell_state(self) -> bool:

@@ -49,6 +49,7 @@ class TranslationConfig:
     attention: str = "bahdanau"  # additive attention; the only kind implemented
     attention_size: int = 256  # A, width of the additive attention's hidden layer
     dropout: float = 0.3  # on embeddings, between layers and before the read-out
+    forget_bias: float = 1.0  # initial forget (GRU: update) gate bias of the gated cells; ignored by rnn
     teacher_forcing: float = 1.0  # probability of feeding the gold previous token in training
     pad_id: int = 0
     bos_id: int = 2
@@ -77,14 +78,16 @@ class Seq2Seq(nn.Module):
         self.memory_size = D * c.hidden_size  # M
         self.src_embed = nn.Embedding(c.src_vocab_size, c.embed_size, padding_idx=c.pad_id)
         self.tgt_embed = nn.Embedding(c.tgt_vocab_size, c.embed_size, padding_idx=c.pad_id)
-        self.encoder = Recurrent(c.cell, c.embed_size, c.hidden_size, c.num_layers, c.bidirectional, c.dropout)
+        self.encoder = Recurrent(c.cell, c.embed_size, c.hidden_size, c.num_layers, c.bidirectional, c.dropout,
+                                 forget_bias=c.forget_bias)
         # Decoder's initial state per layer: tanh(Linear([last fwd; last bwd])) of the same encoder layer.
         self.bridge_h = nn.Linear(self.memory_size, c.hidden_size)
         self.bridge_c = nn.Linear(self.memory_size, c.hidden_size) if self.encoder.has_cell_state else None
         self.attn_key = nn.Linear(self.memory_size, c.attention_size, bias=False)  # W_k m_s
         self.attn_query = nn.Linear(c.hidden_size, c.attention_size)  # W_q h_{t-1} + b
         self.attn_v = nn.Linear(c.attention_size, 1, bias=False)  # v^T tanh(.)
-        self.decoder = Recurrent(c.cell, c.embed_size + self.memory_size, c.hidden_size, c.num_layers, False, c.dropout)
+        self.decoder = Recurrent(c.cell, c.embed_size + self.memory_size, c.hidden_size, c.num_layers, False, c.dropout,
+                                 forget_bias=c.forget_bias)
         self.readout = nn.Linear(c.hidden_size + self.memory_size + c.embed_size, c.embed_size)
         self.generator = nn.Linear(c.embed_size, c.tgt_vocab_size)
         self.dropout = nn.Dropout(c.dropout)
@@ -174,6 +177,7 @@ class ForecastConfig:
     num_layers: int = 2
     bidirectional: bool = False  # the encoder may read the window both ways
     dropout: float = 0.0  # between recurrent layers and before the head
+    forget_bias: float = 1.0  # initial forget (GRU: update) gate bias of the gated cells; ignored by rnn
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)  # ascending, must contain 0.5 (the point forecast)
     scale_floor: float = 1e-5  # smallest per-window std used to normalise (flat windows)
 
@@ -199,7 +203,8 @@ class Forecaster(nn.Module):
     def __init__(self, config: ForecastConfig) -> None:
         super().__init__()
         self.config = c = config.validate()
-        self.encoder = Recurrent(c.cell, c.channels, c.hidden_size, c.num_layers, c.bidirectional, c.dropout)
+        self.encoder = Recurrent(c.cell, c.channels, c.hidden_size, c.num_layers, c.bidirectional, c.dropout,
+                                 forget_bias=c.forget_bias)
         self.dropout = nn.Dropout(c.dropout)
         self.num_quantiles = len(c.quantiles)
         self.median_index = next(i for i, q in enumerate(c.quantiles) if math.isclose(q, 0.5))
@@ -265,6 +270,7 @@ class LMConfig:
     hidden_size: int = 512  # H
     num_layers: int = 2
     dropout: float = 0.2  # on embeddings, between layers and on the output
+    forget_bias: float = 1.0  # initial forget (GRU: update) gate bias of the gated cells; ignored by rnn
     tie_weights: bool = False  # output layer shares the embedding table (a projection H -> E when E != H)
 
     def validate(self) -> "LMConfig":
@@ -283,7 +289,8 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.config = c = config.validate()
         self.embed = nn.Embedding(c.vocab_size, c.embed_size)
-        self.rnn = Recurrent(c.cell, c.embed_size, c.hidden_size, c.num_layers, False, c.dropout)
+        self.rnn = Recurrent(c.cell, c.embed_size, c.hidden_size, c.num_layers, False, c.dropout,
+                             forget_bias=c.forget_bias)
         self.dropout = nn.Dropout(c.dropout)
         out_size = c.hidden_size
         self.proj = None

@@ -107,3 +107,37 @@ def test_translation_metrics_case_and_identity():
 def test_format_table_lists_every_figure():
     text = evaluate.format_table({"task": "forecast", "mse": 0.25, "examples": [{"source": "a", "output": "b"}]})
     assert "mse" in text and "0.2500" in text and "source: a" in text
+
+
+def test_forecast_metrics_report_the_repeat_last_value_baseline():
+    series, window, horizon = _series(), 8, 4
+    ds = data.WindowDataset(series, window, horizon)
+    xs = np.stack([ds[i]["window"].numpy() for i in range(len(ds))])  # (N, T, C)
+    ys = np.stack([ds[i]["target"].numpy() for i in range(len(ds))])  # (N, H, C)
+
+    def repeat_last(feed):  # a model that is the baseline: its figures must equal naive_*
+        last = np.repeat(feed["window"][:, -1:, :], horizon, axis=1)
+        return {"quantiles": np.stack([last - 1, last, last + 1], axis=-1)}
+
+    f = evaluate.forecast_metrics(repeat_last, series, window, horizon, [0.1, 0.5, 0.9], batch_size=5)
+    want = float(((xs[:, -1:, :] - ys) ** 2).mean())
+    assert f["naive_mse"] == pytest.approx(want, rel=1e-6) and f["mse"] == pytest.approx(want, rel=1e-6)
+    assert f["naive_mae"] == pytest.approx(f["mae"], rel=1e-6)
+    assert f["naive_mse@1"] == pytest.approx(float(((xs[:, -1, :] - ys[:, 0, :]) ** 2).mean()), rel=1e-6)
+
+
+def test_horizon_metrics_use_each_horizons_own_windows():
+    series, window = _series(), 8
+    ds = {h: data.WindowDataset(series, window, h) for h in (2, 4)}
+
+    def zero(feed):
+        return {"quantiles": np.zeros((feed["window"].shape[0], 4, 2, 3), np.float32)}
+
+    by = evaluate.horizon_metrics(zero, series, window, 4, [0.1, 0.5, 0.9], horizons=(2, 4, 8))
+    assert list(by) == ["2", "4"]  # 8 is beyond the model's horizon
+    for h, f in by.items():
+        ys = np.stack([ds[int(h)][i]["target"].numpy() for i in range(len(ds[int(h)]))])
+        assert f["windows"] == len(ds[int(h)])
+        assert f["mse"] == pytest.approx(float((ys**2).mean()), rel=1e-6)
+    assert by["2"]["windows"] > by["4"]["windows"]
+    assert "by_horizon" not in evaluate.format_table({"task": "forecast", "by_horizon": by}).split("\n")[0]
