@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Train, export and evaluate the bundled models, one command each (fixed seeds, 2-core CPU):
+#   scripts/build_bundles.sh forecast-etth1 generate-shakespeare translate-de-en translate-zh-en
+# For each NAME: trains training/presets/NAME.yaml into runs/NAME (an interrupted run continues with
+# `seqserve-train train TASK --preset NAME --out runs/NAME --resume`),
+# exports runs/NAME/best.pt to models/NAME/VERSION, evaluates the bundle with onnxruntime on the test
+# split and stores the figures in its manifest. Needs the train extra and SEQSERVE_DATA_DIR.
+# Environment: VERSION (default 1), THREADS (torch threads, default 2), MODELS (default models).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VERSION=${VERSION:-1}
+THREADS=${THREADS:-2}
+MODELS=${MODELS:-models}
+[ $# -gt 0 ] || { sed -n '2,8p' "$0"; exit 2; }
+for name in "$@"; do
+  preset=training/presets/$name.yaml
+  [ -f "$preset" ] || { echo "no preset $preset" >&2; exit 2; }
+  task=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['task'])" "$preset")
+  seqserve-train train "$task" --preset "$name" --out "runs/$name" --set "train.num_threads=$THREADS"
+  rm -rf "${MODELS:?}/$name/$VERSION"
+  seqserve-train export --checkpoint "runs/$name/best.pt" --models "$MODELS" --name "$name" --version "$VERSION"
+  seqserve-train evaluate --bundle "$MODELS/$name/$VERSION" --split test --threads "$THREADS" --write-manifest
+done

@@ -1,0 +1,188 @@
+"""`seqserve bench` against a real server: every endpoint, closed and open loop, reports and files."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass
+
+import pytest
+import pytest_asyncio
+from prometheus_client import CollectorRegistry
+
+from service import bench
+from service.metrics import Metrics, start_metrics_server, stop_metrics_server
+from tests.integration.harness import Served, serving
+
+on_module_loop = pytest.mark.asyncio(loop_scope="module")  # the loop the server fixture runs on
+
+# Short levels: each ends after 0.4 s or 12 requests, whichever comes first.
+QUICK = {"concurrency": [1, 2], "rates": [40.0], "duration_s": 0.4, "max_requests": 12, "warmup_s": 0.05,
+         "max_tokens": 6, "timeout_s": 10.0}
+
+
+@dataclass
+class Target:
+    served: Served
+    metrics_address: str
+
+    @property
+    def address(self) -> str:
+        return self.served.address
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def target(module_models):
+    metrics = Metrics(CollectorRegistry(), process_metrics=False)
+    async with serving(module_models, metrics=metrics) as served:
+        http, port = start_metrics_server(metrics, "127.0.0.1", 0)
+        try:
+            yield Target(served, f"127.0.0.1:{port}")
+        finally:
+            stop_metrics_server(http)
+
+
+def _bench_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="seqserve")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench.add_parser(sub)
+    return parser.parse_args(["bench", *argv])
+
+
+def _assert_ordered(result: bench.LevelResult) -> None:
+    lat = result.latency_ms
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"], lat
+    assert lat["mean"] > 0
+
+
+@on_module_loop
+async def test_every_endpoint_in_closed_and_open_loop(target):
+    config = bench.BenchConfig(address=target.address, metrics_address=target.metrics_address, **QUICK)
+    seen: list[bench.LevelResult] = []
+    results = await bench.benchmark(config, on_result=seen.append)
+
+    assert seen == results
+    assert [(r.endpoint, r.load.label) for r in results] == [
+        (e, label) for e in bench.ENDPOINTS for label in ("c=1", "c=2", "r=40/s")]
+    for r in results:
+        assert r.ok > 0 and r.errors == {} and r.requests == r.ok and r.dropped == 0, r
+        assert r.ok <= QUICK["max_requests"]
+        assert r.throughput_rps > 0 and r.elapsed_s > 0
+        _assert_ordered(r)
+        assert r.server is not None
+        if r.endpoint in ("forecast", "translate"):  # batched graphs: queue wait and compute per request
+            assert r.server.queue_ms is not None and r.server.queue_ms >= 0
+            assert r.server.compute_ms is not None and r.server.compute_ms > 0
+            assert r.tokens_per_s is None
+            assert r.model.startswith("tiny-") and r.version == "1"
+        else:
+            assert r.tokens_per_s > 0
+            assert r.server.ttft_ms is not None and r.server.ttft_ms > 0
+        if r.endpoint == "generate_stream":
+            assert 0 < r.ttft_ms["p50"] <= r.ttft_ms["p99"] <= r.latency_ms["p99"]
+            assert 0 < r.itl_ms["p50"] <= r.itl_ms["p99"]
+        else:
+            assert r.ttft_ms == {"p50": None, "p99": None} and r.itl_ms == {"p50": None, "p99": None}
+
+
+@on_module_loop
+async def test_request_errors_are_counted_by_code(target):
+    config = bench.BenchConfig(address=target.address, metrics_address=target.metrics_address,
+                               model="no-such-model", **{**QUICK, "concurrency": [2], "rates": []})
+    results = await bench.benchmark(config)
+
+    assert [r.endpoint for r in results] == list(bench.ENDPOINTS)
+    for r in results:
+        assert r.ok == 0 and r.requests > 0 and r.errors == {"NOT_FOUND": r.requests}, r
+        assert r.latency_ms["p50"] is None and r.throughput_rps == 0
+        assert r.row()["error_codes"] == f"NOT_FOUND:{r.requests}"
+        assert bench.table_row(r).endswith(f"[NOT_FOUND:{r.requests}]")
+
+
+@on_module_loop
+async def test_run_entry_prints_json_and_writes_csv_and_png(target, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Ein Mann fährt Fahrrad.\n\nDer Hund läuft schnell.\n", encoding="utf-8")
+    table, plot = tmp_path / "bench.csv", tmp_path / "bench.png"
+    args = _bench_args(
+        "--address", target.address, "--metrics-address", target.metrics_address,
+        "--endpoint", "forecast,translate", "--endpoint", "generate_stream", "--texts", str(texts),
+        "--concurrency", "1,2", "--rate", "40", "--duration", "0.4", "--requests", "10", "--warmup", "0",
+        "--max-tokens", "4", "--channels", "2", "--json", "--csv", str(table), "--plot", str(plot),
+    )
+    assert args.func is bench.run
+
+    assert await asyncio.to_thread(args.func, args) == 0
+
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(x["endpoint"], x["mode"], x["level"]) for x in lines] == [
+        (e, m, lvl) for e in ("forecast", "translate", "generate_stream")
+        for m, lvl in (("concurrency", 1), ("concurrency", 2), ("rate", 40.0))]
+    assert all(x["errors"] == 0 and x["ok"] > 0 for x in lines)
+    assert "total" in err
+    reader = csv.DictReader(io.StringIO(table.read_text(encoding="utf-8"), newline=""))
+    rows = list(reader)
+    assert tuple(reader.fieldnames) == bench.CSV_COLUMNS
+    assert [(r["endpoint"], r["mode"]) for r in rows] == [(x["endpoint"], x["mode"]) for x in lines]
+    for r in rows:
+        assert float(r["latency_p50_ms"]) <= float(r["latency_p99_ms"])
+        assert r["server_compute_ms"] if r["endpoint"] != "generate_stream" else r["ttft_p50_ms"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@on_module_loop
+async def test_run_prints_a_table_by_default(target, capsys):
+    args = _bench_args("--address", target.address, "--endpoint", "generate", "--concurrency", "1",
+                       "--duration", "0", "--requests", "3", "--warmup", "0", "--max-tokens", "3")
+    assert await asyncio.to_thread(bench.run, args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["ENDPOINT", "LOAD", "OK", "ERR"]
+    assert lines[1].split()[:4] == ["generate", "c=1", "3", "0"]
+    assert lines[2].startswith("total ")
+
+
+def test_unbounded_or_bad_levels_are_refused(capsys):
+    assert bench.run(_bench_args("--duration", "0")) == 2
+    assert "--duration" in capsys.readouterr().err
+    assert bench.run(_bench_args("--endpoint", "nope", "--duration", "1")) == 2
+    assert "nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _bench_args("--concurrency", "1,x")
+
+
+def test_missing_matplotlib_is_said_before_running(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert bench.run(_bench_args("--address", "127.0.0.1:1", "--plot", "x.png")) == 2
+    assert "matplotlib" in capsys.readouterr().err
+
+
+def test_token_timings_split_chunk_gaps_per_token():
+    # Chunks at 10 ms (1 token), 14 ms (+2 tokens), 14.5 ms (no new token), 20 ms (+1 token).
+    ttft, itl = bench.token_timings(0.0, [(0.010, 1), (0.014, 3), (0.0145, 3), (0.020, 4)])
+    assert ttft == pytest.approx(0.010)
+    assert itl == pytest.approx([0.002, 0.002, 0.006])
+
+
+def test_server_stats_are_histogram_deltas():
+    def exposition(queue_sum: float, queue_count: int, other_sum: float) -> str:
+        name = "seqserve_queue_duration_seconds"
+        return (f"# TYPE {name} histogram\n"
+                f'{name}_bucket{{model="a",version="1",graph="g",le="+Inf"}} {queue_count}\n'
+                f'{name}_sum{{model="a",version="1",graph="g"}} {queue_sum}\n'
+                f'{name}_count{{model="a",version="1",graph="g"}} {queue_count}\n'
+                f'{name}_bucket{{model="b",version="1",graph="g",le="+Inf"}} 1\n'
+                f'{name}_sum{{model="b",version="1",graph="g"}} {other_sum}\n'
+                f'{name}_count{{model="b",version="1",graph="g"}} 1\n')
+
+    stats = bench.server_stats(exposition(1.0, 10, 0.0), exposition(1.5, 20, 0.0))
+    assert stats.queue_ms == pytest.approx(50.0) and stats.compute_ms is None and stats.ttft_ms is None
+    both = bench.server_stats(exposition(1.0, 10, 0.0), exposition(1.5, 20, 5.0))  # b's sum moved, not its count
+    assert both.queue_ms == pytest.approx(550.0)
+    only_a = bench.server_stats(exposition(1.0, 10, 0.0), exposition(1.5, 20, 5.0), model="a")
+    assert only_a.queue_ms == pytest.approx(50.0)
