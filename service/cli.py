@@ -14,6 +14,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 ADDRESS_ENV = "SEQSERVE_ADDRESS"
+# Client-side TLS and token settings. Not SEQSERVE_TLS_CERT/_KEY: those configure the server.
+TLS_CA_ENV = "SEQSERVE_TLS_CA"
+TLS_CERT_ENV = "SEQSERVE_TLS_CLIENT_CERT"
+TLS_KEY_ENV = "SEQSERVE_TLS_CLIENT_KEY"
+TLS_SERVER_NAME_ENV = "SEQSERVE_TLS_SERVER_NAME"
+TOKEN_ENV = "SEQSERVE_TOKEN"
+TOKEN_FILE_ENV = "SEQSERVE_TOKEN_FILE"
 LOG_LEVEL_ENV = "SEQSERVE_LOG_LEVEL"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 # Subcommands that belong to the training package (it needs torch: `pip install 'seqserve[train]'`).
@@ -22,6 +29,7 @@ TRAINING_COMMANDS = {
     "export": "export a trained checkpoint to an ONNX model bundle (delegates to training.cli)",
     "evaluate": "evaluate a checkpoint or bundle on held-out data (delegates to training.cli)",
     "gradient-flow": "measure gradient flow through time for each cell type (delegates to training.cli)",
+    "compare": "train one task once per cell with the same budget and compare (delegates to training.cli)",
 }
 EXIT_RPC_ERROR = 1
 EXIT_USAGE = 2
@@ -42,7 +50,43 @@ def _client_options(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     group.add_argument("--timeout", type=float, default=None, help="deadline per call in seconds (default: none)")
     group.add_argument("--json", action="store_true", help="print the result as JSON instead of text")
+    group = parent.add_argument_group(
+        "security", "TLS is used when --tls or any --tls-* option is given; otherwise the connection is plaintext."
+    )
+    group.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
+    group.add_argument(
+        "--tls-ca", default=environ.get(TLS_CA_ENV) or None, metavar="FILE",
+        help=f"PEM CA bundle to verify the server with (implies TLS; env {TLS_CA_ENV})",
+    )
+    group.add_argument(
+        "--tls-cert", default=environ.get(TLS_CERT_ENV) or None, metavar="FILE",
+        help=f"PEM client certificate for mutual TLS, with --tls-key (env {TLS_CERT_ENV})",
+    )
+    group.add_argument(
+        "--tls-key", default=environ.get(TLS_KEY_ENV) or None, metavar="FILE",
+        help=f"PEM private key of --tls-cert (env {TLS_KEY_ENV})",
+    )
+    group.add_argument(
+        "--tls-server-name", default=environ.get(TLS_SERVER_NAME_ENV) or None, metavar="NAME",
+        help=f"name the server certificate must carry, if not the address's host (env {TLS_SERVER_NAME_ENV})",
+    )
+    group.add_argument(
+        "--token-file", default=environ.get(TOKEN_FILE_ENV) or None, metavar="FILE",
+        help=f"file whose first line is the bearer token to send (env {TOKEN_FILE_ENV}; "
+        f"or put the token itself in env {TOKEN_ENV})",
+    )
+    # Refused rather than absent: argparse would take it as an abbreviation of --token-file.
+    group.add_argument("--token", dest="token_flag", action=_RefuseToken, help=argparse.SUPPRESS)
     return parent
+
+
+class _RefuseToken(argparse.Action):
+    """``--token VALUE``: a usage error that does not repeat the value (command lines are public)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"{option_string} is not accepted (command lines are visible to other users); "
+                     f"use --token-file or env {TOKEN_ENV}")
 
 
 def _model_options() -> argparse.ArgumentParser:
@@ -61,7 +105,7 @@ def _quantile_list(text: str) -> list[float]:
 
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
     """The full ``seqserve`` argument parser (defaults read from ``environ``)."""
-    from service import config as serve_config
+    from service import bench, config as serve_config
 
     parser = argparse.ArgumentParser(
         prog="seqserve",
@@ -152,6 +196,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         help="service name, e.g. seqserve.v1.Translator (default '': the whole server)",
     )
 
+    bench.add_parser(sub)
     for name, text in TRAINING_COMMANDS.items():
         sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}. See `seqserve {name} --help`.",
                        add_help=False)
@@ -338,6 +383,19 @@ def _run_health(client, args, out: TextIO) -> int:
     return 0 if status == "SERVING" else EXIT_RPC_ERROR
 
 
+def client_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ):
+    """A SeqserveClient for the connection options of a client subcommand: address, timeout, TLS
+    and the token (--token-file, else env SEQSERVE_TOKEN). Raises ValueError for an unreadable
+    file or a certificate without its key."""
+    from service.client import SeqserveClient, read_token_file
+
+    token = read_token_file(args.token_file) if args.token_file else (environ.get(TOKEN_ENV) or "").strip() or None
+    return SeqserveClient(
+        args.address, timeout=args.timeout, tls=args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, tls_server_name=args.tls_server_name, token=token,
+    )
+
+
 _CLIENT_COMMANDS = {
     "translate": _run_translate,
     "forecast": _run_forecast,
@@ -373,12 +431,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = build_parser(environ).parse_args(argv)
     if args.command == "serve":
         return _run_serve(args, environ)
+    if args.command == "bench":
+        return args.func(args)
 
-    from service.client import ClientError, SeqserveClient
+    from service.client import ClientError
 
     out = sys.stdout
     try:
-        with SeqserveClient(args.address, timeout=args.timeout) as client:
+        client = client_from_args(args, environ)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with client:
             return _CLIENT_COMMANDS[args.command](client, args, out)
     except ClientError as err:
         print(f"error: {err.code}: {err.message}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,6 +27,38 @@ from service.v1 import (
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 _UNSET = object()
+
+
+def _read(what: str, path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise ValueError(f"{what} {str(path)!r} cannot be read: {err.strerror or err}") from None
+
+
+def read_token_file(path: str | Path) -> str:
+    """The bearer token in ``path``: its first line that is neither blank nor a ``#`` comment
+    (the server's token-file format). Raises ValueError naming the file, never the token."""
+    for line in _read("token file", path).decode("utf-8", "replace").splitlines():
+        token = line.strip()
+        if token and not token.startswith("#"):
+            return token
+    raise ValueError(f"token file {str(path)!r} holds no token")
+
+
+def channel_credentials(
+    ca: str | Path | None = None, cert: str | Path | None = None, key: str | Path | None = None
+) -> grpc.ChannelCredentials:
+    """TLS credentials for a channel: trust ``ca`` (PEM; None = the system's roots) and, for mutual
+    TLS, present ``cert`` with ``key``. Raises ValueError when a file cannot be read or only one
+    of cert / key is given."""
+    if bool(cert) != bool(key):
+        raise ValueError("a client certificate and its key go together: give both tls_cert and tls_key")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read("TLS CA", ca) if ca else None,
+        private_key=_read("TLS key", key) if key else None,
+        certificate_chain=_read("TLS certificate", cert) if cert else None,
+    )
 
 
 class ClientError(Exception):
@@ -112,6 +145,13 @@ class SeqserveClient:
 
     ``timeout`` (seconds) applies to every call unless the call passes its own; None = no deadline.
     Use as a context manager, or call close().
+
+    Security: the channel speaks TLS when ``tls`` is true or any of ``tls_ca`` (PEM CA bundle to
+    trust; default the system's roots), ``tls_cert`` + ``tls_key`` (a client certificate, for
+    mutual TLS) is given; ``tls_server_name`` overrides the name the server certificate must
+    carry (tests, or addressing a server by IP). ``token`` is sent on every call as
+    ``authorization: Bearer <token>`` metadata. A ``channel`` passed in is used as it is (only
+    ``token`` applies to it). Raises ValueError for unreadable files or a cert without its key.
     """
 
     def __init__(
@@ -121,16 +161,29 @@ class SeqserveClient:
         *,
         max_message_bytes: int = 4 * 1024 * 1024,
         channel: grpc.Channel | None = None,
+        tls: bool = False,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        tls_server_name: str | None = None,
+        token: str | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = channel or grpc.insecure_channel(
-            address,
-            options=[
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        if channel is None:
+            options: list[tuple[str, Any]] = [
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+            ]
+            if tls or tls_ca or tls_cert or tls_key:
+                if tls_server_name:
+                    options.append(("grpc.ssl_target_name_override", tls_server_name))
+                credentials = channel_credentials(tls_ca, tls_cert, tls_key)
+                channel = grpc.secure_channel(address, credentials, options=options)
+            else:
+                channel = grpc.insecure_channel(address, options=options)
+        self._channel = channel
         self._translator = translate_pb2_grpc.TranslatorStub(self._channel)
         self._forecaster = forecast_pb2_grpc.ForecasterStub(self._channel)
         self._generator = generate_pb2_grpc.GeneratorStub(self._channel)
@@ -148,7 +201,7 @@ class SeqserveClient:
 
     def _call(self, rpc, request, timeout):
         try:
-            return rpc(request, timeout=self.timeout if timeout is _UNSET else timeout)
+            return rpc(request, timeout=self.timeout if timeout is _UNSET else timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise ClientError.from_rpc_error(err) from None
 
@@ -272,7 +325,9 @@ class SeqserveClient:
         Leaving the loop early (break, close(), garbage collection) cancels the call on the server.
         """
         request = self._generate_request(prompt, model, version, max_tokens, temperature, top_k, top_p, seed, stop)
-        call = self._generator.GenerateStream(request, timeout=self.timeout if timeout is _UNSET else timeout)
+        call = self._generator.GenerateStream(
+            request, timeout=self.timeout if timeout is _UNSET else timeout, metadata=self._metadata
+        )
         try:
             for c in call:
                 yield GenerateChunk(c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens)

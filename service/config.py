@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -69,10 +70,11 @@ class ServeConfig:
     # metadata "authorization: Bearer <token>" (server reflection included).
     auth_token_file: str = ""  # file with the accepted token(s), one per line ('#' comments)
     # The accepted token itself: environment only (SEQSERVE_AUTH_TOKEN), never a flag or repr().
-    auth_token: str = field(default="", repr=False, metadata={"env_only": True})
+    auth_token: str = field(default="", repr=False, metadata={"env_only": True, "alternative_to": "auth_token_file"})
 
     def validate(self) -> "ServeConfig":
-        """Check ranges; raises ValueError naming the field, the value and the rule."""
+        """Check ranges and the TLS / token settings (their files are read); raises ValueError
+        naming the field, the value and the rule -- never a token."""
         positive = (
             "keep_versions", "max_batch_size", "max_queue", "max_streams", "intra_op_threads",
             "inter_op_threads", "max_texts", "max_text_chars", "max_history", "max_quantiles",
@@ -102,8 +104,9 @@ class ServeConfig:
         return self
 
     def validate_security(self) -> None:
-        """TLS files come as a readable cert + key pair (plus an optional client CA); at most one
-        token source, holding at least one well-formed token. Messages never quote a token."""
+        """TLS files come as a readable, parseable certificate + matching unencrypted key (plus an
+        optional client CA); at most one token source, holding at least one well-formed token.
+        Raises ValueError naming the fields and paths; messages never quote a token."""
         if bool(self.tls_cert) != bool(self.tls_key):
             given, missing = ("tls_cert", "tls_key") if self.tls_cert else ("tls_key", "tls_cert")
             raise ValueError(
@@ -122,6 +125,23 @@ class ServeConfig:
             if path and marker.encode() not in read_config_file(name, path):
                 kind = "private key" if name == "tls_key" else "certificate"
                 raise ValueError(f"{name} {path!r} holds no PEM {kind}")
+        if self.tls_cert:  # the stdlib parses like gRPC would, with clearer errors than a failed bind
+            for name in ("tls_cert", "tls_client_ca"):
+                if getattr(self, name):
+                    try:
+                        ssl.create_default_context(cafile=getattr(self, name))
+                    except ssl.SSLError as err:
+                        raise ValueError(
+                            f"{name} {getattr(self, name)!r} holds a malformed certificate ({err.reason or err})"
+                        ) from None
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:  # an empty password: an encrypted key fails here instead of prompting on a terminal
+                context.load_cert_chain(self.tls_cert, self.tls_key, password=lambda: b"")
+            except ssl.SSLError as err:
+                raise ValueError(
+                    f"tls_key {self.tls_key!r} is not the unencrypted private key of tls_cert "
+                    f"{self.tls_cert!r} ({err.reason or err})"
+                ) from None
         if self.auth_token and self.auth_token_file:
             raise ValueError(
                 f"set either auth_token ({env_var('auth_token')}) or auth_token_file "
@@ -194,16 +214,36 @@ def env_var(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
+class _RefuseSecret(argparse.Action):
+    """A flag for an env-only secret: exits with a usage error that does not repeat the value."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        name = self.dest
+        alternative = next((f.metadata["alternative_to"] for f in fields(ServeConfig) if f.name == name), "")
+        instead = f"--{alternative.replace('_', '-')} or " if alternative else ""
+        parser.error(f"{option_string} is not accepted (command lines are visible to other users); "
+                     f"use {instead}env {env_var(name)}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--<field-name>`` for every ServeConfig field but the env-only secrets; an unset flag
     stays None so that config_from_args can fall back to the environment, then the default."""
     defaults = ServeConfig()
     for f in fields(ServeConfig):
         if f.metadata.get("env_only"):  # secrets: a flag would show up in `ps` and shell history
+            # Registered only to refuse it; otherwise argparse would take it as an abbreviation of
+            # the alternative's flag (--auth-token -> --auth-token-file) and echo the secret as a path.
+            parser.add_argument("--" + f.name.replace("_", "-"), action=_RefuseSecret, help=argparse.SUPPRESS)
             continue
         kind = _kind(f)
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"(default {getattr(defaults, f.name)}; env {env_var(f.name)})"
+        default = getattr(defaults, f.name)
+        help_text = f"(default {default if default != '' else 'unset'}; env {env_var(f.name)}"
+        for other in fields(ServeConfig):
+            if other.metadata.get("alternative_to") == f.name:
+                help_text += f"; or env {env_var(other.name)}"
+        help_text += ")"
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "type": kind, "help": help_text}
         if f.name == "graph_optimization":
             kwargs["choices"] = GRAPH_OPTIMIZATIONS

@@ -45,8 +45,9 @@ def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
     """TLS credentials for the gRPC port, or None when ``config.tls_cert`` is empty (plaintext).
 
     With ``config.tls_client_ca`` the server requires and verifies client certificates (mutual
-    TLS). Raises ValueError naming the field and path of a file that is missing, unreadable or
-    not PEM, or when only one of tls_cert / tls_key is set.
+    TLS). Raises ValueError naming the field and path of a file that is missing, unreadable, not
+    PEM or not parseable, of a key that does not match the certificate, or when only one of
+    tls_cert / tls_key is set.
     """
     config.validate_security()
     if not config.tls_cert:

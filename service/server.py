@@ -132,7 +132,10 @@ async def create_server(
         reflection.enable_server_reflection(names, server)
     address = f"{config.host}:{config.port}"
     try:
-        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        if credentials is not None:
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as err:
         raise RuntimeError(f"cannot bind gRPC address {address}: {err}") from None
     if port == 0:
