@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-from google.protobuf import any_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import any_pb2, message_factory, struct_pb2, timestamp_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -35,23 +36,41 @@ from service.v1 import (
 log = logging.getLogger(__name__)
 
 INTERNAL_MESSAGE = "internal error; the server log has the details"
+# Status messages travel in the trailers, twice (grpc-message, percent-encoded, and the rich
+# status, base64): past ~8 KiB of metadata clients drop the call as RESOURCE_EXHAUSTED "Stream
+# removed" instead of seeing the real status, so a client-supplied value echoed in an error (a
+# 1 MB model name) is cut to keep every message within this many UTF-8 bytes.
+MAX_MESSAGE_BYTES = 512
 _Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
 
 
 # --- errors: the one place a ServiceError becomes a gRPC status -------------------------------
 
 
+def clip(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """``message`` cut in the middle to at most ``limit`` UTF-8 bytes: the start (the field) and
+    the end (the rule or limit) stay."""
+    data = message.encode("utf-8")
+    if len(data) <= limit:
+        return message
+    keep = (limit - 48) // 2
+    head = data[:keep].decode("utf-8", "ignore")
+    tail = data[len(data) - keep :].decode("utf-8", "ignore")
+    return f"{head}...[{len(message) - len(head) - len(tail)} characters cut]...{tail}"
+
+
 def status_for(err: ServiceError) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
     """The gRPC code, details and rich ``google.rpc.Status`` for ``err``.
 
-    INVALID_ARGUMENT with a field carries a ``google.rpc.BadRequest`` naming it.
+    INVALID_ARGUMENT with a field carries a ``google.rpc.BadRequest`` naming it. The message is
+    clipped to MAX_MESSAGE_BYTES.
     """
     try:
         code = grpc.StatusCode[err.code]
     except KeyError:
         log.error("ServiceError %s has unknown code %r; sending INTERNAL", type(err).__name__, err.code)
         code = grpc.StatusCode.INTERNAL
-    message = err.message
+    message = clip(err.message)
     rich = status_pb2.Status(code=code.value[0], message=message)
     field = err.field
     if code is grpc.StatusCode.INVALID_ARGUMENT and field:
@@ -65,10 +84,35 @@ def status_for(err: ServiceError) -> tuple[grpc.StatusCode, str, status_pb2.Stat
     return code, message, rich
 
 
+class UndecodableRequest:
+    """Stands in for a request whose bytes do not parse as its message type (see add_servicers);
+    handle_errors answers it with INVALID_ARGUMENT."""
+
+    def __init__(self, type_name: str, reason: str) -> None:
+        self.message = f"request is not a valid {type_name} message: {reason}"
+
+
+def request_decoder(message_type: Any) -> Callable[[bytes], Any]:
+    """A request deserializer that returns an UndecodableRequest instead of raising: grpc.aio would
+    answer a DecodeError with UNKNOWN "Unexpected <class '...DecodeError'>: ...", before any
+    interceptor (so metrics never saw the call)."""
+    type_name = message_type.DESCRIPTOR.full_name
+    prefix = f"Error parsing message with type '{type_name}': "
+
+    def decode(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as err:
+            return UndecodableRequest(type_name, str(err).removeprefix(prefix) or "it does not parse")
+
+    return decode
+
+
 def handle_errors(method: _Handler) -> _Handler:
     """Decorate a servicer method: ServiceError -> its status; anything else -> generic INTERNAL.
 
-    Cancellation (asyncio.CancelledError) and aborts pass through untouched.
+    Cancellation (asyncio.CancelledError) and aborts pass through untouched. A request that did not
+    parse (UndecodableRequest) is INVALID_ARGUMENT.
     """
 
     @functools.wraps(method)
@@ -76,6 +120,8 @@ def handle_errors(method: _Handler) -> _Handler:
         # Metrics label the RPC with the requested model until the engine resolves it.
         label_request(model=getattr(request, "model", "") or getattr(request, "name", ""))
         try:
+            if isinstance(request, UndecodableRequest):
+                raise InvalidArgument(request.message)
             return await method(self, request, context)
         except grpc.aio.AbortError:
             raise
@@ -265,6 +311,7 @@ class ForecasterServicer(forecast_pb2_grpc.ForecasterServicer):
             history=history_of(request),
             horizon=request.horizon,
             quantiles=list(request.quantiles),
+            history_field="channels" if request.channels else "history",
         )
         result = await self.engine.forecast(req, deadline_of(context))
         label_request(model=result.model, version=str(result.version))
@@ -347,15 +394,31 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
         return models_pb2.GetModelResponse(model=model_info(self.engine.get_model(request.name, request.version)))
 
 
+def register(server: grpc.aio.Server, servicer: Any, module: Any, service: str) -> str:
+    """Register ``servicer`` for ``service`` of the generated ``module`` (e.g. forecast_pb2) like the
+    generated add_*Servicer_to_server does, but with request_decoder deserializers; returns the
+    service's full name."""
+    descriptor = module.DESCRIPTOR.services_by_name[service]
+    handlers = {}
+    for method in descriptor.methods:
+        if method.client_streaming:
+            raise TypeError(f"{descriptor.full_name}.{method.name}: client streaming is not supported")
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=request_decoder(message_factory.GetMessageClass(method.input_type)),
+            response_serializer=message_factory.GetMessageClass(method.output_type).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(descriptor.full_name, handlers),))
+    server.add_registered_method_handlers(descriptor.full_name, handlers)
+    return descriptor.full_name
+
+
 def add_servicers(server: grpc.aio.Server, engine) -> list[str]:
     """Register the four seqserve.v1 services on ``server``; returns their full names."""
-    translate_pb2_grpc.add_TranslatorServicer_to_server(TranslatorServicer(engine), server)
-    forecast_pb2_grpc.add_ForecasterServicer_to_server(ForecasterServicer(engine), server)
-    generate_pb2_grpc.add_GeneratorServicer_to_server(GeneratorServicer(engine), server)
-    models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(engine), server)
     return [
-        translate_pb2.DESCRIPTOR.services_by_name["Translator"].full_name,
-        forecast_pb2.DESCRIPTOR.services_by_name["Forecaster"].full_name,
-        generate_pb2.DESCRIPTOR.services_by_name["Generator"].full_name,
-        models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
+        register(server, TranslatorServicer(engine), translate_pb2, "Translator"),
+        register(server, ForecasterServicer(engine), forecast_pb2, "Forecaster"),
+        register(server, GeneratorServicer(engine), generate_pb2, "Generator"),
+        register(server, ModelsServicer(engine), models_pb2, "Models"),
     ]

@@ -20,6 +20,9 @@ class ForecastRequest:
     # Levels to return; empty = the model's levels. Levels between the model's are linearly
     # interpolated; outside the model's range -> InvalidArgument.
     quantiles: list[float] = field(default_factory=list)
+    # The request field the history came from: "history" (univariate) or "channels" (one series
+    # per channel); validation errors name it.
+    history_field: str = "history"
 
 
 @dataclass

@@ -30,6 +30,15 @@ def interpolate_levels(paths: np.ndarray, levels: np.ndarray, wanted: list[float
     return out
 
 
+def max_abs_value(window: int) -> float:
+    """The largest |value| a history may hold for a model that reads ``window`` steps, as a power of
+    ten. The graph computes in float32 and its normaliser sums the squared deviations from the
+    window's mean (each up to twice the largest value): beyond this bound that sum overflows and
+    the forecast comes back inf / NaN."""
+    bound = math.sqrt(float(np.finfo(np.float32).max) / (4.0 * max(window, 1)))
+    return 10.0 ** math.floor(math.log10(bound))
+
+
 class ForecastModel:
     """One loaded forecasting version: a dynamic batcher in front of ``forecast.onnx``. Windows of
     different lengths never share a call (a recurrent net must not see padding)."""
@@ -89,27 +98,45 @@ class ForecastModel:
 
     def prepare(self, req: ForecastRequest) -> tuple[np.ndarray, int, list[float]]:
         """Validate; returns the window (T, C) float32 (the most recent ``window`` steps), the
-        horizon and the levels. Raises InvalidArgument naming field, value and limit."""
+        horizon and the levels. Raises InvalidArgument naming field, value and limit; errors about
+        the history name ``req.history_field`` ("history", or "channels" for one series per channel)."""
         spec, cfg, name = self.spec, self._config, self.name
+        where = req.history_field
         try:
             history = np.asarray(req.history, dtype=np.float64)
         except (TypeError, ValueError):
-            raise InvalidArgument("history must be numbers", field="history") from None
+            raise InvalidArgument(f"{where} must be numbers", field=where) from None
         if history.ndim == 1:
             history = history[:, None]
         if history.ndim != 2:
-            raise InvalidArgument(f"history has {history.ndim} dimensions; it must be (steps, channels)", field="history")
+            raise InvalidArgument(f"{where} has {history.ndim} dimensions; it must be (steps, channels)", field=where)
         steps, channels = history.shape
+        by_channel = where == "channels"
         if channels != spec.channels:
-            raise InvalidArgument(f"history has {channels} channels; model {name!r} expects {spec.channels}", field="history")
+            what = f"channels has {channels} series" if by_channel else f"history has {channels} channels"
+            raise InvalidArgument(f"{what}; model {name!r} expects {spec.channels}", field=where)
+        what = f"channels have {steps} steps" if by_channel else f"history has {steps} steps"
         if steps > cfg.max_history:
-            raise InvalidArgument(f"history has {steps} steps; the limit is {cfg.max_history}", field="history")
+            raise InvalidArgument(f"{what}; the limit is {cfg.max_history}", field=where)
         if steps < spec.min_history:
-            raise InvalidArgument(f"history has {steps} steps; model {name!r} needs at least {spec.min_history}", field="history")
+            raise InvalidArgument(f"{what}; model {name!r} needs at least {spec.min_history}", field=where)
+
+        def value_at(t: int, c: int) -> str:
+            at = f"channels[{c}].values[{t}]" if by_channel else f"history[{t}, {c}]"
+            return f"{at} is {history[t, c]}"
+
         finite = np.isfinite(history)
         if not finite.all():
             t, c = (int(i) for i in np.argwhere(~finite)[0])
-            raise InvalidArgument(f"history[{t}, {c}] is {history[t, c]}; every value must be finite", field="history")
+            raise InvalidArgument(f"{value_at(t, c)}; every value must be finite", field=where)
+        bound = max_abs_value(spec.window)
+        beyond = np.abs(history) > bound
+        if beyond.any():
+            t, c = (int(i) for i in np.argwhere(beyond)[0])
+            raise InvalidArgument(
+                f"{value_at(t, c)}; values must be within -{bound:g}..{bound:g} (model {name!r} computes in float32)",
+                field=where,
+            )
         horizon = req.horizon or spec.horizon
         if horizon < 0:
             raise InvalidArgument(f"horizon {horizon} must be positive (0 = the model's {spec.horizon})", field="horizon")
@@ -133,6 +160,12 @@ class ForecastModel:
         window, horizon, levels = self.prepare(req)
         paths = await self._batcher.submit(window, deadline)  # (H, C, Qm)
         paths = paths[:horizon].astype(np.float64)
+        if not np.all(np.isfinite(paths)):  # never answer inf / NaN as if it were a forecast
+            where = req.history_field
+            raise InvalidArgument(
+                f"model {self.name!r} cannot forecast this {where}: its float32 arithmetic overflows "
+                "(rescale the series)", field=where,
+            )
         wanted = interpolate_levels(paths, self._levels, levels)  # (Q, H, C)
         return ForecastResult(self.name, self.version, paths[..., self._median].copy(), levels, wanted)
 
