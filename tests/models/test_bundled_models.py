@@ -1,0 +1,84 @@
+"""The bundled models in models/: what they record, that `seqserve serve` serves them with no
+arguments, and that evaluating them again reproduces the figures in their manifests."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.bundle import read_manifest
+from service.client import SeqserveClient
+from tests.conftest import REPO
+
+MODELS = REPO / "models"
+BUNDLES = sorted(p.parent for p in MODELS.glob("*/*/manifest.json"))
+SIZE_LIMIT = 30 * 1024 * 1024
+# The figures `seqserve-train evaluate --write-manifest` stored that must reproduce within 1%.
+KEY_FIGURES = {"translate": ("bleu", "chrf", "bleu_lc"), "forecast": ("mse", "mae"), "generate": ("nats_per_char",)}
+
+pytestmark = pytest.mark.skipif(not BUNDLES, reason="models/ holds no bundles")
+
+
+def test_bundles_record_training_data_and_evaluation_and_stay_small():
+    total = sum(f.stat().st_size for b in BUNDLES for f in b.iterdir())
+    assert total < SIZE_LIMIT, f"bundles take {total / 2**20:.1f} MiB; the limit is 30 MiB"
+    for bundle in BUNDLES:
+        m = read_manifest(bundle)
+        assert m.training["seconds"] > 0 and m.training["seed"] is not None, bundle
+        files = m.training["data"]["files"]
+        assert files and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in files.values()), bundle
+        test = m.evaluation["test"]
+        assert all(isinstance(test[k], float) and math.isfinite(test[k]) for k in KEY_FIGURES[m.task]), bundle
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[f"{b.parent.name}/{b.name}" for b in BUNDLES])
+def test_evaluating_a_bundle_again_reproduces_its_manifest(bundle, data_dir):
+    from training.evaluate import evaluate_bundle
+
+    stored = read_manifest(bundle).evaluation["test"]
+    again = evaluate_bundle(bundle, "test", data_dir)
+    for key in KEY_FIGURES[again["task"]]:
+        assert again[key] == pytest.approx(stored[key], rel=0.01), key
+    for horizon, figures in stored.get("by_horizon", {}).items():
+        assert again["by_horizon"][horizon]["mse"] == pytest.approx(figures["mse"], rel=0.01), horizon
+
+
+def test_seqserve_serve_with_no_arguments_serves_every_bundled_model():
+    """The README's first command: `seqserve serve` loads models/ of the checkout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEQSERVE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", "0", "--metrics-port", "0", "--grace-s", "1"],
+        stderr=subprocess.PIPE, text=True, env=env, cwd="/",
+    )
+    try:
+        port = None
+        for line in proc.stderr:
+            match = re.search(r"serving gRPC on 127\.0\.0\.1:(\d+)", line)
+            port = int(match.group(1)) if match else port
+            if "engine started" in line:
+                break
+        assert port, "the server never logged its port"
+        with SeqserveClient(f"127.0.0.1:{port}", timeout=30) as client:
+            listed = {(m["name"], m["version"]): m for m in client.list_models()}
+            for bundle in BUNDLES:
+                assert listed[(bundle.parent.name, bundle.name)]["state"] == "READY", listed
+            tasks = {m["task"] for m in listed.values()}
+            if "translate" in tasks:
+                text = client.translate(["Ein Mann fährt Fahrrad."]).translations[0].text
+                assert re.search(r"[A-Za-z]{2}", text), text
+            if "forecast" in tasks:
+                history = [math.sin(i / 24 * 2 * math.pi) for i in range(400)]
+                result = client.forecast(history, horizon=24)
+                assert len(result.forecast) == 24 and all(math.isfinite(v) for v in result.forecast)
+            if "generate" in tasks:
+                out = client.generate("ROMEO:", max_tokens=60, seed=1, temperature=0.8)
+                assert out.completion_tokens == 60 and len(out.text) > 20
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
