@@ -100,6 +100,7 @@ class DynamicBatcher(Generic[P, R]):
             if not item.future.done():
                 item.future.set_exception(Unavailable(f"{self.name} is shutting down"))
         self._queue.clear()
+        self._meter.clear()  # the version is going away: drop its gauges
 
     async def _loop(self) -> None:
         while True:

@@ -105,7 +105,8 @@ def _quantile_list(text: str) -> list[float]:
 
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
     """The full ``seqserve`` argument parser (defaults read from ``environ``)."""
-    from service import bench, config as serve_config
+    from service import bench
+    from service import config as serve_config
 
     parser = argparse.ArgumentParser(
         prog="seqserve",

@@ -185,7 +185,7 @@ class StepScheduler:
             item.fail(Unavailable(f"{self.name} shut down before the request finished"))
         self._pending.clear()
         self._active.clear()
-        self._meter.streams(0)
+        self._meter.clear()  # the version is going away: drop its gauges
         self._idle.set()
 
     def _stack(self, items: list[StepItem]) -> dict[str, np.ndarray]:

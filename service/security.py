@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 
 from service.config import ServeConfig, read_config_file
+from service.metrics import split_method
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,6 @@ def _digest(token: str | bytes) -> bytes:
     return hashlib.sha256(token.encode() if isinstance(token, str) else token).digest()
 
 
-def _service_of(method: str) -> str:
-    """``/pkg.Service/Method`` -> ``pkg.Service``."""
-    return method.lstrip("/").partition("/")[0]
-
-
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Ends every RPC without a valid ``authorization: Bearer <token>`` with UNAUTHENTICATED.
 
@@ -127,7 +123,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or _service_of(method) in self._open:
+        if handler is None or split_method(method)[0] in self._open:
             return handler
         problem = self.check(handler_call_details.invocation_metadata)
         if problem is None:
