@@ -147,6 +147,9 @@ async def create_server(
     return server, port, engine
 
 
+REPLY_GRACE_S = 2.0  # after the engine stopped: time for handlers to send their last replies
+
+
 async def drain(server: grpc.aio.Server, engine: Engine, health: ServingHealth, grace_s: float) -> None:
     """Shut down gracefully within about ``grace_s`` seconds.
 
@@ -157,8 +160,10 @@ async def drain(server: grpc.aio.Server, engine: Engine, health: ServingHealth, 
     log.info("draining: in-flight requests have %.1f s", grace_s)
     await health.drain()
     await engine.stop(grace_s)
-    # The engine has finished or cancelled its work; handlers only have their replies to send.
-    await server.stop(grace_s)
+    # The engine has finished or cancelled its work; handlers only have their replies to send. What
+    # else is open never ends by itself (health Watch streams, which already said NOT_SERVING):
+    # give replies a moment, not the whole grace period again.
+    await server.stop(min(grace_s, REPLY_GRACE_S))
     log.info("drained")
 
 

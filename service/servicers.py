@@ -35,6 +35,32 @@ from service.v1 import (
 
 log = logging.getLogger(__name__)
 
+
+class ThrottledLog:
+    """One WARNING per (method, code) per ``every_s`` seconds, saying how many were suppressed
+    since: a flood of refused or invalid requests (overload, a misbehaving client) must not turn
+    into a flood of log lines that costs the server the CPU it is short of. Metrics count them all."""
+
+    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.every_s = every_s
+        self.clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
+
+    def warning(self, method: str, code: str, message: str) -> None:
+        key, now = (method, code), self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        more = f" (and {suppressed} more in the last {now - last:.0f} s)" if suppressed and last is not None else ""
+        log.warning("%s -> %s: %s%s", method, code, message, more)
+
+
+_client_errors = ThrottledLog()
+
 INTERNAL_MESSAGE = "internal error; the server log has the details"
 # Status messages travel in the trailers, twice (grpc-message, percent-encoded, and the rich
 # status, base64): past ~8 KiB of metadata clients drop the call as RESOURCE_EXHAUSTED "Stream
@@ -127,7 +153,7 @@ def handle_errors(method: _Handler) -> _Handler:
             raise
         except ServiceError as err:
             code, message, rich = status_for(err)
-            log.warning("%s -> %s: %s", method.__qualname__, code.name, message)
+            _client_errors.warning(method.__qualname__, code.name, message)
             await context.abort_with_status(rpc_status.to_status(rich))
         except Exception:
             log.exception("%s failed", method.__qualname__)
