@@ -36,7 +36,9 @@ class ServeConfig:
     keep_versions: int = 1  # version policy: serve the latest N loadable versions of each model
     # Dynamic batching (forecast windows, translation encoder calls).
     max_batch_size: int = 32  # requests stacked into one graph call
-    max_batch_wait_ms: float = 2.0  # how long the first request of a batch waits for company
+    # How long the first request of a batch waits for company. 0 = greedy: a batch is whatever queued
+    # while the previous graph call ran (no added latency when idle; full batches under load).
+    max_batch_wait_ms: float = 0.0
     max_queue: int = 256  # requests waiting per batcher; beyond it -> RESOURCE_EXHAUSTED
     # Step scheduler: generation streams + translation beam searches decoding at once (whole server).
     max_streams: int = 64
