@@ -127,8 +127,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.write_manifest and not args.bundle:
         raise SystemExit("--write-manifest needs --bundle")
     if args.bundle:
-        figures = E.evaluate_bundle(args.bundle, args.split, args.data_dir, args.max_items, args.threads)
+        figures = E.evaluate_bundle(args.bundle, args.split, args.data_dir, args.max_items, args.threads, args.beam)
     else:
+        if args.beam:
+            raise SystemExit("--beam needs --bundle (it decodes with the serving engine)")
         figures = E.evaluate_checkpoint(args.checkpoint, args.split, args.data_dir, args.max_items)
     if args.write_manifest:
         E.write_evaluation(args.bundle, figures)
@@ -188,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("evaluate", help="evaluate a bundle (onnxruntime) or a checkpoint (PyTorch)",
                        description="Forecast: MSE/MAE on train-standardised values and 10-90%% coverage; "
-                       "generate: nats per character; translate: greedy decoding scored with sacreBLEU "
-                       "(BLEU, chrF, lowercased BLEU).")
+                       "generate: nats per character; translate: greedy decoding (or the server's beam search with "
+                       "--beam N) scored with sacreBLEU (BLEU, chrF, lowercased BLEU).")
     src = v.add_mutually_exclusive_group(required=True)
     src.add_argument("--bundle", metavar="DIR", help="bundle directory (MODELS/NAME/VERSION)")
     src.add_argument("--checkpoint", metavar="CKPT", help="a .pt file written by train")
@@ -198,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-items", type=int, default=0, metavar="N",
                    help="only the first N sentences / characters / windows (0 = all)")
     v.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    v.add_argument("--beam", type=int, default=0, metavar="N",
+                   help="translation bundles: decode with the server's beam search of width N (default: greedy)")
     v.add_argument("--json", action="store_true", help="print JSON instead of a table")
     v.add_argument("--write-manifest", action="store_true", help="store the figures in the bundle's manifest")
     v.set_defaults(func=cmd_evaluate)

@@ -207,6 +207,46 @@ def greedy_translate(
     return results
 
 
+def served_translations(bundle_dir: str | Path, texts: list[str], beam: int, threads: int = 1,
+                        chunk: int = 16, concurrency: int = 4) -> list[str]:
+    """Translate ``texts`` exactly as `seqserve serve` answers Translate with ``beam_size=beam``: the
+    serving engine runs in-process over a copy of the bundle (its tokenizers, batched encoder, the
+    step scheduler's beam search with the GNMT length penalty), ``chunk`` texts per request and
+    ``concurrency`` requests at a time."""
+    import asyncio
+    import shutil
+    import tempfile
+
+    from service.bundle import read_manifest
+    from service.config import ServeConfig
+    from service.engine import Engine
+    from service.types import TranslateRequest
+
+    m = read_manifest(bundle_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(bundle_dir, Path(tmp) / m.name / m.version)
+        config = ServeConfig(models=Path(tmp), poll_interval_s=0.0, intra_op_threads=threads, max_texts=chunk,
+                             max_beam=max(beam, 1), max_streams=chunk * concurrency, max_text_chars=100_000)
+
+        async def run() -> list[str]:
+            engine = Engine(config)
+            await engine.start()
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one(part: list[str]) -> list[str]:
+                async with gate:
+                    result = await engine.translate(TranslateRequest(model=m.name, texts=part, beam_size=beam))
+                return [t.text for t in result.translations]
+
+            try:
+                parts = await asyncio.gather(*(one(texts[k : k + chunk]) for k in range(0, len(texts), chunk)))
+            finally:
+                await engine.stop(0.0)
+            return [text for part in parts for text in part]
+
+        return asyncio.run(run())
+
+
 def translation_metrics(hyps: list[str], refs: list[str], tgt_lang: str = "en") -> dict[str, Any]:
     """sacreBLEU BLEU and chrF on detokenised cased text, and BLEU on lowercased 13a tokens."""
     import sacrebleu
@@ -262,9 +302,12 @@ def _evaluate(
     return figures
 
 
-def evaluate_bundle(bundle_dir: str | Path, split: str = "test", data_dir=None, max_items: int = 0, threads: int = 1) -> dict[str, Any]:
+def evaluate_bundle(bundle_dir: str | Path, split: str = "test", data_dir=None, max_items: int = 0, threads: int = 1,
+                    beam: int = 0) -> dict[str, Any]:
     """Figures for an exported bundle, computed with onnxruntime on its graphs (what the service serves).
 
+    ``beam`` > 0 (translation only) decodes through the serving engine with that beam size (see
+    served_translations); the figures then carry ``beam`` and are stored as evaluation[f"{split}_beam{beam}"].
     The data and split come from manifest.training["run_config"]; raises BundleError / ValueError."""
     from tokenizers import Tokenizer
 
@@ -275,6 +318,22 @@ def evaluate_bundle(bundle_dir: str | Path, split: str = "test", data_dir=None, 
     run_config = m.training.get("run_config")
     if not run_config:
         raise ValueError(f"{bundle_dir}: manifest.training has no run_config; cannot tell which data to evaluate on")
+    if beam:
+        if m.task != "translate":
+            raise ValueError(f"--beam applies to translation bundles; {bundle_dir} is a {m.task} bundle")
+        from training import data as D
+
+        cfg = D.DataConfig.from_dict(run_config["data"], m.task)
+        pairs = D.translation_pairs(cfg, split, data_dir)
+        if max_items:
+            pairs = pairs[:max_items]
+        t0 = time.perf_counter()
+        hyps = served_translations(bundle_dir, [s for s, _ in pairs], beam, threads)
+        figures = {"task": m.task, "dataset": cfg.dataset, "split": split, "beam": beam,
+                   **translation_metrics(hyps, [t for _, t in pairs], cfg.tgt_lang),
+                   "examples": [{"source": s, "reference": t, "output": h} for (s, t), h in list(zip(pairs, hyps))[:3]],
+                   "seconds": round(time.perf_counter() - t0, 3), "source": "seqserve engine"}
+        return figures
     figures = _evaluate(
         m.task, ort_graphs(bundle_dir, m.graphs, threads), run_config=run_config,
         tokenizers={r: Tokenizer.from_file(str(bundle_dir / f)) for r, f in m.tokenizers.items()},
@@ -306,11 +365,13 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_dir=None, ma
 
 
 def write_evaluation(bundle_dir: str | Path, figures: dict[str, Any]) -> Path:
-    """Store ``figures`` (examples dropped) in the bundle's manifest under evaluation[split]."""
+    """Store ``figures`` (examples dropped) in the bundle's manifest under evaluation[split] (or
+    evaluation[f"{split}_beam{N}"] for beam-search figures)."""
     from service.bundle import read_manifest, write_manifest
 
     m = read_manifest(bundle_dir)
-    m.evaluation[figures["split"]] = {k: v for k, v in figures.items() if k != "examples"}
+    key = figures["split"] + (f"_beam{figures['beam']}" if figures.get("beam") else "")
+    m.evaluation[key] = {k: v for k, v in figures.items() if k != "examples"}
     return write_manifest(bundle_dir, m)
 
 

@@ -70,6 +70,25 @@ def test_train_export_evaluate(task, exported, capsys):
         assert served["bleu"] > 5 and len(served["examples"]) == 3
 
 
+def test_beam_evaluation_decodes_with_the_serving_engine(exported, capsys):
+    _, bundle = exported["translate"]
+    greedy = _evaluate(capsys, "--bundle", str(bundle))
+    served_greedy = _evaluate(capsys, "--bundle", str(bundle), "--beam", "1")
+    # The server's greedy decoding is the evaluator's greedy decoding, sentence for sentence.
+    assert served_greedy["source"] == "seqserve engine" and served_greedy["beam"] == 1
+    assert [e["output"] for e in served_greedy["examples"]] == [e["output"] for e in greedy["examples"]]
+    assert served_greedy["bleu"] == pytest.approx(greedy["bleu"], abs=1e-9)
+    beam = _evaluate(capsys, "--bundle", str(bundle), "--beam", "4", "--write-manifest")
+    assert beam["beam"] == 4 and beam["sentences"] == greedy["sentences"] and 0 <= beam["bleu"] <= 100
+    stored = read_manifest(bundle).evaluation
+    assert stored["test_beam4"]["bleu"] == beam["bleu"] and stored["test_beam4"]["beam"] == 4
+    with pytest.raises(SystemExit, match="--beam needs --bundle"):
+        cli.main(["evaluate", "--checkpoint", str(exported["translate"][0] / train.BEST), "--beam", "2"])
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--bundle", str(exported["forecast"][1]), "--beam", "2"]) == 2
+    assert "--beam applies to translation bundles" in capsys.readouterr().err
+
+
 def test_help_texts_and_bad_arguments(capsys):
     for cmd in (["--help"], ["train", "--help"], ["export", "--help"], ["evaluate", "--help"]):
         with pytest.raises(SystemExit) as exc:
