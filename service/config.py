@@ -42,6 +42,9 @@ class ServeConfig:
     max_queue: int = 256  # requests waiting per batcher; beyond it -> RESOURCE_EXHAUSTED
     # Step scheduler: generation streams + translation beam searches decoding at once (whole server).
     max_streams: int = 64
+    # Streams (or beam searches) sharing one decoding-step call; 0 = all active ones (continuous
+    # batching), 1 = batching off (each steps alone: the benchmark's baseline).
+    max_streams_per_step: int = 0
     # onnxruntime session options (per graph).
     intra_op_threads: int = 1  # threads inside one operator
     inter_op_threads: int = 1  # threads across operators (>1 switches to parallel execution mode)
@@ -86,7 +89,8 @@ class ServeConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)!r} must be at least 1")
-        for name in ("worker_threads", "max_source_tokens", "max_target_tokens", "max_prompt_tokens"):
+        for name in ("worker_threads", "max_source_tokens", "max_target_tokens", "max_prompt_tokens",
+                     "max_streams_per_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} {getattr(self, name)!r} must be 0 (automatic) or more")
         for name in ("poll_interval_s", "max_batch_wait_ms", "grace_s", "length_penalty"):

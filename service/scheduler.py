@@ -118,8 +118,10 @@ class StepScheduler:
         layout: StepLayout,
         stats: EngineStats | None = None,
         meter: GraphMeter = NULL_METER,
+        max_streams_per_step: int = 0,
     ) -> None:
         self.name = name
+        self.max_streams_per_step = max_streams_per_step  # 0 = all active streams share each call
         self._meter = meter
         self._runtime = runtime
         self._layout = layout
@@ -251,33 +253,41 @@ class StepScheduler:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            bounds = []
-            start = 0
-            for it in items:  # rows may change in advance(): fix the slices first
-                bounds.append((start, start + it.rows))
-                start += it.rows
-            started = time.monotonic()
-            try:
-                outputs = await self._runtime.run(self._stack(items))
-            except ServiceError as err:
-                for it in items:
-                    if not it.cancelled:
-                        it.fail(err)
-                    self.remove(it)
+            # Continuous batching: every stream advances through one shared call; with
+            # max_streams_per_step they go in groups of at most that many (1 = batching off).
+            group = self.max_streams_per_step or len(items)
+            for k in range(0, len(items), group):
+                await self._step(items[k : k + group])
+
+    async def _step(self, items: list[StepItem]) -> None:
+        """One decoder call for ``items``; each advances (or fails) with its rows of the outputs."""
+        bounds = []
+        start = 0
+        for it in items:  # rows may change in advance(): fix the slices first
+            bounds.append((start, start + it.rows))
+            start += it.rows
+        started = time.monotonic()
+        try:
+            outputs = await self._runtime.run(self._stack(items))
+        except ServiceError as err:
+            for it in items:
+                if not it.cancelled:
+                    it.fail(err)
+                self.remove(it)
+            return
+        self._meter.batch(start, time.monotonic() - started)
+        self.steps += 1
+        self.rows_run += start
+        self._stats.decode_steps += 1
+        self._stats.decode_rows += start
+        for it, (lo, hi) in zip(items, bounds):
+            if it.cancelled:  # left while the call ran
                 continue
-            self._meter.batch(start, time.monotonic() - started)
-            self.steps += 1
-            self.rows_run += start
-            self._stats.decode_steps += 1
-            self._stats.decode_rows += start
-            for it, (lo, hi) in zip(items, bounds):
-                if it.cancelled:  # left while the call ran
-                    continue
-                try:
-                    done = it.advance(self._split(outputs, lo, hi))
-                except Exception as err:  # noqa: BLE001 - one broken item must not stop the loop
-                    log.error("%s: decoding step failed", self.name, exc_info=err)
-                    it.fail(Internal(f"decoding failed in {self.name}"))
-                    done = True
-                if done:
-                    self.remove(it)
+            try:
+                done = it.advance(self._split(outputs, lo, hi))
+            except Exception as err:  # noqa: BLE001 - one broken item must not stop the loop
+                log.error("%s: decoding step failed", self.name, exc_info=err)
+                it.fail(Internal(f"decoding failed in {self.name}"))
+                done = True
+            if done:
+                self.remove(it)

@@ -105,6 +105,7 @@ class GenerateModel:
             StepLayout(state_inputs=self._states, state_outputs=tuple(s + "_out" for s in self._states)),
             ctx.stats,
             ctx.meter(m.name, m.version, "lm"),
+            max_streams_per_step=ctx.config.max_streams_per_step,
         )
         self._prefill_meter = ctx.meter(m.name, m.version, "lm_prefill")
 

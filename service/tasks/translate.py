@@ -125,6 +125,7 @@ class TranslateModel:
             ),
             ctx.stats,
             ctx.meter(m.name, m.version, "decoder_step"),
+            max_streams_per_step=ctx.config.max_streams_per_step,
         )
 
     def limits(self) -> dict[str, int]:

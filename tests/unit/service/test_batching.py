@@ -149,3 +149,24 @@ async def test_translate_batched_equals_unbatched(tmp_path, add_bundle, make_eng
                 assert got.tokens == want.tokens and got.text == want.text
                 assert got.score == pytest.approx(want.score, abs=1e-4)
                 np.testing.assert_allclose(got.attention, want.attention, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_step", [1, 2])
+async def test_decoding_in_small_step_groups_gives_the_same_results(tmp_path, add_bundle, make_engine, per_step):
+    """max_streams_per_step (1 = batching off, the benchmark baseline) changes how many decoder
+    calls are made, never what they compute."""
+    add_bundle(tmp_path, "tiny-translate")
+    shared = await make_engine(tmp_path)
+    grouped = await make_engine(tmp_path, max_streams_per_step=per_step)
+    texts = ["Ein Mann fährt Fahrrad.", "Zwei Hunde", "Die Katze schläft auf dem Sofa.", "Ein Kind liest ein Buch."]
+    for beam in (1, 3):
+        shared_steps, steps, rows = shared.stats.decode_steps, grouped.stats.decode_steps, grouped.stats.decode_rows
+        want = await asyncio.gather(*(shared.translate(TranslateRequest(texts=[t], beam_size=beam)) for t in texts))
+        got = await asyncio.gather(*(grouped.translate(TranslateRequest(texts=[t], beam_size=beam)) for t in texts))
+        for w, g in zip(want, got):
+            assert g.translations[0].tokens == w.translations[0].tokens
+            assert g.translations[0].score == pytest.approx(w.translations[0].score, abs=1e-4)
+        # More, smaller calls than with every search sharing each call.
+        assert grouped.stats.decode_steps - steps > shared.stats.decode_steps - shared_steps
+        if per_step == 1 and beam == 1:  # one row per call
+            assert grouped.stats.decode_steps - steps == grouped.stats.decode_rows - rows
