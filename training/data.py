@@ -574,6 +574,7 @@ class DataConfig:
     vocab_size: int = 8000  # bpe: vocabulary size per side
     min_freq: int = 2  # word: keep words seen at least this often
     lowercase: bool = False  # word: lowercase before building the vocabulary
+    simplify_chinese: bool = False  # word, zh side: traditional -> simplified characters (OpenCC table)
     max_len: int = 50  # drop training pairs with a side longer than this (tokens)
     num_examples: int = 2000  # synthetic translate: training pairs (val and test get a tenth each)
     # forecast (window and horizon come from the model config)
@@ -656,7 +657,8 @@ def build_tokenizer(kind: str, texts: Sequence[str], cfg: DataConfig, language: 
         return vocab.build_char_tokenizer("".join(texts))
     if kind == "bpe":
         return vocab.build_bpe_tokenizer(texts, cfg.vocab_size, language=language)
-    return vocab.build_word_tokenizer(texts, cfg.min_freq, cfg.lowercase, language=language)
+    return vocab.build_word_tokenizer(texts, cfg.min_freq, cfg.lowercase, language=language,
+                                      simplify_chinese=cfg.simplify_chinese and language in ("zh", "cmn"))
 
 
 def encode(tok, text: str) -> list[int]:

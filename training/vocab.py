@@ -8,6 +8,7 @@ never adds BOS/EOS (training's collate and the service add them from the manifes
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -53,17 +54,41 @@ def _word_pre_tokenizer(language: str) -> pre_tokenizers.PreTokenizer:
     return pre_tokenizers.Sequence(steps)
 
 
+def simplified_chinese(texts: Iterable[str]) -> list[normalizers.Normalizer]:
+    """Normalizers mapping traditional Chinese characters to simplified ones, one character at a
+    time by OpenCC's TSCharacters table (its first candidate), for every character whose simplified
+    form occurs in ``texts`` once mapped: 國/国, 說/说 then share one token and their examples.
+
+    They live in the tokenizer JSON, so the server applies them without OpenCC."""
+    import opencc
+
+    table = Path(opencc.__file__).parent / "dictionary" / "TSCharacters.txt"
+    pairs: dict[str, str] = {}
+    for line in table.read_text(encoding="utf-8").splitlines():
+        traditional, simplified = line.split("\t")
+        simplified = simplified.split(" ")[0]
+        if len(traditional) == 1 and len(simplified) == 1 and traditional != simplified:
+            pairs[traditional] = simplified
+    seen = {pairs.get(ch, ch) for text in texts for ch in text}
+    return [normalizers.Replace(t, s) for t, s in sorted(pairs.items()) if s in seen]
+
+
 def build_word_tokenizer(
-    texts: Iterable[str], min_freq: int = 2, lowercase: bool = False, language: str = ""
+    texts: Iterable[str], min_freq: int = 2, lowercase: bool = False, language: str = "",
+    simplify_chinese: bool = False,
 ) -> Tokenizer:
     """Word-level vocabulary of the words (and punctuation) seen at least ``min_freq`` times.
 
     Spaces are kept in the tokens (SentencePiece's ▁), so decoding restores the original spacing;
-    ``language`` "zh"/"ja" splits CJK text into single characters."""
+    ``language`` "zh"/"ja" splits CJK text into single characters; ``simplify_chinese`` maps
+    traditional characters to simplified ones first (see simplified_chinese)."""
     if min_freq < 1:
         raise ValueError(f"min_freq must be >= 1, got {min_freq}")
+    texts = list(texts)
     tok = Tokenizer(models.WordLevel(unk_token=UNK))
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else []))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+        + (simplified_chinese(texts) if simplify_chinese else []))
     tok.pre_tokenizer = _word_pre_tokenizer(language)
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme=_prepend(language), split=True)
     trainer = trainers.WordLevelTrainer(min_frequency=min_freq, special_tokens=list(SPECIALS), show_progress=False)

@@ -81,6 +81,20 @@ def test_chinese_is_pre_tokenised_per_character():
     assert word.decode(word.encode("我是中国人。").ids) == "我是中国人。"
 
 
+def test_traditional_and_simplified_chinese_share_tokens_when_asked(tmp_path):
+    mixed = ["我會說中文。", "他是中國人。", "我说中文。", "中国很大。"] * 2
+    plain = build_word_tokenizer(mixed, min_freq=1, language="zh")
+    simple = build_word_tokenizer(mixed, min_freq=1, language="zh", simplify_chinese=True)
+    assert plain.token_to_id("國") is not None and plain.token_to_id("說") is not None
+    assert simple.token_to_id("國") is None and simple.token_to_id("說") is None  # folded into 国 / 说
+    assert simple.get_vocab_size() < plain.get_vocab_size()
+    assert simple.encode("我說中國話").tokens == simple.encode("我说中国话").tokens[:4] + ["[UNK]"]
+    # The mapping travels in the tokenizer JSON: the server needs no OpenCC.
+    path = tmp_path / "zh.json"
+    simple.save(str(path))
+    assert Tokenizer.from_file(str(path)).encode("他是中國人").ids == simple.encode("他是中国人").ids
+
+
 def test_saved_json_loads_without_training_code(tmp_path):
     for i, tok in enumerate(_all(DE)):
         path = tmp_path / f"t{i}.json"
