@@ -217,7 +217,8 @@ class Mix:
                                                horizon=int(self.rng.integers(0, spec.horizon + 1)), quantiles=quantiles)
             return lambda t: _unary(self.forecaster.Forecast(req, timeout=t or timeout))
         if rpc == "Translate":
-            texts = [" ".join(self.rng.choice(WORDS, int(self.rng.integers(1, 12)))) for _ in range(int(self.rng.integers(1, 4)))]
+            # At most 6 words: even spelt out letter by letter they stay within the tiny model's 64 tokens.
+            texts = [" ".join(self.rng.choice(WORDS, int(self.rng.integers(1, 7)))) for _ in range(int(self.rng.integers(1, 4)))]
             req = translate_pb2.TranslateRequest(model=self.names["translate"], texts=texts,
                                                  beam_size=int(self.rng.integers(1, 5)))
             return lambda t: _unary(self.translator.Translate(req, timeout=t or timeout))

@@ -39,7 +39,7 @@ async def _soak(models, duration_s: float, max_growth_mib: float) -> None:
         ok = tally.latencies_ms()
         report("soak", seconds=duration_s, concurrency=CONCURRENCY, calls=len(tally.calls),
                per_rpc={rpc: dict(tally.codes(rpc)) for rpc in sorted({c.rpc for c in tally.calls})},
-               unexpected=len(failures), p50_ms=round(pct(ok, 50), 2), p99_ms=round(pct(ok, 99), 2),
+               unexpected=len(failures), failures=[f"{c.rpc} {c.code}: {c.details}" for c in failures[:3]], p50_ms=round(pct(ok, 50), 2), p99_ms=round(pct(ok, 99), 2),
                rss_after_warmup_mib=round(start_mib, 1), rss_end_mib=round(end_mib, 1), rss_growth_mib=round(growth, 2))
         assert not failures, f"{len(failures)} unexpected: {failures[:5]}\n{tally.summary()}"
         assert {c.rpc for c in tally.calls} == set(mixes[0].rpcs)
