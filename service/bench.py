@@ -140,6 +140,7 @@ class BenchConfig:
     texts: Sequence[str] = SENTENCES
     beam: int = 1
     max_tokens: int = 32
+    history_len: Sequence[int] = ()  # forecast: (n,) or (low, high) steps; () = random in [min_history, window]
     timeout_s: float = 30.0
     channels: int = 1
 
@@ -160,7 +161,9 @@ class BenchConfig:
             raise ValueError("concurrency levels must be >= 1 and rates > 0")
         checks = {"--warmup": self.warmup_s >= 0, "--timeout": self.timeout_s > 0, "--channels": self.channels >= 1,
                   "--max-outstanding": self.max_outstanding >= 1, "--beam": self.beam >= 1,
-                  "--max-tokens": self.max_tokens >= 1, "--texts": bool(self.texts)}
+                  "--max-tokens": self.max_tokens >= 1, "--texts": bool(self.texts),
+                  "--history-len": len(self.history_len) <= 2 and all(n >= 1 for n in self.history_len)
+                  and list(self.history_len) == sorted(self.history_len)}
         bad = [name for name, good in checks.items() if not good]
         if bad:
             raise ValueError(f"out of range: {', '.join(bad)}")
@@ -341,9 +344,13 @@ def synthetic_series(rng: np.random.Generator, length: int, channels: int) -> np
 
 
 def forecast_requests(config: BenchConfig, shape: ForecastShape, rng: np.random.Generator) -> list[Message]:
-    """POOL_SIZE forecast requests, histories of random length in [min_history, window]."""
-    low = max(1, shape.min_history)
-    high = max(low, shape.window)
+    """POOL_SIZE forecast requests, histories of random length in [min_history, window] or in
+    ``config.history_len`` (one length, or a low-high range)."""
+    if config.history_len:
+        low, high = config.history_len[0], config.history_len[-1]
+    else:
+        low = max(1, shape.min_history)
+        high = max(low, shape.window)
     out = []
     for _ in range(POOL_SIZE):
         values = synthetic_series(rng, int(rng.integers(low, high + 1)), shape.channels)
@@ -728,6 +735,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     group.add_argument("--model", default="", help="model name (default: the server's default model for each task)")
     group.add_argument("--version", default="", help="model version, digits (default: the model's default version)")
     group.add_argument("--texts", metavar="FILE", help="translate: sentences, one per line (default: built-in German)")
+    group.add_argument("--history-len", type=_list_of(int, "--history-len"), default=[], metavar="N[,MAX]",
+                       help="forecast: history steps, or a range drawn from per request (default: random between "
+                       "the model's min_history and window; equal lengths share batches)")
     group.add_argument("--beam", type=int, default=1, help="translate: beam width (default 1 = greedy)")
     group.add_argument("--max-tokens", type=int, default=32, help="generate: tokens per request (default 32)")
     group.add_argument("--seed", type=int, default=0, help="seed of inputs, generation and arrivals (default 0)")
@@ -765,7 +775,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         model=args.model, version=args.version, concurrency=list(concurrency), rates=list(args.rate),
         duration_s=args.duration, max_requests=args.requests, warmup_s=args.warmup,
         max_outstanding=args.max_outstanding, seed=args.seed, texts=texts, beam=args.beam,
-        max_tokens=args.max_tokens, timeout_s=args.timeout, channels=args.channels,
+        max_tokens=args.max_tokens, history_len=args.history_len, timeout_s=args.timeout, channels=args.channels,
     )
     config.validate()
     return config

@@ -186,3 +186,18 @@ def test_server_stats_are_histogram_deltas():
     assert both.queue_ms == pytest.approx(550.0)
     only_a = bench.server_stats(exposition(1.0, 10, 0.0), exposition(1.5, 20, 5.0), model="a")
     assert only_a.queue_ms == pytest.approx(50.0)
+
+
+def test_history_len_fixes_or_bounds_forecast_histories():
+    import numpy as np
+
+    shape = bench.ForecastShape(window=48, min_history=8, channels=1)
+    rng = np.random.default_rng(0)
+    default = {len(r.history) for r in bench.forecast_requests(bench.BenchConfig(), shape, rng)}
+    assert min(default) >= 8 and max(default) <= 48 and len(default) > 10
+    fixed = {len(r.history) for r in bench.forecast_requests(bench.BenchConfig(history_len=[100]), shape, rng)}
+    assert fixed == {100}  # longer than the window: the server cuts it, and every call shares batches
+    ranged = {len(r.history) for r in bench.forecast_requests(bench.BenchConfig(history_len=[30, 40]), shape, rng)}
+    assert ranged <= set(range(30, 41)) and len(ranged) > 3
+    with pytest.raises(ValueError, match="--history-len"):
+        bench.config_from_args(_bench_args("--history-len", "24,12"))
