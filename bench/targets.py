@@ -1,0 +1,398 @@
+"""The performance targets of seqserve, measured in one run beside its baselines.
+
+``python -m bench.targets --models models --out docs/benchmarks`` starts, on loopback ports:
+
+* ``seqserve``: ``seqserve serve`` over the bundled models (default settings), its start-up to
+  SERVING timed from the process's launch;
+* ``seqserve-nobatch``: the same with batching switched off (``--max-batch-size 1
+  --max-streams-per-step 1``: every forecast and every decoding step calls its graph alone);
+* ``echo``: a no-op gRPC server speaking the same API (bench/echo_server.py): the gRPC floor;
+* ``torch``: a plain gRPC server running the PyTorch models eagerly (bench/torch_server.py);
+* ``triton``: Triton (nvidia-pytriton) serving the same forecast ONNX graph with dynamic batching,
+  when ``.venv-triton`` exists (bench/triton/setup.sh), loaded by its own client (bench/triton/load.py),
+
+measures the in-process onnxruntime floor (bench/inprocess.py), then drives each server with
+``seqserve bench``'s harness (service/bench.py) and writes OUT/results.csv (every level of every
+system), OUT/targets.json and OUT/targets.md (each target: the figures, the ratio, met or not),
+OUT/forecast.png (latency against throughput per system) and OUT/generation.png (time per token
+by position). Forecast histories are full windows (``--history-len`` = the window), so that every
+request can share a batch, as in the Triton peer. Every level runs ``--duration`` seconds after a
+warm-up; resident memory of seqserve is sampled throughout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench import inprocess
+from service.bench import CSV_COLUMNS, BenchConfig, LevelResult, benchmark
+from service.bundle import read_manifest
+from service.v1 import generate_pb2, generate_pb2_grpc
+
+log = logging.getLogger("bench.targets")
+ROOT = Path(__file__).resolve().parents[1]
+SERVING_LINE = re.compile(r"serving gRPC on 127\.0\.0\.1:(\d+)")
+FORECAST_LEVELS = (1, 4, 16, 64)
+MAX_TOKENS = 64  # tokens per generation request
+
+
+class Server:
+    """A server subprocess on a free loopback port: ``argv`` must log "serving gRPC on 127.0.0.1:PORT"."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None, timeout_s: float = 120.0):
+        self.name = name
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        self.lines: list[str] = []
+        self.port = 0
+        assert self.proc.stderr is not None
+        end = time.monotonic() + timeout_s
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if match := SERVING_LINE.search(line):
+                self.port = int(match.group(1))
+                break
+            if time.monotonic() > end:
+                break
+        if not self.port:
+            self.stop()
+            raise RuntimeError(f"{name} did not start:\n{''.join(self.lines[-30:])}")
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+        return kib / 1024
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_serving(address: str, timeout_s: float = 120.0) -> None:
+    """Poll grpc.health.v1 Check("") until SERVING."""
+    end = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < end:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.01)
+    raise RuntimeError(f"{address} never became SERVING")
+
+
+@dataclass
+class Run:
+    """Everything one run measured."""
+
+    duration_s: float
+    results: list[dict[str, Any]] = field(default_factory=list)  # CSV rows, with "system"
+    figures: dict[str, Any] = field(default_factory=dict)
+    rss: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, MiB) of seqserve
+
+    def add(self, system: str, results: list[LevelResult]) -> list[LevelResult]:
+        self.results.extend({"system": system, **r.row()} for r in results)
+        return results
+
+
+async def drive(address: str, endpoint: str, levels: tuple[int, ...], duration_s: float, **workload: Any) -> list[LevelResult]:
+    config = BenchConfig(address=address, endpoints=[endpoint], concurrency=list(levels), duration_s=duration_s,
+                         warmup_s=1.0, timeout_s=60.0, **workload)
+    return await benchmark(config)
+
+
+async def token_gaps(address: str, model: str, tokens: int, streams: int) -> np.ndarray:
+    """(streams, tokens - 1) gaps in ms between consecutive tokens of single greedy streams, one
+    stream at a time (chunk i carries token i)."""
+    gaps = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = generate_pb2_grpc.GeneratorStub(channel)
+        for i in range(streams):
+            request = generate_pb2.GenerateRequest(model=model, prompt="ROMEO:\n", max_tokens=tokens, temperature=0.0, seed=i)
+            arrivals, counts = [], []
+            async for chunk in stub.GenerateStream(request, timeout=120):
+                arrivals.append(time.perf_counter())
+                counts.append(chunk.completion_tokens)
+            if len(arrivals) < tokens:
+                raise RuntimeError(f"stream {i} gave {len(arrivals)} chunks for {tokens} tokens")
+            gaps.append(np.diff(arrivals[:tokens]) * 1e3)
+    return np.array(gaps)
+
+
+def best(results: list[LevelResult], level: int) -> LevelResult:
+    return next(r for r in results if r.load.level == level)
+
+
+def triton_levels(venv: Path, bundle: Path, levels: tuple[int, ...], duration_s: float) -> list[dict[str, Any]]:
+    """Start Triton over ``bundle`` from ``venv`` and load it with bench/triton/load.py; JSON rows."""
+    python = venv / "bin" / "python"
+    server = Server("triton", [str(python), "-m", "bench.triton.server", "--bundle", str(bundle), "--grpc-port", "0"],
+                    timeout_s=180)
+    try:
+        out = subprocess.run(
+            [str(python), "-m", "bench.triton.load", "--address", server.address, "--concurrency",
+             ",".join(map(str, levels)), "--duration", str(duration_s), "--warmup", "1", "--json"],
+            cwd=ROOT, capture_output=True, text=True, check=True, timeout=60 + len(levels) * (duration_s + 30),
+        ).stdout
+    finally:
+        server.stop()
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+async def measure(models: Path, duration_s: float, triton_venv: Path | None) -> Run:
+    run = Run(duration_s)
+    names = {read_manifest(p.parent).task: p.parent.parent.name for p in models.glob("*/*/manifest.json")}
+    forecast_bundle = max((models / names["forecast"]).iterdir())
+    lm_bundle = max((models / names["generate"]).iterdir())
+    window = read_manifest(forecast_bundle).forecast.window
+    serve = [sys.executable, "-m", "service.cli", "serve", "--models", str(models), "--port", "0", "--metrics-port", "0",
+             "--poll-interval-s", "0"]
+
+    # 7: start-up to SERVING, from the launch of the process (imports and model loading included).
+    launched = time.perf_counter()
+    seqserve = Server("seqserve", serve)
+    wait_serving(seqserve.address)
+    run.figures["startup_s"] = time.perf_counter() - launched
+    t0 = time.perf_counter()
+    stop_sampling = threading.Event()
+
+    def sample() -> None:
+        while not stop_sampling.wait(0.25):
+            run.rss.append((time.perf_counter() - t0, seqserve.rss_mib()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    others = {
+        "seqserve-nobatch": Server("seqserve-nobatch", [*serve, "--max-batch-size", "1", "--max-streams-per-step", "1"]),
+        "echo": Server("echo", [sys.executable, "-m", "bench.echo_server", "--port", "0", "--models", str(models)]),
+        "torch": Server("torch", [sys.executable, "-m", "bench.torch_server", "--models", str(models), "--port", "0",
+                                  "--workers", "64"]),
+    }
+    servers = {"seqserve": seqserve, **others}
+    try:
+        for server in others.values():
+            wait_serving(server.address)
+        # The floor: the same graphs in-process.
+        ort_forecast = inprocess.forecast_latency(forecast_bundle, n=500)
+        ort_step = inprocess.decode_step_latency(lm_bundle, n=500, batch=32)
+        run.figures["ort_forecast_p50_ms"] = ort_forecast.p50_ms
+        run.figures["ort_step_p50_ms"] = ort_step[1].p50_ms
+        run.figures["ort_step32_p50_ms"] = ort_step[32].p50_ms
+
+        forecast: dict[str, list[LevelResult]] = {}
+        for name in ("seqserve", "seqserve-nobatch", "echo", "torch"):
+            log.info("forecast: %s", name)
+            forecast[name] = run.add(name, await drive(servers[name].address, "forecast", FORECAST_LEVELS, duration_s,
+                                                       history_len=[window]))
+        run.figures["rss_c64_mib"] = seqserve.rss_mib()
+        if triton_venv is not None:
+            log.info("forecast: triton")
+            rows = triton_levels(triton_venv, forecast_bundle, FORECAST_LEVELS, duration_s)
+            run.results.extend({"system": "triton", **row} for row in rows)
+            run.figures["triton"] = {int(r["level"]): r for r in rows}
+
+        generation: dict[str, list[LevelResult]] = {}
+        for name, levels in (("seqserve", (1, 8, 32)), ("seqserve-nobatch", (32,)), ("torch", (1, 32)), ("echo", (1,))):
+            log.info("generate_stream: %s", name)
+            generation[name] = run.add(name, await drive(servers[name].address, "generate_stream", levels, duration_s,
+                                                         max_tokens=MAX_TOKENS))
+        log.info("token position")
+        gaps = await token_gaps(seqserve.address, names["generate"], 520, 5)
+        run.figures["token_gap_ms"] = np.median(gaps, axis=0).round(4).tolist()
+
+        translation: dict[str, list[LevelResult]] = {}
+        for name in ("seqserve", "seqserve-nobatch"):
+            log.info("translate beam 4: %s", name)
+            translation[name] = run.add(name, await drive(servers[name].address, "translate", (16,), duration_s, beam=4))
+        # Resident memory with random input lengths: the default bench mix (random history lengths,
+        # random prompts) at concurrency 64, after everything above.
+        log.info("random lengths at c=64")
+        before = seqserve.rss_mib()
+        run.add("seqserve (random lengths)", await drive(seqserve.address, "forecast", (64,), 2 * duration_s))
+        run.figures["rss_random_lengths_mib"] = (before, seqserve.rss_mib())
+    finally:
+        stop_sampling.set()
+        sampler.join()
+        for server in servers.values():
+            server.stop()
+    run.figures.update(targets(run, forecast, generation, translation))
+    return run
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def targets(run: Run, forecast: dict[str, list[LevelResult]], generation: dict[str, list[LevelResult]],
+            translation: dict[str, list[LevelResult]]) -> dict[str, Any]:
+    """Each target: figures, ratio, bound and whether it is met."""
+    f = run.figures
+    out: dict[str, Any] = {}
+    p50 = best(forecast["seqserve"], 1).latency_ms["p50"]
+    floor = f["ort_forecast_p50_ms"] + best(forecast["echo"], 1).latency_ms["p50"]
+    out["1"] = {"what": "forecast c=1 p50 / (in-process ORT p50 + echo p50)", "value": _ratio(p50, floor), "bound": "<= 1.3",
+                    "met": p50 <= 1.3 * floor, "detail": f"{p50:.2f} ms vs {f['ort_forecast_p50_ms']:.2f} + "
+                    f"{best(forecast['echo'], 1).latency_ms['p50']:.2f} ms"}
+    s64, off64 = best(forecast["seqserve"], 64), best(forecast["seqserve-nobatch"], 64)
+    ratio_off = _ratio(s64.throughput_rps, off64.throughput_rps)
+    out["2a"] = {"what": "forecast c=64 throughput / batching off", "value": ratio_off, "bound": ">= 4", "met": ratio_off >= 4,
+                     "detail": f"{s64.throughput_rps:.0f} vs {off64.throughput_rps:.0f} req/s"}
+    triton = f.get("triton", {}).get(64)
+    if triton:
+        out["2b"] = {"what": "forecast c=64 throughput / Triton's", "value": _ratio(s64.throughput_rps, triton["throughput_rps"]),
+                         "bound": ">= 1", "met": s64.throughput_rps >= triton["throughput_rps"],
+                         "detail": f"{s64.throughput_rps:.0f} vs {triton['throughput_rps']:.0f} req/s"}
+        out["2c"] = {"what": "forecast c=64 p99 / Triton's", "value": _ratio(s64.latency_ms["p99"], triton["latency_p99_ms"]),
+                         "bound": "<= 1", "met": s64.latency_ms["p99"] <= triton["latency_p99_ms"],
+                         "detail": f"{s64.latency_ms['p99']:.1f} vs {triton['latency_p99_ms']:.1f} ms"}
+    g1, g32 = best(generation["seqserve"], 1), best(generation["seqserve"], 32)
+    out["3a"] = {"what": "generation: tokens/s of 32 streams / of one", "value": _ratio(g32.tokens_per_s, g1.tokens_per_s),
+                     "bound": ">= 8", "met": (g32.tokens_per_s or 0) >= 8 * (g1.tokens_per_s or 0),
+                     "detail": f"{g32.tokens_per_s:.0f} vs {g1.tokens_per_s:.0f} tokens/s"}
+    # A stream's time after its first token over the tokens after the first (chunks can arrive in
+    # bursts, so the inter-chunk p50 would understate it).
+    per_token = (g1.latency_ms["p50"] - g1.ttft_ms["p50"]) / (MAX_TOKENS - 1)
+    out["3b"] = {"what": "one stream's time per token, c=1 (stream time after the first token / 63) / raw ORT step p50",
+                     "value": _ratio(per_token, f["ort_step_p50_ms"]), "bound": "<= 1.3",
+                     "met": per_token <= 1.3 * f["ort_step_p50_ms"],
+                     "detail": f"{per_token:.3f} ms vs {f['ort_step_p50_ms']:.3f} ms"}
+    gaps = np.array(f["token_gap_ms"])
+    early, late = float(np.median(gaps[5:15])), float(np.median(gaps[495:505]))
+    out["4"] = {"what": "time of token 500 / token 10 (single greedy stream)", "value": late / early, "bound": "<= 1.2",
+                    "met": late <= 1.2 * early, "detail": f"{late:.3f} vs {early:.3f} ms"}
+    t_on, t_off = best(translation["seqserve"], 16), best(translation["seqserve-nobatch"], 16)
+    out["5"] = {"what": "translation beam 4, c=16: sentences/s / batching off",
+                    "value": _ratio(t_on.throughput_rps, t_off.throughput_rps), "bound": ">= 3",
+                    "met": t_on.throughput_rps >= 3 * t_off.throughput_rps,
+                    "detail": f"{t_on.throughput_rps:.1f} vs {t_off.throughput_rps:.1f} sentences/s"}
+    torch64, torch32 = best(forecast["torch"], 64), best(generation["torch"], 32)
+    out["6a"] = {"what": "forecast c=64 throughput / PyTorch eager server's",
+                     "value": _ratio(s64.throughput_rps, torch64.throughput_rps), "bound": ">= 3",
+                     "met": s64.throughput_rps >= 3 * torch64.throughput_rps,
+                     "detail": f"{s64.throughput_rps:.0f} vs {torch64.throughput_rps:.0f} req/s"}
+    out["6b"] = {"what": "generation c=32 tokens/s / PyTorch eager server's",
+                     "value": _ratio(g32.tokens_per_s, torch32.tokens_per_s), "bound": ">= 3",
+                     "met": (g32.tokens_per_s or 0) >= 3 * (torch32.tokens_per_s or 0),
+                     "detail": f"{g32.tokens_per_s:.0f} vs {torch32.tokens_per_s:.0f} tokens/s"}
+    out["7a"] = {"what": "start-up to SERVING, bundled models (s)", "value": f["startup_s"], "bound": "<= 3",
+                     "met": f["startup_s"] <= 3, "detail": "process launch to health SERVING"}
+    rss = [m for _, m in run.rss]
+    start, end = f["rss_random_lengths_mib"]
+    out["7b"] = {"what": "resident memory under c=64 (MiB); growth over the random-length phase", "value": f["rss_c64_mib"],
+                     "bound": "reported; flat", "met": abs(end - start) <= 8,
+                     "detail": f"{f['rss_c64_mib']:.0f} MiB at c=64; {start:.1f} -> {end:.1f} MiB over the random-length "
+                     f"phase; {min(rss):.0f}-{max(rss):.0f} MiB over the run"}
+    return {"targets": out}
+
+
+def write(run: Run, out: Path, models: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "results.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["system", *CSV_COLUMNS], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(run.results)
+    (out / "targets.json").write_text(json.dumps(run.figures, indent=2, default=float) + "\n")
+    lines = ["| # | target | figures | ratio | bound | met |", "| --- | --- | --- | --- | --- | --- |"]
+    for key, t in run.figures["targets"].items():
+        value = "-" if t["value"] is None else f"{t['value']:.2f}"
+        lines.append(f"| {key} | {t['what']} | {t['detail']} | {value} | {t['bound']} | {'yes' if t['met'] else '**no**'} |")
+    (out / "targets.md").write_text("\n".join(lines) + "\n")
+    plot(run, out)
+    log.info("wrote %s/results.csv, targets.json, targets.md, forecast.png, generation.png (models %s)", out, models)
+
+
+def plot(run: Run, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for system in dict.fromkeys(r["system"] for r in run.results):
+        rows = sorted((r for r in run.results if r["system"] == system and r["endpoint"] == "forecast"
+                       and r["mode"] == "concurrency" and r["latency_p50_ms"]), key=lambda r: r["level"])
+        if rows:
+            line, = ax.plot([r["throughput_rps"] for r in rows], [r["latency_p99_ms"] for r in rows], "o-", label=f"{system} p99")
+            ax.plot([r["throughput_rps"] for r in rows], [r["latency_p50_ms"] for r in rows], "o--", color=line.get_color(),
+                    alpha=0.6, label=f"{system} p50")
+    ax.set_xlabel("forecasts/s (concurrency 1, 4, 16, 64)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title("forecast-etth1: latency against throughput")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "forecast.png", dpi=100)
+    plt.close(fig)
+
+    gaps = np.array(run.figures["token_gap_ms"])
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(np.arange(1, len(gaps) + 1), gaps, lw=0.8, label="gap before token i (median of 5 streams)")
+    ax.axhline(run.figures["ort_step_p50_ms"], color="k", ls="--", lw=0.8, label="in-process ORT step p50")
+    ax.set_xlabel("token position")
+    ax.set_ylabel("ms")
+    ax.set_ylim(bottom=0)
+    ax.set_title("generate-shakespeare: time per token along one stream")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "generation.png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.targets", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=Path, default=ROOT / "models", help="bundle directory (default: models/)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks", help="output directory")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per level (default 5)")
+    parser.add_argument("--triton-venv", type=Path, default=ROOT / ".venv-triton",
+                        help="venv of bench/triton/setup.sh (skipped when missing)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    venv = args.triton_venv if (args.triton_venv / "bin" / "python").exists() else None
+    if venv is None:
+        log.warning("no %s: the Triton peer is skipped (run bench/triton/setup.sh)", args.triton_venv)
+    run = asyncio.run(measure(args.models.resolve(), args.duration, venv))
+    write(run, args.out, args.models)
+    print((args.out / "targets.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
