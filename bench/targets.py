@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -159,14 +160,23 @@ def best(results: list[LevelResult], level: int) -> LevelResult:
     return next(r for r in results if r.load.level == level)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def triton_levels(venv: Path, bundle: Path, levels: tuple[int, ...], duration_s: float) -> list[dict[str, Any]]:
     """Start Triton over ``bundle`` from ``venv`` and load it with bench/triton/load.py; JSON rows."""
     python = venv / "bin" / "python"
-    server = Server("triton", [str(python), "-m", "bench.triton.server", "--bundle", str(bundle), "--grpc-port", "0"],
+    grpc_port, http_port = free_port(), free_port()
+    # The same batching settings as seqserve's defaults: batches of up to 32, no added wait.
+    server = Server("triton", [str(python), "bench/triton/server.py", "--bundle", str(bundle), "--grpc-port", str(grpc_port),
+                               "--http-port", str(http_port), "--max-batch-size", "32", "--queue-delay-us", "0"],
                     timeout_s=180)
     try:
         out = subprocess.run(
-            [str(python), "-m", "bench.triton.load", "--address", server.address, "--concurrency",
+            [str(python), "bench/triton/load.py", "--address", server.address, "--bundle", str(bundle), "--concurrency",
              ",".join(map(str, levels)), "--duration", str(duration_s), "--warmup", "1", "--json"],
             cwd=ROOT, capture_output=True, text=True, check=True, timeout=60 + len(levels) * (duration_s + 30),
         ).stdout
