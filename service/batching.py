@@ -32,8 +32,9 @@ class _Pending(Generic[P]):
 
 class DynamicBatcher(Generic[P, R]):
     """Collects submitted payloads into batches and runs ``run_batch(payloads) -> results`` (same
-    order, same length) for each group of equal ``key(payload)``. One batch runs at a time; the next
-    one fills meanwhile. A failed batch fails each of its requests with the same error."""
+    order, same length) for each group of equal ``key(payload)``. Up to ``max_concurrent`` batches
+    run at once (one per worker thread of the engine, so that every core computes); the next ones
+    fill meanwhile. A failed batch fails each of its requests with the same error."""
 
     def __init__(
         self,
@@ -46,8 +47,12 @@ class DynamicBatcher(Generic[P, R]):
         key: Callable[[P], Hashable] = lambda payload: None,
         stats: EngineStats | None = None,
         meter: GraphMeter = NULL_METER,
+        max_concurrent: int = 1,
     ) -> None:
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
         self.name = name
+        self.max_concurrent = max_concurrent
         self._meter = meter
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -59,6 +64,8 @@ class DynamicBatcher(Generic[P, R]):
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+        self._slot_free = asyncio.Event()
         self._closed = False
         self.batches_run = 0  # graph calls made (one per key group)
 
@@ -106,9 +113,15 @@ class DynamicBatcher(Generic[P, R]):
         while True:
             if not self._queue:
                 if self._closed:
+                    if self._running:
+                        await asyncio.gather(*self._running, return_exceptions=True)
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
+                continue
+            if len(self._running) >= self.max_concurrent:  # every worker busy: the queue fills
+                self._slot_free.clear()
+                await self._slot_free.wait()
                 continue
             wait = self._queue[0].enqueued + self.max_wait_s - time.monotonic()
             if wait > 0 and len(self._queue) < self.max_batch_size and not self._closed:
@@ -121,7 +134,13 @@ class DynamicBatcher(Generic[P, R]):
             if len(self._queue) < self.max_batch_size:
                 self._full.clear()
             self._meter.queue_depth(len(self._queue))
-            await self._run(batch)
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._slot_free.set()
 
     async def _run(self, batch: list[_Pending[P]]) -> None:
         now = time.monotonic()

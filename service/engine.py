@@ -52,7 +52,7 @@ class Engine:
         workers = config.worker_threads or os.cpu_count() or 1
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seqserve-run")
         self._slots = StreamSlots(config.max_streams, self.stats)
-        self._ctx = TaskContext(config, self._slots, self.stats, metrics)
+        self._ctx = TaskContext(config, self._slots, self.stats, metrics, workers)
         self._repo = ModelRepository(config, self._build, self._executor, self._on_repository_change, metrics)
         self._listeners: list[Callable[[], None]] = []
         self._ready = {task: False for task in TASKS}

@@ -23,6 +23,7 @@ class TaskContext:
     slots: StreamSlots  # the server-wide cap on decoding streams
     stats: EngineStats = field(default_factory=EngineStats)
     metrics: Metrics | None = None  # Prometheus metrics of the server; None records nothing
+    workers: int = 1  # threads running graph calls: how many batches of one graph may run at once
 
     def meter(self, model: str, version: str, graph: str) -> GraphMeter:
         """Where a batcher or step scheduler of ``graph`` records queue depth, batches and streams."""

@@ -64,6 +64,7 @@ class ForecastModel:
             key=lambda window: window.shape[0],
             stats=ctx.stats,
             meter=ctx.meter(m.name, m.version, "forecast"),
+            max_concurrent=ctx.workers,
         )
 
     def limits(self) -> dict[str, int]:

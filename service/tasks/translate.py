@@ -114,6 +114,7 @@ class TranslateModel:
             max_queue=cfg.max_queue,
             stats=ctx.stats,
             meter=ctx.meter(m.name, m.version, "encoder"),
+            max_concurrent=ctx.workers,
         )
         self._decoder = StepScheduler(
             f"{label} (decoder)",

@@ -44,6 +44,22 @@ async def test_batches_up_to_max_size_and_keeps_order():
     assert len(rec.calls) == 3  # 4 + 4 + 2
 
 
+async def test_up_to_max_concurrent_batches_run_at_once_and_the_rest_queue():
+    rec = Recorder(hold=True)
+    b = DynamicBatcher("t", rec, max_batch_size=2, max_wait_s=0.0, max_queue=100, max_concurrent=2)
+    b.start()
+    pending = [asyncio.ensure_future(b.submit(i)) for i in range(6)]
+    for _ in range(50):  # let the loop dispatch what it can
+        await asyncio.sleep(0)
+    assert len(rec.calls) == 2 and b.queued == 6 - sum(map(len, rec.calls))  # two workers busy, the rest wait
+    rec.release.set()
+    assert await asyncio.gather(*pending) == [i * 10 for i in range(6)]
+    await b.close()
+    assert sorted(x for call in rec.calls for x in call) == list(range(6))
+    with pytest.raises(ValueError, match="max_concurrent"):
+        DynamicBatcher("t", rec, max_batch_size=1, max_wait_s=0.0, max_queue=1, max_concurrent=0)
+
+
 async def test_groups_never_mix_keys():
     rec = Recorder()
     b = DynamicBatcher("t", rec, max_batch_size=8, max_wait_s=0.05, max_queue=100, key=lambda p: p % 3)
