@@ -48,6 +48,19 @@ def test_evaluating_a_bundle_again_reproduces_its_manifest(bundle, data_dir):
         assert again["by_horizon"][horizon]["mse"] == pytest.approx(figures["mse"], rel=0.01), horizon
 
 
+BEAM_RUNS = [(b, key) for b in BUNDLES for key in read_manifest(b).evaluation if re.fullmatch(r"test_beam\d+", key)]
+
+
+@pytest.mark.parametrize("bundle,key", BEAM_RUNS, ids=[f"{b.parent.name}/{k}" for b, k in BEAM_RUNS])
+def test_beam_search_figures_reproduce_through_the_serving_engine(bundle, key, data_dir):
+    from training.evaluate import evaluate_bundle
+
+    stored = read_manifest(bundle).evaluation[key]
+    again = evaluate_bundle(bundle, "test", data_dir, beam=stored["beam"])
+    for figure in KEY_FIGURES["translate"]:
+        assert again[figure] == pytest.approx(stored[figure], rel=0.01), figure
+
+
 def test_seqserve_serve_with_no_arguments_serves_every_bundled_model():
     """The README's first command: `seqserve serve` loads models/ of the checkout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEQSERVE_")}
