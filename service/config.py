@@ -49,6 +49,9 @@ class ServeConfig:
     intra_op_threads: int = 1  # threads inside one operator
     inter_op_threads: int = 1  # threads across operators (>1 switches to parallel execution mode)
     graph_optimization: str = "all"  # disable | basic | extended | all
+    # Graph calls whose previous run took less than this run on the event loop instead of a worker
+    # thread (the hand-off costs more than a small decoding step); 0 = always a worker thread.
+    inline_graph_ms: float = 0.2
     worker_threads: int = 0  # threads running graph calls concurrently; 0 = number of CPUs
     grace_s: float = 10.0  # on shutdown, how long in-flight work and streams may finish
     # Request limits.
@@ -93,7 +96,7 @@ class ServeConfig:
                      "max_streams_per_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} {getattr(self, name)!r} must be 0 (automatic) or more")
-        for name in ("poll_interval_s", "max_batch_wait_ms", "grace_s", "length_penalty"):
+        for name in ("poll_interval_s", "max_batch_wait_ms", "grace_s", "length_penalty", "inline_graph_ms"):
             if not getattr(self, name) >= 0:  # also rejects NaN
                 raise ValueError(f"{name} {getattr(self, name)!r} must be 0 or more")
         for name in ("port", "metrics_port"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ class RuntimeOptions:
     intra_op_threads: int = 1  # threads inside one operator
     inter_op_threads: int = 1  # threads across operators; > 1 enables parallel execution
     graph_optimization: str = "all"  # disable | basic | extended | all
+    # A call whose previous run took less than this runs on the event loop itself: handing it to a
+    # worker thread and back costs more (a decoding step of a small model takes ~0.1 ms). 0 = never.
+    inline_ms: float = 0.2
 
 
 def session_options(options: RuntimeOptions) -> ort.SessionOptions:
@@ -49,17 +53,20 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
 
 
 class GraphRuntime:
-    """One ONNX graph. ``run`` executes on ``executor`` so the event loop never blocks; the session
-    is thread-safe, so batchers and step schedulers may share it."""
+    """One ONNX graph. ``run`` executes on ``executor`` so the event loop never blocks, except calls
+    so short that the hand-off would cost more (``options.inline_ms``); the session is thread-safe, so batchers
+    and step schedulers may share it."""
 
     def __init__(self, name: str, model: bytes, options: RuntimeOptions, executor: Executor) -> None:
         self.name = name
         self._executor = executor
+        self._inline_s = options.inline_ms / 1000.0
         self._session = ort.InferenceSession(model, sess_options=session_options(options), providers=["CPUExecutionProvider"])
         self.inputs = {i.name: (i.type, i.shape) for i in self._session.get_inputs()}
         self.outputs = [o.name for o in self._session.get_outputs()]
         self.calls = 0
         self.busy_s = 0.0
+        self._last_s = math.inf  # duration of the previous call
 
     def require(self, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
         """Raise BundleError unless the graph has these input and output names."""
@@ -75,14 +82,19 @@ class GraphRuntime:
         """Run the graph in the calling thread; returns every output by name."""
         start = time.perf_counter()
         values = self._session.run(self.outputs, feeds)
+        self._last_s = time.perf_counter() - start
         self.calls += 1
-        self.busy_s += time.perf_counter() - start
+        self.busy_s += self._last_s
         return dict(zip(self.outputs, values))
 
     async def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph in the thread pool. Raises Internal (traceback logged) if it fails."""
         loop = asyncio.get_running_loop()
         try:
+            if self._last_s < self._inline_s:
+                out = self.run_sync(feeds)
+                await asyncio.sleep(0)  # still yield: callers loop on run()
+                return out
             return await loop.run_in_executor(self._executor, self.run_sync, feeds)
         except Exception as err:
             shapes = {k: tuple(v.shape) for k, v in feeds.items()}
