@@ -61,28 +61,25 @@ class Server:
     def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None, timeout_s: float = 120.0):
         self.name = name
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        # stdout and stderr in one pipe: some servers (Triton) announce themselves on stdout.
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.lines: list[str] = []
         self.port = 0
-        assert self.proc.stderr is not None
-        end = time.monotonic() + timeout_s
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            if match := SERVING_LINE.search(line):
-                self.port = int(match.group(1))
-                break
-            if time.monotonic() > end:
-                break
-        if not self.port:
+        self._announced = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._announced.wait(timeout_s) or not self.port:
             self.stop()
-            raise RuntimeError(f"{name} did not start:\n{''.join(self.lines[-30:])}")
-        threading.Thread(target=self._drain, daemon=True).start()
+            raise RuntimeError(f"{name} did not start within {timeout_s:.0f} s:\n{''.join(self.lines[-30:])}")
 
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
             self.lines.append(line)
+            if not self.port and (match := SERVING_LINE.search(line)):
+                self.port = int(match.group(1))
+                self._announced.set()
+        self._announced.set()  # the process ended: stop waiting
 
     @property
     def address(self) -> str:

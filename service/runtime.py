@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -66,7 +67,10 @@ class GraphRuntime:
         self.outputs = [o.name for o in self._session.get_outputs()]
         self.calls = 0
         self.busy_s = 0.0
-        self._last_s = math.inf  # duration of the previous call
+        # Durations of the last calls: the fastest of them is the graph's own cost. (A call on a
+        # worker thread also waits for the GIL; judged by the last call alone, a small graph stuck
+        # on the worker once could look too slow to come back.)
+        self._recent: deque[float] = deque([math.inf], maxlen=16)
 
     def require(self, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
         """Raise BundleError unless the graph has these input and output names."""
@@ -82,16 +86,17 @@ class GraphRuntime:
         """Run the graph in the calling thread; returns every output by name."""
         start = time.perf_counter()
         values = self._session.run(self.outputs, feeds)
-        self._last_s = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        self._recent.append(elapsed)
         self.calls += 1
-        self.busy_s += self._last_s
+        self.busy_s += elapsed
         return dict(zip(self.outputs, values))
 
     async def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph in the thread pool. Raises Internal (traceback logged) if it fails."""
         loop = asyncio.get_running_loop()
         try:
-            if self._last_s < self._inline_s:
+            if min(self._recent) < self._inline_s:
                 out = self.run_sync(feeds)
                 await asyncio.sleep(0)  # still yield: callers loop on run()
                 return out
