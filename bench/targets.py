@@ -60,7 +60,6 @@ class Server:
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None, timeout_s: float = 120.0):
         self.name = name
-        self.started = time.perf_counter()
         # stdout and stderr in one pipe: some servers (Triton) announce themselves on stdout.
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})

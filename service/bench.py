@@ -42,6 +42,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from service.cli import ADDRESS_ENV, DEFAULT_ADDRESS, EXIT_RPC_ERROR, EXIT_USAGE
+from service.series import synthetic_series
 from service.v1 import (
     forecast_pb2,
     forecast_pb2_grpc,
@@ -327,20 +328,6 @@ class ForecastShape:
     window: int = 48
     min_history: int = 8
     channels: int = 1
-
-
-def synthetic_series(rng: np.random.Generator, length: int, channels: int) -> np.ndarray:
-    """(length, channels) hourly-looking series: level + trend + daily and weekly cycles + AR(1) noise."""
-    t = np.arange(length, dtype=np.float64)[:, None]
-    level = rng.uniform(10.0, 100.0, channels)
-    trend = rng.normal(0.0, 0.02, channels) * level
-    daily = rng.uniform(0.05, 0.3, channels) * level * np.sin(2 * np.pi * t / 24 + rng.uniform(0, 2 * np.pi, channels))
-    weekly = rng.uniform(0.0, 0.1, channels) * level * np.sin(2 * np.pi * t / 168 + rng.uniform(0, 2 * np.pi, channels))
-    shocks = rng.normal(0.0, 0.05, (length, channels)) * level
-    noise = np.zeros_like(shocks)
-    for i in range(length):  # AR(1), phi = 0.7
-        noise[i] = shocks[i] + (0.7 * noise[i - 1] if i else 0.0)
-    return level + trend * t + daily + weekly + noise
 
 
 def forecast_requests(config: BenchConfig, shape: ForecastShape, rng: np.random.Generator) -> list[Message]:

@@ -49,26 +49,14 @@ CSV_COLUMNS = (
 POOL_SIZE = 256
 OK = "OK"
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run as a script from .venv-triton: service.series is numpy-only
+from service.series import synthetic_series
 
 
 @dataclass
 class Outcome:
     latency: float  # seconds, send to reply
     code: str = OK  # gRPC status code name (StatusCode.X -> X) or the exception class
-
-
-def synthetic_series(rng: np.random.Generator, length: int, channels: int) -> np.ndarray:
-    """(length, channels) hourly-looking series; the generator of service/bench.py."""
-    t = np.arange(length, dtype=np.float64)[:, None]
-    level = rng.uniform(10.0, 100.0, channels)
-    trend = rng.normal(0.0, 0.02, channels) * level
-    daily = rng.uniform(0.05, 0.3, channels) * level * np.sin(2 * np.pi * t / 24 + rng.uniform(0, 2 * np.pi, channels))
-    weekly = rng.uniform(0.0, 0.1, channels) * level * np.sin(2 * np.pi * t / 168 + rng.uniform(0, 2 * np.pi, channels))
-    shocks = rng.normal(0.0, 0.05, (length, channels)) * level
-    noise = np.zeros_like(shocks)
-    for i in range(length):  # AR(1), phi = 0.7
-        noise[i] = shocks[i] + (0.7 * noise[i - 1] if i else 0.0)
-    return level + trend * t + daily + weekly + noise
 
 
 def histories(window: int, min_history: int, channels: int, random_length: bool, seed: int) -> list[np.ndarray]:
