@@ -37,8 +37,14 @@ class TextCodec:
 
 class StreamDecoder:
     """Turns a growing completion (ids) into text chunks that are final: text that may still be a
-    partial UTF-8 / BPE piece or the start of a stop string is held back. Each push decodes the whole
-    completion and emits only the new, safe suffix, so concatenated chunks equal ``text``."""
+    partial UTF-8 / BPE piece or the start of a stop string is held back, so concatenated chunks
+    equal ``text``.
+
+    Decoding is incremental, as in text-generation-inference: each push decodes only the newest
+    ids with the few before them as context (decoders such as Metaspace drop a leading space, so a
+    token's text depends on its left neighbour) and appends the difference. Time per token stays
+    flat however long the completion grows; decoding it whole each time cost ~45 us at token 500.
+    """
 
     def __init__(self, codec: TextCodec, stops: StopChecker) -> None:
         self._codec = codec
@@ -47,12 +53,32 @@ class StreamDecoder:
         self.text = ""  # the final text so far (cut before a stop string once one appears)
         self.emitted = ""
         self.stopped = False
+        self._decoded = ""  # text of ids[:_read]
+        self._prefix = 0  # ids[_prefix:_read] are decoded again as context for the ids after them
+        self._read = 0
+
+    def _decode(self) -> str:
+        """Text of all ids so far; an unfinished UTF-8 / BPE piece at the end shows as U+FFFD."""
+        ids = self.ids
+        context = self._codec.decode(ids[self._prefix : self._read])
+        window = self._codec.decode(ids[self._prefix :])
+        if not window.startswith(context):  # the new ids rewrote their context: decode it all
+            full = self._codec.decode(ids)
+            if not full.endswith(_REPLACEMENT):
+                self._decoded, self._prefix, self._read = full, max(0, len(ids) - 1), len(ids)
+            return full
+        new = window[len(context) :]
+        if new.endswith(_REPLACEMENT):  # wait for the rest of the character
+            return self._decoded + new
+        self._decoded += new
+        self._prefix, self._read = self._read, len(ids)
+        return self._decoded
 
     def push(self, token_id: int) -> str:
         """Add one id; returns the new text that is safe to send (maybe ""). Sets ``stopped``
         when a stop string appears; the text then ends right before it."""
         self.ids.append(token_id)
-        full = self._codec.decode(self.ids)
+        full = self._decode()
         # A stop string can only start where text was not yet sent, minus its own length.
         at = self._stops.find(full, max(0, len(self.emitted) - self._stops.longest))
         if at >= 0:

@@ -566,9 +566,13 @@ def prepare_data(run: RunConfig, data_dir=None, rank: int = 0, world_size: int =
             return [p for p in out if not limit or (0 < len(p[0]) <= limit and len(p[1]) <= limit)]
 
         collate = D.make_collate_pairs(SPECIAL_IDS["bos"], SPECIAL_IDS["eos"], SPECIAL_IDS["pad"])
-        train_ds = D.PairDataset(encoded(train_pairs, cfg.max_len))
+        train_enc = encoded(train_pairs, cfg.max_len)
+        joined = D.concat_pairs(train_enc, cfg.concat_pairs, cfg.max_len, seed=cfg.seed) if cfg.concat_pairs else []
+        train_ds = D.PairDataset(train_enc + joined)
         val_ds = D.PairDataset(encoded(D.translation_pairs(cfg, "val", data_dir), 0))
-        info["train_pairs"] = len(train_ds)
+        info["train_pairs"] = len(train_enc)
+        if joined:
+            info["concatenated_pairs"] = len(joined)
         return TaskData(
             train=D.LoaderBatches(train_ds, tc.batch_size, collate, seed=tc.seed, rank=rank, world_size=world_size),
             val=D.EvalBatches(val_ds, tc.batch_size, collate, rank, world_size),

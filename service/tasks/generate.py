@@ -80,6 +80,28 @@ class GenerationStream(StepItem):
         self.queue.put_nowait(error)
 
 
+def coalesce(chunk: GenerateChunk, queue: asyncio.Queue) -> tuple[GenerateChunk, ServiceError | None]:
+    """``chunk`` merged with the chunks already waiting behind it, and an error found behind them
+    (to raise after sending what came before it). While the consumer writes one message the step
+    loop keeps sampling; sending what piled up as one message keeps a stream at the model's pace
+    instead of one gRPC message per token. ``completion_tokens`` is cumulative, so clients still
+    count every token."""
+    texts = [chunk.text]
+    while not chunk.finish_reason and not queue.empty():
+        nxt = queue.get_nowait()
+        if isinstance(nxt, ServiceError):
+            return _joined(chunk, texts), nxt
+        chunk = nxt
+        texts.append(nxt.text)
+    return _joined(chunk, texts), None
+
+
+def _joined(last: GenerateChunk, texts: list[str]) -> GenerateChunk:
+    if len(texts) == 1:
+        return last
+    return GenerateChunk("".join(texts), last.finish_reason, last.prompt_tokens, last.completion_tokens)
+
+
 class GenerateModel:
     """One loaded language-model version."""
 
@@ -210,16 +232,19 @@ class GenerateModel:
             self._prefill_meter.batch(1, time.monotonic() - started)
             if not item.accept(out["logits"][0, -1], {s: out[s + "_out"] for s in self._states}):
                 self._scheduler.add(item)
-            while True:
+            error: ServiceError | None = None
+            while error is None:
                 chunk = await item.queue.get()
                 if isinstance(chunk, ServiceError):
                     raise chunk
+                chunk, error = coalesce(chunk, item.queue)
                 if timer is not None:
                     timer.emitted(chunk.completion_tokens - emitted)
                 emitted = chunk.completion_tokens
                 yield chunk
                 if chunk.finish_reason:
                     return
+            raise error
         finally:
             leave()
             if task is not None:

@@ -154,3 +154,35 @@ async def test_drain_refuses_new_work_and_lets_streams_finish(repo, make_engine)
     rest = [c async for c in stream]  # the in-flight stream completes
     assert (rest[-1] if rest else first).finish_reason in ("length", "eos")
     await stopping
+
+
+async def test_a_slow_reader_gets_the_tokens_that_piled_up_in_one_chunk(engine):
+    req = GenerateRequest(prompt="First", max_tokens=40, temperature=0)
+    whole = await engine.generate(req)
+    assert whole.completion_tokens == 40  # untrained weights: greedy text runs to the limit
+    chunks = []
+    async with aclosing(engine.generate_stream(req)) as stream:
+        async for chunk in stream:
+            chunks.append(chunk)
+            await asyncio.sleep(0.005)  # a reader slower than the model: tokens queue up meanwhile
+    assert "".join(c.text for c in chunks) == whole.text
+    assert len(chunks) < 40 / 2  # several tokens per message
+    counts = [c.completion_tokens for c in chunks]
+    assert counts == sorted(counts) and counts[-1] == 40 and chunks[-1].finish_reason == "length"
+
+
+def test_coalesce_merges_queued_chunks_and_keeps_an_error_behind_them():
+    from service.errors import Internal
+    from service.tasks.generate import coalesce
+    from service.types import GenerateChunk
+
+    queue: asyncio.Queue = asyncio.Queue()
+    for i in (2, 3):
+        queue.put_nowait(GenerateChunk(f"t{i}", "", 4, i))
+    queue.put_nowait(Internal("boom"))
+    queue.put_nowait(GenerateChunk("after", "", 4, 9))
+    chunk, error = coalesce(GenerateChunk("t1", "", 4, 1), queue)
+    assert (chunk.text, chunk.completion_tokens, chunk.prompt_tokens) == ("t1t2t3", 3, 4)
+    assert isinstance(error, Internal)
+    last, error = coalesce(GenerateChunk("x", "length", 4, 10), queue)  # a final chunk takes nothing more
+    assert (last.text, error, queue.qsize()) == ("x", None, 1)

@@ -163,3 +163,47 @@ def test_beam_search_reorders_parents_and_respects_max_length():
         assert len(parents) == beam.rows and all(0 <= p < lp.shape[0] for p in parents)
         steps += 1
     assert steps == 5 and len(beam.best().tokens) == 5
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_top_indices_equals_a_full_sort_with_ties_to_the_lower_index(seed):
+    from service.sampling import top_indices
+
+    rng = np.random.default_rng(seed)
+    size, n = int(rng.integers(1, 40_000)), int(rng.integers(1, 17))
+    values = rng.standard_normal(size) * 3 - 10
+    if seed % 2:
+        values = np.round(values)  # many ties, also around the n-th value
+    values[rng.integers(0, size, 3)] = 5.0  # a few far ahead, as in a confident decoder
+    expected = np.lexsort((np.arange(size), -values))[:n]
+    assert top_indices(values, n).tolist() == expected.tolist()
+
+
+def _metaspace_codec() -> TextCodec:
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, "▁the": 1, "▁man": 2, ",": 3, "▁runs": 4, ".": 5, "s": 6, "▁": 7}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    return TextCodec(tok)
+
+
+def _byte_bpe_codec() -> TextCodec:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["naïve plain text 日本語", "ascii only"], trainer=trainer)
+    return TextCodec(tok)
+
+
+@pytest.mark.parametrize("kind", ["char", "metaspace", "byte-bpe"])
+@pytest.mark.parametrize("seed", range(8))
+def test_incremental_stream_decoding_equals_decoding_everything(kind, seed):
+    """Random completions (byte-level ones cut mid-character too): what streams out, plus the
+    rest at the end, is exactly the decode of all ids."""
+    codec = {"char": lambda: _char_codec("ab, .\nxyz"), "metaspace": _metaspace_codec, "byte-bpe": _byte_bpe_codec}[kind]()
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, codec.vocab_size, size=300).tolist()
+    dec = StreamDecoder(codec, StopChecker([]))
+    streamed = "".join(dec.push(i) for i in ids)
+    assert streamed + dec.finish() == codec.decode(ids)
+    assert dec.text == codec.decode(ids)

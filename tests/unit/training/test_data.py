@@ -178,3 +178,25 @@ def test_crop_windows_cuts_batches_to_histories_the_service_accepts():
     crop.set_epoch(5)
     assert [crop(items)["window"].shape[1] for _ in range(20)] == first
     assert data.CropWindows(12, 0.0)(items)["window"].shape[1] == 48
+
+
+def test_concat_pairs_joins_two_training_pairs_within_the_length_limit():
+    pairs = [([i, i + 1], [100 + i]) for i in range(0, 40, 2)] + [([7] * 9, [8] * 9)]
+    joined = data.concat_pairs(pairs, 0.5, max_len=10, seed=3)
+    assert len(joined) == round(0.5 * len(pairs))
+    originals = {(tuple(s), tuple(t)) for s, t in pairs}
+    for src, tgt in joined:
+        assert len(src) <= 10 and len(tgt) <= 10
+        # some split point makes both halves original pairs, sources and targets cut alike
+        assert any(
+            (tuple(src[:a]), tuple(tgt[:b])) in originals and (tuple(src[a:]), tuple(tgt[b:])) in originals
+            for a in range(1, len(src)) for b in range(1, len(tgt))
+        )
+    assert joined == data.concat_pairs(pairs, 0.5, max_len=10, seed=3)  # seeded
+    assert joined != data.concat_pairs(pairs, 0.5, max_len=10, seed=4)
+    assert data.concat_pairs(pairs, 0.0, max_len=10) == []
+
+
+def test_concat_pairs_setting_is_checked():
+    with pytest.raises(ValueError, match="concat_pairs"):
+        data.DataConfig(dataset="tatoeba", concat_pairs=1.5).validate("translate")
