@@ -4,18 +4,25 @@ Sessions are built as ``seqserve serve`` builds them (service.runtime.session_op
 RuntimeOptions: one intra-op and one inter-op thread, graph optimisation "all", no spinning, from the
 graph's bytes), and fed exactly what the server feeds:
 
-* ``forecast_latency``: one ``forecast.onnx`` call on a single window, the history cut to the model's
-  last ``window`` steps as float32 (1, T, C), as service/tasks/forecast.py prepares it; the history is
-  the synthetic hourly series ``seqserve bench`` sends, ``history_len`` steps (default: the window);
+* ``forecast_latency``: one ``forecast.onnx`` call on a single window (or ``batch`` of them stacked),
+  the history cut to the model's last ``window`` steps as float32 (B, T, C), as
+  service/tasks/forecast.py prepares it; the history is the synthetic hourly series ``seqserve
+  bench`` sends, ``history_len`` steps (default: the window);
 * ``decode_step_latency``: one ``lm.onnx`` decode step, (B, 1) tokens in with the recurrent state from
   the previous step, logits and state out, as service/tasks/generate.py steps it; at batch 1 (one
   stream) and at batch B (B streams the server's step scheduler stacks into one call). The state starts
   from a prefill of one of ``seqserve bench``'s prompts, and each step feeds the previous step's state
-  and argmax token.
+  and argmax token;
+* ``translate_step_latency``: one translation ``decoder_step.onnx`` call for 4 rows (one sentence's
+  beam of 4) and for more (sentences sharing the call), after encoding one of ``seqserve bench``'s
+  German sentences.
+
+Comparing a call for B rows with B single ones gives the most batching can gain on the graph
+itself, the ceiling of the batching targets in bench/targets.py.
 
 Only the ``session.run`` calls are timed (``time.perf_counter``), after ``warmup`` untimed calls.
-``python -m bench.inprocess --models DIR`` prints one JSON object with the figures of every forecast
-and generate bundle under DIR (DIR/NAME/VERSION/).
+``python -m bench.inprocess --models DIR`` prints one JSON object with the figures of every bundle
+under DIR (DIR/NAME/VERSION/).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Any, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from service.bench import PROMPTS, synthetic_series
+from service.bench import PROMPTS, SENTENCES, synthetic_series
 from service.bundle import BundleError, Manifest, read_manifest
 from service.runtime import RuntimeOptions, session_options
 from service.tokenizing import TextCodec
@@ -80,9 +87,12 @@ def measure(call: Callable[[], R], n: int, warmup: int, then: Callable[[R], None
 
 
 def forecast_latency(bundle_dir: str | Path, n: int = DEFAULT_CALLS, history_len: int | None = None,
-                     warmup: int = DEFAULT_WARMUP, seed: int = 0) -> Latency:
-    """One forecast call on one history of ``history_len`` steps (default: the model's window).
-    Raises ValueError when the bundle is not a forecast one or the history is shorter than min_history."""
+                     warmup: int = DEFAULT_WARMUP, seed: int = 0, batch: int = 1) -> Latency:
+    """One forecast call on ``batch`` histories of ``history_len`` steps (default: the model's
+    window) stacked as the server's batcher stacks them. Raises ValueError when the bundle is not
+    a forecast one, the history is shorter than min_history or ``batch`` < 1."""
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
     spec = manifest.forecast
@@ -92,7 +102,8 @@ def forecast_latency(bundle_dir: str | Path, n: int = DEFAULT_CALLS, history_len
     if length < spec.min_history:
         raise ValueError(f"history_len {length} is below the model's min_history {spec.min_history}")
     history = synthetic_series(np.random.default_rng(seed), length, spec.channels)
-    feeds = {"window": np.ascontiguousarray(history[-spec.window:], dtype=np.float32)[None]}  # (1, T, C)
+    window = np.ascontiguousarray(history[-spec.window:], dtype=np.float32)[None]  # (1, T, C)
+    feeds = {"window": np.repeat(window, batch, axis=0)}  # (B, T, C)
     sess = session(bundle_dir, manifest, "forecast")
     outputs = [o.name for o in sess.get_outputs()]
     return measure(lambda: sess.run(outputs, feeds), n, warmup)
@@ -132,6 +143,38 @@ def _steps(sess: ort.InferenceSession, manifest: Manifest, prompt: list[int], ro
     return measure(lambda: sess.run(outputs, feeds), n, warmup, then=advance)
 
 
+def translate_step_latency(bundle_dir: str | Path, rows: Sequence[int] = (4, 64), n: int = DEFAULT_CALLS,
+                           warmup: int = DEFAULT_WARMUP, text: str = SENTENCES[0]) -> dict[int, Latency]:
+    """One ``decoder_step.onnx`` call per entry of ``rows`` ({rows: Latency}): ``text`` encoded once,
+    its encoder outputs repeated to ``rows`` rows (a beam of 4 is 4 rows; 16 sentences at beam 4
+    share a 64-row call), then steps fed the previous step's state and argmax tokens, as
+    service/tasks/translate.py steps them. Raises ValueError when the bundle is not a translate one."""
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    if manifest.task != "translate":
+        raise ValueError(f"{bundle_dir} is a {manifest.task} bundle, not a translate one")
+    codec = TextCodec.from_json((bundle_dir / manifest.tokenizers["source"]).read_text(encoding="utf-8"))
+    ids, _ = codec.encode(text)
+    encoder, decoder = session(bundle_dir, manifest, "encoder"), session(bundle_dir, manifest, "decoder_step")
+    states = [f"state_{s}" for s in manifest.state_names]
+    enc = dict(zip([o.name for o in encoder.get_outputs()], encoder.run(
+        None, {"src": np.array([ids], dtype=np.int64), "src_len": np.array([len(ids)], dtype=np.int64)})))
+    outputs = [o.name for o in decoder.get_outputs()]
+    result: dict[int, Latency] = {}
+    for b in dict.fromkeys(rows):
+        feeds = {"prev_token": np.full(b, manifest.special_tokens["bos"], dtype=np.int64),
+                 "memory": np.repeat(enc["memory"], b, axis=0), "memory_keys": np.repeat(enc["memory_keys"], b, axis=0),
+                 "src_mask": np.ones((b, len(ids)), dtype=np.float32), **{s: np.repeat(enc[s], b, axis=1) for s in states}}
+
+        def advance(out: list[np.ndarray], feeds: dict[str, np.ndarray] = feeds) -> None:
+            named = dict(zip(outputs, out, strict=True))
+            feeds["prev_token"] = named["log_probs"].argmax(axis=-1).astype(np.int64)
+            feeds.update({s: named[s + "_out"] for s in states})
+
+        result[b] = measure(lambda feeds=feeds: decoder.run(outputs, feeds), n, warmup, then=advance)
+    return result
+
+
 def bundles(models: Path) -> list[Path]:
     """The bundle folders models/NAME/VERSION/, by name then version number."""
     found = [p for p in models.glob("*/*/") if (p / "manifest.json").is_file() and p.name.isdigit()]
@@ -139,14 +182,15 @@ def bundles(models: Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bench.inprocess``: print the figures of every forecast and generate bundle as JSON."""
+    """``python -m bench.inprocess``: print the figures of every bundle as JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench.inprocess", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, required=True, help="seqserve bundle directory")
     parser.add_argument("-n", type=int, default=DEFAULT_CALLS, help=f"timed calls per figure (default {DEFAULT_CALLS})")
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
                         help=f"untimed calls first (default {DEFAULT_WARMUP})")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
-                        help=f"decode step: the batch measured besides 1 (default {DEFAULT_BATCH})")
+                        help=f"LM decode step: the batch measured besides 1; translation: 4 x this many rows besides 4 "
+                        f"(default {DEFAULT_BATCH})")
     parser.add_argument("--history-len", type=int, help="forecast: history steps (default: the model's window)")
     args = parser.parse_args(argv)
     report: dict[str, Any] = {"onnxruntime": ort.__version__, "session": asdict(RuntimeOptions()), "bundles": {}}
@@ -157,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if task == "forecast":
                 report["bundles"][key] = {"task": task, "forecast": asdict(
                     forecast_latency(path, args.n, args.history_len, args.warmup))}
+            elif task == "translate":
+                steps = translate_step_latency(path, (4, 4 * args.batch), args.n, args.warmup)
+                report["bundles"][key] = {"task": task,
+                                          "decoder_step": {f"rows_{rows}": asdict(v) for rows, v in steps.items()}}
             elif task == "generate":
                 steps = decode_step_latency(path, args.n, args.batch, args.warmup)
                 report["bundles"][key] = {"task": task,

@@ -166,6 +166,22 @@ def test_inprocess_floor(models):
         inprocess.forecast_latency(models / "tiny-forecast" / "1", n=1, history_len=3)
 
 
+def test_inprocess_batched_calls_and_translation_steps(models, tmp_path):
+    pytest.importorskip("torch")
+    from tests.bundles import make_bundle
+
+    batched = inprocess.forecast_latency(models / "tiny-forecast" / "1", n=10, warmup=1, batch=8)
+    assert batched.calls == 10 and batched.p50_ms > 0
+    with pytest.raises(ValueError, match="batch must be at least 1"):
+        inprocess.forecast_latency(models / "tiny-forecast" / "1", n=1, batch=0)
+    make_bundle(tmp_path, "translate")
+    steps = inprocess.translate_step_latency(tmp_path / "tiny-translate" / "1", rows=(4, 16), n=10, warmup=1)
+    assert sorted(steps) == [4, 16] and all(v.calls == 10 and v.p50_ms > 0 for v in steps.values())
+    with pytest.raises(ValueError, match="not a translate one"):
+        inprocess.translate_step_latency(models / "tiny-forecast" / "1", n=1)
+    assert inprocess.main(["--models", str(tmp_path), "-n", "3", "--warmup", "1", "--batch", "2"]) == 0
+
+
 def test_inprocess_command_prints_every_bundle(models, capsys):
     assert inprocess.main(["--models", str(models), "-n", "5", "--warmup", "1", "--batch", "2"]) == 0
     report = json.loads(capsys.readouterr().out)
