@@ -22,6 +22,9 @@ class GraphMeter:
     def __init__(self, metrics: Metrics | None, model: str, version: str, graph: str):
         self._m = metrics
         self._labels = (model, version, graph)
+        self._batch_series = None  # (batch size, run seconds) children, looked up once: a step loop records every step
+        self._streams_series = None
+        self._streams = -1
 
     def queue_depth(self, n: int) -> None:
         """``n`` work items are waiting now."""
@@ -30,8 +33,13 @@ class GraphMeter:
 
     def batch(self, rows: int, seconds: float) -> None:
         """One onnxruntime run of ``rows`` rows took ``seconds``."""
-        if self._m is not None:
-            self._m.observe_batch(*self._labels, rows, seconds)
+        if self._m is None:
+            return
+        if self._batch_series is None:
+            self._batch_series = (self._m.batch_size.labels(*self._labels), self._m.onnx_run_seconds.labels(*self._labels))
+        sizes, seconds_series = self._batch_series
+        sizes.observe(rows)
+        seconds_series.observe(seconds)
 
     def item(self, queue_seconds: float, compute_seconds: float) -> None:
         """One work item waited ``queue_seconds`` and its batch took ``compute_seconds``."""
@@ -40,13 +48,18 @@ class GraphMeter:
 
     def streams(self, n: int) -> None:
         """``n`` sequences are being decoded by this graph's step loop now."""
-        if self._m is not None:
-            self._m.active_streams.labels(*self._labels[:2]).set(n)
+        if self._m is None or n == self._streams:
+            return
+        if self._streams_series is None:
+            self._streams_series = self._m.active_streams.labels(*self._labels[:2])
+        self._streams_series.set(n)
+        self._streams = n
 
     def clear(self) -> None:
         """Drop this graph's gauges (its model version was unloaded)."""
         if self._m is None:
             return
+        self._streams_series, self._streams = None, -1
         for gauge, labels in ((self._m.queue_depth, self._labels),
                               (self._m.active_streams, self._labels[:2])):
             try:
