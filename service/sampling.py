@@ -89,7 +89,15 @@ class Sampler:
     def sample(self, logits: np.ndarray) -> int:
         if self.temperature == 0:
             return int(np.argmax(logits))
-        probs = self.probabilities(logits)
+        if self.top_k <= 0 and self.top_p >= 1.0:  # plain temperature: probabilities() in place, same values
+            probs = np.asarray(logits, dtype=np.float64).copy()
+            if self.temperature != 1.0:
+                probs /= self.temperature
+            probs -= probs.max()
+            np.exp(probs, out=probs)
+            probs /= probs.sum()
+        else:
+            probs = self.probabilities(logits)
         cum = np.cumsum(probs)
         i = int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
         return min(i, len(probs) - 1)

@@ -207,3 +207,18 @@ def test_incremental_stream_decoding_equals_decoding_everything(kind, seed):
     streamed = "".join(dec.push(i) for i in ids)
     assert streamed + dec.finish() == codec.decode(ids)
     assert dec.text == codec.decode(ids)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.7])
+def test_plain_temperature_sampling_draws_from_probabilities(temperature):
+    """The fast path (no top-k / top-p) picks exactly the token the inverse CDF of
+    probabilities() gives for the same uniform draw."""
+    rng = np.random.default_rng(7)
+    for seed in range(200):
+        logits = (rng.standard_normal(65) * 3).astype(np.float32)
+        sampler = Sampler(temperature, 0, 1.0, np.random.default_rng(seed))
+        reference = np.random.default_rng(seed)
+        for _ in range(3):
+            cum = np.cumsum(sampler.probabilities(logits))
+            expected = min(int(np.searchsorted(cum, reference.random() * cum[-1], side="right")), 64)
+            assert sampler.sample(logits) == expected
