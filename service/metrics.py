@@ -233,8 +233,19 @@ class Metrics:
 
     def observe_batch(self, model: str, version: str, graph: str, rows: int, seconds: float) -> None:
         """One onnxruntime run of ``rows`` rows (the batch dimension B) that took ``seconds``."""
-        self.batch_size.labels(model, version, graph).observe(rows)
-        self.onnx_run_seconds.labels(model, version, graph).observe(seconds)
+        self.batch_recorder(model, version, graph)(rows, seconds)
+
+    def batch_recorder(self, model: str, version: str, graph: str) -> Callable[[int, float], None]:
+        """``observe_batch`` for one graph with its series looked up once (a step loop records
+        every step)."""
+        sizes = self.batch_size.labels(model, version, graph)
+        run_seconds = self.onnx_run_seconds.labels(model, version, graph)
+
+        def record(rows: int, seconds: float) -> None:
+            sizes.observe(rows)
+            run_seconds.observe(seconds)
+
+        return record
 
     def graph_meter(self, model: str, version: str, graph: str) -> GraphMeter:
         """What a batcher or step scheduler of ``graph`` (of ``model``/``version``) records into."""

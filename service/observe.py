@@ -22,7 +22,7 @@ class GraphMeter:
     def __init__(self, metrics: Metrics | None, model: str, version: str, graph: str):
         self._m = metrics
         self._labels = (model, version, graph)
-        self._batch_series = None  # (batch size, run seconds) children, looked up once: a step loop records every step
+        self._record_batch = None  # Metrics.batch_recorder, made on first use
         self._streams_series = None
         self._streams = -1
 
@@ -35,11 +35,9 @@ class GraphMeter:
         """One onnxruntime run of ``rows`` rows took ``seconds``."""
         if self._m is None:
             return
-        if self._batch_series is None:
-            self._batch_series = (self._m.batch_size.labels(*self._labels), self._m.onnx_run_seconds.labels(*self._labels))
-        sizes, seconds_series = self._batch_series
-        sizes.observe(rows)
-        seconds_series.observe(seconds)
+        if self._record_batch is None:
+            self._record_batch = self._m.batch_recorder(*self._labels)
+        self._record_batch(rows, seconds)
 
     def item(self, queue_seconds: float, compute_seconds: float) -> None:
         """One work item waited ``queue_seconds`` and its batch took ``compute_seconds``."""

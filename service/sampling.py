@@ -9,10 +9,15 @@ import numpy as np
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Probabilities of (V,) logits in float64 (-inf entries get 0)."""
-    z = logits.astype(np.float64)
-    z = z - np.max(z)
-    p = np.exp(z)
-    return p / p.sum()
+    return _softmax_in_place(logits.astype(np.float64))
+
+
+def _softmax_in_place(z: np.ndarray) -> np.ndarray:
+    """softmax of a float64 array the caller owns, computed in it (no temporaries per token)."""
+    z -= np.max(z)
+    np.exp(z, out=z)
+    z /= z.sum()
+    return z
 
 
 def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
@@ -80,7 +85,7 @@ class Sampler:
         z = logits / self.temperature
         if self.top_k > 0:
             z = np.where(top_k_mask(z, self.top_k), z, -np.inf)
-        probs = softmax(z)
+        probs = _softmax_in_place(z)  # z is a fresh array here
         if self.top_p < 1.0:
             probs = np.where(top_p_mask(probs, self.top_p), probs, 0.0)
             probs /= probs.sum()
@@ -89,15 +94,7 @@ class Sampler:
     def sample(self, logits: np.ndarray) -> int:
         if self.temperature == 0:
             return int(np.argmax(logits))
-        if self.top_k <= 0 and self.top_p >= 1.0:  # plain temperature: probabilities() in place, same values
-            probs = np.asarray(logits, dtype=np.float64).copy()
-            if self.temperature != 1.0:
-                probs /= self.temperature
-            probs -= probs.max()
-            np.exp(probs, out=probs)
-            probs /= probs.sum()
-        else:
-            probs = self.probabilities(logits)
+        probs = self.probabilities(logits)
         cum = np.cumsum(probs)
         i = int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
         return min(i, len(probs) - 1)
