@@ -63,7 +63,8 @@ class Latency:
 def session(bundle_dir: Path, manifest: Manifest, role: str) -> ort.InferenceSession:
     """The graph ``role`` of a bundle in a session configured like the server's."""
     model = (bundle_dir / manifest.graphs[role]).read_bytes()
-    return ort.InferenceSession(model, sess_options=session_options(RuntimeOptions()),
+    options = RuntimeOptions(int8_weights=manifest.weights == "int8")
+    return ort.InferenceSession(model, sess_options=session_options(options),
                                 providers=["CPUExecutionProvider"])
 
 

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
+WEIGHT_FORMATS = ("float32", "int8")
 MANIFEST_FILE = "manifest.json"
 TASKS = ("translate", "forecast", "generate")
 CELLS = ("rnn", "lstm", "gru", "peephole", "coupled")
@@ -161,6 +162,7 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)  # config, seed, seconds, data sha256 ...
     evaluation: dict[str, Any] = field(default_factory=dict)  # metric -> figure, with split names
     description: str = ""
+    weights: str = "float32"  # float32 | int8 (stored int8 behind DequantizeLinear, float32 at run time)
     seqserve_version: str = ""
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -185,6 +187,8 @@ class Manifest:
             v = getattr(self, key)
             if not isinstance(v, int) or v < 1:
                 raise BundleError(f"{key} must be a positive integer, got {v!r}")
+        if self.weights not in WEIGHT_FORMATS:
+            raise BundleError(f"weights {self.weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
         want = set(GRAPHS[self.task])
         if set(self.graphs) != want:
             raise BundleError(f"graphs has roles {sorted(self.graphs)}, task {self.task} needs {sorted(want)}")

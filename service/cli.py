@@ -28,6 +28,7 @@ TRAINING_COMMANDS = {
     "train": "train a model from a preset or config (delegates to training.cli)",
     "export": "export a trained checkpoint to an ONNX model bundle (delegates to training.cli)",
     "evaluate": "evaluate a checkpoint or bundle on held-out data (delegates to training.cli)",
+    "quantize": "store a bundle's weights as int8 if its figures hold within 1%% (delegates to training.cli)",
     "gradient-flow": "measure gradient flow through time for each cell type (delegates to training.cli)",
     "compare": "train one task once per cell with the same budget and compare (delegates to training.cli)",
 }

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -140,6 +140,7 @@ def open_bundle(path: Path, name: str, version: str, options: RuntimeOptions, ex
             f"the directory says {name!r} version {version!r}"
         )
     graphs = {}
+    options = replace(options, int8_weights=manifest.weights == "int8")
     for role, file in manifest.graphs.items():
         data = _read_regular(path, file)
         try:

@@ -1,4 +1,4 @@
-"""seqserve-train: train, export, evaluate and gradient-flow subcommands."""
+"""seqserve-train: train, export, evaluate, quantize, compare and gradient-flow subcommands."""
 
 from __future__ import annotations
 
@@ -138,6 +138,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from training.quantize import QuantizeError, quantize_bundle
+
+    try:
+        report = quantize_bundle(args.bundle, args.data_dir, args.tolerance, args.threads)
+    except QuantizeError as err:
+        raise SystemExit(str(err)) from None
+    print(f"{args.bundle}: {report.converted} weight tensors stored as int8, graphs "
+          f"{report.bytes_before / 1e6:.2f} MB -> {report.bytes_after / 1e6:.2f} MB")
+    for key, before in report.before.items():
+        after = report.after[key]
+        shown = [n for n in ("bleu", "chrf", "bleu_lc", "mse", "mae", "nats_per_char") if n in before]
+        print(f"  {key}: " + ", ".join(f"{n} {before[n]:.4f} -> {after[n]:.4f}" for n in shown))
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from training.compare import compare_cells
 
@@ -205,6 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print JSON instead of a table")
     v.add_argument("--write-manifest", action="store_true", help="store the figures in the bundle's manifest")
     v.set_defaults(func=cmd_evaluate)
+
+    q = sub.add_parser(
+        "quantize", help="store a bundle's weights as int8 if its figures hold",
+        description="Rewrite the bundle's graphs with int8 weights (one scale per row; the service folds them "
+        "back to float32 when it loads, so calls run as fast as before) and re-evaluate every split its "
+        "manifest has figures for. The int8 graphs replace the float32 ones only if each figure holds within "
+        "--tolerance; the manifest then keeps the float32 figures under quantization.evaluation_float32.")
+    q.add_argument("--bundle", required=True, metavar="DIR", help="bundle directory (MODELS/NAME/VERSION), evaluated")
+    q.add_argument("--data-dir", metavar="DIR", help="dataset directory (default: $SEQSERVE_DATA_DIR)")
+    q.add_argument("--tolerance", type=float, default=0.01, help="largest relative loss per figure (default 0.01)")
+    q.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for the evaluation")
+    q.set_defaults(func=cmd_quantize)
 
     c = sub.add_parser(
         "compare", help="train one task once per cell with the same budget and compare",

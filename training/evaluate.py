@@ -23,14 +23,14 @@ STANDARD_HORIZONS = (24, 48, 96, 168, 192, 336, 720)
 # ---------------------------------------------------------------- graph backends
 
 
-def ort_graphs(bundle_dir: Path, graphs: dict[str, str], threads: int = 1) -> dict[str, Graph]:
-    """role -> callable running the bundle's ONNX graph with onnxruntime (what the service runs)."""
+def ort_graphs(bundle_dir: Path, graphs: dict[str, str], threads: int = 1, int8_weights: bool = False) -> dict[str, Graph]:
+    """role -> callable running the bundle's ONNX graph with onnxruntime, in sessions set up as the
+    service sets them up."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    from service.runtime import RuntimeOptions, session_options
+
+    opts = session_options(RuntimeOptions(intra_op_threads=threads, int8_weights=int8_weights))
     out: dict[str, Graph] = {}
     for role, file in graphs.items():
         sess = ort.InferenceSession(str(bundle_dir / file), opts, providers=["CPUExecutionProvider"])
@@ -335,7 +335,7 @@ def evaluate_bundle(bundle_dir: str | Path, split: str = "test", data_dir=None, 
                    "seconds": round(time.perf_counter() - t0, 3), "source": "seqserve engine"}
         return figures
     figures = _evaluate(
-        m.task, ort_graphs(bundle_dir, m.graphs, threads), run_config=run_config,
+        m.task, ort_graphs(bundle_dir, m.graphs, threads, m.weights == "int8"), run_config=run_config,
         tokenizers={r: Tokenizer.from_file(str(bundle_dir / f)) for r, f in m.tokenizers.items()},
         cell=m.cell, num_layers=m.num_layers, hidden_size=m.hidden_size, specials=m.special_tokens, limits=m.limits,
         forecast=None if m.forecast is None else {"window": m.forecast.window, "horizon": m.forecast.horizon, "quantiles": m.forecast.quantiles},

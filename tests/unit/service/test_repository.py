@@ -103,6 +103,7 @@ async def test_failed_version_never_replaces_the_good_one(repo, add_bundle, make
         ("symlinked_graph", "missing"),
         ("name_mismatch", "the directory says 'tiny-forecast' version '2'"),
         ("wrong_suffix", "must be a plain file name"),
+        ("weights", "weights 'int4' is not one of float32, int8"),
     ],
 )
 async def test_broken_bundles_are_recorded_failed(repo, add_bundle, make_engine, breakage, message):
@@ -121,6 +122,8 @@ async def test_broken_bundles_are_recorded_failed(repo, add_bundle, make_engine,
         (bad / "forecast.onnx").symlink_to(repo / "real.onnx")
     elif breakage == "name_mismatch":
         _edit_manifest(bad, name="other")
+    elif breakage == "weights":
+        _edit_manifest(bad, weights="int4")
     elif breakage == "wrong_suffix":
         shutil.copy(bad / "forecast.onnx", bad / "forecast.so")
         _edit_manifest(bad, graphs={"forecast": "forecast.so"})
@@ -129,6 +132,24 @@ async def test_broken_bundles_are_recorded_failed(repo, add_bundle, make_engine,
     assert info.state == FAILED and message in info.error
     assert engine.get_model("tiny-forecast").version == "1"  # the good one serves
     assert engine.task_ready("forecast")
+
+
+async def test_int8_weight_bundles_serve_like_float32(repo, add_bundle, make_engine):
+    onnx = pytest.importorskip("onnx")  # the training extra writes int8 bundles; serving only reads them
+    from training.quantize import int8_weights
+
+    engine = await make_engine(repo)
+    want = (await engine.forecast(ForecastRequest(history=HISTORY))).quantile_paths
+    v2 = add_bundle(repo, "tiny-forecast", "2")
+    model, converted = int8_weights(onnx.load(str(v2 / "forecast.onnx")), min_elements=256)
+    assert converted > 0
+    onnx.save(model, str(v2 / "forecast.onnx"))
+    _edit_manifest(v2, weights="int8")
+    await engine.refresh()
+    result = await engine.forecast(ForecastRequest(history=HISTORY))
+    assert result.version == "2" and engine.get_model("tiny-forecast").version == "2"
+    got = result.quantile_paths
+    assert np.allclose(got, want, atol=0.05 * np.abs(want).max()) and not np.array_equal(got, want)
 
 
 async def test_symlinked_directories_are_ignored(repo, tmp_path, make_engine):

@@ -89,13 +89,54 @@ def test_beam_evaluation_decodes_with_the_serving_engine(exported, capsys):
     assert "--beam applies to translation bundles" in capsys.readouterr().err
 
 
+def test_quantize_keeps_the_figures_or_leaves_the_bundle_alone(exported, capsys, tmp_path):
+    import shutil
+
+    from service.bundle import write_manifest
+
+    bundle = tmp_path / "tiny-translate" / "1"
+    shutil.copytree(exported["translate"][1], bundle)
+    m = read_manifest(bundle)
+    m.evaluation = {}  # other tests may have stored figures in the shared bundle
+    write_manifest(bundle, m)
+    with pytest.raises(SystemExit, match="no evaluation figures"):
+        cli.main(["quantize", "--bundle", str(bundle)])
+    greedy = _evaluate(capsys, "--bundle", str(bundle), "--write-manifest")
+    _evaluate(capsys, "--bundle", str(bundle), "--beam", "2", "--write-manifest")
+    graphs = {f: (bundle / f).read_bytes() for f in read_manifest(bundle).graphs.values()}
+
+    # Figures the int8 graphs cannot reach: refused, every file as it was.
+    m = read_manifest(bundle)
+    m.evaluation["test"]["bleu"] = 100.0
+    write_manifest(bundle, m)
+    with pytest.raises(SystemExit, match=r"bundle left float32: evaluation.test.bleu: 100.0000 -> "):
+        cli.main(["quantize", "--bundle", str(bundle)])
+    assert {f: (bundle / f).read_bytes() for f in graphs} == graphs and read_manifest(bundle).weights == "float32"
+
+    m.evaluation["test"]["bleu"] = greedy["bleu"]
+    write_manifest(bundle, m)
+    capsys.readouterr()
+    assert cli.main(["quantize", "--bundle", str(bundle), "--tolerance", "0.25"]) == 0
+    assert "stored as int8" in capsys.readouterr().out
+    m = read_manifest(bundle)
+    assert m.weights == "int8" and set(m.evaluation) == {"test", "test_beam2"}
+    assert m.extra["quantization"]["evaluation_float32"]["test"]["bleu"] == greedy["bleu"]
+    assert sum((bundle / f).stat().st_size for f in graphs) < 0.5 * sum(len(b) for b in graphs.values())
+    # evaluate reproduces what quantize stored, greedy and through the serving engine's beam search
+    assert _evaluate(capsys, "--bundle", str(bundle))["bleu"] == pytest.approx(m.evaluation["test"]["bleu"], abs=1e-9)
+    assert _evaluate(capsys, "--bundle", str(bundle), "--beam", "2")["bleu"] == pytest.approx(
+        m.evaluation["test_beam2"]["bleu"], abs=1e-9)
+    with pytest.raises(SystemExit, match="int8 already"):
+        cli.main(["quantize", "--bundle", str(bundle)])
+
+
 def test_help_texts_and_bad_arguments(capsys):
-    for cmd in (["--help"], ["train", "--help"], ["export", "--help"], ["evaluate", "--help"]):
+    for cmd in (["--help"], ["train", "--help"], ["export", "--help"], ["evaluate", "--help"], ["quantize", "--help"]):
         with pytest.raises(SystemExit) as exc:
             cli.main(cmd)
         assert exc.value.code == 0
     text = capsys.readouterr().out
-    assert "tiny-translate" in text and "--write-manifest" in text and "--checkpoint" in text
+    assert "tiny-translate" in text and "--write-manifest" in text and "--checkpoint" in text and "--tolerance" in text
     with pytest.raises(SystemExit, match="preset 'nope' is not one of"):
         cli.main(["train", "generate", "--preset", "nope"])
     with pytest.raises(SystemExit, match="SECTION.KEY=VALUE"):
