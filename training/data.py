@@ -427,8 +427,48 @@ def synthetic_pairs(n: int, seed: int = 0, min_len: int = 2, max_len: int = 6) -
     return out
 
 
+@dataclass(frozen=True)
+class CommaJoin:
+    """How to splice two sentences into one with a comma, as token ids: the first source sentence's
+    ``src_stop`` becomes ``src_comma``, the first target's ``tgt_stop`` becomes ``tgt_comma``, and the
+    second target's first token is lowercased through ``lower`` (capitalised id -> lowercase id)."""
+
+    src_stop: int
+    src_comma: int
+    tgt_stop: int
+    tgt_comma: int
+    lower: dict[int, int]
+
+    @classmethod
+    def from_tokenizers(cls, src_tok: Any, tgt_tok: Any, src_marks: tuple[str, str] = ("。", "，"),
+                        tgt_marks: tuple[str, str] = (".", ",")) -> CommaJoin:
+        def single(tok: Any, text: str) -> int:
+            ids = tok.encode(text, add_special_tokens=False).ids
+            if tok.token_to_id(text) is not None:  # a mark that follows a word ("." in "now.", no "▁")
+                ids = [tok.token_to_id(text)]
+            if len(ids) != 1:
+                raise ValueError(f"{text!r} is not one token of the tokenizer (got ids {ids}); comma joining needs it")
+            return ids[0]
+
+        vocab = tgt_tok.get_vocab()
+        lower = {}
+        for token, i in vocab.items():
+            low = token.lower()
+            if low != token and low in vocab and token.lstrip("\u2581") != "I":  # "I" stays capitalised
+                lower[i] = vocab[low]
+        return cls(single(src_tok, src_marks[0]), single(src_tok, src_marks[1]),
+                   single(tgt_tok, tgt_marks[0]), single(tgt_tok, tgt_marks[1]), lower)
+
+    def __call__(self, s1: list[int], t1: list[int], s2: list[int], t2: list[int]) -> tuple[list[int], list[int]] | None:
+        """The spliced pair, or None when the first pair does not end in both full stops."""
+        if not (s1 and t1 and t2 and s1[-1] == self.src_stop and t1[-1] == self.tgt_stop):
+            return None
+        return [*s1[:-1], self.src_comma, *s2], [*t1[:-1], self.tgt_comma, self.lower.get(t2[0], t2[0]), *t2[1:]]
+
+
 def concat_pairs(
-    pairs: Sequence[tuple[Sequence[int], Sequence[int]]], share: float, max_len: int, seed: int = 0
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]], share: float, max_len: int, seed: int = 0,
+    comma: CommaJoin | None = None, comma_share: float = 0.0,
 ) -> list[tuple[list[int], list[int]]]:
     """Extra training pairs made of two random pairs joined end to end (source after source, target
     after target), ``round(share * len(pairs))`` of them, each side at most ``max_len`` tokens.
@@ -436,7 +476,9 @@ def concat_pairs(
     Concatenation augmentation (Nguyen et al., 2021, "Data augmentation by concatenation for
     low-resource translation"): short-sentence corpora such as Tatoeba rarely show a second clause,
     and a model trained on them loses its attention after the first one ("我是中国人，我说中文。").
-    Seeded, so a run is reproducible.
+    With ``comma``, about ``comma_share`` of the joins splice the two sentences with a comma instead
+    of a full stop ("我是学生，我说中文。" / "I'm a student, I speak Chinese."), the way Chinese runs
+    clauses together. Seeded, so a run is reproducible.
     """
     rng = random.Random(seed)
     want, out = round(share * len(pairs)), []
@@ -444,8 +486,10 @@ def concat_pairs(
         if len(out) >= want:
             break
         (s1, t1), (s2, t2) = rng.choice(pairs), rng.choice(pairs)
-        if len(s1) + len(s2) <= max_len and len(t1) + len(t2) <= max_len:
-            out.append(([*s1, *s2], [*t1, *t2]))
+        joined = comma(list(s1), list(t1), list(s2), list(t2)) if comma and rng.random() < comma_share else None
+        src, tgt = joined or ([*s1, *s2], [*t1, *t2])
+        if len(src) <= max_len and len(tgt) <= max_len:
+            out.append((src, tgt))
     return out
 
 
@@ -599,6 +643,7 @@ class DataConfig:
     simplify_chinese: bool = False  # word, zh side: traditional -> simplified characters (OpenCC table)
     max_len: int = 50  # drop training pairs with a side longer than this (tokens)
     concat_pairs: float = 0.0  # translate: add this share of extra training pairs, each two random pairs joined end to end
+    concat_comma: float = 0.0  # translate: share of those joins spliced with a comma ("A，B。" / "A, b.") instead of a full stop
     num_examples: int = 2000  # synthetic translate: training pairs (val and test get a tenth each)
     # forecast (window and horizon come from the model config)
     features: str = "S"  # ETT: S = OT only, M = all 7 channels
@@ -624,8 +669,9 @@ class DataConfig:
                 raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)!r}")
         if not 0.0 <= self.crop_prob <= 1.0:
             raise ValueError(f"data.crop_prob must be within [0, 1], got {self.crop_prob!r}")
-        if not 0.0 <= self.concat_pairs <= 1.0:
-            raise ValueError(f"data.concat_pairs must be within [0, 1], got {self.concat_pairs!r}")
+        for key in ("concat_pairs", "concat_comma"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"data.{key} must be within [0, 1], got {getattr(self, key)!r}")
         return self
 
     @classmethod

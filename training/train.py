@@ -567,7 +567,9 @@ def prepare_data(run: RunConfig, data_dir=None, rank: int = 0, world_size: int =
 
         collate = D.make_collate_pairs(SPECIAL_IDS["bos"], SPECIAL_IDS["eos"], SPECIAL_IDS["pad"])
         train_enc = encoded(train_pairs, cfg.max_len)
-        joined = D.concat_pairs(train_enc, cfg.concat_pairs, cfg.max_len, seed=cfg.seed) if cfg.concat_pairs else []
+        comma = D.CommaJoin.from_tokenizers(src_tok, tgt_tok) if cfg.concat_pairs and cfg.concat_comma else None
+        joined = D.concat_pairs(train_enc, cfg.concat_pairs, cfg.max_len, seed=cfg.seed, comma=comma,
+                                comma_share=cfg.concat_comma) if cfg.concat_pairs else []
         train_ds = D.PairDataset(train_enc + joined)
         val_ds = D.PairDataset(encoded(D.translation_pairs(cfg, "val", data_dir), 0))
         info["train_pairs"] = len(train_enc)

@@ -197,6 +197,33 @@ def test_concat_pairs_joins_two_training_pairs_within_the_length_limit():
     assert data.concat_pairs(pairs, 0.0, max_len=10) == []
 
 
+def test_comma_join_splices_two_sentences_the_way_chinese_runs_clauses_together():
+    from training.vocab import build_word_tokenizer
+
+    zh = ["我是学生。", "他说中文。", "我说中文。", "你好吗？"]
+    en = ["I'm a student.", "He speaks Chinese.", "I speak Chinese.", "How are you? he said, he"]
+    src_tok = build_word_tokenizer([*zh, "我，你"], min_freq=1, language="zh", simplify_chinese=True)
+    tgt_tok = build_word_tokenizer(en, min_freq=1, language="en")
+    join = data.CommaJoin.from_tokenizers(src_tok, tgt_tok)
+    ids = [(data.encode(src_tok, s), data.encode(tgt_tok, t)) for s, t in zip(zh, en)]
+
+    src, tgt = join(*ids[0], *ids[1])
+    assert src_tok.decode(src).replace(" ", "") in ("我是学生，他说中文。", "我是学生,他说中文。")
+    assert tgt_tok.decode(tgt) == "I'm a student, he speaks Chinese."  # "He" lowercased after the comma
+    assert tgt_tok.decode(join(*ids[0], *ids[2])[1]) == "I'm a student, I speak Chinese."  # "I" stays
+    assert join(*ids[3], *ids[2]) is None  # a question does not end in a full stop
+
+    pairs = ids[:3] * 10
+    joined = data.concat_pairs(pairs, 1.0, max_len=30, seed=0, comma=join, comma_share=0.5)
+    commas = sum(join.src_comma in s for s, _ in joined)
+    assert 0 < commas < len(joined)  # about half spliced with a comma, the rest with a full stop
+    assert all((join.src_comma in s) == (join.tgt_comma in t) for s, t in joined)
+    plain = data.concat_pairs(pairs, 1.0, max_len=30, seed=0)
+    assert all(join.src_comma not in s for s, _ in plain)
+
+
 def test_concat_pairs_setting_is_checked():
     with pytest.raises(ValueError, match="concat_pairs"):
         data.DataConfig(dataset="tatoeba", concat_pairs=1.5).validate("translate")
+    with pytest.raises(ValueError, match="concat_comma"):
+        data.DataConfig(dataset="tatoeba", concat_comma=-0.1).validate("translate")
