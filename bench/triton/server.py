@@ -66,8 +66,9 @@ def python_libdir_on_ld_path() -> None:
         os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{current}" if current else libdir
 
 
-def session(path: Path) -> ort.InferenceSession:
-    """An InferenceSession with seqserve's defaults (service/runtime.py session_options)."""
+def session(path: Path, manifest: dict) -> ort.InferenceSession:
+    """An InferenceSession with seqserve's defaults (service/runtime.py session_options), int8
+    weights folded to float32 at load as seqserve folds them: both servers run the same kernels."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
@@ -77,6 +78,8 @@ def session(path: Path) -> ort.InferenceSession:
     so.log_severity_level = 3
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if manifest.get("weights") == "int8":
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
@@ -91,7 +94,7 @@ def forecast_binding(bundle: Path, instances: int):
 
     manifest = read_manifest(bundle)
     spec = manifest["forecast"]
-    graph = session(bundle / manifest["graphs"]["forecast"])
+    graph = session(bundle / manifest["graphs"]["forecast"], manifest)
     steps, channels = int(spec["window"]), int(spec["channels"])
     stats = {"calls": 0, "rows": 0}
 
@@ -120,7 +123,7 @@ def lm_binding(bundle: Path, instances: int):
     from pytriton.model_config import Tensor
 
     manifest = read_manifest(bundle)
-    graph = session(bundle / manifest["graphs"]["lm"])
+    graph = session(bundle / manifest["graphs"]["lm"], manifest)
     shapes = {i.name: i.shape for i in graph.get_inputs()}
     layers, hidden = int(shapes["state_h"][0]), int(shapes["state_h"][2])
     vocab = int(graph.get_outputs()[0].shape[2])
