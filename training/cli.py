@@ -142,7 +142,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from training.quantize import QuantizeError, quantize_bundle
 
     try:
-        report = quantize_bundle(args.bundle, args.data_dir, args.tolerance, args.threads)
+        report = quantize_bundle(args.bundle, args.data_dir, args.tolerance, args.threads, args.int8_matmul)
     except QuantizeError as err:
         raise SystemExit(str(err)) from None
     print(f"{args.bundle}: {report.converted} weight tensors stored as int8, graphs "
@@ -232,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data-dir", metavar="DIR", help="dataset directory (default: $SEQSERVE_DATA_DIR)")
     q.add_argument("--tolerance", type=float, default=0.01, help="largest relative loss per figure (default 0.01)")
     q.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for the evaluation")
+    q.add_argument("--int8-matmul", action="store_true",
+                   help="also compute MatMul and Gemm in int8 (onnxruntime dynamic quantisation): faster where "
+                   "they dominate, e.g. a translation decoder's output layer, but a row's result then depends on "
+                   "the rows batched with it; checked like the rest")
     q.set_defaults(func=cmd_quantize)
 
     c = sub.add_parser(

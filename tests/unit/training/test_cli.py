@@ -129,6 +129,23 @@ def test_quantize_keeps_the_figures_or_leaves_the_bundle_alone(exported, capsys,
     with pytest.raises(SystemExit, match="int8 already"):
         cli.main(["quantize", "--bundle", str(bundle)])
 
+    # --int8-matmul: MatMul/Gemm computed in int8 as well, checked the same way
+    import onnx
+
+    shutil.copytree(tmp_path / "tiny-translate", tmp_path / "mm" / "tiny-translate")
+    mm = tmp_path / "mm" / "tiny-translate" / "1"
+    for f in graphs:
+        (mm / f).write_bytes(graphs[f])
+    m = read_manifest(mm)
+    m.weights, m.evaluation = "float32", m.extra.pop("quantization")["evaluation_float32"]
+    write_manifest(mm, m)
+    assert cli.main(["quantize", "--bundle", str(mm), "--tolerance", "0.25", "--int8-matmul"]) == 0
+    ops = {n.op_type for f in graphs for n in onnx.load(str(mm / f)).graph.node}
+    assert "MatMulInteger" in ops and "DequantizeLinear" in ops  # the GRU's weights keep the storage scheme
+    m = read_manifest(mm)
+    assert m.weights == "int8" and m.extra["quantization"]["matmul"].startswith("onnxruntime dynamic")
+    assert _evaluate(capsys, "--bundle", str(mm))["bleu"] == pytest.approx(m.evaluation["test"]["bleu"], abs=1e-9)
+
 
 def test_help_texts_and_bad_arguments(capsys):
     for cmd in (["--help"], ["train", "--help"], ["export", "--help"], ["evaluate", "--help"], ["quantize", "--help"]):
