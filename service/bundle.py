@@ -162,7 +162,7 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)  # config, seed, seconds, data sha256 ...
     evaluation: dict[str, Any] = field(default_factory=dict)  # metric -> figure, with split names
     description: str = ""
-    weights: str = "float32"  # float32 | int8 (stored int8 behind DequantizeLinear, float32 at run time)
+    weights: str = "float32"  # float32 | int8: large weights stored as int8 (training/quantize.py)
     seqserve_version: str = ""
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)

@@ -56,7 +56,8 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if options.int8_weights:
         # Without this, onnxruntime keeps DequantizeLinear of a constant as a node (to find
-        # quantised-kernel patterns) and dequantises every weight on every call, 2-3x slower.
+        # quantised-kernel patterns) and dequantises every weight on every call (a translation
+        # decoder step: 2.7x slower, its encoder 1.7x).
         so.add_session_config_entry("session.disable_quant_qdq", "1")
     return so
 
