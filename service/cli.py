@@ -364,8 +364,9 @@ def _run_models(client, args, out: TextIO) -> int:
         for key, value in models[0].items():
             out.write(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}\n")
         return 0
-    columns = ("name", "version", "task", "cell", "num_layers", "hidden_size", "num_parameters", "state", "is_default")
-    titles = ("NAME", "VERSION", "TASK", "CELL", "LAYERS", "HIDDEN", "PARAMS", "STATE", "DEFAULT")
+    columns = ("name", "version", "task", "cell", "num_layers", "hidden_size", "num_parameters", "weights", "state",
+               "is_default")
+    titles = ("NAME", "VERSION", "TASK", "CELL", "LAYERS", "HIDDEN", "PARAMS", "WEIGHTS", "STATE", "DEFAULT")
     table = [titles] + [tuple(str(m.get(c, "")) for c in columns) for m in models]
     widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     for row in table:

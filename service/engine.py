@@ -168,6 +168,7 @@ class Engine:
             forecast=asdict(m.forecast) if m and m.forecast else None,
             error=e.error,
             loaded_at=e.loaded_at,
+            weights=m.weights if m else "",
         )
 
     # ------------------------------------------------------------ requests

@@ -257,6 +257,7 @@ def model_info(info: types.ModelInfo) -> models_pb2.ModelInfo:
         evaluation=struct_of(info.evaluation or {}),
         limits={str(k): int(v) for k, v in (info.limits or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         error=info.error or "",
+        weights=info.weights or "",
     )
     if info.forecast:
         spec = info.forecast

@@ -109,6 +109,7 @@ class ModelInfo:
     forecast: dict[str, Any] | None = None  # the manifest's forecast section
     error: str = ""  # why a FAILED version failed
     loaded_at: float = 0.0  # time.time() when it became READY; 0 otherwise
+    weights: str = ""  # the manifest's weight format (float32 | int8); "" when it did not load
 
 
 @dataclass

@@ -116,6 +116,7 @@ async def test_list_and_get_models(served):
     assert by_name["tiny-translate"].bidirectional and by_name["tiny-translate"].limits["max_source_tokens"] == 64
     assert by_name["tiny-forecast3"].forecast.channels == 3
     assert by_name["tiny-generate"].num_parameters > 0 and by_name["tiny-generate"].num_layers == 2
+    assert {m.weights for m in listed} == {"float32"}
 
     forecast_only = (await served.models.ListModels(models_pb2.ListModelsRequest(task="forecast"))).models
     assert {m.name for m in forecast_only} == {"tiny-forecast", "tiny-forecast3"}

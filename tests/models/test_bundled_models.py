@@ -85,7 +85,8 @@ def test_seqserve_serve_with_no_arguments_serves_every_bundled_model():
         with SeqserveClient(f"127.0.0.1:{port}", timeout=30) as client:
             listed = {(m["name"], m["version"]): m for m in client.list_models()}
             for bundle in BUNDLES:
-                assert listed[(bundle.parent.name, bundle.name)]["state"] == "READY", listed
+                info = listed[(bundle.parent.name, bundle.name)]
+                assert info["state"] == "READY" and info["weights"] == read_manifest(bundle).weights, info
             tasks = {m["task"] for m in listed.values()}
             if "translate" in tasks:
                 text = client.translate(["Ein Mann fährt Fahrrad."]).translations[0].text
