@@ -4,6 +4,7 @@ reports readiness. Everything below the gRPC servicer; no grpc, no torch."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -20,7 +21,9 @@ from .repository import Bundle, ModelRepository, ModelVersion, TaskModel
 from .scheduler import StreamSlots
 from .tasks import TaskContext, build_model
 from .types import (
+    LOADING,
     READY,
+    UNLOADING,
     EngineStats,
     ForecastRequest,
     ForecastResult,
@@ -36,6 +39,21 @@ if TYPE_CHECKING:
     from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+def freeze_heap() -> tuple[float, int]:
+    """Collect garbage, then move every object alive into the collector's permanent generation.
+
+    What loading leaves behind (modules, protobuf descriptors, tokenizers, ONNX sessions: ~40,000
+    objects) is then never scanned again; without this, each full collection under load walks all
+    of it and stalls the event loop ~30-50 ms, which shows in the p99. Objects frozen earlier are
+    unfrozen first, so garbage from versions that were unloaded meanwhile is freed, not kept.
+    Returns (seconds the collection took, objects frozen)."""
+    start = time.perf_counter()
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    return time.perf_counter() - start, gc.get_freeze_count()
 
 
 class Engine:
@@ -61,6 +79,7 @@ class Engine:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._frozen: frozenset[tuple[str, str]] | None = None  # READY versions at the last freeze_heap()
 
     def _build(self, bundle: Bundle) -> TaskModel:
         return build_model(bundle, self._ctx)
@@ -72,6 +91,7 @@ class Engine:
         await self._repo.start()
         self._started = True
         self._notify_if_changed()
+        self._refreeze_when_settled()
         log.info("engine started: %s", ", ".join(f"{t}={'ready' if r else 'not ready'}" for t, r in self._ready.items()))
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -103,6 +123,22 @@ class Engine:
 
     def _on_repository_change(self) -> None:
         self._notify_if_changed()
+        if self._started:  # after the unload or load that changed it has returned
+            asyncio.get_running_loop().call_soon(self._refreeze_when_settled)
+
+    def _refreeze_when_settled(self) -> None:
+        """freeze_heap() once the loaded versions change and nothing is loading or unloading."""
+        if not self._started or self._draining:
+            return
+        versions = self._repo.versions()
+        if any(e.state in (LOADING, UNLOADING) for e in versions):
+            return
+        loaded = frozenset((e.name, e.version) for e in versions if e.state == READY)
+        if loaded != self._frozen:
+            self._frozen = loaded
+            seconds, frozen = freeze_heap()
+            log.info("heap frozen after loading: %d objects out of the collector's sight (collect took %.1f ms)",
+                     frozen, seconds * 1000)
 
     def _notify_if_changed(self) -> None:
         ready_tasks = {e.task for e in self._repo.ready()}

@@ -201,3 +201,21 @@ async def test_polling_finds_new_and_removed_models(tmp_path, add_bundle, make_e
     assert not engine.task_ready("forecast")
     with pytest.raises(Unavailable, match="no forecast model is loaded"):
         await engine.forecast(ForecastRequest(history=HISTORY))
+
+
+async def test_heap_is_frozen_after_loading_and_retired_versions_are_still_freed(repo, add_bundle, make_engine):
+    import gc
+    import weakref
+
+    engine = await make_engine(repo)
+    assert gc.get_freeze_count() > 1000  # what loading left behind is out of the collector's sight
+    old = weakref.ref(engine._repo.find("tiny-forecast", "1").model)
+    assert old() is not None
+    add_bundle(repo, "tiny-forecast", "2")
+    await engine.refresh()
+    for _ in range(200):  # the old version drains, unloads, then the heap is frozen again
+        if old() is None and ("tiny-forecast", "1") not in _states(engine):
+            break
+        await asyncio.sleep(0.01)
+    assert old() is None, "the retired version is still alive (frozen with the heap?)"
+    assert (await engine.forecast(ForecastRequest(history=HISTORY))).version == "2"
