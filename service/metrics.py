@@ -228,8 +228,19 @@ class Metrics:
     def observe_item(self, model: str, version: str, graph: str, queue_seconds: float,
                      compute_seconds: float) -> None:
         """One work item done: how long it queued, how long its batch took until its result."""
-        self.queue_seconds.labels(model, version, graph).observe(queue_seconds)
-        self.compute_seconds.labels(model, version, graph).observe(compute_seconds)
+        self.item_recorder(model, version, graph)(queue_seconds, compute_seconds)
+
+    def item_recorder(self, model: str, version: str, graph: str) -> Callable[[float, float], None]:
+        """``observe_item`` for one graph with its series looked up once (a batcher records every
+        request)."""
+        queued = self.queue_seconds.labels(model, version, graph)
+        computed = self.compute_seconds.labels(model, version, graph)
+
+        def record(queue_seconds: float, compute_seconds: float) -> None:
+            queued.observe(queue_seconds)
+            computed.observe(compute_seconds)
+
+        return record
 
     def observe_batch(self, model: str, version: str, graph: str, rows: int, seconds: float) -> None:
         """One onnxruntime run of ``rows`` rows (the batch dimension B) that took ``seconds``."""

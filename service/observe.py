@@ -22,14 +22,21 @@ class GraphMeter:
     def __init__(self, metrics: Metrics | None, model: str, version: str, graph: str):
         self._m = metrics
         self._labels = (model, version, graph)
-        self._record_batch = None  # Metrics.batch_recorder, made on first use
+        # Series looked up on first use (a labels() lookup costs a few µs; a batcher records
+        # several per request, a step loop several per token).
+        self._record_batch = None  # Metrics.batch_recorder
+        self._queue_series = None
+        self._record_item = None  # Metrics.item_recorder
         self._streams_series = None
         self._streams = -1
 
     def queue_depth(self, n: int) -> None:
         """``n`` work items are waiting now."""
-        if self._m is not None:
-            self._m.queue_depth.labels(*self._labels).set(n)
+        if self._m is None:
+            return
+        if self._queue_series is None:
+            self._queue_series = self._m.queue_depth.labels(*self._labels)
+        self._queue_series.set(n)
 
     def batch(self, rows: int, seconds: float) -> None:
         """One onnxruntime run of ``rows`` rows took ``seconds``."""
@@ -41,8 +48,11 @@ class GraphMeter:
 
     def item(self, queue_seconds: float, compute_seconds: float) -> None:
         """One work item waited ``queue_seconds`` and its batch took ``compute_seconds``."""
-        if self._m is not None:
-            self._m.observe_item(*self._labels, queue_seconds, compute_seconds)
+        if self._m is None:
+            return
+        if self._record_item is None:
+            self._record_item = self._m.item_recorder(*self._labels)
+        self._record_item(queue_seconds, compute_seconds)
 
     def streams(self, n: int) -> None:
         """``n`` sequences are being decoded by this graph's step loop now."""
@@ -57,7 +67,7 @@ class GraphMeter:
         """Drop this graph's gauges (its model version was unloaded)."""
         if self._m is None:
             return
-        self._streams_series, self._streams = None, -1
+        self._streams_series, self._streams, self._queue_series = None, -1, None
         for gauge, labels in ((self._m.queue_depth, self._labels),
                               (self._m.active_streams, self._labels[:2])):
             try:
