@@ -233,14 +233,7 @@ class Metrics:
     def item_recorder(self, model: str, version: str, graph: str) -> Callable[[float, float], None]:
         """``observe_item`` for one graph with its series looked up once (a batcher records every
         request)."""
-        queued = self.queue_seconds.labels(model, version, graph)
-        computed = self.compute_seconds.labels(model, version, graph)
-
-        def record(queue_seconds: float, compute_seconds: float) -> None:
-            queued.observe(queue_seconds)
-            computed.observe(compute_seconds)
-
-        return record
+        return _observer(self.queue_seconds, self.compute_seconds, (model, version, graph))
 
     def observe_batch(self, model: str, version: str, graph: str, rows: int, seconds: float) -> None:
         """One onnxruntime run of ``rows`` rows (the batch dimension B) that took ``seconds``."""
@@ -249,14 +242,7 @@ class Metrics:
     def batch_recorder(self, model: str, version: str, graph: str) -> Callable[[int, float], None]:
         """``observe_batch`` for one graph with its series looked up once (a step loop records
         every step)."""
-        sizes = self.batch_size.labels(model, version, graph)
-        run_seconds = self.onnx_run_seconds.labels(model, version, graph)
-
-        def record(rows: int, seconds: float) -> None:
-            sizes.observe(rows)
-            run_seconds.observe(seconds)
-
-        return record
+        return _observer(self.batch_size, self.onnx_run_seconds, (model, version, graph))
 
     def graph_meter(self, model: str, version: str, graph: str) -> GraphMeter:
         """What a batcher or step scheduler of ``graph`` (of ``model``/``version``) records into."""
@@ -325,6 +311,17 @@ def final_code(context: Any, error: BaseException | None) -> grpc.StatusCode:
     if error is None:
         return grpc.StatusCode.OK if code is None else code
     return grpc.StatusCode.UNKNOWN if code in (None, grpc.StatusCode.OK) else code
+
+
+def _observer(first: Histogram, second: Histogram, labels: tuple[str, ...]) -> Callable[[float, float], None]:
+    """record(a, b): observe ``a`` on ``first`` and ``b`` on ``second``, both series looked up now."""
+    one, two = first.labels(*labels), second.labels(*labels)
+
+    def record(a: float, b: float) -> None:
+        one.observe(a)
+        two.observe(b)
+
+    return record
 
 
 class _Rpc:
