@@ -43,6 +43,21 @@ def test_bundles_record_training_data_and_evaluation_and_stay_small():
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[f"{b.parent.name}/{b.name}" for b in BUNDLES])
+def test_the_preset_of_the_same_name_is_how_the_bundle_was_trained(bundle):
+    """`scripts/build_bundles.sh NAME` rebuilds the bundle: every setting of the preset (threads
+    included: they change float sums) is what the manifest says the bundle was trained with."""
+    import yaml
+
+    preset = yaml.safe_load((REPO / "training" / "presets" / f"{bundle.parent.name}.yaml").read_text())
+    trained = read_manifest(bundle).training["run_config"]
+    for section in ("data", "model", "train"):
+        for key, value in preset.get(section, {}).items():
+            if (section, key) in (("train", "out_dir"), ("train", "progress")):  # where it writes, not how it trains
+                continue
+            assert trained[section].get(key) == value, f"{section}.{key}: preset {value!r}, bundle {trained[section].get(key)!r}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[f"{b.parent.name}/{b.name}" for b in BUNDLES])
 def test_evaluating_a_bundle_again_reproduces_its_manifest(bundle, data_dir):
     from training.evaluate import evaluate_bundle
 
