@@ -108,6 +108,8 @@ class Engine:
         await self._repo.stop(0.0)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._started = False
+        self._frozen = None
+        gc.unfreeze()  # what this engine held may now be garbage in cycles: let the collector see it
 
     async def refresh(self) -> None:
         """Scan the model repository now (the poll task does this every poll_interval_s)."""

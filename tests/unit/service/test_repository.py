@@ -219,3 +219,5 @@ async def test_heap_is_frozen_after_loading_and_retired_versions_are_still_freed
         await asyncio.sleep(0.01)
     assert old() is None, "the retired version is still alive (frozen with the heap?)"
     assert (await engine.forecast(ForecastRequest(history=HISTORY))).version == "2"
+    await engine.stop(0)
+    assert gc.get_freeze_count() == 0  # a stopped engine leaves nothing out of the collector's sight
