@@ -139,7 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from training.quantize import QuantizeError, quantize_bundle
+    from training.quantize import HIGHER_IS_BETTER, LOWER_IS_BETTER, QuantizeError, quantize_bundle
 
     try:
         report = quantize_bundle(args.bundle, args.data_dir, args.tolerance, args.threads, args.int8_matmul)
@@ -149,7 +149,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
           f"{report.bytes_before / 1e6:.2f} MB -> {report.bytes_after / 1e6:.2f} MB")
     for key, before in report.before.items():
         after = report.after[key]
-        shown = [n for n in ("bleu", "chrf", "bleu_lc", "mse", "mae", "nats_per_char") if n in before]
+        shown = [n for n in (*HIGHER_IS_BETTER, *LOWER_IS_BETTER) if n in before]
         print(f"  {key}: " + ", ".join(f"{n} {before[n]:.4f} -> {after[n]:.4f}" for n in shown))
     return 0
 

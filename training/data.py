@@ -443,9 +443,10 @@ class CommaJoin:
     def from_tokenizers(cls, src_tok: Any, tgt_tok: Any, src_marks: tuple[str, str] = ("。", "，"),
                         tgt_marks: tuple[str, str] = (".", ",")) -> CommaJoin:
         def single(tok: Any, text: str) -> int:
+            known = tok.token_to_id(text)  # a mark that follows a word ("." in "now.", no "▁")
+            if known is not None:
+                return known
             ids = tok.encode(text, add_special_tokens=False).ids
-            if tok.token_to_id(text) is not None:  # a mark that follows a word ("." in "now.", no "▁")
-                ids = [tok.token_to_id(text)]
             if len(ids) != 1:
                 raise ValueError(f"{text!r} is not one token of the tokenizer (got ids {ids}); comma joining needs it")
             return ids[0]
