@@ -37,8 +37,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service import types
 from service.bundle import GRAPHS, TASKS, TOKENIZERS, BundleError, ForecastSpec, Manifest, check_name, read_manifest
-from service.config import ServeConfig
-from service.server import MODELS_SERVICE, TASK_SERVICES
+from service.config import EVENT_LOOPS, ServeConfig
+from service.server import MODELS_SERVICE, TASK_SERVICES, describe_loop, event_loop_factory
 from service.servicers import model_info
 from service.v1 import (
     forecast_pb2,
@@ -358,7 +358,7 @@ async def serve(catalogue: Catalogue, host: str, port: int, models: str) -> None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    log.info("serving gRPC on %s:%d, models from %s", host, bound, models)
+    log.info("serving gRPC on %s:%d, models from %s (event loop: %s)", host, bound, models, describe_loop(loop))
     await stop.wait()
     await server.stop(GRACE_S)
     log.info("stopped")
@@ -369,10 +369,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.echo_server", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     parser.add_argument("--models", type=Path, help="seqserve bundle directory to describe (default: made-up models)")
+    parser.add_argument("--event-loop", default="auto", choices=EVENT_LOOPS,
+                        help="asyncio event loop, as `seqserve serve --event-loop` (default auto: uvloop when installed, "
+                             "so the floor runs on the loop seqserve runs on)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format=LOG_FORMAT)
     catalogue = Catalogue.from_dir(args.models) if args.models else Catalogue.fake()
-    asyncio.run(serve(catalogue, args.host, args.port, str(args.models) if args.models else "(made-up models)"))
+    try:
+        factory = event_loop_factory(args.event_loop)
+    except ValueError as err:
+        parser.error(str(err))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(catalogue, args.host, args.port, str(args.models) if args.models else "(made-up models)"))
     return 0
 
 

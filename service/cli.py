@@ -229,9 +229,15 @@ def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from service.server import serve
+    from service.server import event_loop_factory, serve
 
-    asyncio.run(serve(config, reflection_enabled=not args.no_reflection))
+    try:
+        factory = event_loop_factory(config.event_loop)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(config, reflection_enabled=not args.no_reflection))
     return 0
 
 

@@ -9,7 +9,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, contextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from .bundle import TASKS
 from .config import ServeConfig
 from .errors import DeadlineExceeded, NotFound, Unavailable
 from .repository import Bundle, ModelRepository, ModelVersion, TaskModel
+from .runtime import WorkerPool
 from .scheduler import StreamSlots
 from .tasks import TaskContext, build_model
 from .types import (
@@ -68,7 +68,7 @@ class Engine:
         self.metrics = metrics  # Prometheus metrics; None records nothing
         self.stats = EngineStats()
         workers = config.worker_threads or os.cpu_count() or 1
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seqserve-run")
+        self._executor = WorkerPool(max_workers=workers, thread_name_prefix="seqserve-run")
         self._slots = StreamSlots(config.max_streams, self.stats)
         self._ctx = TaskContext(config, self._slots, self.stats, metrics, workers)
         self._repo = ModelRepository(config, self._build, self._executor, self._on_repository_change, metrics)
@@ -151,7 +151,7 @@ class Engine:
         for callback in list(self._listeners):
             try:
                 callback()
-            except Exception:  # noqa: BLE001 - a listener must not break loading
+            except Exception:
                 log.exception("readiness listener failed")
 
     @contextmanager
@@ -164,11 +164,13 @@ class Engine:
             self.stats.deadline_dropped += 1
             raise DeadlineExceeded("deadline passed before the request was started")
         self._inflight += 1
+        self._executor.enter()
         self._idle.clear()
         try:
             yield
         finally:
             self._inflight -= 1
+            self._executor.leave()
             if self._inflight == 0:
                 self._idle.set()
 

@@ -183,7 +183,7 @@ class ModelRepository:
         self._run_executor = run_executor
         self._on_change = on_change
         self._options = RuntimeOptions(config.intra_op_threads, config.inter_op_threads, config.graph_optimization,
-                                       config.inline_graph_ms)
+                                       config.inline_graph_ms, config.inline_idle_graph_ms)
         self._models: dict[str, dict[str, ModelVersion]] = {}
         self._lock = asyncio.Lock()
         self._poll: asyncio.Task | None = None

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import math
 import time
-from collections import deque
-from concurrent.futures import Executor
+from collections import OrderedDict, deque
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +34,11 @@ class RuntimeOptions:
     # A call whose previous run took less than this runs on the event loop itself: handing it to a
     # worker thread and back costs more (a decoding step of a small model takes ~0.1 ms). 0 = never.
     inline_ms: float = 0.2
+    # A call whose graph took less than this for the same input shapes also runs on the event loop
+    # when requests come one at a time (executor: a WorkerPool; see WorkerPool.alone): with nothing
+    # to overlap, the hand-off to a worker and back is pure latency (~0.2-0.5 ms on a small VM).
+    # Bounds how long the loop may block then. 0 = never.
+    inline_idle_ms: float = 2.0
     # The graphs store int8 weights behind DequantizeLinear (manifest "weights": "int8"): fold them
     # into float32 constants when the session loads, so every call runs the float32 kernels at their
     # usual speed and only the file is smaller.
@@ -62,15 +67,51 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     return so
 
 
+class WorkerPool(ThreadPoolExecutor):
+    """The engine's threads for graph calls, and what the server is doing (counted on the event loop
+    thread): ``requests`` admitted and not finished (``enter``/``leave``), ``running`` graph calls on
+    the workers."""
+
+    SEQUENTIAL_S = 1.0  # alone(): no two requests overlapped for this long
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = "") -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self.requests = 0
+        self.running = 0
+        self._overlapped = -math.inf  # time.monotonic() when two requests last overlapped
+
+    def enter(self) -> None:
+        self.requests += 1
+        if self.requests > 1:
+            self._overlapped = time.monotonic()
+
+    def leave(self) -> None:
+        self.requests -= 1
+
+    def alone(self) -> bool:
+        """One request in the server, no graph call on a worker, and requests have come one at a time
+        for a while: nothing a hand-off could overlap. (Only "nothing now" would also fire at every
+        batch boundary under load, when a batch's requests all finish at once: the first request of
+        the next round would then hold the event loop while the others arrive.)"""
+        return (self.requests <= 1 and not self.running
+                and time.monotonic() - self._overlapped > self.SEQUENTIAL_S)
+
+
+_SHAPES_KEPT = 256  # input shapes whose last duration a GraphRuntime remembers (inline_idle_ms)
+
+
 class GraphRuntime:
     """One ONNX graph. ``run`` executes on ``executor`` so the event loop never blocks, except calls
-    so short that the hand-off would cost more (``options.inline_ms``); the session is thread-safe, so batchers
-    and step schedulers may share it."""
+    so short that the hand-off would cost more (``options.inline_ms``), and short calls while requests
+    come one at a time (``options.inline_idle_ms``, with a WorkerPool); the session is thread-safe,
+    so batchers and step schedulers may share it."""
 
     def __init__(self, name: str, model: bytes, options: RuntimeOptions, executor: Executor) -> None:
         self.name = name
         self._executor = executor
         self._inline_s = options.inline_ms / 1000.0
+        self._inline_idle_s = options.inline_idle_ms / 1000.0
+        self._pool = executor if isinstance(executor, WorkerPool) and self._inline_idle_s else None
         self._session = ort.InferenceSession(model, sess_options=session_options(options), providers=["CPUExecutionProvider"])
         self.inputs = {i.name: (i.type, i.shape) for i in self._session.get_inputs()}
         self.outputs = [o.name for o in self._session.get_outputs()]
@@ -80,6 +121,8 @@ class GraphRuntime:
         # worker thread also waits for the GIL; judged by the last call alone, a small graph stuck
         # on the worker once could look too slow to come back.)
         self._recent: deque[float] = deque([math.inf], maxlen=16)
+        # The last duration per input shapes (for inline_idle_ms: a batch of 32 is not a batch of 1).
+        self._by_shape: OrderedDict[tuple, float] = OrderedDict()
 
     def require(self, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
         """Raise BundleError unless the graph has these input and output names."""
@@ -97,6 +140,14 @@ class GraphRuntime:
         values = self._session.run(self.outputs, feeds)
         elapsed = time.perf_counter() - start
         self._recent.append(elapsed)
+        if self._pool is not None:
+            shapes = _shapes(feeds)
+            self._by_shape[shapes] = elapsed  # (a dict write is atomic under the GIL)
+            if len(self._by_shape) > _SHAPES_KEPT:
+                try:
+                    self._by_shape.popitem(last=False)
+                except KeyError:  # another worker emptied it meanwhile
+                    pass
         self.calls += 1
         self.busy_s += elapsed
         return dict(zip(self.outputs, values))
@@ -105,12 +156,25 @@ class GraphRuntime:
         """Run the graph in the thread pool. Raises Internal (traceback logged) if it fails."""
         loop = asyncio.get_running_loop()
         try:
-            if min(self._recent) < self._inline_s:
+            pool = self._pool
+            if min(self._recent) < self._inline_s or (
+                pool is not None and pool.alone() and self._by_shape.get(_shapes(feeds), math.inf) < self._inline_idle_s
+            ):
                 out = self.run_sync(feeds)
                 await asyncio.sleep(0)  # still yield: callers loop on run()
                 return out
-            return await loop.run_in_executor(self._executor, self.run_sync, feeds)
+            if pool is None:
+                return await loop.run_in_executor(self._executor, self.run_sync, feeds)
+            pool.running += 1
+            try:
+                return await loop.run_in_executor(self._executor, self.run_sync, feeds)
+            finally:
+                pool.running -= 1
         except Exception as err:
             shapes = {k: tuple(v.shape) for k, v in feeds.items()}
             log.error("graph %s failed on inputs %s", self.name, shapes, exc_info=err)
             raise Internal(f"model graph {self.name} failed to run") from err
+
+
+def _shapes(feeds: dict[str, np.ndarray]) -> tuple:
+    return tuple(v.shape for v in feeds.values())

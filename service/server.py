@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -87,6 +87,29 @@ class ServingHealth:
         task = asyncio.ensure_future(self.refresh())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory for ``asyncio.Runner`` that ServeConfig.event_loop names: uvloop's, or None
+    for the standard loop ("asyncio", or "auto" where uvloop is not installed). Raises ValueError
+    for "uvloop" when it is not installed."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ValueError("event_loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def describe_loop(loop: asyncio.AbstractEventLoop) -> str:
+    kind = type(loop)
+    if kind.__module__.startswith("uvloop"):
+        import uvloop
+        return f"uvloop {uvloop.__version__}"
+    return f"asyncio ({kind.__name__})"
 
 
 async def create_server(
@@ -181,8 +204,8 @@ async def serve(config: ServeConfig, *, reflection_enabled: bool = True) -> None
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     log.info(
-        "serving gRPC on %s:%d, metrics on %s:%d, models from %s",
-        config.host, port, config.metrics_host, metrics_port, config.models,
+        "serving gRPC on %s:%d, metrics on %s:%d, models from %s (event loop: %s)",
+        config.host, port, config.metrics_host, metrics_port, config.models, describe_loop(loop),
     )
     # Load models while already answering health checks; a signal during loading still drains.
     starting = asyncio.create_task(engine.start())

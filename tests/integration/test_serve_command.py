@@ -25,6 +25,7 @@ def test_serve_command_runs_until_sigterm_and_drains(module_models):
             match = re.search(r"serving gRPC on 127\.0\.0\.1:(\d+), metrics on 127\.0\.0\.1:(\d+)", line)
             if match:
                 port, metrics_port = int(match.group(1)), int(match.group(2))
+                assert "(event loop: uvloop " in line, line  # --event-loop auto, uvloop installed
             if "engine started" in line:
                 break
         assert port, "the server never logged its port"

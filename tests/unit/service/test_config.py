@@ -52,6 +52,28 @@ def test_bad_env_value_names_the_variable():
         _parse([], {"SEQSERVE_MAX_STREAMS": "0"})
     with pytest.raises(ValueError, match=r"graph_optimization 'fast' is not one of"):
         _parse([], {"SEQSERVE_GRAPH_OPTIMIZATION": "fast"})
+    with pytest.raises(ValueError, match=r"event_loop 'tokio' is not one of auto, uvloop, asyncio"):
+        _parse([], {"SEQSERVE_EVENT_LOOP": "tokio"})
+    with pytest.raises(ValueError, match=r"inline_idle_graph_ms -1.0 must be 0 or more"):
+        _parse(["--inline-idle-graph-ms", "-1"], {})
+
+
+def test_event_loop_factory_picks_uvloop_unless_asked_for_asyncio():
+    import asyncio
+
+    import uvloop  # a dependency of the serving install on Linux
+
+    from service.server import describe_loop, event_loop_factory
+
+    assert event_loop_factory("asyncio") is None
+    for choice in ("auto", "uvloop"):
+        factory = event_loop_factory(choice)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            loop = runner.get_loop()
+            assert isinstance(loop, uvloop.Loop)
+            assert describe_loop(loop) == f"uvloop {uvloop.__version__}"
+    with asyncio.Runner() as runner:
+        assert describe_loop(runner.get_loop()).startswith("asyncio (")
 
 
 def test_help_shows_default_and_env_var():

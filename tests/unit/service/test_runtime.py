@@ -7,17 +7,27 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from onnx import TensorProto, helper
 
-from service.runtime import GraphRuntime, RuntimeOptions
+from service.runtime import GraphRuntime, RuntimeOptions, WorkerPool
 
 
-class CountingExecutor(ThreadPoolExecutor):
-    def __init__(self) -> None:
-        super().__init__(max_workers=1)
-        self.submitted = 0
+class _Counting:
+    """Counts the calls handed to the executor's threads."""
+
+    submitted = 0
 
     def submit(self, *args, **kwargs):
         self.submitted += 1
         return super().submit(*args, **kwargs)
+
+
+class CountingExecutor(_Counting, ThreadPoolExecutor):
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+
+
+class CountingPool(_Counting, WorkerPool):
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
 
 
 def _identity() -> bytes:
@@ -44,3 +54,42 @@ async def test_cheap_calls_run_inline_after_the_first_and_never_when_disabled():
                 assert 1 <= warm < 10 and pool.submitted == warm
             else:
                 assert pool.submitted == 15
+
+
+async def test_calls_run_inline_while_requests_come_one_at_a_time(monkeypatch):
+    """inline_idle_ms: a graph call whose input shapes ran quickly before stays on the event loop
+    while the server has one request at a time, and goes to a worker as soon as requests overlap,
+    for shapes not seen yet, and with a plain executor (no view of the requests)."""
+    one, two = {"x": np.arange(4, dtype=np.float32)}, {"x": np.arange(5, dtype=np.float32)}
+    # inline_ms 0: only the idle rule can inline; an identity takes microseconds, well under 1000 ms.
+    options = RuntimeOptions(inline_ms=0.0, inline_idle_ms=1000.0)
+    with CountingPool() as pool:
+        graph = GraphRuntime("identity", _identity(), options, pool)
+        pool.enter()  # the request making the calls
+        await graph.run(one)
+        assert pool.submitted == 1  # shape never measured: a worker runs it (and measures it)
+        np.testing.assert_array_equal((await graph.run(one))["y"], one["x"])
+        assert pool.submitted == 1 and graph.calls == 2  # measured and quick: inline
+        await graph.run(two)
+        assert pool.submitted == 2  # another shape: measured on a worker first
+        pool.enter()  # a second request overlaps the first
+        await graph.run(one)
+        assert pool.submitted == 3
+        pool.leave()  # alone again, but it overlapped just now: keep handing off for a while
+        await graph.run(one)
+        assert pool.submitted == 4
+        monkeypatch.setattr(WorkerPool, "SEQUENTIAL_S", 0.0)  # ... until a while has passed
+        await graph.run(one)
+        assert pool.submitted == 4
+        pool.leave()
+        assert pool.requests == 0 and pool.running == 0  # every hand-off was counted back
+    with CountingPool() as pool:  # inline_idle_ms 0: never
+        graph = GraphRuntime("identity", _identity(), RuntimeOptions(inline_ms=0.0, inline_idle_ms=0.0), pool)
+        for _ in range(3):
+            await graph.run(one)
+        assert pool.submitted == 3
+    with CountingExecutor() as plain:  # not a WorkerPool: it cannot tell whether requests overlap
+        graph = GraphRuntime("identity", _identity(), options, plain)
+        for _ in range(3):
+            await graph.run(one)
+        assert plain.submitted == 3
