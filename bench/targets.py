@@ -279,18 +279,27 @@ async def measure(models: Path, duration_s: float, triton_venv: Path | None, rou
     try:
         for server in others.values():
             wait_serving(server.address)
-        # The floor: the same graphs in-process.
-        ort_forecast = inprocess.forecast_latency(forecast_bundle, n=500)
-        ort_step = inprocess.decode_step_latency(lm_bundle, n=500, batch=32)
-        run.figures["ort_forecast_p50_ms"] = ort_forecast.p50_ms
-        run.figures["ort_step_p50_ms"] = ort_step[1].p50_ms
-        run.figures["ort_step32_p50_ms"] = ort_step[32].p50_ms
-        # What batching can gain on the graph alone: one call for B rows against B calls of one.
-        run.figures["ort_forecast64_p50_ms"] = inprocess.forecast_latency(forecast_bundle, n=200, batch=64).p50_ms
-        if "translate" in names:
-            steps = inprocess.translate_step_latency(max((models / names["translate"]).iterdir()), (4, 64), n=300)
-            run.figures["ort_translate_step4_p50_ms"] = steps[4].p50_ms
-            run.figures["ort_translate_step64_p50_ms"] = steps[64].p50_ms
+        # The floor, the same graphs in-process, is measured in the rounds too, as one more system.
+        floors: dict[str, list[float]] = {}
+
+        def floor(figure: str, value: float) -> None:
+            floors.setdefault(figure, []).append(value)
+
+        def forecast_floor() -> None:
+            floor("ort_forecast_p50_ms", inprocess.forecast_latency(forecast_bundle, n=500).p50_ms)
+            # What batching can gain on the graph alone: one call for B rows against B calls of one.
+            floor("ort_forecast64_p50_ms", inprocess.forecast_latency(forecast_bundle, n=100, batch=64).p50_ms)
+
+        def step_floor() -> None:
+            steps = inprocess.decode_step_latency(lm_bundle, n=500, batch=32)
+            floor("ort_step_p50_ms", steps[1].p50_ms)
+            floor("ort_step32_p50_ms", steps[32].p50_ms)
+
+        def translate_floor() -> None:
+            if "translate" in names:
+                steps = inprocess.translate_step_latency(max((models / names["translate"]).iterdir()), (4, 64), n=300)
+                floor("ort_translate_step4_p50_ms", steps[4].p50_ms)
+                floor("ort_translate_step64_p50_ms", steps[64].p50_ms)
 
         # Every system at every level, in interleaved rounds; the targets take each figure's median round.
         forecast: dict[str, list[Any]] = {"seqserve": [], "seqserve-nobatch": [], "echo": [], "torch": []}
@@ -299,9 +308,11 @@ async def measure(models: Path, duration_s: float, triton_venv: Path | None, rou
             forecast["triton"] = []
         try:
             for r in range(rounds):
-                for name in rounds_order(list(forecast), r):
+                for name in rounds_order([*forecast, "in-process"], r):
                     log.info("forecast, round %d/%d: %s", r + 1, rounds, name)
-                    if name == "triton":
+                    if name == "in-process":
+                        forecast_floor()
+                    elif name == "triton":
                         rows = triton.levels(FORECAST_LEVELS, duration_s)
                         run.results.extend({"system": "triton", "round": r + 1, **row} for row in rows)
                         forecast[name] += rows
@@ -317,8 +328,11 @@ async def measure(models: Path, duration_s: float, triton_venv: Path | None, rou
         generation_levels = {"seqserve": (1, 8, 32), "seqserve-nobatch": (32,), "torch": (1, 32), "echo": (1,)}
         generation: dict[str, list[LevelResult]] = {name: [] for name in generation_levels}
         for r in range(rounds):
-            for name in rounds_order(list(generation_levels), r):
+            for name in rounds_order([*generation_levels, "in-process"], r):
                 log.info("generate_stream, round %d/%d: %s", r + 1, rounds, name)
+                if name == "in-process":
+                    step_floor()
+                    continue
                 generation[name] += run.add(name, await drive(servers[name].address, "generate_stream",
                                                               generation_levels[name], duration_s, max_tokens=MAX_TOKENS), r + 1)
         log.info("token position")
@@ -330,8 +344,11 @@ async def measure(models: Path, duration_s: float, triton_venv: Path | None, rou
 
         translation: dict[str, list[LevelResult]] = {"seqserve": [], "seqserve-nobatch": []}
         for r in range(rounds):
-            for name in rounds_order(list(translation), r):
+            for name in rounds_order([*translation, "in-process"], r):
                 log.info("translate beam 4, round %d/%d: %s", r + 1, rounds, name)
+                if name == "in-process":
+                    translate_floor()
+                    continue
                 translation[name] += run.add(name, await drive(servers[name].address, "translate", (16,), duration_s, beam=4),
                                              r + 1)
         # Resident memory with random input lengths: the default bench mix (random history lengths,
@@ -345,6 +362,9 @@ async def measure(models: Path, duration_s: float, triton_venv: Path | None, rou
         sampler.join()
         for server in servers.values():
             server.stop()
+    # Each floor figure: the median of its rounds (every round's beside it).
+    run.figures.update({figure: float(np.median(values)) for figure, values in floors.items()})
+    run.figures["floor_rounds"] = floors
     run.figures.update(targets(run, forecast, generation, translation))
     return run
 
