@@ -427,6 +427,45 @@ def targets(run: Run, forecast: dict[str, list[Any]], generation: dict[str, list
     return {"targets": out}
 
 
+SYSTEM_TITLES = {"seqserve": "seqserve", "seqserve-nobatch": "seqserve, batching off", "triton": "Triton (pytriton), same graph",
+                 "torch": "PyTorch eager gRPC server", "echo": "no-op echo (floor)",
+                 "seqserve (random lengths)": "seqserve, random history lengths"}
+
+
+def systems_tables(rows: list[dict[str, Any]]) -> str:
+    """Markdown tables of every system at every level (the median round by throughput), from
+    results.csv rows (strings) or Run.results (numbers)."""
+    def num(row: dict[str, Any], column: str) -> float:
+        return float(row[column]) if row.get(column) not in (None, "") else float("nan")
+
+    def cells(system: str, endpoint: str) -> dict[int, dict[str, Any]]:
+        measured = [r for r in rows if r["system"] == system and r["endpoint"] == endpoint and num(r, "ok") > 0]
+        return {level: middle(measured, level, lambda r: num(r, "throughput_rps"))
+                for level in sorted({int(r["level"]) for r in measured})}
+
+    lines = ["| system | forecast c=1: req/s, p50 / p99 ms | c=4 | c=16 | c=64 |", "| --- | --- | --- | --- | --- |"]
+    for system, title in SYSTEM_TITLES.items():
+        got = cells(system, "forecast")
+        if got:
+            lines.append(f"| {title} | " + " | ".join(
+                f"{num(got[c], 'throughput_rps'):,.0f}, {num(got[c], 'latency_p50_ms'):.1f} / {num(got[c], 'latency_p99_ms'):.1f}"
+                if c in got else "" for c in FORECAST_LEVELS) + " |")
+    lines += ["", "| system | generate_stream, 64 tokens: tokens/s (TTFT p50 ms) |", "| --- | --- |"]
+    for system, title in SYSTEM_TITLES.items():
+        got = cells(system, "generate_stream")
+        if got:
+            lines.append(f"| {title} | " + "; ".join(
+                f"c={c}: {num(r, 'tokens_per_s'):,.0f} ({num(r, 'ttft_p50_ms'):.1f})" for c, r in got.items()) + " |")
+    lines += ["", "| system | translate, beam 4: sentences/s, p50 / p99 ms |", "| --- | --- |"]
+    for system, title in SYSTEM_TITLES.items():
+        got = cells(system, "translate")
+        if got:
+            lines.append(f"| {title} | " + "; ".join(
+                f"c={c}: {num(r, 'throughput_rps'):,.1f}, {num(r, 'latency_p50_ms'):.1f} / {num(r, 'latency_p99_ms'):.1f}"
+                for c, r in got.items()) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write(run: Run, out: Path, models: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "results.csv").open("w", newline="") as fh:
@@ -440,7 +479,7 @@ def write(run: Run, out: Path, models: Path) -> None:
         ceiling = "" if t.get("ceiling") is None else f"{t['ceiling']:.2f}"
         lines.append(f"| {key} | {t['what']} | {t['detail']} | {value} | {t['bound']} | {'yes' if t['met'] else '**no**'} "
                      f"| {ceiling} |")
-    (out / "targets.md").write_text("\n".join(lines) + "\n")
+    (out / "targets.md").write_text("\n".join(lines) + "\n\n" + systems_tables(run.results))
     plot(run, out)
     log.info("wrote %s/results.csv, targets.json, targets.md, forecast.png, generation.png (models %s)", out, models)
 
