@@ -38,7 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from service import types
 from service.bundle import GRAPHS, TASKS, TOKENIZERS, BundleError, ForecastSpec, Manifest, check_name, read_manifest
 from service.config import EVENT_LOOPS, ServeConfig
-from service.server import MODELS_SERVICE, TASK_SERVICES, describe_loop, event_loop_factory
+from service.server import MODELS_SERVICE, TASK_SERVICES, describe_loop, event_loop_factory, run_on_loop
 from service.servicers import model_info
 from service.v1 import (
     forecast_pb2,
@@ -376,11 +376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), format=LOG_FORMAT)
     catalogue = Catalogue.from_dir(args.models) if args.models else Catalogue.fake()
     try:
-        factory = event_loop_factory(args.event_loop)
+        event_loop_factory(args.event_loop)
     except ValueError as err:
         parser.error(str(err))
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(catalogue, args.host, args.port, str(args.models) if args.models else "(made-up models)"))
+    run_on_loop(serve(catalogue, args.host, args.port, str(args.models) if args.models else "(made-up models)"),
+                args.event_loop)
     return 0
 
 

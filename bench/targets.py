@@ -362,8 +362,9 @@ async def measure(models: Path, duration_s: float, triton_venv: Path | None, rou
         sampler.join()
         for server in servers.values():
             server.stop()
-    # Each floor figure: the median of its rounds (every round's beside it).
-    run.figures.update({figure: float(np.median(values)) for figure, values in floors.items()})
+    # Each floor figure: the median of its rounds, the lower middle for an even count as in middle()
+    # (every round's beside it).
+    run.figures.update({figure: sorted(values)[(len(values) - 1) // 2] for figure, values in floors.items()})
     run.figures["floor_rounds"] = floors
     run.figures.update(targets(run, forecast, generation, translation))
     return run
@@ -531,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per level and round (default 3)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds: every system at every level once per round, in alternating order; "
-                             "each target takes the median round of each figure (default 3)")
+                             "each target takes the median round of each figure, the lower middle for an even "
+                             "count (default 3)")
     parser.add_argument("--triton-venv", type=Path, default=ROOT / ".venv-triton",
                         help="venv of bench/triton/setup.sh (skipped when missing)")
     args = parser.parse_args(argv)

@@ -216,8 +216,6 @@ def _print_json(value: Any, out: TextIO) -> None:
 
 
 def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    import asyncio
-
     from service import config as serve_config
 
     try:
@@ -229,15 +227,14 @@ def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from service.server import event_loop_factory, serve
+    from service.server import event_loop_factory, run_on_loop, serve
 
     try:
-        factory = event_loop_factory(config.event_loop)
+        event_loop_factory(config.event_loop)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(config, reflection_enabled=not args.no_reflection))
+    run_on_loop(serve(config, reflection_enabled=not args.no_reflection), config.event_loop)
     return 0
 
 

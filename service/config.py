@@ -53,9 +53,9 @@ class ServeConfig:
     # Graph calls whose previous run took less than this run on the event loop instead of a worker
     # thread (the hand-off costs more than a small decoding step); 0 = always a worker thread.
     inline_graph_ms: float = 0.2
-    # ... and calls that took less than this for the same input shapes, when no worker is running a
-    # graph: with nothing to overlap, the hand-off is pure latency. Bounds how long the loop blocks
-    # then; 0 = never.
+    # ... and calls that took less than this for the same input shapes while requests come one at a
+    # time (one in the server, none on a worker, no two overlapped for 1 s): with nothing to
+    # overlap, the hand-off is pure latency. Bounds how long the loop blocks then; 0 = never.
     inline_idle_graph_ms: float = 2.0
     # The server's asyncio event loop: uvloop (libuv, installed with seqserve on Linux and macOS)
     # runs the gRPC server's callbacks faster than the standard loop (forecast at concurrency 1:

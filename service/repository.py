@@ -182,8 +182,11 @@ class ModelRepository:
         self._build = build
         self._run_executor = run_executor
         self._on_change = on_change
-        self._options = RuntimeOptions(config.intra_op_threads, config.inter_op_threads, config.graph_optimization,
-                                       config.inline_graph_ms, config.inline_idle_graph_ms)
+        self._options = RuntimeOptions(
+            intra_op_threads=config.intra_op_threads, inter_op_threads=config.inter_op_threads,
+            graph_optimization=config.graph_optimization, inline_ms=config.inline_graph_ms,
+            inline_idle_ms=config.inline_idle_graph_ms,
+        )
         self._models: dict[str, dict[str, ModelVersion]] = {}
         self._lock = asyncio.Lock()
         self._poll: asyncio.Task | None = None

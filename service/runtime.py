@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -17,6 +20,7 @@ from .bundle import BundleError
 from .errors import Internal
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -68,9 +72,10 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
 
 
 class WorkerPool(ThreadPoolExecutor):
-    """The engine's threads for graph calls, and what the server is doing (counted on the event loop
-    thread): ``requests`` admitted and not finished (``enter``/``leave``), ``running`` graph calls on
-    the workers."""
+    """The engine's threads for graph calls, and what the server is doing: ``requests`` admitted and
+    not finished (``enter``/``leave``, on the event loop thread), ``running`` graph calls handed to
+    the workers by ``submit_counted`` and not finished (a cancelled caller's call still counts until
+    its thread is done with it)."""
 
     SEQUENTIAL_S = 1.0  # alone(): no two requests overlapped for this long
 
@@ -78,6 +83,7 @@ class WorkerPool(ThreadPoolExecutor):
         super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
         self.requests = 0
         self.running = 0
+        self._running_lock = threading.Lock()  # running drops in the worker threads
         self._overlapped = -math.inf  # time.monotonic() when two requests last overlapped
 
     def enter(self) -> None:
@@ -86,11 +92,29 @@ class WorkerPool(ThreadPoolExecutor):
             self._overlapped = time.monotonic()
 
     def leave(self) -> None:
+        if self.requests > 1:  # the overlap lasted until now
+            self._overlapped = time.monotonic()
         self.requests -= 1
 
+    def submit_counted(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """``submit``, counting the call in ``running`` until it is done (or cancelled unstarted)."""
+        with self._running_lock:
+            self.running += 1
+        try:
+            future = self.submit(fn, *args)
+        except BaseException:
+            self._call_done(None)
+            raise
+        future.add_done_callback(self._call_done)
+        return future
+
+    def _call_done(self, _future: Future | None) -> None:
+        with self._running_lock:
+            self.running -= 1
+
     def alone(self) -> bool:
-        """One request in the server, no graph call on a worker, and requests have come one at a time
-        for a while: nothing a hand-off could overlap. (Only "nothing now" would also fire at every
+        """One request in the server, no graph call on a worker, and no two requests overlapped for
+        SEQUENTIAL_S: nothing a hand-off could overlap. (Only "nothing now" would also fire at every
         batch boundary under load, when a batch's requests all finish at once: the first request of
         the next round would then hold the event loop while the others arrive.)"""
         return (self.requests <= 1 and not self.running
@@ -142,12 +166,15 @@ class GraphRuntime:
         self._recent.append(elapsed)
         if self._pool is not None:
             shapes = _shapes(feeds)
-            self._by_shape[shapes] = elapsed  # (a dict write is atomic under the GIL)
-            if len(self._by_shape) > _SHAPES_KEPT:
-                try:
+            # Worker threads update it too; each operation is atomic under the GIL, and a KeyError
+            # (another thread evicted the entry between two of them) only loses a measurement.
+            try:
+                self._by_shape[shapes] = elapsed
+                self._by_shape.move_to_end(shapes)  # the least recently run shapes go first
+                if len(self._by_shape) > _SHAPES_KEPT:
                     self._by_shape.popitem(last=False)
-                except KeyError:  # another worker emptied it meanwhile
-                    pass
+            except KeyError:
+                pass
         self.calls += 1
         self.busy_s += elapsed
         return dict(zip(self.outputs, values))
@@ -165,11 +192,7 @@ class GraphRuntime:
                 return out
             if pool is None:
                 return await loop.run_in_executor(self._executor, self.run_sync, feeds)
-            pool.running += 1
-            try:
-                return await loop.run_in_executor(self._executor, self.run_sync, feeds)
-            finally:
-                pool.running -= 1
+            return await asyncio.wrap_future(pool.submit_counted(self.run_sync, feeds))
         except Exception as err:
             shapes = {k: tuple(v.shape) for k, v in feeds.items()}
             log.error("graph %s failed on inputs %s", self.name, shapes, exc_info=err)

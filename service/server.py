@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +26,7 @@ from service.servicers import add_servicers
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 OVERALL = ""  # the health service name that stands for the whole server
 # The service each task answers on; its health status follows engine.task_ready(task).
 TASK_SERVICES = {
@@ -90,18 +93,38 @@ class ServingHealth:
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The loop factory for ``asyncio.Runner`` that ServeConfig.event_loop names: uvloop's, or None
-    for the standard loop ("asyncio", or "auto" where uvloop is not installed). Raises ValueError
-    for "uvloop" when it is not installed."""
+    """The loop factory that ServeConfig.event_loop names: uvloop's, or None for the standard loop
+    ("asyncio", or "auto" where uvloop is not installed). Raises ValueError for "uvloop" when it is
+    not installed."""
     if choice == "asyncio":
         return None
     try:
         import uvloop
     except ImportError:
         if choice == "uvloop":
-            raise ValueError("event_loop uvloop: uvloop is not installed (pip install uvloop)") from None
+            raise ValueError("event_loop uvloop: uvloop is not installed (pip install uvloop; Linux and macOS)") from None
         return None
     return uvloop.new_event_loop
+
+
+def run_on_loop(main: Coroutine[Any, Any, T], choice: str) -> T:
+    """``asyncio.run(main)`` on the loop ServeConfig.event_loop names (see event_loop_factory)."""
+    factory = event_loop_factory(choice)
+    if factory is None:
+        return asyncio.run(main)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(main)
+    loop = factory()  # Python 3.10: what asyncio.run does, on this loop
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def describe_loop(loop: asyncio.AbstractEventLoop) -> str:

@@ -58,22 +58,32 @@ def test_bad_env_value_names_the_variable():
         _parse(["--inline-idle-graph-ms", "-1"], {})
 
 
-def test_event_loop_factory_picks_uvloop_unless_asked_for_asyncio():
+def test_event_loop_factory_picks_uvloop_unless_asked_for_asyncio(monkeypatch):
     import asyncio
+    import sys
 
-    import uvloop  # a dependency of the serving install on Linux
+    uvloop = pytest.importorskip("uvloop")  # a dependency of the serving install on Linux and macOS
 
-    from service.server import describe_loop, event_loop_factory
+    from service.server import describe_loop, event_loop_factory, run_on_loop
+
+    async def running_loop() -> str:
+        return describe_loop(asyncio.get_running_loop())
 
     assert event_loop_factory("asyncio") is None
+    assert run_on_loop(running_loop(), "asyncio").startswith("asyncio (")
     for choice in ("auto", "uvloop"):
-        factory = event_loop_factory(choice)
-        with asyncio.Runner(loop_factory=factory) as runner:
-            loop = runner.get_loop()
+        loop = event_loop_factory(choice)()
+        try:
             assert isinstance(loop, uvloop.Loop)
-            assert describe_loop(loop) == f"uvloop {uvloop.__version__}"
-    with asyncio.Runner() as runner:
-        assert describe_loop(runner.get_loop()).startswith("asyncio (")
+        finally:
+            loop.close()
+        assert run_on_loop(running_loop(), choice) == f"uvloop {uvloop.__version__}"
+    # Without uvloop: auto falls back to the standard loop; asking for uvloop is an error that says why.
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert event_loop_factory("auto") is None
+    assert run_on_loop(running_loop(), "auto").startswith("asyncio (")
+    with pytest.raises(ValueError, match=r"event_loop uvloop: uvloop is not installed"):
+        event_loop_factory("uvloop")
 
 
 def test_help_shows_default_and_env_var():

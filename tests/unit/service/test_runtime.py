@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,8 +28,8 @@ class CountingExecutor(_Counting, ThreadPoolExecutor):
 
 
 class CountingPool(_Counting, WorkerPool):
-    def __init__(self) -> None:
-        super().__init__(max_workers=1)
+    def __init__(self, workers: int = 1) -> None:
+        super().__init__(max_workers=workers)
 
 
 def _identity() -> bytes:
@@ -58,12 +60,15 @@ async def test_cheap_calls_run_inline_after_the_first_and_never_when_disabled():
 
 async def test_calls_run_inline_while_requests_come_one_at_a_time(monkeypatch):
     """inline_idle_ms: a graph call whose input shapes ran quickly before stays on the event loop
-    while the server has one request at a time, and goes to a worker as soon as requests overlap,
-    for shapes not seen yet, and with a plain executor (no view of the requests)."""
+    while the server has one request at a time, and goes to a worker as soon as requests overlap
+    (and for SEQUENTIAL_S after the overlap ended), while a worker runs a call, for shapes not seen
+    yet or slower than the bound, and with a plain executor (no view of the requests)."""
+    clock = [1000.0]
+    monkeypatch.setattr("service.runtime.time.monotonic", lambda: clock[0])
     one, two = {"x": np.arange(4, dtype=np.float32)}, {"x": np.arange(5, dtype=np.float32)}
     # inline_ms 0: only the idle rule can inline; an identity takes microseconds, well under 1000 ms.
     options = RuntimeOptions(inline_ms=0.0, inline_idle_ms=1000.0)
-    with CountingPool() as pool:
+    with CountingPool(workers=2) as pool:
         graph = GraphRuntime("identity", _identity(), options, pool)
         pool.enter()  # the request making the calls
         await graph.run(one)
@@ -72,17 +77,32 @@ async def test_calls_run_inline_while_requests_come_one_at_a_time(monkeypatch):
         assert pool.submitted == 1 and graph.calls == 2  # measured and quick: inline
         await graph.run(two)
         assert pool.submitted == 2  # another shape: measured on a worker first
-        pool.enter()  # a second request overlaps the first
+        pool.enter()  # a second request overlaps the first...
         await graph.run(one)
         assert pool.submitted == 3
-        pool.leave()  # alone again, but it overlapped just now: keep handing off for a while
+        clock[0] += 5 * WorkerPool.SEQUENTIAL_S  # ... for a long time
+        pool.leave()  # alone again, but the overlap ended just now: keep handing off for a while
         await graph.run(one)
         assert pool.submitted == 4
-        monkeypatch.setattr(WorkerPool, "SEQUENTIAL_S", 0.0)  # ... until a while has passed
+        clock[0] += 2 * WorkerPool.SEQUENTIAL_S  # ... until a while has passed
         await graph.run(one)
         assert pool.submitted == 4
+        started, release = threading.Event(), threading.Event()
+        busy = pool.submit_counted(lambda: (started.set(), release.wait(10)))  # a call still on a worker
+        started.wait(10)
+        assert pool.running == 1
+        await graph.run(one)
+        assert pool.submitted == 6  # the busy call and this one
+        release.set()
+        busy.result(10)
+        await asyncio.sleep(0)
         pool.leave()
         assert pool.requests == 0 and pool.running == 0  # every hand-off was counted back
+    with CountingPool() as pool:  # a bound below what the graph takes: measured, but never inline
+        graph = GraphRuntime("identity", _identity(), RuntimeOptions(inline_ms=0.0, inline_idle_ms=1e-9), pool)
+        for _ in range(3):
+            await graph.run(one)
+        assert pool.submitted == 3
     with CountingPool() as pool:  # inline_idle_ms 0: never
         graph = GraphRuntime("identity", _identity(), RuntimeOptions(inline_ms=0.0, inline_idle_ms=0.0), pool)
         for _ in range(3):
@@ -93,3 +113,21 @@ async def test_calls_run_inline_while_requests_come_one_at_a_time(monkeypatch):
         for _ in range(3):
             await graph.run(one)
         assert plain.submitted == 3
+
+
+async def test_a_cancelled_caller_leaves_its_call_counted_until_the_worker_is_done():
+    with WorkerPool(max_workers=1) as pool:
+        started, release = threading.Event(), threading.Event()
+        waiter = asyncio.ensure_future(asyncio.wrap_future(pool.submit_counted(lambda: (started.set(), release.wait(10)))))
+        queued = pool.submit_counted(lambda: None)  # behind it: cancelled before it starts
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        waiter.cancel()
+        assert queued.cancel()
+        await asyncio.sleep(0)
+        assert pool.running == 1  # the call still runs on its worker
+        release.set()
+        for _ in range(100):
+            if pool.running == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert pool.running == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -135,3 +137,20 @@ async def test_queue_full_through_the_engine(repo, make_engine):
     rejected = [r for r in results if isinstance(r, ResourceExhausted)]
     assert rejected and all("is full (1 requests waiting)" in r.message for r in rejected)
     assert any(not isinstance(r, Exception) for r in results)
+
+
+async def test_engine_counts_requests_for_the_graph_runtime(engine):
+    """Engine._admit tells the WorkerPool how many requests are in the server: graph calls run on
+    the event loop only while requests come one at a time (service.runtime.WorkerPool.alone)."""
+    pool = engine._executor
+    assert pool.requests == 0
+    first = asyncio.ensure_future(engine.forecast(ForecastRequest(history=HISTORY)))
+    second = asyncio.ensure_future(engine.forecast(ForecastRequest(history=HISTORY)))
+    await asyncio.sleep(0)  # both admitted, neither finished
+    assert pool.requests == 2 and not pool.alone()
+    await asyncio.gather(first, second)
+    assert pool.requests == 0
+    assert not pool.alone()  # they overlapped just now
+    with pytest.raises(InvalidArgument):  # refused requests are counted back too
+        await engine.forecast(ForecastRequest(history=[]))
+    assert pool.requests == 0
