@@ -4,8 +4,8 @@
 --endpoint forecast --concurrency 1,4,16 --history-len 336`` starts one `seqserve serve` per
 variant on loopback (all up at once, idle while another is measured), then in each round drives
 every variant at every level with `seqserve bench`'s harness, the order reversed every other round,
-and prints for each level the median over the rounds of each variant's p50 latency, throughput and
-tokens/s, with its ratio to the first variant. On this project's 2-core VM, whose speed drifts by
+and prints for each level the median over the rounds of each variant's p50 and p99 latency,
+throughput and tokens/s, with its ratio to the first variant. On this project's 2-core VM, whose speed drifts by
 10-30% within minutes, one pass per variant measures the drift more than the settings; short
 interleaved rounds cancel it out. The figures in docs/benchmarks.md ("What changed") come from it.
 """
@@ -48,13 +48,13 @@ async def measure(addresses: dict[str, str], rounds: int, config: BenchConfig) -
 
 
 def summary(results: dict[str, list[LevelResult]]) -> list[dict[str, object]]:
-    """Per (level, variant): the median over rounds of p50 ms, requests/s and tokens/s, and each
+    """Per (level, variant): the median over rounds of p50 and p99 ms, requests/s and tokens/s, and each
     as a ratio to the first variant's median."""
     rows: list[dict[str, object]] = []
     names = list(results)
     levels = sorted({r.load.level for rs in results.values() for r in rs})
-    figures = {"p50_ms": lambda r: r.latency_ms["p50"], "rps": lambda r: r.throughput_rps,
-               "tokens_per_s": lambda r: r.tokens_per_s}
+    figures = {"p50_ms": lambda r: r.latency_ms["p50"], "p99_ms": lambda r: r.latency_ms["p99"],
+               "rps": lambda r: r.throughput_rps, "tokens_per_s": lambda r: r.tokens_per_s}
     for level in levels:
         medians: dict[str, dict[str, float | None]] = {}
         for name in names:
@@ -76,15 +76,17 @@ def summary(results: dict[str, list[LevelResult]]) -> list[dict[str, object]]:
 
 
 def format_rows(rows: list[dict[str, object]]) -> str:
-    def cell(value: object, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
+    def cell(value: object, fmt: str, width: int) -> str:
+        return ("-" if value is None else format(value, fmt)).rjust(width)
 
-    lines = [f"{'LEVEL':>6}  {'VARIANT':<20} {'ROUNDS':>6} {'P50 MS':>9} {'x':>6} {'REQ/S':>9} {'x':>6} {'TOK/S':>9} {'x':>6}"]
+    header = (f"{'LEVEL':>6}  {'VARIANT':<20} {'ROUNDS':>6} {'P50 MS':>9} {'x':>6} {'P99 MS':>9} {'x':>6} "
+              f"{'REQ/S':>9} {'x':>6} {'TOK/S':>9} {'x':>6}")
+    lines = [header]
     for r in rows:
         lines.append(
-            f"{r['level']:>6}  {str(r['variant'])[:20]:<20} {r['rounds']:>6} {cell(r['p50_ms'], '9.3f')} "
-            f"{cell(r['p50_ms_ratio'], '6.3f')} {cell(r['rps'], '9.1f')} {cell(r['rps_ratio'], '6.3f')} "
-            f"{cell(r['tokens_per_s'], '9.0f')} {cell(r['tokens_per_s_ratio'], '6.3f')}")
+            f"{r['level']:>6}  {str(r['variant'])[:20]:<20} {r['rounds']:>6} "
+            + " ".join(cell(r[key], fmt, 9) + " " + cell(r[f"{key}_ratio"], ".3f", 6)
+                       for key, fmt in (("p50_ms", ".3f"), ("p99_ms", ".3f"), ("rps", ".1f"), ("tokens_per_s", ".0f"))))
     return "\n".join(lines)
 
 
