@@ -76,7 +76,6 @@ class Engine:
         self._ready = {task: False for task in TASKS}
         self._started = False
         self._draining = False
-        self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._frozen: frozenset[tuple[str, str]] | None = None  # READY versions at the last freeze_heap()
@@ -100,11 +99,12 @@ class Engine:
         grace = self.config.grace_s if grace_s is None else grace_s
         self._draining = True
         self._notify_if_changed()
-        if self._inflight and grace > 0:
+        if self._executor.requests and grace > 0:
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout=grace)
             except asyncio.TimeoutError:
-                log.warning("grace period of %.1f s over with %d calls still running; cancelling them", grace, self._inflight)
+                log.warning("grace period of %.1f s over with %d calls still running; cancelling them", grace,
+                            self._executor.requests)
         await self._repo.stop(0.0)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._started = False
@@ -151,7 +151,7 @@ class Engine:
         for callback in list(self._listeners):
             try:
                 callback()
-            except Exception:
+            except Exception:  # noqa: BLE001 - a listener must not break loading
                 log.exception("readiness listener failed")
 
     @contextmanager
@@ -163,15 +163,13 @@ class Engine:
         if deadline is not None and time.monotonic() >= deadline:
             self.stats.deadline_dropped += 1
             raise DeadlineExceeded("deadline passed before the request was started")
-        self._inflight += 1
-        self._executor.enter()
+        self._executor.enter()  # the pool counts requests in flight (its graph calls go inline by it)
         self._idle.clear()
         try:
             yield
         finally:
-            self._inflight -= 1
             self._executor.leave()
-            if self._inflight == 0:
+            if not self._executor.requests:
                 self._idle.set()
 
     # ------------------------------------------------------------ models
