@@ -376,11 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), format=LOG_FORMAT)
     catalogue = Catalogue.from_dir(args.models) if args.models else Catalogue.fake()
     try:
-        event_loop_factory(args.event_loop)
+        factory = event_loop_factory(args.event_loop)
     except ValueError as err:
         parser.error(str(err))
-    run_on_loop(serve(catalogue, args.host, args.port, str(args.models) if args.models else "(made-up models)"),
-                args.event_loop)
+    run_on_loop(serve(catalogue, args.host, args.port, str(args.models) if args.models else "(made-up models)"), factory)
     return 0
 
 

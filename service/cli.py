@@ -230,11 +230,11 @@ def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from service.server import event_loop_factory, run_on_loop, serve
 
     try:
-        event_loop_factory(config.event_loop)
+        factory = event_loop_factory(config.event_loop)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    run_on_loop(serve(config, reflection_enabled=not args.no_reflection), config.event_loop)
+    run_on_loop(serve(config, reflection_enabled=not args.no_reflection), factory)
     return 0
 
 

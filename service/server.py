@@ -107,9 +107,8 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     return uvloop.new_event_loop
 
 
-def run_on_loop(main: Coroutine[Any, Any, T], choice: str) -> T:
-    """``asyncio.run(main)`` on the loop ServeConfig.event_loop names (see event_loop_factory)."""
-    factory = event_loop_factory(choice)
+def run_on_loop(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.AbstractEventLoop] | None) -> T:
+    """``asyncio.run(main)`` on a loop from ``factory`` (event_loop_factory's; None: the standard loop)."""
     if factory is None:
         return asyncio.run(main)
     if sys.version_info >= (3, 11):

@@ -70,18 +70,18 @@ def test_event_loop_factory_picks_uvloop_unless_asked_for_asyncio(monkeypatch):
         return describe_loop(asyncio.get_running_loop())
 
     assert event_loop_factory("asyncio") is None
-    assert run_on_loop(running_loop(), "asyncio").startswith("asyncio (")
+    assert run_on_loop(running_loop(), event_loop_factory("asyncio")).startswith("asyncio (")
     for choice in ("auto", "uvloop"):
         loop = event_loop_factory(choice)()
         try:
             assert isinstance(loop, uvloop.Loop)
         finally:
             loop.close()
-        assert run_on_loop(running_loop(), choice) == f"uvloop {uvloop.__version__}"
+        assert run_on_loop(running_loop(), event_loop_factory(choice)) == f"uvloop {uvloop.__version__}"
     # Without uvloop: auto falls back to the standard loop; asking for uvloop is an error that says why.
     monkeypatch.setitem(sys.modules, "uvloop", None)
     assert event_loop_factory("auto") is None
-    assert run_on_loop(running_loop(), "auto").startswith("asyncio (")
+    assert run_on_loop(running_loop(), event_loop_factory("auto")).startswith("asyncio (")
     with pytest.raises(ValueError, match=r"event_loop uvloop: uvloop is not installed"):
         event_loop_factory("uvloop")
 
