@@ -18,15 +18,13 @@ import dataclasses
 import logging
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from bench.targets import ROOT, Server, rounds_order, wait_serving
+from bench.targets import ROOT, Server, interleaved, wait_serving
 from service.bench import ENDPOINTS, BenchConfig, LevelResult, benchmark
-
-log = logging.getLogger("bench.ab")
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -39,11 +37,13 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 async def measure(addresses: dict[str, str], rounds: int, config: BenchConfig) -> dict[str, list[LevelResult]]:
     results: dict[str, list[LevelResult]] = {name: [] for name in addresses}
-    for r in range(rounds):
-        for name in rounds_order(list(addresses), r):
-            log.info("round %d/%d: %s", r + 1, rounds, name)
-            cfg = dataclasses.replace(config, address=addresses[name])
-            results[name] += await benchmark(cfg)
+
+    def variant(name: str) -> Callable[[int], Awaitable[None]]:
+        async def step(_round: int) -> None:
+            results[name] += await benchmark(dataclasses.replace(config, address=addresses[name]))
+        return step
+
+    await interleaved(config.endpoints[0], rounds, {name: variant(name) for name in addresses})
     return results
 
 

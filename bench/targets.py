@@ -43,7 +43,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,10 +238,15 @@ class TritonPeer:
         self.server.stop()
 
 
-def rounds_order(names: list[str], round_index: int) -> list[str]:
-    """The systems in the order of one round: reversed every other round, so that no system is
-    always measured first or last (this VM's speed drifts by 10-30% within minutes)."""
-    return names if round_index % 2 == 0 else names[::-1]
+async def interleaved(what: str, rounds: int, steps: dict[str, Callable[[int], Awaitable[None]]]) -> None:
+    """``await steps[name](round_no)`` for every system once per round, the order reversed every other
+    round, so that no system is always measured first or last (this VM's speed drifts by 10-30%
+    within minutes)."""
+    names = list(steps)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            log.info("%s, round %d/%d: %s", what, r + 1, rounds, name)
+            await steps[name](r + 1)
 
 
 async def measure(models: Path, duration_s: float, triton_venv: Path | None, rounds: int = 3) -> Run:
@@ -285,56 +290,65 @@ async def measure(models: Path, duration_s: float, triton_venv: Path | None, rou
         def floor(figure: str, value: float) -> None:
             floors.setdefault(figure, []).append(value)
 
-        def forecast_floor() -> None:
+        async def forecast_floor(_round: int) -> None:
             floor("ort_forecast_p50_ms", inprocess.forecast_latency(forecast_bundle, n=500).p50_ms)
             # What batching can gain on the graph alone: one call for B rows against B calls of one.
             floor("ort_forecast64_p50_ms", inprocess.forecast_latency(forecast_bundle, n=100, batch=64).p50_ms)
 
-        def step_floor() -> None:
+        async def step_floor(_round: int) -> None:
             steps = inprocess.decode_step_latency(lm_bundle, n=500, batch=32)
             floor("ort_step_p50_ms", steps[1].p50_ms)
             floor("ort_step32_p50_ms", steps[32].p50_ms)
 
-        def translate_floor() -> None:
+        async def translate_floor(_round: int) -> None:
             if "translate" in names:
                 steps = inprocess.translate_step_latency(max((models / names["translate"]).iterdir()), (4, 64), n=300)
                 floor("ort_translate_step4_p50_ms", steps[4].p50_ms)
                 floor("ort_translate_step64_p50_ms", steps[64].p50_ms)
 
+        def driven(results: dict[str, list[Any]], name: str, endpoint: str, levels: tuple[int, ...],
+                   **workload: Any) -> Callable[[int], Awaitable[None]]:
+            """One round of ``name`` at ``levels``: its results join ``results[name]`` and the CSV."""
+            async def step(round_no: int) -> None:
+                results[name] += run.add(name, await drive(servers[name].address, endpoint, levels, duration_s,
+                                                           **workload), round_no)
+            return step
+
         # Every system at every level, in interleaved rounds; the targets take each figure's median round.
         forecast: dict[str, list[Any]] = {"seqserve": [], "seqserve-nobatch": [], "echo": [], "torch": []}
+        forecast_steps = {name: driven(forecast, name, "forecast", FORECAST_LEVELS, history_len=[window])
+                          for name in forecast}
+        seqserve_step = forecast_steps["seqserve"]
+
+        async def seqserve_and_memory(round_no: int) -> None:
+            await seqserve_step(round_no)
+            # Right after its concurrency-64 level.
+            run.figures["rss_c64_mib"] = max(run.figures.get("rss_c64_mib", 0.0), seqserve.rss_mib())
+
+        forecast_steps["seqserve"] = seqserve_and_memory
         triton = TritonPeer(triton_venv, forecast_bundle) if triton_venv is not None else None
         if triton is not None:
             forecast["triton"] = []
+
+            async def triton_step(round_no: int) -> None:
+                rows = triton.levels(FORECAST_LEVELS, duration_s)
+                run.results.extend({"system": "triton", "round": round_no, **row} for row in rows)
+                forecast["triton"] += rows
+
+            forecast_steps["triton"] = triton_step
         try:
-            for r in range(rounds):
-                for name in rounds_order([*forecast, "in-process"], r):
-                    log.info("forecast, round %d/%d: %s", r + 1, rounds, name)
-                    if name == "in-process":
-                        forecast_floor()
-                    elif name == "triton":
-                        rows = triton.levels(FORECAST_LEVELS, duration_s)
-                        run.results.extend({"system": "triton", "round": r + 1, **row} for row in rows)
-                        forecast[name] += rows
-                    else:
-                        forecast[name] += run.add(name, await drive(servers[name].address, "forecast", FORECAST_LEVELS,
-                                                                    duration_s, history_len=[window]), r + 1)
-                    if name == "seqserve":  # right after its concurrency-64 level
-                        run.figures["rss_c64_mib"] = max(run.figures.get("rss_c64_mib", 0.0), seqserve.rss_mib())
+            await interleaved("forecast", rounds, {**forecast_steps, "in-process": forecast_floor})
         finally:
             if triton is not None:
                 triton.stop()
 
         generation_levels = {"seqserve": (1, 8, 32), "seqserve-nobatch": (32,), "torch": (1, 32), "echo": (1,)}
         generation: dict[str, list[LevelResult]] = {name: [] for name in generation_levels}
-        for r in range(rounds):
-            for name in rounds_order([*generation_levels, "in-process"], r):
-                log.info("generate_stream, round %d/%d: %s", r + 1, rounds, name)
-                if name == "in-process":
-                    step_floor()
-                    continue
-                generation[name] += run.add(name, await drive(servers[name].address, "generate_stream",
-                                                              generation_levels[name], duration_s, max_tokens=MAX_TOKENS), r + 1)
+        await interleaved("generate_stream", rounds, {
+            **{name: driven(generation, name, "generate_stream", levels, max_tokens=MAX_TOKENS)
+               for name, levels in generation_levels.items()},
+            "in-process": step_floor,
+        })
         log.info("token position")
         arrivals = await token_arrivals(seqserve.address, names["generate"], STREAM_TOKENS, 5)
         run.figures["token_ms_early"] = per_token_ms(arrivals, 10, TOKEN_SPAN)
@@ -343,14 +357,10 @@ async def measure(models: Path, duration_s: float, triton_venv: Path | None, rou
         run.figures["token_gap_ms"] = [round(per_token_ms(arrivals, i, 10), 4) for i in range(STREAM_TOKENS - 10)]
 
         translation: dict[str, list[LevelResult]] = {"seqserve": [], "seqserve-nobatch": []}
-        for r in range(rounds):
-            for name in rounds_order([*translation, "in-process"], r):
-                log.info("translate beam 4, round %d/%d: %s", r + 1, rounds, name)
-                if name == "in-process":
-                    translate_floor()
-                    continue
-                translation[name] += run.add(name, await drive(servers[name].address, "translate", (16,), duration_s, beam=4),
-                                             r + 1)
+        await interleaved("translate beam 4", rounds, {
+            **{name: driven(translation, name, "translate", (16,), beam=4) for name in translation},
+            "in-process": translate_floor,
+        })
         # Resident memory with random input lengths: the default bench mix (random history lengths,
         # random prompts) at concurrency 64, after everything above.
         log.info("random lengths at c=64")
