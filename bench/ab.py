@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.targets import ROOT, Server, interleaved, wait_serving
-from service.bench import ENDPOINTS, BenchConfig, LevelResult, benchmark
+from service.loadgen.bench import ENDPOINTS, BenchConfig, LevelResult, benchmark
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.validate()
     except ValueError as err:
         parser.error(str(err))
-    serve = [sys.executable, "-m", "service.cli", "serve", "--models", str(args.models.resolve()), "--port", "0",
+    serve = [sys.executable, "-m", "service.client.cli", "serve", "--models", str(args.models.resolve()), "--port", "0",
              "--metrics-port", "0", "--poll-interval-s", "0"]
     servers: dict[str, Server] = {}
     try:

@@ -35,11 +35,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from service import types
-from service.bundle import GRAPHS, TASKS, TOKENIZERS, BundleError, ForecastSpec, Manifest, check_name, read_manifest
-from service.config import EVENT_LOOPS, ServeConfig
-from service.server import MODELS_SERVICE, TASK_SERVICES, describe_loop, event_loop_factory, run_on_loop
-from service.servicers import model_info
+from service.contract import GRAPHS, TASKS, TOKENIZERS, BundleError, ForecastSpec, Manifest, check_name, read_manifest
+from service.core import types
+from service.core.config import EVENT_LOOPS, ServeConfig
+from service.front.server import MODELS_SERVICE, TASK_SERVICES, describe_loop, event_loop_factory, run_on_loop
+from service.front.servicers import model_info
 from service.v1 import (
     forecast_pb2,
     forecast_pb2_grpc,

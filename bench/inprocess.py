@@ -1,15 +1,15 @@
 """The floor of model compute: the bundles' ONNX graphs called in-process with onnxruntime, no server.
 
-Sessions are built as ``seqserve serve`` builds them (service.runtime.session_options with the default
+Sessions are built as ``seqserve serve`` builds them (service.core.runtime.session_options with the default
 RuntimeOptions: one intra-op and one inter-op thread, graph optimisation "all", no spinning, from the
 graph's bytes), and fed exactly what the server feeds:
 
 * ``forecast_latency``: one ``forecast.onnx`` call on a single window (or ``batch`` of them stacked),
   the history cut to the model's last ``window`` steps as float32 (B, T, C), as
-  service/tasks/forecast.py prepares it; the history is the synthetic hourly series ``seqserve
+  service/core/tasks/forecast.py prepares it; the history is the synthetic hourly series ``seqserve
   bench`` sends, ``history_len`` steps (default: the window);
 * ``decode_step_latency``: one ``lm.onnx`` decode step, (B, 1) tokens in with the recurrent state from
-  the previous step, logits and state out, as service/tasks/generate.py steps it; at batch 1 (one
+  the previous step, logits and state out, as service/core/tasks/generate.py steps it; at batch 1 (one
   stream) and at batch B (B streams the server's step scheduler stacks into one call). The state starts
   from a prefill of one of ``seqserve bench``'s prompts, and each step feeds the previous step's state
   and argmax token;
@@ -39,10 +39,10 @@ from typing import Any, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from service.bench import PROMPTS, SENTENCES, synthetic_series
-from service.bundle import BundleError, Manifest, read_manifest
-from service.runtime import RuntimeOptions, session_options
-from service.tokenizing import TextCodec
+from service.contract import BundleError, Manifest, read_manifest
+from service.core.runtime import RuntimeOptions, session_options
+from service.core.tokenizing import TextCodec
+from service.loadgen.bench import PROMPTS, SENTENCES, synthetic_series
 
 DEFAULT_CALLS = 200
 DEFAULT_WARMUP = 20
@@ -149,7 +149,7 @@ def translate_step_latency(bundle_dir: str | Path, rows: Sequence[int] = (4, 64)
     """One ``decoder_step.onnx`` call per entry of ``rows`` ({rows: Latency}): ``text`` encoded once,
     its encoder outputs repeated to ``rows`` rows (a beam of 4 is 4 rows; 16 sentences at beam 4
     share a 64-row call), then steps fed the previous step's state and argmax tokens, as
-    service/tasks/translate.py steps them. Raises ValueError when the bundle is not a translate one."""
+    service/core/tasks/translate.py steps them. Raises ValueError when the bundle is not a translate one."""
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
     if manifest.task != "translate":

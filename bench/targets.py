@@ -12,7 +12,7 @@
   when ``.venv-triton`` exists (bench/triton/setup.sh), loaded by its own client (bench/triton/load.py),
 
 measures the in-process onnxruntime floor (bench/inprocess.py), then drives each server with
-``seqserve bench``'s harness (service/bench.py) and writes OUT/results.csv (every level of every
+``seqserve bench``'s harness (service/loadgen/bench.py) and writes OUT/results.csv (every level of every
 system), OUT/targets.json and OUT/targets.md (each target: the figures, the ratio, met or not, and for
 the batching targets the graph-only ceiling: the separate calls in-process over one call that stacks
 them (64 forecasts, 32 LM streams, 16 beams of 4), the most batching could gain were everything
@@ -53,8 +53,8 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import inprocess
-from service.bench import CSV_COLUMNS, BenchConfig, LevelResult, benchmark
-from service.bundle import read_manifest
+from service.contract import read_manifest
+from service.loadgen.bench import CSV_COLUMNS, BenchConfig, LevelResult, benchmark
 from service.v1 import generate_pb2, generate_pb2_grpc
 
 log = logging.getLogger("bench.targets")
@@ -257,7 +257,7 @@ async def measure(models: Path, duration_s: float, triton_venv: Path | None, rou
     forecast_bundle = max((models / names["forecast"]).iterdir())
     lm_bundle = max((models / names["generate"]).iterdir())
     window = read_manifest(forecast_bundle).forecast.window
-    serve = [sys.executable, "-m", "service.cli", "serve", "--models", str(models), "--port", "0", "--metrics-port", "0",
+    serve = [sys.executable, "-m", "service.client.cli", "serve", "--models", str(models), "--port", "0", "--metrics-port", "0",
              "--poll-interval-s", "0"]
 
     # 7: start-up to SERVING, from the launch of the process (imports and model loading included).

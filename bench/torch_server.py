@@ -57,7 +57,7 @@ from bench.echo_server import (
     generation_length,
     health_statuses,
 )
-from service.bundle import Manifest
+from service.contract import Manifest
 from service.v1 import forecast_pb2, forecast_pb2_grpc, generate_pb2, generate_pb2_grpc, models_pb2, models_pb2_grpc
 from training.layers import State
 from training.models import CONFIGS, Forecaster, LanguageModel, build_model

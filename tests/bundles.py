@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from service.bundle import TASKS
+from service.contract import TASKS
 from training.export import export_bundle
 from training.models import ForecastConfig, LMConfig, TranslationConfig, build_model
 from training.vocab import build_bpe_tokenizer, build_char_tokenizer

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from service.bundle import CELLS, LSTM_FAMILY
+from service.contract import CELLS, LSTM_FAMILY
 
 State = Tensor | tuple[Tensor, Tensor]  # h (B, H), or (h, c) for the LSTM family
 NONLINEARITIES = ("tanh", "relu")
@@ -192,7 +192,7 @@ def set_forget_bias(cell: nn.Module, value: float) -> None:
 
 
 def make_cell(name: str, input_size: int, hidden_size: int, **kw) -> _Cell:
-    """Build the cell called ``name`` (one of service.bundle.CELLS); "rnn" accepts nonlinearity=.
+    """Build the cell called ``name`` (one of service.contract.CELLS); "rnn" accepts nonlinearity=.
 
     Raises ValueError for an unknown name, listing the valid ones.
     """

@@ -42,7 +42,7 @@ def compare_cells(
     flow_length: int = 100,
 ) -> list[dict[str, Any]]:
     """Train ``config`` (a run config dict: task, data, model, train) once per cell; returns the rows."""
-    from service.bundle import CELLS
+    from service.contract import CELLS
     from training.diagnostics import decay_ratio, gradient_flow_report
     from training.evaluate import evaluate_checkpoint
     from training.train import RunConfig, run_task

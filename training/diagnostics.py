@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from service.bundle import CELLS
+from service.contract import CELLS
 from training.cells import StackedRNN, set_forget_bias
 
 log = logging.getLogger(__name__)

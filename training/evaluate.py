@@ -28,7 +28,7 @@ def ort_graphs(bundle_dir: Path, graphs: dict[str, str], threads: int = 1, int8_
     service sets them up."""
     import onnxruntime as ort
 
-    from service.runtime import RuntimeOptions, session_options
+    from service.core.runtime import RuntimeOptions, session_options
 
     opts = session_options(RuntimeOptions(intra_op_threads=threads, int8_weights=int8_weights))
     out: dict[str, Graph] = {}
@@ -217,10 +217,10 @@ def served_translations(bundle_dir: str | Path, texts: list[str], beam: int, thr
     import shutil
     import tempfile
 
-    from service.bundle import read_manifest
-    from service.config import ServeConfig
-    from service.engine import Engine
-    from service.types import TranslateRequest
+    from service.contract import read_manifest
+    from service.core.config import ServeConfig
+    from service.core.engine import Engine
+    from service.core.types import TranslateRequest
 
     m = read_manifest(bundle_dir)
     with tempfile.TemporaryDirectory() as tmp:
@@ -268,7 +268,7 @@ def _evaluate(
     num_layers: int, hidden_size: int, specials: dict[str, int], limits: dict[str, int], forecast: dict[str, Any] | None,
     split: str, data_dir, max_items: int,
 ) -> dict[str, Any]:
-    from service.bundle import state_names
+    from service.contract import state_names
     from training import data as D
 
     cfg = D.DataConfig.from_dict(run_config["data"], task)
@@ -311,7 +311,7 @@ def evaluate_bundle(bundle_dir: str | Path, split: str = "test", data_dir=None, 
     The data and split come from manifest.training["run_config"]; raises BundleError / ValueError."""
     from tokenizers import Tokenizer
 
-    from service.bundle import read_manifest
+    from service.contract import read_manifest
 
     bundle_dir = Path(bundle_dir)
     m = read_manifest(bundle_dir)
@@ -367,7 +367,7 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_dir=None, ma
 def write_evaluation(bundle_dir: str | Path, figures: dict[str, Any]) -> Path:
     """Store ``figures`` (examples dropped) in the bundle's manifest under evaluation[split] (or
     evaluation[f"{split}_beam{N}"] for beam-search figures)."""
-    from service.bundle import read_manifest, write_manifest
+    from service.contract import read_manifest, write_manifest
 
     m = read_manifest(bundle_dir)
     key = figures["split"] + (f"_beam{figures['beam']}" if figures.get("beam") else "")

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from service.bundle import (
+from service.contract import (
     GRAPHS,
     TOKENIZERS,
     ForecastSpec,
@@ -33,7 +33,7 @@ OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max abs difference onnxruntime vs PyTorch, per output
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 UNROLLED_OPS = ("Loop", "Scan", "If")
-# name -> (rank, axes that must be symbolic: batch and length axes), from service/bundle.py
+# name -> (rank, axes that must be symbolic: batch and length axes), from service/contract.py
 IO_AXES: dict[str, tuple[int, tuple[int, ...]]] = {
     "window": (3, (0, 1)),
     "quantiles": (4, (0,)),
@@ -62,7 +62,7 @@ class ExportError(RuntimeError):
 
 
 def graph_io(role: str, cell: str) -> tuple[list[str], list[str]]:
-    """Input and output names of graph ``role`` for ``cell``, exactly as service/bundle.py documents."""
+    """Input and output names of graph ``role`` for ``cell``, exactly as service/contract.py documents."""
     states = [f"state_{s}" for s in state_names(cell)]
     outs = [f"{s}_out" for s in states]
     if role == "forecast":
@@ -334,7 +334,7 @@ def export_bundle(
     """Write ``model`` as a bundle into ``out_dir`` (normally <repository>/<name>/<version>/).
 
     Writes the task's graphs (weights inside), the tokenizers (HF tokenizers JSON, roles per
-    service.bundle.TOKENIZERS) and manifest.json; checks every graph (onnx.checker, contract names and
+    service.contract.TOKENIZERS) and manifest.json; checks every graph (onnx.checker, contract names and
     symbolic axes, fused recurrent ops) and its parity with PyTorch on random batches of several sizes
     and lengths. Returns the manifest; raises ExportError (a check failed) or ValueError (bad argument).
     Parity figures (max abs difference per graph) are recorded in manifest.extra["export_parity"].

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from service.bundle import CELLS, LSTM_FAMILY
+from service.contract import CELLS, LSTM_FAMILY
 from training.cells import StackedRNN, set_forget_bias
 
 State = Tensor | tuple[Tensor, Tensor]  # h (L*D, B, H), or (h, c) for the LSTM family

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from service.bundle import TASKS
+from service.contract import TASKS
 from training.layers import Recurrent, State, check_cell
 
 _MASK_PENALTY = 1e9  # added (negated) to attention scores of padding; exp(-1e9) is exactly 0 in float32
@@ -41,7 +41,7 @@ def detach_state(state: State) -> State:
 class TranslationConfig:
     src_vocab_size: int  # source tokenizer's vocabulary size
     tgt_vocab_size: int  # target tokenizer's vocabulary size
-    cell: str = "gru"  # one of service.bundle.CELLS, for encoder and decoder
+    cell: str = "gru"  # one of service.contract.CELLS, for encoder and decoder
     embed_size: int = 256  # source and target embedding width E
     hidden_size: int = 512  # H per direction in the encoder; the decoder's hidden size
     num_layers: int = 1  # layers of the encoder and of the decoder
@@ -172,7 +172,7 @@ class ForecastConfig:
     window: int = 96  # longest history (steps) the model is trained on
     min_history: int = 24  # shortest history (steps) the model accepts
     horizon: int = 24  # steps predicted at once (direct multi-horizon head)
-    cell: str = "lstm"  # one of service.bundle.CELLS
+    cell: str = "lstm"  # one of service.contract.CELLS
     hidden_size: int = 64  # H per direction
     num_layers: int = 2
     bidirectional: bool = False  # the encoder may read the window both ways
@@ -265,7 +265,7 @@ class Forecaster(nn.Module):
 @dataclass
 class LMConfig:
     vocab_size: int  # tokenizer's vocabulary size
-    cell: str = "lstm"  # one of service.bundle.CELLS (never bidirectional)
+    cell: str = "lstm"  # one of service.contract.CELLS (never bidirectional)
     embed_size: int = 128  # E
     hidden_size: int = 512  # H
     num_layers: int = 2

@@ -3,7 +3,7 @@
 Every large float32 weight of a graph (embeddings, projections, recurrent matrices) is stored as int8
 with one float32 scale per row (symmetric, ``scale = max|row| / 127``) and a DequantizeLinear node
 that turns it back into the float32 tensor the graph used before. The service folds those nodes into
-constants when it loads the session (manifest ``"weights": "int8"``, see service.runtime), so calls
+constants when it loads the session (manifest ``"weights": "int8"``, see service.core.runtime), so calls
 run the same float32 kernels at the same speed; only the bundle shrinks, by about 4x.
 
 With ``int8_matmul``, MatMul and Gemm (attention projections, the output layer over the vocabulary)
@@ -141,7 +141,7 @@ def quantize_bundle(bundle_dir: str | Path, data_dir=None, tolerance: float = 0.
     a figure does not hold or there is nothing to check."""
     import onnx
 
-    from service.bundle import read_manifest, write_manifest
+    from service.contract import read_manifest, write_manifest
     from training.evaluate import evaluate_bundle
 
     if not 0.0 <= tolerance < 1.0:

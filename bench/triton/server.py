@@ -67,7 +67,7 @@ def python_libdir_on_ld_path() -> None:
 
 
 def session(path: Path, manifest: dict) -> ort.InferenceSession:
-    """An InferenceSession with seqserve's defaults (service/runtime.py session_options), int8
+    """An InferenceSession with seqserve's defaults (service/core/runtime.py session_options), int8
     weights folded to float32 at load as seqserve folds them: both servers run the same kernels."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1

@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from bench import inprocess
-from service import bench
+from service.loadgen import bench
 from service.v1 import forecast_pb2, forecast_pb2_grpc, generate_pb2, generate_pb2_grpc, models_pb2, models_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,11 +6,11 @@ import asyncio
 import re
 import subprocess
 import sys
-import tomllib
 from importlib.metadata import PackageNotFoundError, distribution
 
 import grpc
 import pytest
+import tomllib
 import yaml
 from grpc_health.v1 import health, health_pb2_grpc
 from packaging.requirements import Requirement

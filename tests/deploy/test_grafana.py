@@ -1,4 +1,4 @@
-"""The Grafana dashboard and provisioning: every panel queries metrics service/metrics.py defines."""
+"""The Grafana dashboard and provisioning: every panel queries metrics service/front/metrics.py defines."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import yaml
 from prometheus_client import CollectorRegistry
 
-from service.metrics import Metrics, series_names
+from service.front.metrics import Metrics, series_names
 from tests.deploy.conftest import DEPLOY
 from tests.deploy.promql import grafana_to_promql, metric_names
 

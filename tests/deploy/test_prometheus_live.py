@@ -1,6 +1,6 @@
 """A real Prometheus scrapes a live seqserve; every dashboard panel and rule query returns data.
 
-The target is the real server (``service.server.create_server`` on loopback) over tiny exported
+The target is the real server (``service.front.server.create_server`` on loopback) over tiny exported
 bundles plus one broken bundle, driven with real Translate, Forecast, Generate, GenerateStream and
 Models RPCs, including one rejected with RESOURCE_EXHAUSTED, one that runs past its deadline and one
 stream the client cancels.
@@ -23,7 +23,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from service.metrics import Metrics, series_names, start_metrics_server, stop_metrics_server
+from service.front.metrics import Metrics, series_names, start_metrics_server, stop_metrics_server
 from service.v1 import forecast_pb2, generate_pb2, models_pb2, translate_pb2
 from tests.deploy.conftest import DEPLOY
 from tests.deploy.promql import grafana_to_promql

@@ -7,7 +7,7 @@ import subprocess
 import yaml
 from prometheus_client import CollectorRegistry
 
-from service.metrics import Metrics, series_names
+from service.front.metrics import Metrics, series_names
 from tests.deploy.conftest import DEPLOY
 from tests.deploy.promql import metric_names
 

@@ -15,10 +15,10 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from service.config import ServeConfig
-from service.engine import Engine
-from service.metrics import Metrics
-from service.server import ServingHealth, create_server, drain
+from service.core.config import ServeConfig
+from service.core.engine import Engine
+from service.front.metrics import Metrics
+from service.front.server import ServingHealth, create_server, drain
 from service.v1 import forecast_pb2_grpc, generate_pb2_grpc, models_pb2_grpc, translate_pb2_grpc
 
 # Single-threaded graphs, no repository polling and a short grace unless a test says otherwise.

@@ -46,14 +46,14 @@ PROMPT_CHARS = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ,.;:!?'\n"
 
 
 class ServerProcess:
-    """``python -m service.cli serve`` on loopback port 0 over ``models`` (``args`` are extra flags).
+    """``python -m service.client.cli serve`` on loopback port 0 over ``models`` (``args`` are extra flags).
 
     Waits for "engine started"; keeps reading its log in a thread so the pipe never fills."""
 
     def __init__(self, models: Path, *args: str, start_timeout_s: float = 60.0):
         env = {**os.environ, "SEQSERVE_MODELS": str(models), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", "0", "--metrics-port", "0",
+            [sys.executable, "-m", "service.client.cli", "serve", "--port", "0", "--metrics-port", "0",
              "--intra-op-threads", "1", *args],
             stderr=subprocess.PIPE, text=True, env=env,
         )

@@ -14,8 +14,8 @@ import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
-from service import bench
-from service.metrics import Metrics, start_metrics_server, stop_metrics_server
+from service.front.metrics import Metrics, start_metrics_server, stop_metrics_server
+from service.loadgen import bench
 from tests.integration.harness import Served, serving
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")  # the loop the server fixture runs on

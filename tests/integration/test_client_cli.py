@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from service import cli
-from service.client import ClientError, SeqserveClient
+from service.client import ClientError, SeqserveClient, cli
 from tests.integration.harness import serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

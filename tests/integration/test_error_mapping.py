@@ -14,8 +14,8 @@ import pytest_asyncio
 from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 
-from service import errors
-from service.servicers import INTERNAL_MESSAGE, handle_errors
+from service.core import errors
+from service.front.servicers import INTERNAL_MESSAGE, handle_errors
 from service.v1 import forecast_pb2, forecast_pb2_grpc
 from tests.integration.harness import rpc_error
 
@@ -65,7 +65,7 @@ async def test_invalid_argument_carries_a_bad_request_naming_the_field(stub):
 
 
 async def test_unexpected_errors_are_internal_without_leaking_details(stub, caplog):
-    with caplog.at_level(logging.ERROR, logger="service.servicers"):
+    with caplog.at_level(logging.ERROR, logger="service.front.servicers"):
         err = await rpc_error(stub.Forecast(forecast_pb2.ForecastRequest(model="bug")))
     assert err.code() == grpc.StatusCode.INTERNAL
     assert err.details() == INTERNAL_MESSAGE

@@ -41,10 +41,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.bundle import TASKS
-from service.servicers import MAX_MESSAGE_BYTES
-from service.tasks.forecast import max_abs_value
-from service.tokenizing import TextCodec
+from service.contract import TASKS
+from service.core.tasks.forecast import max_abs_value
+from service.core.tokenizing import TextCodec
+from service.front.servicers import MAX_MESSAGE_BYTES
 from service.v1 import (
     forecast_pb2,
     forecast_pb2_grpc,
@@ -130,7 +130,7 @@ class LiveServer:
     def __init__(self, models: Path, **overrides: Any) -> None:
         from prometheus_client import CollectorRegistry
 
-        from service.metrics import Metrics
+        from service.front.metrics import Metrics
 
         self.loop_errors: list[dict[str, Any]] = []
         self.loop = asyncio.new_event_loop()

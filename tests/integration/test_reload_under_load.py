@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from service.metrics import Metrics
+from service.front.metrics import Metrics
 from service.v1 import forecast_pb2, models_pb2
 from tests.integration.harness import serving, wait_until
 from tests.integration.load import report
@@ -35,7 +35,7 @@ async def test_broken_versions_never_replace_the_serving_one_under_load(models_d
 
     torch.set_num_threads(1)
     good = make_bundle(tmp_path / "good", "forecast", name=MODEL, version="5", seed=5)
-    caplog.set_level(logging.WARNING, logger="service.repository")
+    caplog.set_level(logging.WARNING, logger="service.core.repository")
     metrics = Metrics(CollectorRegistry())
     rng = np.random.default_rng(0)
     histories = [np.cumsum(rng.normal(0, 1, int(n))).tolist() for n in rng.integers(8, 72, 64)]
@@ -96,7 +96,7 @@ async def test_broken_versions_never_replace_the_serving_one_under_load(models_d
     counted = {v: sum(metrics.registry.get_sample_value(
         "seqserve_model_load_failures_total", {"model": MODEL, "version": v, "reason": stage}) or 0
         for stage in ("bundle", "build", "warmup")) for v in faults}
-    logged = [r.getMessage() for r in caplog.records if r.name == "service.repository" and r.levelno >= logging.WARNING]
+    logged = [r.getMessage() for r in caplog.records if r.name == "service.core.repository" and r.levelno >= logging.WARNING]
     report("reload_faults", calls=len(versions) + len(failures), failed=len(failures), seconds=round(elapsed, 1),
            faults=faults, errors={v: e.rsplit("/", 1)[-1][:100] for v, e in errors.items()}, counted=counted,
            versions_answering=sorted(set(versions)))

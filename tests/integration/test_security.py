@@ -23,12 +23,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from service import cli
-from service.client import ClientError, SeqserveClient
-from service.config import ServeConfig
-from service.metrics import Metrics
-from service.security import MALFORMED_TOKEN, MISSING_TOKEN, WRONG_TOKEN
-from service.server import create_server
+from service.client import ClientError, SeqserveClient, cli
+from service.core.config import ServeConfig
+from service.front.metrics import Metrics
+from service.front.security import MALFORMED_TOKEN, MISSING_TOKEN, WRONG_TOKEN
+from service.front.server import create_server
 from service.v1 import generate_pb2, generate_pb2_grpc, models_pb2, models_pb2_grpc
 from tests.integration.harness import TEST_CONFIG, rpc_error, serving
 

@@ -13,10 +13,10 @@ from service.client import SeqserveClient
 
 
 def test_serve_command_runs_until_sigterm_and_drains(module_models):
-    """`python -m service.cli serve --port 0` logs its port, serves, and exits 0 on SIGTERM."""
+    """`python -m service.client.cli serve --port 0` logs its port, serves, and exits 0 on SIGTERM."""
     env = {**os.environ, "SEQSERVE_MODELS": str(module_models), "SEQSERVE_METRICS_PORT": "0"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", "0", "--grace-s", "1", "--intra-op-threads", "1"],
+        [sys.executable, "-m", "service.client.cli", "serve", "--port", "0", "--grace-s", "1", "--intra-op-threads", "1"],
         stderr=subprocess.PIPE, text=True, env=env,
     )
     try:

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from service.bundle import read_manifest
 from service.client import SeqserveClient
+from service.contract import read_manifest
 from tests.conftest import REPO
 
 MODELS = REPO / "models"
@@ -86,7 +86,7 @@ def test_seqserve_serve_with_no_arguments_serves_every_bundled_model():
     """The README's first command: `seqserve serve` loads models/ of the checkout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEQSERVE_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", "0", "--metrics-port", "0", "--grace-s", "1"],
+        [sys.executable, "-m", "service.client.cli", "serve", "--port", "0", "--metrics-port", "0", "--grace-s", "1"],
         stderr=subprocess.PIPE, text=True, env=env, cwd="/",
     )
     try:

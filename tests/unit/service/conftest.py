@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ServeConfig
-from service.engine import Engine
+from service.core.config import ServeConfig
+from service.core.engine import Engine
 from tests.bundles import make_bundle
 
 # (task, name, cell) built once per session; tests copy what they need into their own repository.

@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.batching import DynamicBatcher
-from service.errors import DeadlineExceeded, ResourceExhausted
-from service.repository import open_bundle
-from service.runtime import RuntimeOptions
-from service.types import EngineStats, ForecastRequest, TranslateRequest
+from service.core.batching import DynamicBatcher
+from service.core.errors import DeadlineExceeded, ResourceExhausted
+from service.core.repository import open_bundle
+from service.core.runtime import RuntimeOptions
+from service.core.types import EngineStats, ForecastRequest, TranslateRequest
 
 
 class Recorder:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from service import cli
+from service.client import cli
 
 SUBCOMMANDS = ["serve", "translate", "forecast", "generate", "models", "health"]
 
@@ -121,7 +121,7 @@ def test_serve_rejects_a_bad_environment_value(capsys):
 def test_training_commands_without_torch_say_how_to_install(tmp_path):
     code = (
         "import sys; sys.modules['torch'] = None\n"  # makes `import torch` fail like a serving install
-        "from service.cli import main\n"
+        "from service.client.cli import main\n"
         f"sys.exit(main(['train', 'forecast', '--out', {str(tmp_path / 'run')!r}]))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

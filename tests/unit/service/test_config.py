@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import service
-from service.config import ServeConfig, add_arguments, config_from_args
-from service.errors import (
+from service.core.config import ServeConfig, add_arguments, config_from_args
+from service.core.errors import (
     Cancelled,
     DeadlineExceeded,
     Internal,
@@ -64,7 +64,7 @@ def test_event_loop_factory_picks_uvloop_unless_asked_for_asyncio(monkeypatch):
 
     uvloop = pytest.importorskip("uvloop")  # a dependency of the serving install on Linux and macOS
 
-    from service.server import describe_loop, event_loop_factory, run_on_loop
+    from service.front.server import describe_loop, event_loop_factory, run_on_loop
 
     async def running_loop() -> str:
         return describe_loop(asyncio.get_running_loop())
@@ -118,7 +118,7 @@ def test_engine_imports_without_torch_or_grpc():
 
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['grpc'] = None\n"
-        "import service.engine, service.tasks.forecast, service.tasks.translate, service.tasks.generate"
+        "import service.core.engine, service.core.tasks.forecast, service.core.tasks.translate, service.core.tasks.generate"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

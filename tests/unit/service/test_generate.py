@@ -9,8 +9,8 @@ from contextlib import aclosing
 
 import pytest
 
-from service.errors import DeadlineExceeded, ResourceExhausted, Unavailable
-from service.types import GenerateRequest
+from service.core.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from service.core.types import GenerateRequest
 
 PROMPTS = ["First Citizen:\n", "Speak", "All:", "Before we proceed", "You are all resolved", "F", "hear me", "Resolved."]
 
@@ -113,7 +113,7 @@ async def test_cancelling_the_consumer_task_frees_the_slot(repo, make_engine):
 
 
 async def test_translation_counts_against_the_stream_cap(repo, make_engine):
-    from service.types import TranslateRequest
+    from service.core.types import TranslateRequest
 
     engine = await make_engine(repo, max_streams=2)
     with pytest.raises(ResourceExhausted, match=r"request needs 3 decoding streams; the server admits at most 2"):
@@ -172,9 +172,9 @@ async def test_a_slow_reader_gets_the_tokens_that_piled_up_in_one_chunk(engine):
 
 
 def test_coalesce_merges_queued_chunks_and_keeps_an_error_behind_them():
-    from service.errors import Internal
-    from service.tasks.generate import coalesce
-    from service.types import GenerateChunk
+    from service.core.errors import Internal
+    from service.core.tasks.generate import coalesce
+    from service.core.types import GenerateChunk
 
     queue: asyncio.Queue = asyncio.Queue()
     for i in (2, 3):

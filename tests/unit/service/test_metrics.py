@@ -1,4 +1,4 @@
-"""Tests for service.metrics: names, labels, helpers, the aio interceptor on a real server, /metrics."""
+"""Tests for service.front.metrics: names, labels, helpers, the aio interceptor on a real server, /metrics."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from service.metrics import (
+from service.front.metrics import (
     DURATION_BUCKETS,
     Metrics,
     MetricsInterceptor,

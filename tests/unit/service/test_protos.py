@@ -29,8 +29,8 @@ def test_committed_stubs_are_current(tmp_path):
 
 
 def _descriptor_set(tmp_path) -> descriptor_pb2.FileDescriptorSet:
-    from grpc_tools import protoc
     import grpc_tools
+    from grpc_tools import protoc
 
     gen = _gen_module()
     out = tmp_path / "api.pb"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.protowire import extend_packed, packed
+from service.front.protowire import extend_packed, packed
 from service.v1 import forecast_pb2, translate_pb2
 
 

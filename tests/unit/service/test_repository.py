@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.errors import InvalidArgument, NotFound, Unavailable
-from service.types import FAILED, READY, ForecastRequest, GenerateRequest
+from service.core.errors import InvalidArgument, NotFound, Unavailable
+from service.core.types import FAILED, READY, ForecastRequest, GenerateRequest
 
 HISTORY = np.sin(np.arange(30.0))[:, None]
 
@@ -72,7 +72,7 @@ async def test_failed_version_never_replaces_the_good_one(repo, add_bundle, make
     engine = await make_engine(repo)
     bad = add_bundle(repo, "tiny-generate", "2")
     (bad / "lm.onnx").write_bytes(b"this is not an onnx graph")
-    with caplog.at_level(logging.WARNING, logger="service.repository"):
+    with caplog.at_level(logging.WARNING, logger="service.core.repository"):
         await engine.refresh()
     info = engine.get_model("tiny-generate", "2")
     assert info.state == FAILED and "graph 'lm.onnx' does not load" in info.error
@@ -83,7 +83,7 @@ async def test_failed_version_never_replaces_the_good_one(repo, add_bundle, make
         await engine.generate(GenerateRequest(model="tiny-generate", version="2", prompt="Fir"))
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="service.repository"):
+    with caplog.at_level(logging.WARNING, logger="service.core.repository"):
         await engine.refresh()  # unchanged files: not retried
     assert not caplog.records and engine.get_model("tiny-generate", "2").state == FAILED
 

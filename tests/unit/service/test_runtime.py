@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from onnx import TensorProto, helper
 
-from service.runtime import GraphRuntime, RuntimeOptions, WorkerPool
+from service.core.runtime import GraphRuntime, RuntimeOptions, WorkerPool
 
 
 class _Counting:
@@ -64,7 +64,7 @@ async def test_calls_run_inline_while_requests_come_one_at_a_time(monkeypatch):
     (and for SEQUENTIAL_S after the overlap ended), while a worker runs a call, for shapes not seen
     yet or slower than the bound, and with a plain executor (no view of the requests)."""
     clock = [1000.0]
-    monkeypatch.setattr("service.runtime.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("service.core.runtime.time.monotonic", lambda: clock[0])
     one, two = {"x": np.arange(4, dtype=np.float32)}, {"x": np.arange(5, dtype=np.float32)}
     # inline_ms 0: only the idle rule can inline; an identity takes microseconds, well under 1000 ms.
     options = RuntimeOptions(inline_ms=0.0, inline_idle_ms=1000.0)

@@ -13,8 +13,8 @@ from collections import namedtuple
 import grpc
 import pytest
 
-from service.config import ServeConfig, add_arguments, config_from_args
-from service.security import (
+from service.core.config import ServeConfig, add_arguments, config_from_args
+from service.front.security import (
     MALFORMED_TOKEN,
     MISSING_TOKEN,
     WRONG_TOKEN,
@@ -277,7 +277,7 @@ def test_server_credentials_validate_first(pem, self_signed):
 
 
 def test_client_flags_default_to_their_environment_variables(self_signed):
-    from service import cli
+    from service.client import cli
 
     env = {"SEQSERVE_TLS_CA": "/ca.pem", "SEQSERVE_TLS_CLIENT_CERT": "/c.pem", "SEQSERVE_TLS_CLIENT_KEY": "/c.key",
            "SEQSERVE_TLS_SERVER_NAME": "seqserve.test", "SEQSERVE_TOKEN_FILE": "/token",
@@ -290,7 +290,7 @@ def test_client_flags_default_to_their_environment_variables(self_signed):
 
 
 def test_client_token_comes_from_the_file_before_the_environment(tmp_path):
-    from service import cli
+    from service.client import cli
 
     (tmp_path / "token").write_text(f"# comment\n{TOKEN}\nnext-token\n")
     args = cli.build_parser({}).parse_args(["models", "--token-file", str(tmp_path / "token")])
@@ -304,7 +304,7 @@ def test_client_token_comes_from_the_file_before_the_environment(tmp_path):
 
 
 def test_client_cli_refuses_a_token_flag_and_unreadable_files(tmp_path, capsys):
-    from service import cli
+    from service.client import cli
 
     with pytest.raises(SystemExit) as info:
         cli.main(["models", "--token", TOKEN], {})

@@ -7,8 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.errors import InvalidArgument, ResourceExhausted
-from service.types import ForecastRequest, GenerateRequest, TranslateRequest
+from service.core.errors import InvalidArgument, ResourceExhausted
+from service.core.types import ForecastRequest, GenerateRequest, TranslateRequest
 
 HISTORY = np.sin(np.arange(40.0) / 3.0)[:, None] * 10 + 50  # (40, 1)
 
@@ -141,7 +141,7 @@ async def test_queue_full_through_the_engine(repo, make_engine):
 
 async def test_engine_counts_requests_for_the_graph_runtime(engine):
     """Engine._admit tells the WorkerPool how many requests are in the server: graph calls run on
-    the event loop only while requests come one at a time (service.runtime.WorkerPool.alone)."""
+    the event loop only while requests come one at a time (service.core.runtime.WorkerPool.alone)."""
     pool = engine._executor
     assert pool.requests == 0
     first = asyncio.ensure_future(engine.forecast(ForecastRequest(history=HISTORY)))

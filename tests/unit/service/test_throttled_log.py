@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from service.servicers import ThrottledLog
+from service.front.servicers import ThrottledLog
 
 
 def test_a_flood_becomes_one_line_per_period_with_the_count(caplog):
     now = [100.0]
     throttled = ThrottledLog(every_s=10.0, clock=lambda: now[0])
-    with caplog.at_level(logging.WARNING, logger="service.servicers"):
+    with caplog.at_level(logging.WARNING, logger="service.front.servicers"):
         for _ in range(500):
             throttled.warning("Forecast", "RESOURCE_EXHAUSTED", "queue is full")
         throttled.warning("Forecast", "INVALID_ARGUMENT", "history is empty")  # another code: its own line

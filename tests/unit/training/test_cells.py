@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from service.bundle import CELLS
+from service.contract import CELLS
 from training.cells import (
     GRUCell,
     LSTMCell,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from service.bundle import read_manifest
+from service.contract import read_manifest
 from training import cli, train
 
 torch.set_num_threads(1)
@@ -92,7 +92,7 @@ def test_beam_evaluation_decodes_with_the_serving_engine(exported, capsys):
 def test_quantize_keeps_the_figures_or_leaves_the_bundle_alone(exported, capsys, tmp_path):
     import shutil
 
-    from service.bundle import write_manifest
+    from service.contract import write_manifest
 
     bundle = tmp_path / "tiny-translate" / "1"
     shutil.copytree(exported["translate"][1], bundle)

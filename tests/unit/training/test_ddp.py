@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 TASKS = ("forecast", "generate")  # one sampler-sharded task and one stream-sharded (TBPTT) task
 
 

@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto, helper
 from tokenizers import Tokenizer
 
-from service.bundle import CELLS, read_manifest
+from service.contract import CELLS, read_manifest
 from tests.bundles import make_bundle
 from training.export import (
     EncoderGraph,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from service.bundle import CELLS
+from service.contract import CELLS
 from training.cells import StackedRNN, copy_from_torch
 from training.export import check_op_types
 from training.layers import ONNX_OP, Recurrent, export_mode, is_exporting

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.bundle import CELLS
+from service.contract import CELLS
 from training.models import (
     ForecastConfig,
     Forecaster,

@@ -1,7 +1,7 @@
 """What the engine records while it works, without importing grpc or prometheus_client.
 
 The engine (repository, batchers, step schedulers, tasks) must import without grpc, so the pieces
-it calls live here; ``service.metrics`` builds the Prometheus side on top of them.
+it calls live here; ``service.front.metrics`` builds the Prometheus side on top of them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
+    from service.front.metrics import Metrics
 
 
 class GraphMeter:

@@ -11,7 +11,8 @@ from ..scheduler import StreamSlots
 from ..types import EngineStats
 
 if TYPE_CHECKING:
-    from ..metrics import Metrics, TokenTimer
+    from service.front.metrics import Metrics, TokenTimer
+
     from ..repository import Bundle, TaskModel
 
 

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 
+from service.contract import BundleError
+
 from ..batching import DynamicBatcher
-from ..bundle import BundleError
 from ..errors import InvalidArgument
 from ..repository import Bundle
 from ..types import ForecastRequest, ForecastResult

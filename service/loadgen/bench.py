@@ -41,8 +41,8 @@ import grpc
 import numpy as np
 from google.protobuf.message import Message
 
-from service.cli import ADDRESS_ENV, DEFAULT_ADDRESS, EXIT_RPC_ERROR, EXIT_USAGE
-from service.series import synthetic_series
+from service.client.options import ADDRESS_ENV, DEFAULT_ADDRESS, EXIT_RPC_ERROR, EXIT_USAGE
+from service.loadgen.series import synthetic_series
 from service.v1 import (
     forecast_pb2,
     forecast_pb2_grpc,

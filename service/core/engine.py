@@ -13,7 +13,8 @@ from contextlib import aclosing, contextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from .bundle import TASKS
+from service.contract import TASKS
+
 from .config import ServeConfig
 from .errors import DeadlineExceeded, NotFound, Unavailable
 from .repository import Bundle, ModelRepository, ModelVersion, TaskModel
@@ -36,7 +37,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
+    from service.front.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ from service.v1 import (
     translate_pb2_grpc,
 )
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
+from .options import DEFAULT_ADDRESS
+
 _UNSET = object()
 
 

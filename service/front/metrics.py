@@ -51,7 +51,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from .observe import NULL_METER, GraphMeter, RequestLabels, _current, label_request  # noqa: F401 - re-exported
+from service.core.observe import NULL_METER, GraphMeter, RequestLabels, _current, label_request  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 

@@ -8,12 +8,13 @@ import time
 
 import numpy as np
 
+from service.contract import BundleError
+
 from ..batching import DynamicBatcher
-from ..bundle import BundleError
 from ..config import effective_limit
+from ..decoding import BeamSearch, GreedySearch, Hypothesis
 from ..errors import DeadlineExceeded, InvalidArgument, ServiceError
 from ..repository import Bundle
-from ..sampling import BeamSearch, GreedySearch, Hypothesis
 from ..scheduler import StepItem, StepLayout, StepScheduler
 from ..types import TranslateRequest, TranslateResult, Translation
 from . import TaskContext

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from ..bundle import BundleError
+from service.contract import BundleError
+
 from ..config import effective_limit
+from ..decoding import Sampler, StopChecker
 from ..errors import DeadlineExceeded, InvalidArgument, ServiceError
 from ..repository import Bundle
-from ..sampling import Sampler, StopChecker
 from ..scheduler import StepItem, StepLayout, StepScheduler
 from ..tokenizing import StreamDecoder
 from ..types import GenerateChunk, GenerateRequest

@@ -13,27 +13,20 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-ADDRESS_ENV = "SEQSERVE_ADDRESS"
-# Client-side TLS and token settings. Not SEQSERVE_TLS_CERT/_KEY: those configure the server.
-TLS_CA_ENV = "SEQSERVE_TLS_CA"
-TLS_CERT_ENV = "SEQSERVE_TLS_CLIENT_CERT"
-TLS_KEY_ENV = "SEQSERVE_TLS_CLIENT_KEY"
-TLS_SERVER_NAME_ENV = "SEQSERVE_TLS_SERVER_NAME"
-TOKEN_ENV = "SEQSERVE_TOKEN"
-TOKEN_FILE_ENV = "SEQSERVE_TOKEN_FILE"
-LOG_LEVEL_ENV = "SEQSERVE_LOG_LEVEL"
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-# Subcommands that belong to the training package (it needs torch: `pip install 'seqserve[train]'`).
-TRAINING_COMMANDS = {
-    "train": "train a model from a preset or config (delegates to training.cli)",
-    "export": "export a trained checkpoint to an ONNX model bundle (delegates to training.cli)",
-    "evaluate": "evaluate a checkpoint or bundle on held-out data (delegates to training.cli)",
-    "quantize": "store a bundle's weights as int8 if its figures hold within 1%% (delegates to training.cli)",
-    "gradient-flow": "measure gradient flow through time for each cell type (delegates to training.cli)",
-    "compare": "train one task once per cell with the same budget and compare (delegates to training.cli)",
-}
-EXIT_RPC_ERROR = 1
-EXIT_USAGE = 2
+from .options import (  # noqa: F401 - part of this module's interface
+    ADDRESS_ENV,
+    DEFAULT_ADDRESS,
+    EXIT_RPC_ERROR,
+    EXIT_USAGE,
+    LOG_LEVEL_ENV,
+    TLS_CA_ENV,
+    TLS_CERT_ENV,
+    TLS_KEY_ENV,
+    TLS_SERVER_NAME_ENV,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    TRAINING_COMMANDS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +99,8 @@ def _quantile_list(text: str) -> list[float]:
 
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
     """The full ``seqserve`` argument parser (defaults read from ``environ``)."""
-    from service import bench
-    from service import config as serve_config
+    from service.core import config as serve_config
+    from service.loadgen import bench
 
     parser = argparse.ArgumentParser(
         prog="seqserve",
@@ -216,7 +209,7 @@ def _print_json(value: Any, out: TextIO) -> None:
 
 
 def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from service import config as serve_config
+    from service.core import config as serve_config
 
     try:
         config = serve_config.config_from_args(args, environ)
@@ -227,7 +220,7 @@ def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from service.server import event_loop_factory, run_on_loop, serve
+    from service.front.server import event_loop_factory, run_on_loop, serve
 
     try:
         factory = event_loop_factory(config.event_loop)
@@ -393,7 +386,7 @@ def client_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.e
     """A SeqserveClient for the connection options of a client subcommand: address, timeout, TLS
     and the token (--token-file, else env SEQSERVE_TOKEN). Raises ValueError for an unreadable
     file or a certificate without its key."""
-    from service.client import SeqserveClient, read_token_file
+    from service.client.client import SeqserveClient, read_token_file
 
     token = read_token_file(args.token_file) if args.token_file else (environ.get(TOKEN_ENV) or "").strip() or None
     return SeqserveClient(
@@ -440,7 +433,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "bench":
         return args.func(args)
 
-    from service.client import ClientError
+    from service.client.client import ClientError
 
     out = sys.stdout
     try:

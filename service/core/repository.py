@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .bundle import MANIFEST_FILE, BundleError, Manifest, check_name, read_manifest
+from service.contract import MANIFEST_FILE, BundleError, Manifest, check_name, read_manifest
+
 from .config import ServeConfig
 from .errors import InvalidArgument, NotFound, Unavailable
 from .runtime import GraphRuntime, RuntimeOptions
@@ -23,7 +24,7 @@ from .tokenizing import TextCodec
 from .types import FAILED, LOADING, READY, UNLOADING
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
+    from service.front.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import BundleError
+from service.contract import BundleError
+
 from .errors import Internal
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,11 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from service import types
-from service.bundle import TASKS
-from service.errors import InvalidArgument, ServiceError
-from service.metrics import label_request
-from service.protowire import extend_packed
+from service.contract import TASKS
+from service.core import types
+from service.core.errors import InvalidArgument, ServiceError
+from service.front.metrics import label_request
+from service.front.protowire import extend_packed
 from service.v1 import (
     forecast_pb2,
     forecast_pb2_grpc,
@@ -353,7 +353,7 @@ class ForecasterServicer(forecast_pb2_grpc.ForecasterServicer):
                 target = _resolved_target(self.engine.get_model(result.model, result.version).forecast, channels)
             except ServiceError:  # the version was unloaded meanwhile; its manifest default is the last
                 target = channels - 1
-        # Arrays go in through their wire form (service.protowire): ~10x faster than lists.
+        # Arrays go in through their wire form (service.front.protowire): ~10x faster than lists.
         out = forecast_pb2.ForecastResponse(model=result.model, version=str(result.version), target_channel=target)
         extend_packed(out, "forecast", point[:, target])
         if channels > 1:

@@ -28,8 +28,8 @@ from typing import Any
 
 import grpc
 
-from service.config import ServeConfig, read_config_file
-from service.metrics import split_method
+from service.core.config import ServeConfig, read_config_file
+from service.front.metrics import split_method
 
 log = logging.getLogger(__name__)
 

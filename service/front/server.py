@@ -13,16 +13,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.config import ServeConfig
-from service.engine import Engine
-from service.metrics import (
+from service.core.config import ServeConfig
+from service.core.engine import Engine
+from service.front.metrics import (
     Metrics,
     MetricsInterceptor,
     start_metrics_server,
     stop_metrics_server,
 )
-from service.security import auth_interceptor, describe, server_credentials
-from service.servicers import add_servicers
+from service.front.security import auth_interceptor, describe, server_credentials
+from service.front.servicers import add_servicers
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ async def create_server(
     Pass ``health`` to keep a handle for drain(); with ``metrics`` every RPC is recorded (its
     interceptor runs first, before ``interceptors``). With ``config.tls_cert`` the port speaks TLS
     (mutual TLS with ``config.tls_client_ca``); with a configured token every RPC but health needs
-    it (see service.security). Returns (server, bound port, engine); raises ValueError on unusable
+    it (see service.front.security). Returns (server, bound port, engine); raises ValueError on unusable
     TLS or token settings, RuntimeError when the address cannot be bound.
     """
     credentials = server_credentials(config)

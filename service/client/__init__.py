@@ -1,0 +1,19 @@
+"""The client side: the Python client (``SeqserveClient``) and the ``seqserve`` command (``service.client.cli``)."""
+
+from .client import (
+    DEFAULT_ADDRESS,
+    ClientError,
+    ForecastResult,
+    GenerateChunk,
+    GenerateResult,
+    SeqserveClient,
+    TranslateResult,
+    Translation,
+    channel_credentials,
+    read_token_file,
+)
+
+__all__ = [
+    "DEFAULT_ADDRESS", "ClientError", "ForecastResult", "GenerateChunk", "GenerateResult", "SeqserveClient",
+    "TranslateResult", "Translation", "channel_credentials", "read_token_file",
+]

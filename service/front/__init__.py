@@ -1,0 +1,1 @@
+"""The gRPC front end: servicers (proto <-> core values), server wiring, security, metrics and interceptors."""
