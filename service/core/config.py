@@ -18,7 +18,7 @@ EVENT_LOOPS = ("auto", "uvloop", "asyncio")  # auto = uvloop where it is install
 def default_models_dir() -> Path:
     """The checkout's ``models/`` (next to the ``service`` package) when there is one, as in a
     source checkout or editable install; otherwise ``./models`` of the working directory."""
-    beside = Path(__file__).resolve().parents[1] / "models"
+    beside = Path(__file__).resolve().parents[2] / "models"
     return beside if beside.is_dir() else Path("models").resolve()
 
 
