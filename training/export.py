@@ -17,10 +17,15 @@ from torch import Tensor, nn
 
 from service.contract import (
     GRAPHS,
+    ONNX_DTYPES,
     TOKENIZERS,
+    BundleError,
     ForecastSpec,
+    Found,
     Manifest,
+    check_graph,
     check_name,
+    graph_spec,
     state_names,
     write_manifest,
 )
@@ -33,47 +38,14 @@ OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max abs difference onnxruntime vs PyTorch, per output
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 UNROLLED_OPS = ("Loop", "Scan", "If")
-# name -> (rank, axes that must be symbolic: batch and length axes), from service/contract.py
-IO_AXES: dict[str, tuple[int, tuple[int, ...]]] = {
-    "window": (3, (0, 1)),
-    "quantiles": (4, (0,)),
-    "tokens": (2, (0, 1)),
-    "logits": (3, (0, 1)),
-    "state_h": (3, (1,)),
-    "state_c": (3, (1,)),
-    "state_h_out": (3, (1,)),
-    "state_c_out": (3, (1,)),
-    "src": (2, (0, 1)),
-    "src_len": (1, (0,)),
-    "memory": (3, (0, 1)),
-    "memory_keys": (3, (0, 1)),
-    "prev_token": (1, (0,)),
-    "src_mask": (2, (0, 1)),
-    "log_probs": (2, (0,)),
-    "attention": (2, (0, 1)),
-}
-_AXIS_NAMES = {"window": ("batch", "time"), "tokens": ("batch", "time"), "logits": ("batch", "time"),
-               "src": ("batch", "src_time"), "memory": ("batch", "src_time"), "memory_keys": ("batch", "src_time"),
-               "src_mask": ("batch", "src_time"), "attention": ("batch", "src_time")}
-
-
 class ExportError(RuntimeError):
     """An exported graph breaks the bundle contract or disagrees with PyTorch; says which and by how much."""
 
 
 def graph_io(role: str, cell: str) -> tuple[list[str], list[str]]:
-    """Input and output names of graph ``role`` for ``cell``, exactly as service/contract.py documents."""
-    states = [f"state_{s}" for s in state_names(cell)]
-    outs = [f"{s}_out" for s in states]
-    if role == "forecast":
-        return ["window"], ["quantiles"]
-    if role == "lm":
-        return ["tokens", *states], ["logits", *outs]
-    if role == "encoder":
-        return ["src", "src_len"], ["memory", "memory_keys", *states]
-    if role == "decoder_step":
-        return ["prev_token", *states, "memory", "memory_keys", "src_mask"], ["log_probs", *outs, "attention"]
-    raise ValueError(f"graph role {role!r} is not one of forecast, lm, encoder, decoder_step")
+    """Input and output names of graph ``role`` for ``cell``, in the order the bundle contract gives them."""
+    spec = graph_spec(role, cell)
+    return spec.input_names, spec.output_names
 
 
 # ---- graph wrappers: the contract's flat tensor I/O around each model ----------------------------
@@ -152,27 +124,22 @@ def check_op_types(path: str | Path, expect: str | None = None) -> Counter:
     return ops
 
 
-def check_symbolic_shapes(path: str | Path, names: tuple[list[str], list[str]] | None = None) -> None:
-    """Raise ExportError unless every graph input/output has the contract's rank and symbolic
-    (not fixed) batch/length axes; with ``names`` (inputs, outputs) also the exact names, in order."""
+def check_graph_file(path: str | Path, role: str, cell: str) -> None:
+    """Raise ExportError unless the graph at ``path`` has exactly the contract's inputs and outputs
+    for ``role`` and ``cell``, in order, with their dtypes, ranks and symbolic batch/length axes."""
     model = onnx.load(str(path), load_external_data=False)
-    file = Path(path).name
-    ins = [v for v in model.graph.input]
-    outs = [v for v in model.graph.output]
-    if names is not None:
-        got = ([v.name for v in ins], [v.name for v in outs])
-        if got != (list(names[0]), list(names[1])):
-            raise ExportError(f"{file}: inputs/outputs {got}, contract says {names}")
-    for v in [*ins, *outs]:
-        if v.name not in IO_AXES:
-            raise ExportError(f"{file}: {v.name!r} is not an input/output name of the bundle contract")
-        rank, axes = IO_AXES[v.name]
-        dims = v.type.tensor_type.shape.dim
-        if len(dims) != rank:
-            raise ExportError(f"{file}: {v.name} has rank {len(dims)}, contract says {rank}")
-        for a in axes:
-            if not dims[a].dim_param or dims[a].HasField("dim_value"):
-                raise ExportError(f"{file}: {v.name} axis {a} is fixed to {dims[a].dim_value}, must be symbolic")
+
+    def found(values) -> list[Found]:
+        return [Found(v.name, ONNX_DTYPES.get(v.type.tensor_type.elem_type, f"onnx type {v.type.tensor_type.elem_type}"),
+                      tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                            for d in v.type.tensor_type.shape.dim))
+                for v in values]
+
+    try:
+        check_graph(Path(path).name, graph_spec(role, cell), found(model.graph.input), found(model.graph.output),
+                    ordered=True)
+    except BundleError as err:
+        raise ExportError(str(err)) from None
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -210,24 +177,20 @@ def compare(path: Path, module: nn.Module, inputs: dict[str, Tensor], tolerance:
 # ---- export --------------------------------------------------------------------------------------
 
 
-def _export_graph(module: nn.Module, args: tuple[Tensor, ...], path: Path, names: tuple[list[str], list[str]], cell: str) -> None:
-    inputs, outputs = names
-    dynamic = {}
-    for n in [*inputs, *outputs]:
-        _, axes = IO_AXES[n]
-        labels = _AXIS_NAMES.get(n, ("batch",))
-        dynamic[n] = {a: (labels[i] if i < len(labels) else f"{n}_{a}") for i, a in enumerate(axes)}
+def _export_graph(module: nn.Module, args: tuple[Tensor, ...], path: Path, role: str, cell: str) -> None:
+    spec = graph_spec(role, cell)
+    dynamic = {t.name: t.dynamic_axes() for t in (*spec.inputs, *spec.outputs)}
     with warnings.catch_warnings(), export_mode():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice, tracer warnings
         torch.onnx.export(
-            module, args, str(path), dynamo=False, opset_version=OPSET, input_names=inputs,
-            output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True, export_params=True,
+            module, args, str(path), dynamo=False, opset_version=OPSET, input_names=spec.input_names,
+            output_names=spec.output_names, dynamic_axes=dynamic, do_constant_folding=True, export_params=True,
         )
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"{path.name}: onnx.checker failed: {err}") from None
-    check_symbolic_shapes(path, names)
+    check_graph_file(path, role, cell)
     check_op_types(path, ONNX_OP[cell])
 
 
@@ -238,10 +201,9 @@ def _random_state(rng: torch.Generator, layers: int, batch: int, hidden: int, n:
 def _export_forecast(model: Forecaster, out: Path, rng: torch.Generator) -> dict[str, float]:
     c = model.config
     path = out / GRAPHS["forecast"]["forecast"]
-    names = graph_io("forecast", c.cell)
     graph = ForecastGraph(model).eval()
     example = torch.randn(2, max(c.min_history, 2), c.channels, generator=rng)
-    _export_graph(graph, (example,), path, names, c.cell)
+    _export_graph(graph, (example,), path, "forecast", c.cell)
     worst = 0.0
     for batch, length in ((1, c.window), (3, c.min_history), (2, (c.window + c.min_history) // 2)):
         level = 10.0 * torch.randn(1, 1, c.channels, generator=rng)
@@ -262,7 +224,7 @@ def _export_lm(model: LanguageModel, out: Path, rng: torch.Generator) -> dict[st
         tokens = torch.randint(0, c.vocab_size, (batch, length), generator=rng)
         return dict(zip(names[0], [tokens, *_random_state(rng, c.num_layers, batch, c.hidden_size, n_states)]))
 
-    _export_graph(graph, tuple(inputs(2, 3).values()), path, names, c.cell)
+    _export_graph(graph, tuple(inputs(2, 3).values()), path, "lm", c.cell)
     worst = 0.0
     for batch, length in ((1, 1), (3, 7), (2, 16)):
         worst = max(worst, compare(path, graph, inputs(batch, length)))
@@ -281,12 +243,12 @@ def _export_translate(model: Seq2Seq, out: Path, rng: torch.Generator) -> dict[s
     c = model.config
     enc_path = out / GRAPHS["translate"]["encoder"]
     dec_path = out / GRAPHS["translate"]["decoder_step"]
-    enc_names, dec_names = graph_io("encoder", c.cell), graph_io("decoder_step", c.cell)
+    dec_names = graph_io("decoder_step", c.cell)
     encoder, step = EncoderGraph(model).eval(), DecoderStepGraph(model).eval()
     n_states = len(state_names(c.cell))
 
     src, lens = _source_batch(c, rng, [5, 3], 5)
-    _export_graph(encoder, (src, lens), enc_path, enc_names, c.cell)
+    _export_graph(encoder, (src, lens), enc_path, "encoder", c.cell)
 
     def step_inputs(src: Tensor, lens: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
@@ -297,7 +259,7 @@ def _export_translate(model: Seq2Seq, out: Path, rng: torch.Generator) -> dict[s
         mask = model.source_mask(lens, src.shape[1])
         return dict(zip(dec_names[0], [prev, *states, memory, keys, mask]))
 
-    _export_graph(step, tuple(step_inputs(src, lens).values()), dec_path, dec_names, c.cell)
+    _export_graph(step, tuple(step_inputs(src, lens).values()), dec_path, "decoder_step", c.cell)
     worst = {"encoder": 0.0, "decoder_step": 0.0}
     # Varied batch sizes, widths and true lengths, including a batch padded beyond its longest sentence.
     for lengths, width in (([6], 6), ([9, 4, 1], 9), ([7, 12, 3, 10], 12), ([2, 5], 8)):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from service.contract import MANIFEST_FILE, BundleError, Manifest, check_name, read_manifest
+from service.contract import MANIFEST_FILE, BundleError, Manifest, check_name, graph_spec, read_manifest
 
 from .config import ServeConfig
 from .errors import InvalidArgument, NotFound, Unavailable
@@ -145,9 +145,11 @@ def open_bundle(path: Path, name: str, version: str, options: RuntimeOptions, ex
     for role, file in manifest.graphs.items():
         data = _read_regular(path, file)
         try:
-            graphs[role] = GraphRuntime(f"{name}/{version}/{file}", data, options, executor)
+            graph = GraphRuntime(f"{name}/{version}/{file}", data, options, executor)
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise BundleError(f"{path}: graph {file!r} does not load: {str(err)[:300]}") from None
+        graph.check(graph_spec(role, manifest.cell))  # BundleError naming the graph and what differs
+        graphs[role] = graph
     codecs = {}
     for role, file in manifest.tokenizers.items():
         data = _read_regular(path, file)
@@ -368,13 +370,13 @@ class ModelRepository:
 
     def default_name(self, task: str) -> str | None:
         """The model that answers requests with an empty name: the one whose newest version's
-        manifest has ``"default": true`` (alphabetically first if several), else the first name."""
+        manifest has ``"default": true`` (``Manifest.default``; alphabetically first if several), else the first name."""
         newest: dict[str, ModelVersion] = {}
         for e in self.ready(task):
             newest[e.name] = e  # versions() is sorted, so the last one wins
         if not newest:
             return None
-        marked = [n for n, e in newest.items() if e.manifest is not None and e.manifest.extra.get("default") is True]
+        marked = [n for n, e in newest.items() if e.manifest is not None and e.manifest.default]
         return sorted(marked or newest)[0]
 
     def find(self, name: str, version: str = "") -> ModelVersion:

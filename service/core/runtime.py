@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from service.contract import BundleError
+from service.contract import ORT_DTYPES, Found, GraphSpec, check_graph
 
 from .errors import Internal
 
@@ -149,15 +149,12 @@ class GraphRuntime:
         # The last duration per input shapes (for inline_idle_ms: a batch of 32 is not a batch of 1).
         self._by_shape: OrderedDict[tuple, float] = OrderedDict()
 
-    def require(self, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
-        """Raise BundleError unless the graph has these input and output names."""
-        missing_in = [n for n in inputs if n not in self.inputs]
-        missing_out = [n for n in outputs if n not in self.outputs]
-        if missing_in or missing_out:
-            raise BundleError(
-                f"graph {self.name} lacks input(s) {missing_in} / output(s) {missing_out}; "
-                f"it has inputs {sorted(self.inputs)} and outputs {self.outputs}"
-            )
+    def check(self, spec: GraphSpec) -> None:
+        """Raise BundleError unless the graph's inputs and outputs are the contract's ``spec``."""
+        def found(args) -> list[Found]:
+            return [Found(a.name, ORT_DTYPES.get(a.type, a.type), tuple(a.shape)) for a in args]
+
+        check_graph(self.name, spec, found(self._session.get_inputs()), found(self._session.get_outputs()))
 
     def run_sync(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph in the calling thread; returns every output by name."""

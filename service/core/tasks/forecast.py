@@ -52,7 +52,6 @@ class ForecastModel:
         self.name, self.version, self.spec = m.name, m.version, m.forecast
         self._config = ctx.config
         self._graph = bundle.graphs["forecast"]
-        self._graph.require(("window",), ("quantiles",))
         self._levels = np.asarray(self.spec.quantiles, dtype=np.float64)
         self._median = int(np.argmin(np.abs(self._levels - 0.5)))
         cfg = ctx.config

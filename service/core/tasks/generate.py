@@ -119,7 +119,6 @@ class GenerateModel:
         self._states = tuple(f"state_{s}" for s in m.state_names)
         self._layers, self._hidden = m.num_layers, m.hidden_size
         self._lm = bundle.graphs["lm"]
-        self._lm.require(("tokens", *self._states), ("logits", *(s + "_out" for s in self._states)))
         self.max_prompt_tokens = effective_limit(cfg.max_prompt_tokens, m.limits, "max_prompt_tokens", DEFAULT_PROMPT_TOKENS)
         self.max_tokens = effective_limit(cfg.max_tokens, m.limits, "max_tokens", cfg.max_tokens)
         self._scheduler = StepScheduler(

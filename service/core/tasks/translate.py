@@ -98,12 +98,7 @@ class TranslateModel:
         self._unk = m.special_tokens["unk"]
         self._states = tuple(f"state_{s}" for s in m.state_names)
         self._encoder_graph = bundle.graphs["encoder"]
-        self._encoder_graph.require(("src", "src_len"), ("memory", "memory_keys", *self._states))
         self._decoder_graph = bundle.graphs["decoder_step"]
-        self._decoder_graph.require(
-            ("prev_token", "memory", "memory_keys", "src_mask", *self._states),
-            ("log_probs", *(s + "_out" for s in self._states)),
-        )
         self.max_source_tokens = effective_limit(cfg.max_source_tokens, m.limits, "max_source_tokens", DEFAULT_TOKEN_LIMIT)
         self.max_target_tokens = effective_limit(cfg.max_target_tokens, m.limits, "max_target_tokens", DEFAULT_TOKEN_LIMIT)
         label = f"model {m.name} version {m.version}"

@@ -221,3 +221,38 @@ async def test_heap_is_frozen_after_loading_and_retired_versions_are_still_freed
     assert (await engine.forecast(ForecastRequest(history=HISTORY))).version == "2"
     await engine.stop(0)
     assert gc.get_freeze_count() == 0  # a stopped engine leaves nothing out of the collector's sight
+
+
+async def test_a_graph_that_breaks_the_contract_is_refused_naming_what_differs(repo, add_bundle, make_engine):
+    from onnx import TensorProto, helper, save
+
+    engine = await make_engine(repo)
+    bad = add_bundle(repo, "tiny-forecast", "2")
+    # A valid ONNX graph with the right file name whose batch axis is fixed and output misnamed.
+    x = helper.make_tensor_value_info("window", TensorProto.FLOAT, [1, "time", 1])
+    y = helper.make_tensor_value_info("levels", TensorProto.FLOAT, [1, "time", 1])
+    save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["window"], ["levels"])], "g", [x], [y])),
+         str(bad / "forecast.onnx"))
+    await engine.refresh()
+    info = engine.get_model("tiny-forecast", "2")
+    assert info.state == FAILED
+    assert "forecast.onnx (forecast graph): window axis 0 (batch) is fixed to 1; the contract says dynamic" in info.error
+    assert engine.get_model("tiny-forecast").version == "1"
+
+
+async def test_the_manifest_default_flag_picks_the_default_model(repo, add_bundle, make_engine):
+    other = repo / "a-forecast" / "1"  # alphabetically first: the default without a flag
+    shutil.copytree(repo / "tiny-forecast" / "1", other)
+    _edit_manifest(other, name="a-forecast")
+    engine = await make_engine(repo)
+    assert (await engine.forecast(ForecastRequest(history=HISTORY))).model == "a-forecast"
+    shutil.copytree(repo / "tiny-forecast" / "1", repo / "tiny-forecast" / "2")
+    _edit_manifest(repo / "tiny-forecast" / "2", version="2", default=True)
+    await engine.refresh()
+    assert (await engine.forecast(ForecastRequest(history=HISTORY))).model == "tiny-forecast"
+    assert engine.get_model("tiny-forecast").is_default and not engine.get_model("a-forecast").is_default
+    _edit_manifest(other, default="yes")
+    shutil.copytree(other, repo / "a-forecast" / "2")
+    _edit_manifest(repo / "a-forecast" / "2", version="2")
+    await engine.refresh()
+    assert "default 'yes' must be true or false" in engine.get_model("a-forecast", "2").error

@@ -18,8 +18,8 @@ from tests.bundles import make_bundle
 from training.export import (
     EncoderGraph,
     ExportError,
+    check_graph_file,
     check_op_types,
-    check_symbolic_shapes,
     compare,
     export_bundle,
     graph_io,
@@ -121,7 +121,7 @@ def test_export_every_task_and_cell(tmp_path, task, cell):
         path = bundle / manifest.graphs[role]
         ops = check_op_types(path, ONNX_OP[cell])
         assert ops[ONNX_OP[cell]] == model.config.num_layers  # one fused op per layer, both directions in it
-        check_symbolic_shapes(path, graph_io(role, cell))
+        check_graph_file(path, role, cell)
         m = onnx.load(str(path), load_external_data=False)
         assert all(i.data_location != TensorProto.EXTERNAL for i in m.graph.initializer)
     assert sorted(p.name for p in bundle.iterdir()) == sorted(["manifest.json", *manifest.files()])
@@ -189,10 +189,12 @@ def test_checks_reject_unfused_or_fixed_graphs(tmp_path):
     with pytest.raises(ExportError, match="no fused recurrent op"):
         check_op_types(_graph(tmp_path, "Relu", ["B", "T", 1]))
     fixed = _graph(tmp_path, "Relu", [2, "T", 1])
-    with pytest.raises(ExportError, match="window axis 0 is fixed to 2"):
-        check_symbolic_shapes(fixed)
-    with pytest.raises(ExportError, match="contract says"):
-        check_symbolic_shapes(_graph(tmp_path, "Relu", ["B", "T", 1]), (["tokens"], ["logits"]))
+    with pytest.raises(ExportError, match=r"window axis 0 \(batch\) is fixed to 2; the contract says dynamic"):
+        check_graph_file(fixed, "forecast", "lstm")
+    with pytest.raises(ExportError, match=r"inputs are \['window'\]; the contract says \['tokens', 'state_h', 'state_c'\]"):
+        check_graph_file(_graph(tmp_path, "Relu", ["B", "T", 1]), "lm", "lstm")
+    with pytest.raises(ExportError, match="window has rank 2; the contract says 3"):
+        check_graph_file(_graph(tmp_path, "Relu", ["B", "T"]), "forecast", "lstm")
 
 
 @pytest.mark.parametrize("task", ["translate", "forecast", "generate"])
