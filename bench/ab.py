@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.targets import ROOT, Server, interleaved, wait_serving
-from service.loadgen.bench import ENDPOINTS, BenchConfig, LevelResult, benchmark
+from bench.harness import ROOT, Server, interleaved, wait_serving
+from service.loadgen.config import ENDPOINTS, BenchConfig
+from service.loadgen.results import LevelResult
+from service.loadgen.runners import benchmark
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:

@@ -42,7 +42,8 @@ import onnxruntime as ort
 from service.contract import BundleError, Manifest, read_manifest
 from service.core.runtime import RuntimeOptions, session_options
 from service.core.tokenizing import TextCodec
-from service.loadgen.bench import PROMPTS, SENTENCES, synthetic_series
+from service.loadgen.corpus import PROMPTS, SENTENCES
+from service.loadgen.series import synthetic_series
 
 DEFAULT_CALLS = 200
 DEFAULT_WARMUP = 20

@@ -1,7 +1,7 @@
 """Closed-loop load generator for the Triton forecast model of ``bench/triton/server.py``.
 
 Runs inside ``.venv-triton`` (tritonclient needs protobuf<7; the main venv has protobuf 7), and does
-not import ``service``. It mirrors ``seqserve bench --endpoint forecast`` (service/loadgen/bench.py):
+not import ``service``. It mirrors ``seqserve bench --endpoint forecast`` (service/loadgen/runners.py):
 
 * closed loop: for each ``--concurrency`` level N, N asyncio workers on one gRPC channel
   (``tritonclient.grpc.aio``) send their next request as soon as the previous one finished;
@@ -9,13 +9,13 @@ not import ``service``. It mirrors ``seqserve bench --endpoint forecast`` (servi
   ``--duration`` seconds and waits for the requests in flight;
 * latency per request is ``time.perf_counter`` from send to reply; figures are over OK requests;
   throughput = OK requests / elapsed seconds (until the last request finished);
-* inputs: POOL_SIZE (256) seeded synthetic hourly-looking series (same generator as
-  service/loadgen/bench.py), sent round-robin. By default every history is a full window (the manifest's
+* inputs: POOL_SIZE (256) seeded synthetic hourly-looking series (same generator and pool as
+  service/loadgen/pools.py), sent round-robin. By default every history is a full window (the manifest's
   ``window`` steps); ``--random-length`` draws lengths in [min_history, window] like seqserve bench
   (then only equal lengths batch together, on both servers).
 
 One JSON object per level (``--json``) or a table, with the keys of seqserve bench's CSV
-(service/loadgen/bench.py CSV_COLUMNS); figures that do not apply (tokens, ttft, itl, server_*) are null,
+(service/loadgen/results.py CSV_COLUMNS); figures that do not apply (tokens, ttft, itl, server_*) are null,
 and as in ``seqserve bench --json`` ``error_codes`` is a {code: count} object there and a
 "CODE:n;..." string in the CSV. ``--csv FILE`` writes the rows.
 
@@ -38,7 +38,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-# Same columns, same order as service/loadgen/bench.py CSV_COLUMNS.
+# Same columns, same order as service/loadgen/results.py CSV_COLUMNS.
 CSV_COLUMNS = (
     "endpoint", "mode", "level", "model", "version", "requests", "ok", "errors", "error_codes", "dropped",
     "elapsed_s", "throughput_rps", "tokens_per_s",
@@ -111,7 +111,7 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 
 
 def summarize(level: int, model: str, version: str, outcomes: list[Outcome], elapsed_s: float) -> dict:
-    """One row with the CSV_COLUMNS keys, computed as service/loadgen/bench.py summarize does."""
+    """One row with the CSV_COLUMNS keys, computed as service/loadgen/results.py summarize does."""
     ok = [o for o in outcomes if o.code == OK]
     ms = np.array([o.latency for o in ok], dtype=np.float64) * 1000.0
     pct = dict(zip((50, 90, 95, 99), np.percentile(ms, (50, 90, 95, 99)))) if ms.size else {}

@@ -19,7 +19,9 @@ import grpc
 import pytest
 
 from bench import inprocess
-from service.loadgen import bench
+from service.loadgen.config import BenchConfig
+from service.loadgen.results import LevelResult
+from service.loadgen.runners import benchmark
 from service.v1 import forecast_pb2, forecast_pb2_grpc, generate_pb2, generate_pb2_grpc, models_pb2, models_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,14 +82,14 @@ def serving(module: str, *args: str) -> Iterator[Served]:
             reader.join(timeout=STOP_TIMEOUT_S)
 
 
-async def run_bench(address: str) -> list[bench.LevelResult]:
+async def run_bench(address: str) -> list[LevelResult]:
     """Every ENDPOINTS at concurrency 1 and 4, one second each."""
-    config = bench.BenchConfig(address=address, endpoints=ENDPOINTS, concurrency=[1, 4], duration_s=1.0,
-                               warmup_s=0.2, max_tokens=MAX_TOKENS, timeout_s=30.0)
-    return await bench.benchmark(config)
+    config = BenchConfig(address=address, endpoints=ENDPOINTS, concurrency=[1, 4], duration_s=1.0,
+                         warmup_s=0.2, max_tokens=MAX_TOKENS, timeout_s=30.0)
+    return await benchmark(config)
 
 
-def assert_clean(results: list[bench.LevelResult]) -> None:
+def assert_clean(results: list[LevelResult]) -> None:
     """Every level answered, without errors, by the tiny models, generating MAX_TOKENS per request."""
     assert [(r.endpoint, r.load.label) for r in results] == [(e, c) for e in ENDPOINTS for c in ("c=1", "c=4")]
     for r in results:

@@ -16,6 +16,13 @@ from prometheus_client import CollectorRegistry
 
 from service.front.metrics import Metrics, start_metrics_server, stop_metrics_server
 from service.loadgen import bench
+from service.loadgen.config import ENDPOINTS, BenchConfig
+from service.loadgen.pools import ForecastShape, forecast_requests
+from service.loadgen.report import table_row
+from service.loadgen.results import CSV_COLUMNS, LevelResult
+from service.loadgen.runners import benchmark
+from service.loadgen.senders import token_timings
+from service.loadgen.server_metrics import server_stats
 from tests.integration.harness import Served, serving
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")  # the loop the server fixture runs on
@@ -53,7 +60,7 @@ def _bench_args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(["bench", *argv])
 
 
-def _assert_ordered(result: bench.LevelResult) -> None:
+def _assert_ordered(result: LevelResult) -> None:
     lat = result.latency_ms
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"], lat
     assert lat["mean"] > 0
@@ -61,13 +68,13 @@ def _assert_ordered(result: bench.LevelResult) -> None:
 
 @on_module_loop
 async def test_every_endpoint_in_closed_and_open_loop(target):
-    config = bench.BenchConfig(address=target.address, metrics_address=target.metrics_address, **QUICK)
-    seen: list[bench.LevelResult] = []
-    results = await bench.benchmark(config, on_result=seen.append)
+    config = BenchConfig(address=target.address, metrics_address=target.metrics_address, **QUICK)
+    seen: list[LevelResult] = []
+    results = await benchmark(config, on_result=seen.append)
 
     assert seen == results
     assert [(r.endpoint, r.load.label) for r in results] == [
-        (e, label) for e in bench.ENDPOINTS for label in ("c=1", "c=2", "r=40/s")]
+        (e, label) for e in ENDPOINTS for label in ("c=1", "c=2", "r=40/s")]
     for r in results:
         assert r.ok > 0 and r.errors == {} and r.requests == r.ok and r.dropped == 0, r
         assert r.ok <= QUICK["max_requests"]
@@ -91,16 +98,16 @@ async def test_every_endpoint_in_closed_and_open_loop(target):
 
 @on_module_loop
 async def test_request_errors_are_counted_by_code(target):
-    config = bench.BenchConfig(address=target.address, metrics_address=target.metrics_address,
-                               model="no-such-model", **{**QUICK, "concurrency": [2], "rates": []})
-    results = await bench.benchmark(config)
+    config = BenchConfig(address=target.address, metrics_address=target.metrics_address,
+                         model="no-such-model", **{**QUICK, "concurrency": [2], "rates": []})
+    results = await benchmark(config)
 
-    assert [r.endpoint for r in results] == list(bench.ENDPOINTS)
+    assert [r.endpoint for r in results] == list(ENDPOINTS)
     for r in results:
         assert r.ok == 0 and r.requests > 0 and r.errors == {"NOT_FOUND": r.requests}, r
         assert r.latency_ms["p50"] is None and r.throughput_rps == 0
         assert r.row()["error_codes"] == f"NOT_FOUND:{r.requests}"
-        assert bench.table_row(r).endswith(f"[NOT_FOUND:{r.requests}]")
+        assert table_row(r).endswith(f"[NOT_FOUND:{r.requests}]")
 
 
 @on_module_loop
@@ -128,7 +135,7 @@ async def test_run_entry_prints_json_and_writes_csv_and_png(target, tmp_path, ca
     assert "total" in err
     reader = csv.DictReader(io.StringIO(table.read_text(encoding="utf-8"), newline=""))
     rows = list(reader)
-    assert tuple(reader.fieldnames) == bench.CSV_COLUMNS
+    assert tuple(reader.fieldnames) == CSV_COLUMNS
     assert [(r["endpoint"], r["mode"]) for r in rows] == [(x["endpoint"], x["mode"]) for x in lines]
     for r in rows:
         assert float(r["latency_p50_ms"]) <= float(r["latency_p99_ms"])
@@ -164,7 +171,7 @@ def test_missing_matplotlib_is_said_before_running(monkeypatch, capsys):
 
 def test_token_timings_split_chunk_gaps_per_token():
     # Chunks at 10 ms (1 token), 14 ms (+2 tokens), 14.5 ms (no new token), 20 ms (+1 token).
-    ttft, itl = bench.token_timings(0.0, [(0.010, 1), (0.014, 3), (0.0145, 3), (0.020, 4)])
+    ttft, itl = token_timings(0.0, [(0.010, 1), (0.014, 3), (0.0145, 3), (0.020, 4)])
     assert ttft == pytest.approx(0.010)
     assert itl == pytest.approx([0.002, 0.002, 0.006])
 
@@ -180,24 +187,24 @@ def test_server_stats_are_histogram_deltas():
                 f'{name}_sum{{model="b",version="1",graph="g"}} {other_sum}\n'
                 f'{name}_count{{model="b",version="1",graph="g"}} 1\n')
 
-    stats = bench.server_stats(exposition(1.0, 10, 0.0), exposition(1.5, 20, 0.0))
+    stats = server_stats(exposition(1.0, 10, 0.0), exposition(1.5, 20, 0.0))
     assert stats.queue_ms == pytest.approx(50.0) and stats.compute_ms is None and stats.ttft_ms is None
-    both = bench.server_stats(exposition(1.0, 10, 0.0), exposition(1.5, 20, 5.0))  # b's sum moved, not its count
+    both = server_stats(exposition(1.0, 10, 0.0), exposition(1.5, 20, 5.0))  # b's sum moved, not its count
     assert both.queue_ms == pytest.approx(550.0)
-    only_a = bench.server_stats(exposition(1.0, 10, 0.0), exposition(1.5, 20, 5.0), model="a")
+    only_a = server_stats(exposition(1.0, 10, 0.0), exposition(1.5, 20, 5.0), model="a")
     assert only_a.queue_ms == pytest.approx(50.0)
 
 
 def test_history_len_fixes_or_bounds_forecast_histories():
     import numpy as np
 
-    shape = bench.ForecastShape(window=48, min_history=8, channels=1)
+    shape = ForecastShape(window=48, min_history=8, channels=1)
     rng = np.random.default_rng(0)
-    default = {len(r.history) for r in bench.forecast_requests(bench.BenchConfig(), shape, rng)}
+    default = {len(r.history) for r in forecast_requests(BenchConfig(), shape, rng)}
     assert min(default) >= 8 and max(default) <= 48 and len(default) > 10
-    fixed = {len(r.history) for r in bench.forecast_requests(bench.BenchConfig(history_len=[100]), shape, rng)}
+    fixed = {len(r.history) for r in forecast_requests(BenchConfig(history_len=[100]), shape, rng)}
     assert fixed == {100}  # longer than the window: the server cuts it, and every call shares batches
-    ranged = {len(r.history) for r in bench.forecast_requests(bench.BenchConfig(history_len=[30, 40]), shape, rng)}
+    ranged = {len(r.history) for r in forecast_requests(BenchConfig(history_len=[30, 40]), shape, rng)}
     assert ranged <= set(range(30, 41)) and len(ranged) > 3
     with pytest.raises(ValueError, match="--history-len"):
         bench.config_from_args(_bench_args("--history-len", "24,12"))

@@ -1,0 +1,88 @@
+"""The requests a benchmark sends: per endpoint a pool of POOL_SIZE prepared requests, sent round-robin."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from google.protobuf.message import Message
+
+from service.loadgen.config import BenchConfig
+from service.loadgen.corpus import PROMPTS
+from service.loadgen.series import synthetic_series
+from service.v1 import forecast_pb2, generate_pb2, models_pb2, models_pb2_grpc, translate_pb2
+
+log = logging.getLogger(__name__)
+
+POOL_SIZE = 256  # distinct prepared requests per endpoint, sent round-robin
+
+
+@dataclass(frozen=True)
+class ForecastShape:
+    """What a forecast request needs from the model's ForecastSpec."""
+
+    window: int = 48
+    min_history: int = 8
+    channels: int = 1
+
+
+def forecast_requests(config: BenchConfig, shape: ForecastShape, rng: np.random.Generator) -> list[Message]:
+    """POOL_SIZE forecast requests, histories of random length in [min_history, window] or in
+    ``config.history_len`` (one length, or a low-high range)."""
+    if config.history_len:
+        low, high = config.history_len[0], config.history_len[-1]
+    else:
+        low = max(1, shape.min_history)
+        high = max(low, shape.window)
+    out = []
+    for _ in range(POOL_SIZE):
+        values = synthetic_series(rng, int(rng.integers(low, high + 1)), shape.channels)
+        request = forecast_pb2.ForecastRequest(model=config.model, version=config.version)
+        if shape.channels == 1:
+            request.history.extend(values[:, 0].tolist())
+        else:
+            request.channels.extend(forecast_pb2.Series(values=col.tolist()) for col in values.T)
+        out.append(request)
+    return out
+
+
+def translate_requests(config: BenchConfig, rng: np.random.Generator) -> list[Message]:
+    """POOL_SIZE one-sentence translate requests, sentences drawn from ``config.texts``."""
+    picks = rng.integers(0, len(config.texts), POOL_SIZE)
+    return [translate_pb2.TranslateRequest(model=config.model, version=config.version, texts=[config.texts[i]],
+                                           beam_size=config.beam) for i in picks]
+
+
+def generate_requests(config: BenchConfig, rng: np.random.Generator) -> list[Message]:
+    """POOL_SIZE generate requests: built-in prompts, ``max_tokens`` each, seeds seed*POOL_SIZE + i."""
+    picks = rng.integers(0, len(PROMPTS), POOL_SIZE)
+    return [generate_pb2.GenerateRequest(model=config.model, version=config.version, prompt=PROMPTS[p],
+                                         max_tokens=config.max_tokens, seed=config.seed * POOL_SIZE + i)
+            for i, p in enumerate(picks)]
+
+
+async def forecast_shape(channel: grpc.aio.Channel, config: BenchConfig) -> ForecastShape:
+    """The ForecastSpec of the model to load-test (the default forecast model when none is named).
+
+    When it cannot be read (unknown model, ...) a warning is logged and a generic shape is used, so
+    the requests themselves fail and are counted by code."""
+    stub = models_pb2_grpc.ModelsStub(channel)
+    try:
+        if config.model:
+            reply = await stub.GetModel(models_pb2.GetModelRequest(name=config.model, version=config.version),
+                                        timeout=config.timeout_s)
+            info = reply.model
+        else:
+            listed = await stub.ListModels(models_pb2.ListModelsRequest(task="forecast"), timeout=config.timeout_s)
+            info = next((m for m in listed.models if m.is_default), None)
+            if info is None:
+                log.warning("the server has no default forecast model; using a generic history shape")
+                return ForecastShape()
+    except grpc.aio.AioRpcError as err:
+        log.warning("cannot read the forecast spec (%s: %s); using a generic history shape",
+                    err.code().name, err.details())
+        return ForecastShape()
+    spec = info.forecast
+    return ForecastShape(window=spec.window or 48, min_history=spec.min_history or 1, channels=spec.channels or 1)

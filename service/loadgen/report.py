@@ -1,0 +1,92 @@
+"""Reports of benchmark results: the text table, the CSV file and the latency/throughput plot."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.loadgen.results import CSV_COLUMNS, LevelResult
+
+TABLE = (  # (title, row key, width, format)
+    ("ENDPOINT", "endpoint", 15, "s"), ("LOAD", "label", 9, "s"), ("OK", "ok", 7, "d"),
+    ("ERR", "errors", 5, "d"), ("REQ/S", "throughput_rps", 9, ".1f"), ("TOK/S", "tokens_per_s", 9, ".0f"),
+    ("MEAN", "latency_mean_ms", 8, ".2f"), ("P50", "latency_p50_ms", 8, ".2f"), ("P90", "latency_p90_ms", 8, ".2f"),
+    ("P95", "latency_p95_ms", 8, ".2f"), ("P99", "latency_p99_ms", 8, ".2f"),
+    ("TTFT50", "ttft_p50_ms", 8, ".2f"), ("TTFT99", "ttft_p99_ms", 8, ".2f"),
+    ("ITL50", "itl_p50_ms", 7, ".2f"), ("ITL99", "itl_p99_ms", 7, ".2f"),
+    ("S.QUEUE", "server_queue_ms", 8, ".3f"), ("S.COMP", "server_compute_ms", 8, ".3f"),
+    ("S.TTFT", "server_ttft_ms", 8, ".2f"),
+)
+
+
+def table_header() -> str:
+    """The title line of the text table (latencies in ms)."""
+    return "  ".join(title.rjust(width) if i > 1 else title.ljust(width)
+                     for i, (title, _, width, _) in enumerate(TABLE))
+
+
+def table_row(result: LevelResult) -> str:
+    """One text-table line; '-' where a figure does not apply, plus the error codes when any."""
+    row = {**result.row(), "label": result.load.label}
+    cells = []
+    for i, (_, key, width, fmt) in enumerate(TABLE):
+        value = row[key]
+        text = "-" if value is None else format(value, fmt)
+        cells.append(text.ljust(width) if i < 2 else text.rjust(width))
+    line = "  ".join(cells)
+    if result.errors:
+        line += f"  [{row['error_codes']}]"
+    if result.dropped:
+        line += f"  [dropped {result.dropped}]"
+    return line
+
+
+def write_csv(path: Path, results: Sequence[LevelResult]) -> None:
+    """One row per (endpoint, mode, level), columns CSV_COLUMNS; empty cells where a figure does not apply."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for result in results:
+            writer.writerow({k: ("" if v is None else v) for k, v in result.row().items()})
+
+
+def matplotlib_missing() -> str | None:
+    """Why --plot cannot work here (None when matplotlib imports)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "--plot needs matplotlib, which the serving install does not include: pip install 'seqserve[train]'"
+    return None
+
+
+def write_plot(path: Path, results: Sequence[LevelResult]) -> None:
+    """Latency (p50 solid, p99 dashed) against throughput, one panel per endpoint, one line per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    endpoints = list(dict.fromkeys(r.endpoint for r in results))
+    fig, axes = plt.subplots(1, len(endpoints), figsize=(4.5 * len(endpoints), 4), squeeze=False)
+    for ax, endpoint in zip(axes[0], endpoints, strict=True):
+        for mode, marker in (("concurrency", "o"), ("rate", "s")):
+            points = sorted((r for r in results if r.endpoint == endpoint and r.load.mode == mode
+                             and r.latency_ms["p50"] is not None), key=lambda r: r.throughput_rps)
+            if not points:
+                continue
+            x = [r.throughput_rps for r in points]
+            for key, style in (("p50", "-"), ("p99", "--")):
+                ax.plot(x, [r.latency_ms[key] for r in points], style, marker=marker, label=f"{key} ({mode})")
+            for r in points:
+                ax.annotate(r.load.label, (r.throughput_rps, r.latency_ms["p99"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+        ax.set_title(endpoint)
+        ax.set_xlabel("throughput (req/s)")
+        ax.set_ylabel("latency (ms)")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
