@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from training import data
+from training.data.translation import _TOY_LEXICON
 
 
 def test_multi30k_split_sizes_and_alignment(data_dir):
@@ -121,7 +122,7 @@ def test_synthetic_pairs_follow_the_toy_grammar():
     assert pairs == data.synthetic_pairs(50, seed=0)
     for src, tgt in pairs:
         words = tgt.rstrip(".").lower().split()
-        assert words == [data._TOY_LEXICON[w] for w in reversed(src.split())]
+        assert words == [_TOY_LEXICON[w] for w in reversed(src.split())]
 
 
 def test_collate_pairs_pads_and_wraps_target():

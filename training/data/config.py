@@ -1,0 +1,131 @@
+"""DataConfig: which data a run uses, and the per-task dispatch to its splits and tokenizers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from training.data.files import SPLITS, check_split
+from training.data.series import ETT_ROWS_PER_DAY, SeriesSplits, load_ett, synthetic_forecast
+from training.data.text import SHAKESPEARE_FILE, load_shakespeare, split_text, synthetic_text
+from training.data.translation import TATOEBA_FILE, load_multi30k, load_tatoeba, multi30k_files, synthetic_pairs
+
+TASK_DATASETS: dict[str, tuple[str, ...]] = {
+    "translate": ("synthetic", "multi30k", "tatoeba"),
+    "forecast": ("synthetic", "ETTh1", "ETTm1"),
+    "generate": ("synthetic", "shakespeare"),
+}
+TOKENIZER_KINDS = ("word", "bpe", "char")
+
+
+@dataclass
+class DataConfig:
+    """Which data a run trains on and how it is tokenised / windowed (fields apply per task)."""
+
+    dataset: str = "synthetic"  # translate: synthetic|multi30k|tatoeba; forecast: synthetic|ETTh1|ETTm1; generate: synthetic|shakespeare
+    seed: int = 0  # synthetic data and the Tatoeba split
+    # translate
+    src_lang: str = "de"  # multi30k: de|en; tatoeba: zh|en
+    tgt_lang: str = "en"
+    src_tokenizer: str = "word"  # word | bpe | char
+    tgt_tokenizer: str = "word"
+    vocab_size: int = 8000  # bpe: vocabulary size per side
+    min_freq: int = 2  # word: keep words seen at least this often
+    lowercase: bool = False  # word: lowercase before building the vocabulary
+    simplify_chinese: bool = False  # word, zh side: traditional -> simplified characters (OpenCC table)
+    max_len: int = 50  # drop training pairs with a side longer than this (tokens)
+    concat_pairs: float = 0.0  # translate: add this share of extra training pairs, each two random pairs joined end to end
+    concat_comma: float = 0.0  # translate: share of those joins spliced with a comma ("A，B。" / "A, b.") instead of a full stop
+    num_examples: int = 2000  # synthetic translate: training pairs (val and test get a tenth each)
+    # forecast (window and horizon come from the model config)
+    features: str = "S"  # ETT: S = OT only, M = all 7 channels
+    stride: int = 1  # step between training windows
+    crop_prob: float = 0.5  # share of training batches cut to a random history in [min_history, window]
+    num_series: int = 48  # synthetic forecast
+    series_length: int = 400
+    channels: int = 1  # synthetic forecast
+    noise: float = 0.1
+    # generate
+    repeats: int = 300  # synthetic text: sentences
+
+    def validate(self, task: str) -> "DataConfig":
+        if task not in TASK_DATASETS:
+            raise ValueError(f"task {task!r} is not one of {', '.join(TASK_DATASETS)}")
+        if self.dataset not in TASK_DATASETS[task]:
+            raise ValueError(f"data.dataset {self.dataset!r} is not one of {', '.join(TASK_DATASETS[task])} (task {task})")
+        for key in ("src_tokenizer", "tgt_tokenizer"):
+            if getattr(self, key) not in TOKENIZER_KINDS:
+                raise ValueError(f"data.{key} {getattr(self, key)!r} is not one of {', '.join(TOKENIZER_KINDS)}")
+        for key in ("vocab_size", "min_freq", "max_len", "num_examples", "stride", "num_series", "series_length", "channels", "repeats"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)!r}")
+        if not 0.0 <= self.crop_prob <= 1.0:
+            raise ValueError(f"data.crop_prob must be within [0, 1], got {self.crop_prob!r}")
+        for key in ("concat_pairs", "concat_comma"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"data.{key} must be within [0, 1], got {getattr(self, key)!r}")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], task: str) -> "DataConfig":
+        names = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown data setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        return cls(**d).validate(task)
+
+    def files(self) -> list[str]:
+        """The verified dataset files this config reads (empty for synthetic data)."""
+        if self.dataset == "multi30k":
+            return [f for s in SPLITS for f in multi30k_files(s, (self.src_lang, self.tgt_lang))]
+        if self.dataset == "tatoeba":
+            return [TATOEBA_FILE]
+        if self.dataset in ETT_ROWS_PER_DAY:
+            return [f"ETDataset/{self.dataset}.csv"]
+        if self.dataset == "shakespeare":
+            return [SHAKESPEARE_FILE]
+        return []
+
+
+def translation_pairs(cfg: DataConfig, split: str, data_dir: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+    """(source, target) sentences of ``split``."""
+    if cfg.dataset == "multi30k":
+        return load_multi30k(split, cfg.src_lang, cfg.tgt_lang, data_dir)
+    if cfg.dataset == "tatoeba":
+        return load_tatoeba(split, cfg.src_lang, cfg.tgt_lang, data_dir, seed=cfg.seed)
+    n = {"train": cfg.num_examples, "val": max(8, cfg.num_examples // 10), "test": max(8, cfg.num_examples // 10)}
+    offset = {"train": 0, "val": 1, "test": 2}[check_split(split)]
+    return synthetic_pairs(n[split], seed=cfg.seed * 3 + offset)
+
+
+def forecast_series(cfg: DataConfig, seq_len: int, data_dir: str | os.PathLike | None = None) -> SeriesSplits:
+    """All splits of the forecasting data, standardised with training statistics."""
+    if cfg.dataset in ETT_ROWS_PER_DAY:
+        return load_ett(cfg.dataset, cfg.features, seq_len, data_dir)
+    return synthetic_forecast(cfg.num_series, cfg.series_length, cfg.channels, cfg.seed, cfg.noise)
+
+
+def lm_text(cfg: DataConfig, split: str, data_dir: str | os.PathLike | None = None) -> str:
+    """Text of ``split`` for the language model."""
+    if cfg.dataset == "shakespeare":
+        return load_shakespeare(split, data_dir)
+    return split_text(synthetic_text(cfg.repeats, cfg.seed), split)
+
+
+def build_tokenizer(kind: str, texts: Sequence[str], cfg: DataConfig, language: str = ""):
+    """A tokenizer of ``kind`` (word | bpe | char) learnt from ``texts`` (training data only)."""
+    from training import vocab
+
+    if kind == "char":
+        return vocab.build_char_tokenizer("".join(texts))
+    if kind == "bpe":
+        return vocab.build_bpe_tokenizer(texts, cfg.vocab_size, language=language)
+    return vocab.build_word_tokenizer(texts, cfg.min_freq, cfg.lowercase, language=language,
+                                      simplify_chinese=cfg.simplify_chinese and language in ("zh", "cmn"))
+
+
+def encode(tok, text: str) -> list[int]:
+    """Token ids of ``text`` without specials (the vocab tokenizers never add BOS/EOS)."""
+    return tok.encode(text, add_special_tokens=False).ids
