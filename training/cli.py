@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from service.contract import TASKS
+
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 FREQUENCY = {"ETTh1": "1h", "ETTm1": "15min"}
 
@@ -72,7 +74,8 @@ def _resolve_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.train import RunConfig, run_task, world
+    from training.loop import world
+    from training.train import RunConfig, run_task
 
     try:
         run = RunConfig.from_dict(_resolve_config(args), args.task)
@@ -91,7 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def export_checkpoint(checkpoint: str | Path, models_dir: str | Path, name: str, version: str, description: str = ""):
     """Export ``checkpoint`` as the bundle ``models_dir/name/version``; returns the manifest."""
     from training.export import export_bundle
-    from training.train import load_checkpoint, model_from_checkpoint
+    from training.rundir import load_checkpoint
+    from training.train import model_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     model, tokenizers = model_from_checkpoint(ckpt)
@@ -169,7 +173,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# Arguments several subcommands take, defined once: name -> (flags, add_argument keywords).
+SHARED_ARGUMENTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "task": (("task",), {"choices": TASKS}),
+    "config": (("--config",), {"metavar": "FILE.yaml", "help": "YAML with sections task, data, model, train"}),
+    "preset": (("--preset",), {"metavar": "NAME", "help": "a bundled preset (see the list below)"}),
+    "seed": (("--seed",), {"type": int, "help": "overrides train.seed"}),
+    "data_dir": (("--data-dir",), {"metavar": "DIR", "help": "dataset directory (default: $SEQSERVE_DATA_DIR)"}),
+    "set": (("--set",), {"action": "append", "metavar": "SECTION.KEY=VALUE",
+                         "help": "override one config value (repeatable)"}),
+}
+
+
+def add_shared(parser: argparse.ArgumentParser, *names: str, **helps: str) -> None:
+    """Add the shared arguments ``names`` (keys of SHARED_ARGUMENTS) in order; ``helps`` overrides help texts."""
+    for name in names:
+        flags, kwargs = SHARED_ARGUMENTS[name]
+        parser.add_argument(*flags, **{**kwargs, **({"help": helps[name]} if name in helps else {})})
+
+
 def build_parser() -> argparse.ArgumentParser:
+    preset_list = f"presets: {', '.join(presets())}"
     p = argparse.ArgumentParser(
         prog="seqserve-train",
         description="Train recurrent models, export them as seqserve bundles, and evaluate checkpoints or bundles.",
@@ -181,17 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model. Without --config or --preset, the tiny-TASK preset (synthetic data, "
         "seconds on a CPU) is used. Under torchrun the run is data-parallel (gloo); rank 0 writes "
         "OUT/last.pt, OUT/best.pt, metrics.jsonl, metrics.csv and loss.png.",
-        epilog=f"presets: {', '.join(presets())}",
+        epilog=preset_list,
     )
-    t.add_argument("task", choices=("translate", "forecast", "generate"))
-    t.add_argument("--config", metavar="FILE.yaml", help="YAML with sections task, data, model, train")
-    t.add_argument("--preset", metavar="NAME", help="a bundled preset (see the list below)")
+    add_shared(t, "task", "config", "preset")
     t.add_argument("--out", metavar="DIR", help="output directory (overrides train.out_dir)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly where it stopped")
-    t.add_argument("--seed", type=int, help="overrides train.seed")
-    t.add_argument("--data-dir", metavar="DIR", help="dataset directory (default: $SEQSERVE_DATA_DIR)")
-    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help="override one config value, e.g. --set train.max_steps=100 (repeatable)")
+    add_shared(t, "seed", "data_dir", "set",
+               set="override one config value, e.g. --set train.max_steps=100 (repeatable)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="export a checkpoint as a model bundle",
@@ -211,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = v.add_mutually_exclusive_group(required=True)
     src.add_argument("--bundle", metavar="DIR", help="bundle directory (MODELS/NAME/VERSION)")
     src.add_argument("--checkpoint", metavar="CKPT", help="a .pt file written by train")
-    v.add_argument("--data-dir", metavar="DIR", help="dataset directory (default: $SEQSERVE_DATA_DIR)")
+    add_shared(v, "data_dir")
     v.add_argument("--split", default="test", choices=("train", "val", "test"))
     v.add_argument("--max-items", type=int, default=0, metavar="N",
                    help="only the first N sentences / characters / windows (0 = all)")
@@ -229,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         "manifest has figures for. The int8 graphs replace the float32 ones only if each figure holds within "
         "--tolerance; the manifest then keeps the float32 figures under quantization.evaluation_float32.")
     q.add_argument("--bundle", required=True, metavar="DIR", help="bundle directory (MODELS/NAME/VERSION), evaluated")
-    q.add_argument("--data-dir", metavar="DIR", help="dataset directory (default: $SEQSERVE_DATA_DIR)")
+    add_shared(q, "data_dir")
     q.add_argument("--tolerance", type=float, default=0.01, help="largest relative loss per figure (default 0.01)")
     q.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for the evaluation")
     q.add_argument("--int8-matmul", action="store_true",
@@ -243,18 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the same configuration once per cell (same data, seed, sizes, steps), evaluate each "
         "best checkpoint, measure each cell's gradient flow, and write OUT/cells.csv, cells.md, val_loss.png, "
         "gradient_flow.csv and gradient_flow.png. Fix the budget with --set train.max_steps=N.",
-        epilog=f"presets: {', '.join(presets())}",
+        epilog=preset_list,
     )
-    c.add_argument("task", choices=("translate", "forecast", "generate"))
-    c.add_argument("--config", metavar="FILE.yaml", help="YAML with sections task, data, model, train")
-    c.add_argument("--preset", metavar="NAME", help="a bundled preset (see the list below)")
+    add_shared(c, "task", "config", "preset")
     c.add_argument("--cells", default="rnn,lstm,gru,peephole", help="comma-separated cells (default %(default)s)")
     c.add_argument("--out", required=True, metavar="DIR", help="output directory (one run directory per cell inside)")
-    c.add_argument("--seed", type=int, help="overrides train.seed")
-    c.add_argument("--data-dir", metavar="DIR", help="dataset directory (default: $SEQSERVE_DATA_DIR)")
+    add_shared(c, "seed", "data_dir")
     c.add_argument("--split", default="test", choices=("val", "test"), help="split the figures are computed on")
     c.add_argument("--max-items", type=int, default=0, metavar="N", help="evaluate on the first N items only")
-    c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
+    add_shared(c, "set")
     c.set_defaults(func=cmd_compare)
 
     sub.add_parser("gradient-flow", help="gradient-flow report per cell (see gradient-flow --help)", add_help=False)

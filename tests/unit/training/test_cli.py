@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from service.contract import read_manifest
-from training import cli, train
+from training import cli, rundir, train
 
 torch.set_num_threads(1)
 TASKS = ("translate", "forecast", "generate")
@@ -25,7 +25,7 @@ def exported(tmp_path_factory):
         assert cli.main(["train", task, "--preset", f"tiny-{task}", "--out", str(run_dir), "--seed", "1",
                          "--set", "train.max_steps=60", "--set", "train.eval_every=30",
                          "--set", "train.progress=false"]) == 0
-        assert cli.main(["export", "--checkpoint", str(run_dir / train.BEST), "--models", str(models),
+        assert cli.main(["export", "--checkpoint", str(run_dir / rundir.BEST), "--models", str(models),
                          "--name", f"tiny-{task}", "--version", "1"]) == 0
         out[task] = (run_dir, models / f"tiny-{task}" / "1")
     return out
@@ -40,14 +40,14 @@ def _evaluate(capsys, *args: str) -> dict:
 @pytest.mark.parametrize("task", TASKS)
 def test_train_export_evaluate(task, exported, capsys):
     run_dir, bundle = exported[task]
-    records = [json.loads(x) for x in (run_dir / train.METRICS_JSONL).read_text().splitlines()]
+    records = [json.loads(x) for x in (run_dir / rundir.METRICS_JSONL).read_text().splitlines()]
     losses = [r["loss"] for r in records if r["split"] == "train"]
     assert losses[-1] < 0.7 * losses[0], losses  # the tiny preset really learns
-    assert (run_dir / train.LOSS_PNG).is_file()
-    assert train.load_checkpoint(run_dir / train.BEST)["run_config"]["train"]["seed"] == 1
+    assert (run_dir / rundir.LOSS_PNG).is_file()
+    assert rundir.load_checkpoint(run_dir / rundir.BEST)["run_config"]["train"]["seed"] == 1
 
     served = _evaluate(capsys, "--bundle", str(bundle), "--write-manifest")
-    trained = _evaluate(capsys, "--checkpoint", str(run_dir / train.BEST))
+    trained = _evaluate(capsys, "--checkpoint", str(run_dir / rundir.BEST))
     assert served["source"] == "onnxruntime" and trained["source"] == "pytorch"
     assert served["task"] == task and served["split"] == "test"
     manifest = read_manifest(bundle)
@@ -83,7 +83,7 @@ def test_beam_evaluation_decodes_with_the_serving_engine(exported, capsys):
     stored = read_manifest(bundle).evaluation
     assert stored["test_beam4"]["bleu"] == beam["bleu"] and stored["test_beam4"]["beam"] == 4
     with pytest.raises(SystemExit, match="--beam needs --bundle"):
-        cli.main(["evaluate", "--checkpoint", str(exported["translate"][0] / train.BEST), "--beam", "2"])
+        cli.main(["evaluate", "--checkpoint", str(exported["translate"][0] / rundir.BEST), "--beam", "2"])
     capsys.readouterr()
     assert cli.main(["evaluate", "--bundle", str(exported["forecast"][1]), "--beam", "2"]) == 2
     assert "--beam applies to translation bundles" in capsys.readouterr().err

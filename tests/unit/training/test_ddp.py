@@ -29,11 +29,11 @@ def _config(task: str, out_dir: Path) -> dict:
 def _worker(out_dir: Path) -> None:
     import torch
 
-    from training import train
+    from training import loop, train
 
     for task in TASKS:
         model, result = train.run_task(train.RunConfig.from_dict(_config(task, out_dir)))
-        rank, world = train.world()
+        rank, world = loop.world()
         torch.save({"state": model.state_dict(), "world": world, "steps": result.steps},
                    out_dir / f"{task}-rank{rank}.weights")
 

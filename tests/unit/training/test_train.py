@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from training import data, train
+from training import data, loop, rundir, train
 
 torch.set_num_threads(1)
 
@@ -51,12 +51,12 @@ def _fit(tmp_path, name="run", *, val_sign=1.0, model=None, on_step=None, resume
     cfg = dict(seed=3, max_epochs=3, batch_size=8, lr=1e-2, warmup_steps=2, eval_every=4, log_every=1,
                out_dir=str(tmp_path / name), progress=False)
     cfg.update(overrides)
-    config = train.TrainConfig(**cfg)
+    config = loop.TrainConfig(**cfg)
     torch.manual_seed(0)
     model = model or _Toy()
     tr = data.LoaderBatches(_Points(64, 0), config.batch_size, _collate, seed=config.seed)
     va = data.EvalBatches(_Points(32, 1, val_sign), 16, _collate)
-    result = train.fit(model, tr, va, config, meta={"task": "toy", "model_config": {"hidden": 16}},
+    result = loop.fit(model, tr, va, config, meta={"task": "toy", "model_config": {"hidden": 16}},
                        resume=resume, on_step=on_step)
     return model, result
 
@@ -84,24 +84,24 @@ def test_resume_after_a_crash_continues_identically(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         _fit(tmp_path, "resumed", on_step=crash)
-    assert train.load_checkpoint(tmp_path / "resumed" / train.LAST)["step"] == 8
+    assert rundir.load_checkpoint(tmp_path / "resumed" / rundir.LAST)["step"] == 8
     resumed, result = _fit(tmp_path, "resumed", resume=True)
     assert result.steps == full_result.steps and _same_weights(full, resumed)
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert strip(result.history) == strip(full_result.history)
-    lines = (tmp_path / "resumed" / train.METRICS_JSONL).read_text().splitlines()
+    lines = (tmp_path / "resumed" / rundir.METRICS_JSONL).read_text().splitlines()
     assert strip([json.loads(x) for x in lines]) == strip(full_result.history)
 
 
 def test_checkpoint_loads_with_weights_only_and_describes_itself(tmp_path):
     model, result = _fit(tmp_path)
-    for name in (train.LAST, train.BEST):
+    for name in (rundir.LAST, rundir.BEST):
         ckpt = torch.load(tmp_path / "run" / name, weights_only=True)
-        assert ckpt["format"] == train.CHECKPOINT_FORMAT
+        assert ckpt["format"] == rundir.CHECKPOINT_FORMAT
         assert ckpt["task"] == "toy" and ckpt["model_config"] == {"hidden": 16}
         assert ckpt["train_config"]["batch_size"] == 8 and ckpt["train_config"]["seed"] == 3
-    last = train.load_checkpoint(tmp_path / "run" / train.LAST)
-    best = train.load_checkpoint(tmp_path / "run" / train.BEST)
+    last = rundir.load_checkpoint(tmp_path / "run" / rundir.LAST)
+    best = rundir.load_checkpoint(tmp_path / "run" / rundir.BEST)
     assert last["step"] == result.steps and best["step"] == result.best_step
     assert math.isclose(best["best_val"], min(r["loss"] for r in result.history if r["split"] == "val"))
     fresh = _Toy()
@@ -109,7 +109,7 @@ def test_checkpoint_loads_with_weights_only_and_describes_itself(tmp_path):
     assert _same_weights(fresh, model)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(Exception):
-        train.load_checkpoint(tmp_path / "junk.pt")
+        rundir.load_checkpoint(tmp_path / "junk.pt")
 
 
 def test_gradient_clipping_bounds_the_norm(tmp_path):
@@ -128,34 +128,34 @@ def test_early_stopping_when_val_gets_worse(tmp_path):
     assert result.steps < 20 * 8
     vals = [r for r in result.history if r["split"] == "val"]
     assert [r["best"] for r in vals[-2:]] == [False, False]
-    assert train.load_checkpoint(tmp_path / "run" / train.BEST)["step"] == result.best_step < result.steps
+    assert rundir.load_checkpoint(tmp_path / "run" / rundir.BEST)["step"] == result.best_step < result.steps
 
 
 def test_writes_metrics_csv_and_png(tmp_path):
     _, result = _fit(tmp_path)
     out = tmp_path / "run"
-    assert (out / train.LOSS_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    lines = [json.loads(x) for x in (out / train.METRICS_JSONL).read_text().splitlines()]
+    assert (out / rundir.LOSS_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = [json.loads(x) for x in (out / rundir.METRICS_JSONL).read_text().splitlines()]
     assert {r["split"] for r in lines} == {"train", "val"} and len(lines) == len(result.history)
-    csv_lines = (out / train.METRICS_CSV).read_text().splitlines()
+    csv_lines = (out / rundir.METRICS_CSV).read_text().splitlines()
     assert {"split", "step", "loss", "lr", "grad_norm"} <= set(csv_lines[0].split(",")) and len(csv_lines) == len(lines) + 1
     train_losses = [r["loss"] for r in lines if r["split"] == "train"]
     assert sum(train_losses[-4:]) < sum(train_losses[:4])
 
 
 def test_lr_schedule_warms_up_then_decays():
-    cfg = train.TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
-    lrs = [train.lr_at(s, cfg, 100) for s in range(1, 101)]
+    cfg = loop.TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [loop.lr_at(s, cfg, 100) for s in range(1, 101)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] == pytest.approx(0.1)
 
 
 def test_bad_config_values_are_named():
     with pytest.raises(ValueError, match="train.batch_size must be >= 1, got 0"):
-        train.TrainConfig(batch_size=0).validate()
+        loop.TrainConfig(batch_size=0).validate()
     with pytest.raises(ValueError, match="unknown train setting.*lr_max"):
-        train.TrainConfig.from_dict({"lr_max": 1})
-    assert train.TrainConfig.from_dict({"lr": "3e-3"}).lr == 0.003
+        loop.TrainConfig.from_dict({"lr_max": 1})
+    assert loop.TrainConfig.from_dict({"lr": "3e-3"}).lr == 0.003
 
 
 # ---------------------------------------------------------------- every cell on every task
@@ -207,13 +207,13 @@ def test_every_cell_trains_on_every_task(task, cell, task_batches, tmp_path):
     torch.manual_seed(0)
     model = build_model(task, train._model_config(run, td.model_fields) | {"cell": cell})
     stateful = task == "generate"
-    config = train.TrainConfig(max_epochs=1, lr=2e-2, warmup_steps=0, schedule="constant", log_every=1,
+    config = loop.TrainConfig(max_epochs=1, lr=2e-2, warmup_steps=0, schedule="constant", log_every=1,
                                out_dir=str(tmp_path), progress=False, patience=0)
-    result = train.fit(model, _Repeat(batch, 8, stateful), _Repeat(batch, 1, stateful), config, meta={"task": task})
+    result = loop.fit(model, _Repeat(batch, 8, stateful), _Repeat(batch, 1, stateful), config, meta={"task": task})
     losses = [r["loss"] for r in result.history if r["split"] == "train"]
     assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.9 * losses[0], losses
-    assert train.load_checkpoint(tmp_path / train.LAST)["step"] == 8
+    assert rundir.load_checkpoint(tmp_path / rundir.LAST)["step"] == 8
 
 
 def _lm_run(tmp_path, name, **train_overrides):
@@ -239,9 +239,9 @@ def test_task_run_is_reproducible_and_resumes_carried_state(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train.run_task(_lm_run(tmp_path, "c"), on_step=crash)
-    ckpt = train.load_checkpoint(tmp_path / "c" / train.LAST)
+    ckpt = rundir.load_checkpoint(tmp_path / "c" / rundir.LAST)
     assert ckpt["step"] == 3 and ckpt["carry_state"] is not None and 0 < ckpt["batch_in_epoch"]
     c, rc = train.run_task(_lm_run(tmp_path, "c"), resume=True)
     assert rc.steps == ra.steps == 9 and _same_weights(a, c)
-    model, toks = train.model_from_checkpoint(tmp_path / "c" / train.LAST)
+    model, toks = train.model_from_checkpoint(tmp_path / "c" / rundir.LAST)
     assert _same_weights(model, c) and set(toks) == {"text"}
