@@ -24,16 +24,14 @@ STANDARD_HORIZONS = (24, 48, 96, 168, 192, 336, 720)
 
 
 def ort_graphs(bundle_dir: Path, graphs: dict[str, str], threads: int = 1, int8_weights: bool = False) -> dict[str, Graph]:
-    """role -> callable running the bundle's ONNX graph with onnxruntime, in sessions set up as the
-    service sets them up."""
-    import onnxruntime as ort
+    """role -> callable running the bundle's ONNX graph with onnxruntime, in sessions built as the
+    service builds them."""
+    from service.inference.sessions import RuntimeOptions, load_session
 
-    from service.core.runtime import RuntimeOptions, session_options
-
-    opts = session_options(RuntimeOptions(intra_op_threads=threads, int8_weights=int8_weights))
+    options = RuntimeOptions(intra_op_threads=threads, int8_weights=int8_weights)
     out: dict[str, Graph] = {}
     for role, file in graphs.items():
-        sess = ort.InferenceSession(str(bundle_dir / file), opts, providers=["CPUExecutionProvider"])
+        sess = load_session(bundle_dir / file, options)
         names = [o.name for o in sess.get_outputs()]
         out[role] = lambda feed, sess=sess, names=names: dict(zip(names, sess.run(None, feed)))
     return out
@@ -43,6 +41,7 @@ def torch_graphs(model) -> dict[str, Graph]:
     """role -> callable running ``model`` through export's contract wrappers (same names as the graphs)."""
     import torch
 
+    from service.contract import graph_spec
     from training import export
 
     task, cell = model.task, model.config.cell
@@ -54,7 +53,8 @@ def torch_graphs(model) -> dict[str, Graph]:
     out: dict[str, Graph] = {}
     for role, cls in wrappers.items():
         module = cls(model).eval()
-        in_names, out_names = export.graph_io(role, cell)
+        spec = graph_spec(role, cell)
+        in_names, out_names = spec.input_names, spec.output_names
 
         def run(feed, module=module, in_names=in_names, out_names=out_names):
             with torch.no_grad():
@@ -166,87 +166,6 @@ def lm_metrics(
     }
 
 
-def greedy_translate(
-    encoder: Graph, decoder: Graph, sources: list[list[int]], specials: dict[str, int], state_names: tuple[str, ...],
-    max_target_tokens: int = 0, batch_size: int = 64,
-) -> list[list[int]]:
-    """Greedy decoding of token-id sources in batches (sorted by length); returns target ids without BOS/EOS."""
-    pad, bos, eos = specials["pad"], specials["bos"], specials["eos"]
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    results: list[list[int]] = [[] for _ in sources]
-    for k in range(0, len(order), batch_size):
-        idx = order[k : k + batch_size]
-        lens = np.array([max(1, len(sources[i])) for i in idx], np.int64)
-        S = int(lens.max())
-        src = np.full((len(idx), S), pad, np.int64)
-        for b, i in enumerate(idx):
-            src[b, : len(sources[i])] = sources[i]
-        enc = encoder({"src": src, "src_len": lens})
-        state = {f"state_{s}": enc[f"state_{s}"] for s in state_names}
-        mask = (np.arange(S)[None, :] < lens[:, None]).astype(np.float32)
-        prev = np.full(len(idx), bos, np.int64)
-        done = np.zeros(len(idx), bool)
-        limit = 2 * S + 10
-        if max_target_tokens:
-            limit = min(limit, max_target_tokens)
-        out: list[list[int]] = [[] for _ in idx]
-        for _ in range(limit):
-            step = decoder({"prev_token": prev, **state, "memory": enc["memory"], "memory_keys": enc["memory_keys"], "src_mask": mask})
-            tok = step["log_probs"].argmax(-1).astype(np.int64)
-            for b in np.flatnonzero(~done):
-                if tok[b] == eos:
-                    done[b] = True
-                else:
-                    out[b].append(int(tok[b]))
-            if done.all():
-                break
-            prev = np.where(done, pad, tok)
-            state = {k: step[f"{k}_out"] for k in state}
-        for b, i in enumerate(idx):
-            results[i] = out[b]
-    return results
-
-
-def served_translations(bundle_dir: str | Path, texts: list[str], beam: int, threads: int = 1,
-                        chunk: int = 16, concurrency: int = 4) -> list[str]:
-    """Translate ``texts`` exactly as `seqserve serve` answers Translate with ``beam_size=beam``: the
-    serving engine runs in-process over a copy of the bundle (its tokenizers, batched encoder, the
-    step scheduler's beam search with the GNMT length penalty), ``chunk`` texts per request and
-    ``concurrency`` requests at a time."""
-    import asyncio
-    import shutil
-    import tempfile
-
-    from service.contract import read_manifest
-    from service.core.config import ServeConfig
-    from service.core.engine import Engine
-    from service.core.types import TranslateRequest
-
-    m = read_manifest(bundle_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copytree(bundle_dir, Path(tmp) / m.name / m.version)
-        config = ServeConfig(models=Path(tmp), poll_interval_s=0.0, intra_op_threads=threads, max_texts=chunk,
-                             max_beam=max(beam, 1), max_streams=chunk * concurrency, max_text_chars=100_000)
-
-        async def run() -> list[str]:
-            engine = Engine(config)
-            await engine.start()
-            gate = asyncio.Semaphore(concurrency)
-
-            async def one(part: list[str]) -> list[str]:
-                async with gate:
-                    result = await engine.translate(TranslateRequest(model=m.name, texts=part, beam_size=beam))
-                return [t.text for t in result.translations]
-
-            try:
-                parts = await asyncio.gather(*(one(texts[k : k + chunk]) for k in range(0, len(texts), chunk)))
-            finally:
-                await engine.stop(0.0)
-            return [text for part in parts for text in part]
-
-        return asyncio.run(run())
-
-
 def translation_metrics(hyps: list[str], refs: list[str], tgt_lang: str = "en") -> dict[str, Any]:
     """sacreBLEU BLEU and chrF on detokenised cased text, and BLEU on lowercased 13a tokens."""
     import sacrebleu
@@ -266,9 +185,12 @@ def translation_metrics(hyps: list[str], refs: list[str], tgt_lang: str = "en") 
 def _evaluate(
     task: str, graphs: dict[str, Graph], *, run_config: dict[str, Any], tokenizers: dict[str, Any], cell: str,
     num_layers: int, hidden_size: int, specials: dict[str, int], limits: dict[str, int], forecast: dict[str, Any] | None,
-    split: str, data_dir, max_items: int,
+    split: str, data_dir, max_items: int, beam: int = 0,
 ) -> dict[str, Any]:
+    """Figures of one split; translation decodes with the server's shared decoding (greedy, or beam
+    search of width ``beam`` with its default length penalty)."""
     from service.contract import state_names
+    from service.inference.seq2seq import DEFAULT_TOKEN_LIMIT, translate_ids
     from training import data as D
 
     cfg = D.DataConfig.from_dict(run_config["data"], task)
@@ -292,10 +214,13 @@ def _evaluate(
         pairs = D.translation_pairs(cfg, split, data_dir)
         if max_items:
             pairs = pairs[:max_items]
-        sources = [D.encode(tokenizers["source"], s) for s, _ in pairs]
-        out = greedy_translate(graphs["encoder"], graphs["decoder_step"], sources, specials, states,
-                               limits.get("max_target_tokens", 0))
-        hyps = [tokenizers["target"].decode(ids, skip_special_tokens=True) for ids in out]
+        sources = [D.encode(tokenizers["source"], s) or [specials["pad"]] for s, _ in pairs]  # never empty
+        best = translate_ids(graphs["encoder"], graphs["decoder_step"], sources, pad=specials["pad"],
+                             bos=specials["bos"], eos=specials["eos"], state_names=[f"state_{s}" for s in states],
+                             beam=max(beam, 1), max_target_tokens=limits.get("max_target_tokens", DEFAULT_TOKEN_LIMIT))
+        hyps = [tokenizers["target"].decode(h.tokens, skip_special_tokens=True) for h in best]
+        if beam:
+            figures["beam"] = beam
         figures.update(translation_metrics(hyps, [t for _, t in pairs], cfg.tgt_lang))
         figures["examples"] = [{"source": s, "reference": t, "output": h} for (s, t), h in list(zip(pairs, hyps))[:3]]
     figures["seconds"] = round(time.perf_counter() - t0, 3)
@@ -306,8 +231,9 @@ def evaluate_bundle(bundle_dir: str | Path, split: str = "test", data_dir=None, 
                     beam: int = 0) -> dict[str, Any]:
     """Figures for an exported bundle, computed with onnxruntime on its graphs (what the service serves).
 
-    ``beam`` > 0 (translation only) decodes through the serving engine with that beam size (see
-    served_translations); the figures then carry ``beam`` and are stored as evaluation[f"{split}_beam{beam}"].
+    ``beam`` > 0 (translation only) decodes with beam search of that width, through the same decoding
+    code as the server (service.inference.seq2seq); the figures then carry ``beam`` and are stored as
+    evaluation[f"{split}_beam{beam}"].
     The data and split come from manifest.training["run_config"]; raises BundleError / ValueError."""
     from tokenizers import Tokenizer
 
@@ -318,28 +244,14 @@ def evaluate_bundle(bundle_dir: str | Path, split: str = "test", data_dir=None, 
     run_config = m.training.get("run_config")
     if not run_config:
         raise ValueError(f"{bundle_dir}: manifest.training has no run_config; cannot tell which data to evaluate on")
-    if beam:
-        if m.task != "translate":
-            raise ValueError(f"--beam applies to translation bundles; {bundle_dir} is a {m.task} bundle")
-        from training import data as D
-
-        cfg = D.DataConfig.from_dict(run_config["data"], m.task)
-        pairs = D.translation_pairs(cfg, split, data_dir)
-        if max_items:
-            pairs = pairs[:max_items]
-        t0 = time.perf_counter()
-        hyps = served_translations(bundle_dir, [s for s, _ in pairs], beam, threads)
-        figures = {"task": m.task, "dataset": cfg.dataset, "split": split, "beam": beam,
-                   **translation_metrics(hyps, [t for _, t in pairs], cfg.tgt_lang),
-                   "examples": [{"source": s, "reference": t, "output": h} for (s, t), h in list(zip(pairs, hyps))[:3]],
-                   "seconds": round(time.perf_counter() - t0, 3), "source": "seqserve engine"}
-        return figures
+    if beam and m.task != "translate":
+        raise ValueError(f"--beam applies to translation bundles; {bundle_dir} is a {m.task} bundle")
     figures = _evaluate(
         m.task, ort_graphs(bundle_dir, m.graphs, threads, m.weights == "int8"), run_config=run_config,
         tokenizers={r: Tokenizer.from_file(str(bundle_dir / f)) for r, f in m.tokenizers.items()},
         cell=m.cell, num_layers=m.num_layers, hidden_size=m.hidden_size, specials=m.special_tokens, limits=m.limits,
         forecast=None if m.forecast is None else {"window": m.forecast.window, "horizon": m.forecast.horizon, "quantiles": m.forecast.quantiles},
-        split=split, data_dir=data_dir, max_items=max_items,
+        split=split, data_dir=data_dir, max_items=max_items, beam=beam,
     )
     figures["source"] = "onnxruntime"
     return figures

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
@@ -29,6 +28,7 @@ from service.contract import (
     state_names,
     write_manifest,
 )
+from service.inference.sessions import load_session
 from training.layers import ONNX_OP, export_mode
 from training.models import Forecaster, LanguageModel, Seq2Seq, config_to_dict
 
@@ -142,21 +142,13 @@ def check_graph_file(path: str | Path, role: str, cell: str) -> None:
         raise ExportError(str(err)) from None
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def compare(path: Path, module: nn.Module, inputs: dict[str, Tensor], tolerance: float = PARITY_TOLERANCE) -> float:
     """Run ``module`` (PyTorch) and the graph at ``path`` (onnxruntime) on ``inputs``; returns the max
     abs difference over all outputs, raising ExportError naming the graph and output when > tolerance."""
     with torch.no_grad():
         want = module(*inputs.values())
     want = want if isinstance(want, tuple) else (want,)
-    sess = _session(path)
+    sess = load_session(path)  # built as the server builds it
     got = sess.run(None, {k: v.numpy() for k, v in inputs.items()})
     shapes = {k: tuple(v.shape) for k, v in inputs.items()}
     worst = 0.0

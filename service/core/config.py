@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from service.inference.seq2seq import DEFAULT_LENGTH_PENALTY
+
 ENV_PREFIX = "SEQSERVE_"
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")  # auto = uvloop where it is installed
@@ -77,7 +79,7 @@ class ServeConfig:
     max_stop: int = 8  # stop sequences per Generate request
     max_stop_chars: int = 64  # characters per stop sequence
     max_message_bytes: int = 4 * 1024 * 1024  # gRPC send/receive message size
-    length_penalty: float = 0.6  # GNMT alpha for beam search: score / ((5 + len) / 6) ** alpha
+    length_penalty: float = DEFAULT_LENGTH_PENALTY  # GNMT alpha for beam search: score / ((5 + len) / 6) ** alpha
     # Transport security (PEM files; all empty = plaintext). A client CA turns on mutual TLS:
     # every client must then present a certificate signed by it.
     tls_cert: str = ""  # server certificate chain; needs tls_key

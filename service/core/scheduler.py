@@ -8,9 +8,10 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
+
+from service.inference.steps import StepLayout
 
 from .errors import (
     DeadlineExceeded,
@@ -97,16 +98,6 @@ class StepItem:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
-class StepLayout:
-    """How to stack items' feeds: states along axis 1, padded inputs along axis 0 after
-    right-padding axis 1 with zeros, everything else along axis 0."""
-
-    state_inputs: tuple[str, ...]
-    state_outputs: tuple[str, ...]
-    padded_inputs: tuple[str, ...] = ()
-
-
 class StepScheduler:
     """One loop per decoder graph. ``add`` an item; it advances one step per shared call until its
     ``advance`` returns True, it is cancelled, or its deadline passes."""
@@ -191,42 +182,14 @@ class StepScheduler:
         self._idle.set()
 
     def _stack(self, items: list[StepItem]) -> dict[str, np.ndarray]:
-        per_item = [it.step_feeds() for it in items]
-        feeds: dict[str, np.ndarray] = {}
-        for name in per_item[0]:
-            axis = 1 if name in self._layout.state_inputs else 0
-            arrays = [f[name] for f in per_item]
-            feeds[name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=axis)
+        feeds = self._layout.stack([it.step_feeds() for it in items])
         if self._layout.padded_inputs:
             key = tuple((it.serial, it.rows) for it in items)
             if key != self._static_key:  # membership or row counts changed: rebuild
-                self._static = self._pad([it.static_feeds() for it in items])
+                self._static = self._layout.pad([it.static_feeds() for it in items])
                 self._static_key = key
             feeds.update(self._static)
         return feeds
-
-    def _pad(self, statics: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        for name in self._layout.padded_inputs:
-            arrays = [s[name] for s in statics]
-            if len(arrays) == 1:
-                out[name] = arrays[0]
-                continue
-            longest = max(a.shape[1] for a in arrays)
-            rows = sum(a.shape[0] for a in arrays)
-            buf = np.zeros((rows, longest, *arrays[0].shape[2:]), dtype=arrays[0].dtype)
-            r = 0
-            for a in arrays:
-                buf[r : r + a.shape[0], : a.shape[1]] = a
-                r += a.shape[0]
-            out[name] = buf
-        return out
-
-    def _split(self, outputs: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
-        return {
-            name: (value[:, start:stop] if name in self._layout.state_outputs else value[start:stop])
-            for name, value in outputs.items()
-        }
 
     def _admit(self) -> list[StepItem]:
         self._active.extend(self._pending)
@@ -284,7 +247,7 @@ class StepScheduler:
             if it.cancelled:  # left while the call ran
                 continue
             try:
-                done = it.advance(self._split(outputs, lo, hi))
+                done = it.advance(self._layout.split(outputs, lo, hi))
             except Exception as err:  # noqa: BLE001 - one broken item must not stop the loop
                 log.error("%s: decoding step failed", self.name, exc_info=err)
                 it.fail(Internal(f"decoding failed in {self.name}"))

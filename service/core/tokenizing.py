@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tokenizers import Tokenizer
 
-from .decoding import StopChecker
+from service.inference.decoding import StopChecker
 
 _REPLACEMENT = "\ufffd"  # what a decoder gives for an incomplete UTF-8 byte sequence
 

@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from service.contract import BundleError
+from service.inference.decoding import Sampler, StopChecker
+from service.inference.steps import StepLayout
 
 from ..config import effective_limit
-from ..decoding import Sampler, StopChecker
 from ..errors import DeadlineExceeded, InvalidArgument, ServiceError
 from ..repository import Bundle
-from ..scheduler import StepItem, StepLayout, StepScheduler
+from ..scheduler import StepItem, StepScheduler
 from ..tokenizing import StreamDecoder
 from ..types import GenerateChunk, GenerateRequest
 from . import TaskContext

@@ -9,73 +9,52 @@ import time
 import numpy as np
 
 from service.contract import BundleError
+from service.inference.decoding import Hypothesis
+from service.inference.seq2seq import (
+    DEFAULT_TOKEN_LIMIT,
+    Encoded,
+    SentenceDecoder,
+    make_search,
+    pad_sources,
+    split_encoded,
+    step_layout,
+    target_limit,
+)
 
 from ..batching import DynamicBatcher
 from ..config import effective_limit
-from ..decoding import BeamSearch, GreedySearch, Hypothesis
 from ..errors import DeadlineExceeded, InvalidArgument, ServiceError
 from ..repository import Bundle
-from ..scheduler import StepItem, StepLayout, StepScheduler
+from ..scheduler import StepItem, StepScheduler
 from ..types import TranslateRequest, TranslateResult, Translation
 from . import TaskContext
 
-DEFAULT_TOKEN_LIMIT = 256
-
-
-class Encoded:
-    """One sentence's encoder outputs, batch axis of size 1."""
-
-    def __init__(self, memory: np.ndarray, keys: np.ndarray, states: dict[str, np.ndarray]) -> None:
-        self.memory = memory  # (1, S, M)
-        self.keys = keys  # (1, S, A)
-        self.states = states  # state_h / state_c -> (L, 1, H)
-
 
 class SentenceDecode(StepItem):
-    """One sentence in the decoder's step loop: one row per live hypothesis."""
+    """One sentence in the decoder's step loop: the shared SentenceDecoder, plus the request's
+    deadline and the future its caller awaits."""
 
-    def __init__(self, search: GreedySearch | BeamSearch, enc: Encoded, bos: int, state_names: tuple[str, ...], deadline: float | None) -> None:
-        self.search = search
+    def __init__(self, decoder: SentenceDecoder, deadline: float | None) -> None:
+        self.decoder = decoder
         self.deadline = deadline
         self.future: asyncio.Future[Hypothesis] = asyncio.get_running_loop().create_future()
-        self._enc = enc
-        self._bos = bos
-        self._names = state_names  # graph input names; outputs add "_out"
-        self._states = dict(enc.states)
-        self._src_len = enc.memory.shape[1]
-        self._static: tuple[int, dict[str, np.ndarray]] | None = None
 
     @property
     def rows(self) -> int:  # type: ignore[override]
-        return self.search.rows
+        return self.decoder.rows
 
     def step_feeds(self) -> dict[str, np.ndarray]:
-        return {"prev_token": self.search.prev_tokens(self._bos), **self._states}
+        return self.decoder.step_feeds()
 
     def static_feeds(self) -> dict[str, np.ndarray]:
-        rows = self.rows
-        if self._static is None or self._static[0] != rows:
-            self._static = (
-                rows,
-                {
-                    "memory": np.repeat(self._enc.memory, rows, axis=0),  # (rows, S, M)
-                    "memory_keys": np.repeat(self._enc.keys, rows, axis=0),  # (rows, S, A)
-                    "src_mask": np.ones((rows, self._src_len), dtype=np.float32),  # (rows, S)
-                },
-            )
-        return self._static[1]
+        return self.decoder.static_feeds()
 
     def advance(self, outputs: dict[str, np.ndarray]) -> bool:
-        attention = outputs.get("attention")
-        if attention is not None:
-            attention = attention[:, : self._src_len]  # drop the step's padding
-        parents = self.search.step(outputs["log_probs"], attention)
-        if self.search.done:
-            if not self.future.done():
-                self.future.set_result(self.search.best())
-            return True
-        self._states = {n: np.ascontiguousarray(outputs[n + "_out"][:, parents]) for n in self._names}
-        return False
+        if not self.decoder.advance(outputs):
+            return False
+        if not self.future.done():
+            self.future.set_result(self.decoder.best())
+        return True
 
     def fail(self, error: ServiceError) -> None:
         if not self.future.done():
@@ -115,11 +94,7 @@ class TranslateModel:
         self._decoder = StepScheduler(
             f"{label} (decoder)",
             self._decoder_graph,
-            StepLayout(
-                state_inputs=self._states,
-                state_outputs=tuple(s + "_out" for s in self._states),
-                padded_inputs=("memory", "memory_keys", "src_mask"),
-            ),
+            step_layout(self._states),
             ctx.stats,
             ctx.meter(m.name, m.version, "decoder_step"),
             max_streams_per_step=ctx.config.max_streams_per_step,
@@ -203,13 +178,9 @@ class TranslateModel:
             alpha = self._ctx.config.length_penalty
             items = []
             for (ids, _), enc in zip(sources, encoded):
-                limit = req.max_length or min(self.max_target_tokens, 2 * len(ids) + 10)
-                search = (
-                    GreedySearch(self._eos, limit, alpha, req.return_attention)
-                    if beam == 1
-                    else BeamSearch(beam, self._eos, limit, alpha, req.return_attention)
-                )
-                items.append(SentenceDecode(search, enc, self._bos, self._states, deadline))
+                limit = target_limit(len(ids), self.max_target_tokens, req.max_length)
+                search = make_search(beam, self._eos, limit, alpha, req.return_attention)
+                items.append(SentenceDecode(SentenceDecoder(search, enc, self._bos, self._states), deadline))
             try:
                 for item in items:
                     self._decoder.add(item)
@@ -235,19 +206,9 @@ class TranslateModel:
         return TranslateResult(self.name, self.version, out)
 
     async def _encode_batch(self, sentences: list[list[int]]) -> list[Encoded]:
-        lengths = [len(s) for s in sentences]
-        src = np.full((len(sentences), max(lengths)), self._pad, dtype=np.int64)  # (B, S) right-padded
-        for b, ids in enumerate(sentences):
-            src[b, : len(ids)] = ids
-        out = await self._encoder_graph.run({"src": src, "src_len": np.asarray(lengths, dtype=np.int64)})
-        return [
-            Encoded(
-                np.ascontiguousarray(out["memory"][b : b + 1, :n]),
-                np.ascontiguousarray(out["memory_keys"][b : b + 1, :n]),
-                {s: np.ascontiguousarray(out[s][:, b : b + 1]) for s in self._states},
-            )
-            for b, n in enumerate(lengths)
-        ]
+        src, lengths = pad_sources(sentences, self._pad)
+        out = await self._encoder_graph.run({"src": src, "src_len": lengths})
+        return split_encoded(out, lengths.tolist(), self._states)
 
 
 async def _all(awaitables) -> list:

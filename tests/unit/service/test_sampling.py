@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from service.core.decoding import BeamSearch, GreedySearch, Sampler, StopChecker, softmax, top_k_mask, top_p_mask
+from service.inference.decoding import BeamSearch, GreedySearch, Sampler, StopChecker, softmax, top_k_mask, top_p_mask
 from service.core.tokenizing import StreamDecoder, TextCodec
 
 
@@ -167,7 +167,7 @@ def test_beam_search_reorders_parents_and_respects_max_length():
 
 @pytest.mark.parametrize("seed", range(40))
 def test_top_indices_equals_a_full_sort_with_ties_to_the_lower_index(seed):
-    from service.core.decoding import top_indices
+    from service.inference.decoding import top_indices
 
     rng = np.random.default_rng(seed)
     size, n = int(rng.integers(1, 40_000)), int(rng.integers(1, 17))

@@ -67,33 +67,6 @@ def test_lm_metrics_carry_state_between_chunks():
     assert seen == [0.0, 8.0, 16.0]  # streams of 20: chunks of 8, 8, 3 each continuing the state
 
 
-def test_greedy_translate_stops_at_eos_and_keeps_order():
-    specials = {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
-
-    def encoder(feed):
-        B, S = feed["src"].shape
-        # the "state" remembers each sentence's length; the decoder emits 10 + length, length times
-        return {"memory": np.zeros((B, S, 1), np.float32), "memory_keys": np.zeros((B, S, 1), np.float32),
-                "state_h": np.stack([feed["src_len"].astype(np.float32), np.zeros(B, np.float32)], axis=1)[None]}
-
-    def decoder(feed):
-        length, emitted = feed["state_h"][0, :, 0], feed["state_h"][0, :, 1]
-        assert feed["src_mask"].sum(1).tolist() == length.tolist()
-        tok = np.where(emitted < length, 10 + length, 3).astype(np.int64)
-        V = 20
-        logp = np.full((len(tok), V), -10.0, np.float32)
-        logp[np.arange(len(tok)), tok] = 0.0
-        state = feed["state_h"].copy()
-        state[0, :, 1] += 1
-        return {"log_probs": logp, "state_h_out": state, "attention": feed["src_mask"]}
-
-    sources = [[5] * n for n in (3, 1, 4, 2, 1)]
-    out = evaluate.greedy_translate(encoder, decoder, sources, specials, ("h",), batch_size=2)
-    assert out == [[13] * 3, [11], [14] * 4, [12] * 2, [11]]
-    capped = evaluate.greedy_translate(encoder, decoder, sources, specials, ("h",), max_target_tokens=2)
-    assert [len(x) for x in capped] == [2, 1, 2, 2, 1]
-
-
 def test_translation_metrics_case_and_identity():
     refs = ["A man rides a red bike.", "Two dogs play in the snow."]
     same = evaluate.translation_metrics(refs, refs)
