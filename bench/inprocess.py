@@ -1,6 +1,6 @@
 """The floor of model compute: the bundles' ONNX graphs called in-process with onnxruntime, no server.
 
-Sessions are built as ``seqserve serve`` builds them (service.core.runtime.session_options with the default
+Sessions are built as ``seqserve serve`` builds them (service.inference.sessions.load_session with the default
 RuntimeOptions: one intra-op and one inter-op thread, graph optimisation "all", no spinning, from the
 graph's bytes), and fed exactly what the server feeds:
 
@@ -40,8 +40,8 @@ import numpy as np
 import onnxruntime as ort
 
 from service.contract import BundleError, Manifest, read_manifest
-from service.core.runtime import RuntimeOptions, session_options
 from service.core.tokenizing import TextCodec
+from service.inference.sessions import RuntimeOptions, load_session
 from service.loadgen.corpus import PROMPTS, SENTENCES
 from service.loadgen.series import synthetic_series
 
@@ -64,9 +64,7 @@ class Latency:
 def session(bundle_dir: Path, manifest: Manifest, role: str) -> ort.InferenceSession:
     """The graph ``role`` of a bundle in a session configured like the server's."""
     model = (bundle_dir / manifest.graphs[role]).read_bytes()
-    options = RuntimeOptions(int8_weights=manifest.weights == "int8")
-    return ort.InferenceSession(model, sess_options=session_options(options),
-                                providers=["CPUExecutionProvider"])
+    return load_session(model, RuntimeOptions(int8_weights=manifest.weights == "int8"))
 
 
 def measure(call: Callable[[], R], n: int, warmup: int, then: Callable[[R], None] | None = None) -> Latency:
