@@ -134,7 +134,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         figures = E.evaluate_bundle(args.bundle, args.split, args.data_dir, args.max_items, args.threads, args.beam)
     else:
         if args.beam:
-            raise SystemExit("--beam needs --bundle (it decodes with the serving engine)")
+            raise SystemExit("--beam needs --bundle (it decodes the bundle's graphs with the server's decoding)")
         figures = E.evaluate_checkpoint(args.checkpoint, args.split, args.data_dir, args.max_items)
     if args.write_manifest:
         E.write_evaluation(args.bundle, figures)

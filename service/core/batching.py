@@ -13,7 +13,6 @@ from typing import Generic, TypeVar
 
 from .errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from .observe import NULL_METER, GraphMeter, label_request
-from .types import EngineStats
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,6 @@ class DynamicBatcher(Generic[P, R]):
         max_wait_s: float,
         max_queue: int,
         key: Callable[[P], Hashable] = lambda payload: None,
-        stats: EngineStats | None = None,
         meter: GraphMeter = NULL_METER,
         max_concurrent: int = 1,
     ) -> None:
@@ -59,7 +57,6 @@ class DynamicBatcher(Generic[P, R]):
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self._key = key
-        self._stats = stats if stats is not None else EngineStats()
         self._queue: deque[_Pending[P]] = deque()
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
@@ -67,7 +64,6 @@ class DynamicBatcher(Generic[P, R]):
         self._running: set[asyncio.Task] = set()
         self._slot_free = asyncio.Event()
         self._closed = False
-        self.batches_run = 0  # graph calls made (one per key group)
 
     @property
     def queued(self) -> int:
@@ -84,7 +80,6 @@ class DynamicBatcher(Generic[P, R]):
         if self._closed:
             raise Unavailable(f"{self.name} is shutting down")
         if len(self._queue) >= self.max_queue:
-            self._stats.queue_rejected += 1
             label_request(reason="queue_full")
             raise ResourceExhausted(f"queue of {self.name} is full ({self.max_queue} requests waiting); retry later")
         future: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -149,7 +144,6 @@ class DynamicBatcher(Generic[P, R]):
             if item.future.done():  # the caller gave up (cancelled)
                 continue
             if item.deadline is not None and now >= item.deadline:
-                self._stats.deadline_dropped += 1
                 item.future.set_exception(DeadlineExceeded(f"deadline passed while queued in {self.name}"))
                 continue
             groups.setdefault(item.key, []).append(item)
@@ -171,7 +165,6 @@ class DynamicBatcher(Generic[P, R]):
                     if not i.future.done():
                         i.future.set_exception(err)
                 continue
-            self.batches_run += 1
             finished = time.monotonic()
             self._meter.batch(len(items), finished - started)
             for i in items:

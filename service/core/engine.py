@@ -11,12 +11,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import asdict
-from typing import TYPE_CHECKING
 
 from service.contract import TASKS
 
 from .config import ServeConfig
 from .errors import DeadlineExceeded, NotFound, Unavailable
+from .observe import NULL_SINK, Sink
 from .repository import Bundle, ModelRepository, ModelVersion, TaskModel
 from .runtime import WorkerPool
 from .scheduler import StreamSlots
@@ -25,7 +25,6 @@ from .types import (
     LOADING,
     READY,
     UNLOADING,
-    EngineStats,
     ForecastRequest,
     ForecastResult,
     GenerateChunk,
@@ -35,9 +34,6 @@ from .types import (
     TranslateRequest,
     TranslateResult,
 )
-
-if TYPE_CHECKING:
-    from service.front.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +60,14 @@ class Engine:
     method raises ServiceError subclasses only (anything else is a bug: the caller maps it to
     INTERNAL). Empty model name = the task's default model; empty version = newest loaded."""
 
-    def __init__(self, config: ServeConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: ServeConfig, metrics: Sink | None = None) -> None:
         self.config = config.validate()
-        self.metrics = metrics  # Prometheus metrics; None records nothing
-        self.stats = EngineStats()
+        self.sink = metrics if metrics is not None else NULL_SINK  # every event of the core goes here
         workers = config.worker_threads or os.cpu_count() or 1
         self._executor = WorkerPool(max_workers=workers, thread_name_prefix="seqserve-run")
-        self._slots = StreamSlots(config.max_streams, self.stats)
-        self._ctx = TaskContext(config, self._slots, self.stats, metrics, workers)
-        self._repo = ModelRepository(config, self._build, self._executor, self._on_repository_change, metrics)
+        self._slots = StreamSlots(config.max_streams)
+        self._ctx = TaskContext(config, self._slots, self.sink, workers)
+        self._repo = ModelRepository(config, self._build, self._executor, self._on_repository_change, self.sink)
         self._listeners: list[Callable[[], None]] = []
         self._ready = {task: False for task in TASKS}
         self._started = False
@@ -162,7 +157,6 @@ class Engine:
         if not self._started:
             raise Unavailable("server is starting")
         if deadline is not None and time.monotonic() >= deadline:
-            self.stats.deadline_dropped += 1
             raise DeadlineExceeded("deadline passed before the request was started")
         self._executor.enter()  # the pool counts requests in flight (its graph calls go inline by it)
         self._idle.clear()

@@ -1,82 +1,73 @@
-"""What the engine records while it works, without importing grpc or prometheus_client.
+"""The one sink the serving core records into, without importing grpc or prometheus_client.
 
-The engine (repository, batchers, step schedulers, tasks) must import without grpc, so the pieces
-it calls live here; ``service.front.metrics`` builds the Prometheus side on top of them.
+The core (repository, batchers, step schedulers, tasks) records every event through a ``Sink``: model
+loads, each graph's queue depth, batches and streams (``GraphMeter``), generated tokens
+(``TokenTimer``). The base classes record nothing (an engine without metrics); the front end's
+``service.front.metrics.Metrics`` implements them on Prometheus, and tests read what they need from
+that. What a request ended with (its code, model and the reason it was refused) is recorded once, by
+the front end's interceptor, from the labels the core sets with ``label_request``.
 """
 
 from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from service.front.metrics import Metrics
 
 
 class GraphMeter:
-    """The metrics of one graph of one model version, as a batcher or step scheduler records them.
-
-    ``Metrics.graph_meter`` makes one; ``NULL_METER`` records nothing (engines without metrics)."""
-
-    def __init__(self, metrics: Metrics | None, model: str, version: str, graph: str):
-        self._m = metrics
-        self._labels = (model, version, graph)
-        # Series looked up on first use (a labels() lookup costs a few µs; a batcher records
-        # several per request, a step loop several per token).
-        self._record_batch = None  # Metrics.batch_recorder
-        self._queue_series = None
-        self._record_item = None  # Metrics.item_recorder
-        self._streams_series = None
-        self._streams = -1
+    """What a batcher or step scheduler of one graph of one model version records; records nothing."""
 
     def queue_depth(self, n: int) -> None:
         """``n`` work items are waiting now."""
-        if self._m is None:
-            return
-        if self._queue_series is None:
-            self._queue_series = self._m.queue_depth.labels(*self._labels)
-        self._queue_series.set(n)
 
     def batch(self, rows: int, seconds: float) -> None:
         """One onnxruntime run of ``rows`` rows took ``seconds``."""
-        if self._m is None:
-            return
-        if self._record_batch is None:
-            self._record_batch = self._m.batch_recorder(*self._labels)
-        self._record_batch(rows, seconds)
 
     def item(self, queue_seconds: float, compute_seconds: float) -> None:
         """One work item waited ``queue_seconds`` and its batch took ``compute_seconds``."""
-        if self._m is None:
-            return
-        if self._record_item is None:
-            self._record_item = self._m.item_recorder(*self._labels)
-        self._record_item(queue_seconds, compute_seconds)
 
     def streams(self, n: int) -> None:
         """``n`` sequences are being decoded by this graph's step loop now."""
-        if self._m is None or n == self._streams:
-            return
-        if self._streams_series is None:
-            self._streams_series = self._m.active_streams.labels(*self._labels[:2])
-        self._streams_series.set(n)
-        self._streams = n
 
     def clear(self) -> None:
         """Drop this graph's gauges (its model version was unloaded)."""
-        if self._m is None:
-            return
-        self._streams_series, self._streams, self._queue_series = None, -1, None
-        for gauge, labels in ((self._m.queue_depth, self._labels),
-                              (self._m.active_streams, self._labels[:2])):
-            try:
-                gauge.remove(*labels)
-            except KeyError:
-                pass
 
 
-NULL_METER = GraphMeter(None, "", "", "")
+NULL_METER = GraphMeter()
+
+
+class TokenTimer:
+    """Time to first token, time between tokens and token count of one generated sequence; records nothing."""
+
+    def emitted(self, n: int = 1, now: float | None = None) -> None:
+        """``n`` tokens were produced at ``now`` (a ``perf_counter()`` value, default: now)."""
+
+
+class Sink:
+    """Where the core records what happens. This base records nothing."""
+
+    def graph_meter(self, model: str, version: str, graph: str) -> GraphMeter:
+        """What a batcher or step scheduler of ``graph`` (of ``model``/``version``) records into."""
+        return NULL_METER
+
+    def token_timer(self, model: str, version: str, start: float | None = None) -> TokenTimer:
+        """A timer for one sequence; ``start`` is the request's ``perf_counter()`` (default: now)."""
+        return TokenTimer()
+
+    def count_tokens(self, model: str, version: str, n: int) -> None:
+        """``n`` tokens were produced by a non-streaming decoder (translation)."""
+
+    def model_loaded(self, model: str, version: str, task: str, cell: str, seconds: float) -> None:
+        """``model``/``version`` (a ``task`` model with ``cell`` cells) is serving; loading took ``seconds``."""
+
+    def model_load_failed(self, model: str, version: str, reason: str, seconds: float | None = None) -> None:
+        """A load failed; ``reason`` is a short fixed word ("manifest", "onnx", "warmup")."""
+
+    def model_unloaded(self, model: str, version: str) -> None:
+        """``model``/``version`` stopped serving."""
+
+
+NULL_SINK = Sink()
 
 
 # -- per-RPC labels set from inside a handler -------------------------------------------------
@@ -91,6 +82,13 @@ class RequestLabels:
 
 _current: contextvars.ContextVar[RequestLabels | None] = contextvars.ContextVar(
     "seqserve_request_labels", default=None)
+
+
+def begin_request() -> RequestLabels:
+    """Labels for the RPC starting in this context (the interceptor calls this; tasks inherit it)."""
+    labels = RequestLabels()
+    _current.set(labels)
+    return labels
 
 
 def label_request(model: str | None = None, version: str | None = None,

@@ -13,18 +13,16 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from service.contract import MANIFEST_FILE, BundleError, Manifest, check_name, graph_spec, read_manifest
 
 from .config import ServeConfig
 from .errors import InvalidArgument, NotFound, Unavailable
+from .observe import NULL_SINK, Sink
 from .runtime import GraphRuntime, RuntimeOptions
 from .tokenizing import TextCodec
 from .types import FAILED, LOADING, READY, UNLOADING
-
-if TYPE_CHECKING:
-    from service.front.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +175,10 @@ class ModelRepository:
         build: Callable[[Bundle], TaskModel],
         run_executor: Executor,
         on_change: Callable[[], None] = lambda: None,
-        metrics: Metrics | None = None,
+        sink: Sink = NULL_SINK,
     ) -> None:
         self.root = Path(config.models)
-        self._metrics = metrics
+        self._sink = sink
         self._config = config
         self._build = build
         self._run_executor = run_executor
@@ -321,16 +319,14 @@ class ModelRepository:
                 log.error("model %s version %s failed to load", name, version, exc_info=err)
             if model is not None:
                 await model.close()
-            if self._metrics is not None:
-                self._metrics.model_load_failed(name, version, stage, time.perf_counter() - start)
+            self._sink.model_load_failed(name, version, stage, time.perf_counter() - start)
             self._on_change()
             return False
         entry.model = model
         entry.state = READY
         entry.loaded_at = time.time()
         seconds = time.perf_counter() - start
-        if self._metrics is not None:
-            self._metrics.model_loaded(name, version, entry.task, bundle.manifest.cell, seconds)
+        self._sink.model_loaded(name, version, entry.task, bundle.manifest.cell, seconds)
         log.info("model %s version %s (%s) ready in %.2f s", name, version, entry.task, seconds)
         self._on_change()
         return True
@@ -354,8 +350,7 @@ class ModelRepository:
             del entries[entry.version]
             if not entries:
                 self._models.pop(entry.name, None)
-        if self._metrics is not None:
-            self._metrics.model_unloaded(entry.name, entry.version)
+        self._sink.model_unloaded(entry.name, entry.version)
         log.info("model %s version %s unloaded", entry.name, entry.version)
         self._on_change()
 

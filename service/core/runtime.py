@@ -90,8 +90,6 @@ class GraphRuntime:
         self._session = load_session(model, options)
         self.inputs = {i.name: (i.type, i.shape) for i in self._session.get_inputs()}
         self.outputs = [o.name for o in self._session.get_outputs()]
-        self.calls = 0
-        self.busy_s = 0.0
         # Durations of the last calls: the fastest of them is the graph's own cost. (A call on a
         # worker thread also waits for the GIL; judged by the last call alone, a small graph stuck
         # on the worker once could look too slow to come back.)
@@ -123,8 +121,6 @@ class GraphRuntime:
                     self._by_shape.popitem(last=False)
             except KeyError:
                 pass
-        self.calls += 1
-        self.busy_s += elapsed
         return dict(zip(self.outputs, values))
 
     async def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

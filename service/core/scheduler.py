@@ -22,7 +22,6 @@ from .errors import (
 )
 from .observe import NULL_METER, GraphMeter, label_request
 from .runtime import GraphRuntime
-from .types import EngineStats
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +30,13 @@ class StreamSlots:
     """The server-wide cap on concurrently admitted generation streams and translation beam
     searches (one slot per sentence, whatever its beam). Full -> ResourceExhausted at once."""
 
-    def __init__(self, capacity: int, stats: EngineStats | None = None) -> None:
+    def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.in_use = 0
-        self._stats = stats if stats is not None else EngineStats()
 
     def acquire(self, n: int = 1) -> "SlotLease":
         """Take ``n`` slots now or raise ResourceExhausted; release them with the lease."""
         if self.in_use + n > self.capacity:
-            self._stats.streams_rejected += 1
             label_request(reason="streams_full")
             if n > self.capacity:
                 raise ResourceExhausted(f"request needs {n} decoding streams; the server admits at most {self.capacity}")
@@ -107,7 +104,6 @@ class StepScheduler:
         name: str,
         runtime: GraphRuntime,
         layout: StepLayout,
-        stats: EngineStats | None = None,
         meter: GraphMeter = NULL_METER,
         max_streams_per_step: int = 0,
     ) -> None:
@@ -116,7 +112,6 @@ class StepScheduler:
         self._meter = meter
         self._runtime = runtime
         self._layout = layout
-        self._stats = stats if stats is not None else EngineStats()
         self._pending: list[StepItem] = []
         self._active: list[StepItem] = []
         self._wake = asyncio.Event()
@@ -127,8 +122,6 @@ class StepScheduler:
         self._static_key: tuple | None = None
         self._static: dict[str, np.ndarray] = {}
         self._serial = 0
-        self.steps = 0  # decoder calls made
-        self.rows_run = 0  # rows over all calls (rows_run / steps = mean batch)
 
     @property
     def active(self) -> int:
@@ -200,7 +193,6 @@ class StepScheduler:
             if item.cancelled:
                 continue
             if item.deadline is not None and now >= item.deadline:
-                self._stats.deadline_dropped += 1
                 item.fail(DeadlineExceeded(f"deadline passed while decoding in {self.name}"))
                 continue
             live.append(item)
@@ -239,10 +231,6 @@ class StepScheduler:
                 self.remove(it)
             return
         self._meter.batch(start, time.monotonic() - started)
-        self.steps += 1
-        self.rows_run += start
-        self._stats.decode_steps += 1
-        self._stats.decode_rows += start
         for it, (lo, hi) in zip(items, bounds):
             if it.cancelled:  # left while the call ran
                 continue

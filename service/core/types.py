@@ -110,14 +110,3 @@ class ModelInfo:
     error: str = ""  # why a FAILED version failed
     loaded_at: float = 0.0  # time.time() when it became READY; 0 otherwise
     weights: str = ""  # the manifest's weight format (float32 | int8); "" when it did not load
-
-
-@dataclass
-class EngineStats:
-    """Counters the engine keeps until a metrics module takes them over."""
-
-    deadline_dropped: int = 0  # work dropped because its deadline had passed before it ran
-    queue_rejected: int = 0  # batcher queue full
-    streams_rejected: int = 0  # stream cap reached
-    decode_steps: int = 0  # shared decoder calls made by the step schedulers
-    decode_rows: int = 0  # rows over those calls (decode_rows / decode_steps = mean step batch)

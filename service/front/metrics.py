@@ -1,9 +1,9 @@
-"""Every Prometheus metric of the service, created on an injected registry, plus the gRPC interceptor.
+"""Every Prometheus metric of the service, created on an injected registry: the core's sink on Prometheus.
 
 How to wire it (one ``Metrics`` per process; tests make their own with a fresh registry)::
 
     metrics = Metrics()                                   # own CollectorRegistry + process metrics
-    server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics), ...])  # FIRST in the list,
+    server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics), ...])  # interceptors.py; FIRST,
     http, port = start_metrics_server(metrics, host, port) # so it sees the final status code
     ...
     stop_metrics_server(http)
@@ -32,14 +32,11 @@ Label names come only from: grpc_* (gRPC layer), method, model, version, code, g
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import grpc
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -51,7 +48,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from service.core.observe import NULL_METER, GraphMeter, RequestLabels, _current, label_request  # noqa: F401 - re-exported
+from service.core.observe import GraphMeter, Sink, TokenTimer
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +65,54 @@ UNKNOWN_MODEL = "unknown"  # label value for a model name the repository never a
 _GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 
 
-class Metrics:
+class PromGraphMeter(GraphMeter):
+    """The metrics of one graph of one model version, as a batcher or step scheduler records them."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str, graph: str):
+        self._m = metrics
+        self._labels = (model, version, graph)
+        # Series looked up on first use (a labels() lookup costs a few µs; a batcher records
+        # several per request, a step loop several per token).
+        self._record_batch: Callable[[int, float], None] | None = None
+        self._queue_series = None
+        self._record_item: Callable[[float, float], None] | None = None
+        self._streams_series = None
+        self._streams = -1
+
+    def queue_depth(self, n: int) -> None:
+        if self._queue_series is None:
+            self._queue_series = self._m.queue_depth.labels(*self._labels)
+        self._queue_series.set(n)
+
+    def batch(self, rows: int, seconds: float) -> None:
+        if self._record_batch is None:
+            self._record_batch = self._m.batch_recorder(*self._labels)
+        self._record_batch(rows, seconds)
+
+    def item(self, queue_seconds: float, compute_seconds: float) -> None:
+        if self._record_item is None:
+            self._record_item = self._m.item_recorder(*self._labels)
+        self._record_item(queue_seconds, compute_seconds)
+
+    def streams(self, n: int) -> None:
+        if n == self._streams:
+            return
+        if self._streams_series is None:
+            self._streams_series = self._m.active_streams.labels(*self._labels[:2])
+        self._streams_series.set(n)
+        self._streams = n
+
+    def clear(self) -> None:
+        self._streams_series, self._streams, self._queue_series = None, -1, None
+        for gauge, labels in ((self._m.queue_depth, self._labels),
+                              (self._m.active_streams, self._labels[:2])):
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
+
+
+class Metrics(Sink):
     """All metrics of one server process, registered on ``registry`` (a new one when None).
 
     Attributes (metric name; labels) -- see the module docstring for who records each:
@@ -246,19 +290,19 @@ class Metrics:
 
     def graph_meter(self, model: str, version: str, graph: str) -> GraphMeter:
         """What a batcher or step scheduler of ``graph`` (of ``model``/``version``) records into."""
-        return GraphMeter(self, model, version, graph)
+        return PromGraphMeter(self, model, version, graph)
 
     def count_tokens(self, model: str, version: str, n: int) -> None:
         """``n`` tokens were produced by a non-streaming decoder (translation)."""
         if n > 0:
             self.generated_tokens.labels(model, version).inc(n)
 
-    def token_timer(self, model: str, version: str, start: float | None = None) -> TokenTimer:
+    def token_timer(self, model: str, version: str, start: float | None = None) -> PromTokenTimer:
         """A timer for one sequence; ``start`` is the request's ``perf_counter()`` (default: now)."""
-        return TokenTimer(self, model, version, time.perf_counter() if start is None else start)
+        return PromTokenTimer(self, model, version, time.perf_counter() if start is None else start)
 
 
-class TokenTimer:
+class PromTokenTimer(TokenTimer):
     """Time to first token, time between tokens and token count of one generated sequence."""
 
     def __init__(self, metrics: Metrics, model: str, version: str, start: float):
@@ -288,31 +332,6 @@ class TokenTimer:
             self._tbt.observe(gap / n)
 
 
-def split_method(full_method: str | bytes) -> tuple[str, str]:
-    """'/pkg.Service/Method' -> ('pkg.Service', 'Method')."""
-    if isinstance(full_method, bytes):
-        full_method = full_method.decode()
-    service, _, method = full_method.lstrip("/").rpartition("/")
-    return service or "unknown", method or "unknown"
-
-
-def final_code(context: Any, error: BaseException | None) -> grpc.StatusCode:
-    """The status an aio handler ends with, given how it ended (``error`` None = returned).
-
-    A handler that returned sends the code it set (OK if none); one that raised sends the code
-    set by ``context.abort``/``set_code``, else UNKNOWN; a cancelled one was cut off by the
-    client (CANCELLED) or by its deadline (DEADLINE_EXCEEDED, no time remaining).
-    """
-    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
-        remaining = context.time_remaining()
-        expired = remaining is not None and remaining <= 0
-        return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-    code = context.code()
-    if error is None:
-        return grpc.StatusCode.OK if code is None else code
-    return grpc.StatusCode.UNKNOWN if code in (None, grpc.StatusCode.OK) else code
-
-
 def _observer(first: Histogram, second: Histogram, labels: tuple[str, ...]) -> Callable[[float, float], None]:
     """record(a, b): observe ``a`` on ``first`` and ``b`` on ``second``, both series looked up now."""
     one, two = first.labels(*labels), second.labels(*labels)
@@ -322,164 +341,6 @@ def _observer(first: Histogram, second: Histogram, labels: tuple[str, ...]) -> C
         two.observe(b)
 
     return record
-
-
-class _Rpc:
-    """Bookkeeping of one intercepted RPC."""
-
-    def __init__(self, metrics: Metrics, rpc_type: str, service: str, method: str):
-        self.m = metrics
-        self.key = (rpc_type, service, method)
-        self.method = method
-        self.labels = RequestLabels()
-        self.start = time.perf_counter()
-        _current.set(self.labels)
-        metrics.grpc_started.labels(*self.key).inc()
-        metrics.in_flight.labels(method).inc()
-
-    def received(self) -> None:
-        self.m.grpc_msg_received.labels(*self.key).inc()
-
-    def sent(self) -> None:
-        self.m.grpc_msg_sent.labels(*self.key).inc()
-
-    def finish(self, context: Any, error: BaseException | None) -> None:
-        seconds = time.perf_counter() - self.start
-        code = final_code(context, error).name
-        m = self.m
-        m.grpc_handled.labels(*self.key, code).inc()
-        m.grpc_handling_seconds.labels(*self.key).observe(seconds)
-        m.in_flight.labels(self.method).dec()
-        lb = self.labels
-        m.observe_request(self.method, lb.model, lb.version, code, seconds, lb.reason)
-
-
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Records go-grpc-prometheus metrics and request metrics for every registered RPC.
-
-    Put it first in ``grpc.aio.server(interceptors=[...])`` so it wraps the error-mapping layer
-    and sees the final status code. Unknown methods (handler None) are not recorded, so clients
-    cannot invent label values.
-    """
-
-    def __init__(self, metrics: Metrics):
-        self._m = metrics
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        service, method = split_method(handler_call_details.method)
-        codec = dict(request_deserializer=handler.request_deserializer,
-                     response_serializer=handler.response_serializer)
-        m = self._m
-        if handler.unary_unary is not None:
-            fn = _wrap_unary(m, ("unary", service, method), handler.unary_unary, False)
-            return grpc.unary_unary_rpc_method_handler(fn, **codec)
-        if handler.unary_stream is not None:
-            fn = _wrap_streaming(m, ("server_stream", service, method), handler.unary_stream, False)
-            return grpc.unary_stream_rpc_method_handler(fn, **codec)
-        if handler.stream_unary is not None:
-            fn = _wrap_unary(m, ("client_stream", service, method), handler.stream_unary, True)
-            return grpc.stream_unary_rpc_method_handler(fn, **codec)
-        fn = _wrap_streaming(m, ("bidi_stream", service, method), handler.stream_stream, True)
-        return grpc.stream_stream_rpc_method_handler(fn, **codec)
-
-
-def _count_requests(rpc: _Rpc, requests: Any) -> Any:
-    """Wrap a request iterator (async or sync) so each message read counts as received."""
-    if hasattr(requests, "__aiter__"):
-        async def agen() -> AsyncIterator[Any]:
-            async for item in requests:
-                rpc.received()
-                yield item
-        return agen()
-
-    def gen() -> Iterator[Any]:
-        for item in requests:
-            rpc.received()
-            yield item
-    return gen()
-
-
-def _start(m: Metrics, key: tuple[str, str, str], request: Any, streaming_in: bool) -> tuple[_Rpc, Any]:
-    rpc = _Rpc(m, *key)
-    if streaming_in:
-        return rpc, _count_requests(rpc, request)
-    rpc.received()
-    return rpc, request
-
-
-def _wrap_unary(m: Metrics, key: tuple[str, str, str], inner: Callable, streaming_in: bool) -> Callable:
-    """Wrap a handler with one response (unary or client-streaming), keeping it async or sync."""
-    if inspect.iscoroutinefunction(inner):
-        async def behavior(request: Any, context: Any) -> Any:
-            rpc, request = _start(m, key, request, streaming_in)
-            try:
-                response = await inner(request, context)
-            except BaseException as error:
-                rpc.finish(context, error)
-                raise
-            rpc.sent()
-            rpc.finish(context, None)
-            return response
-        return behavior
-
-    def sync_behavior(request: Any, context: Any) -> Any:
-        rpc, request = _start(m, key, request, streaming_in)
-        try:
-            response = inner(request, context)
-        except BaseException as error:
-            rpc.finish(context, error)
-            raise
-        rpc.sent()
-        rpc.finish(context, None)
-        return response
-    return sync_behavior
-
-
-def _wrap_streaming(m: Metrics, key: tuple[str, str, str], inner: Callable, streaming_in: bool) -> Callable:
-    """Wrap a handler with a response stream, keeping its kind (async generator, coroutine
-    writing with ``context.write`` -- whose messages are not counted -- or sync generator)."""
-    if inspect.isasyncgenfunction(inner):
-        async def agen_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
-            rpc, request = _start(m, key, request, streaming_in)
-            try:
-                async for response in inner(request, context):
-                    rpc.sent()
-                    yield response
-            except BaseException as error:
-                rpc.finish(context, error)
-                raise
-            rpc.finish(context, None)
-        return agen_behavior
-
-    if inspect.iscoroutinefunction(inner):
-        async def writer_behavior(request: Any, context: Any) -> None:
-            rpc, request = _start(m, key, request, streaming_in)
-            try:
-                await inner(request, context)
-            except BaseException as error:
-                rpc.finish(context, error)
-                raise
-            rpc.finish(context, None)
-        return writer_behavior
-
-    def gen_behavior(request: Any, context: Any) -> Iterator[Any]:
-        rpc, request = _start(m, key, request, streaming_in)
-        try:
-            for response in inner(request, context):
-                rpc.sent()
-                yield response
-        except BaseException as error:
-            rpc.finish(context, error)
-            raise
-        rpc.finish(context, None)
-    return gen_behavior
 
 
 # -- exposition ---------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 
 from service.core.config import ServeConfig, read_config_file
-from service.front.metrics import split_method
+from service.front.interceptors import split_method
 
 log = logging.getLogger(__name__)
 

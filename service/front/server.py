@@ -15,12 +15,8 @@ from grpc_reflection.v1alpha import reflection
 
 from service.core.config import ServeConfig
 from service.core.engine import Engine
-from service.front.metrics import (
-    Metrics,
-    MetricsInterceptor,
-    start_metrics_server,
-    stop_metrics_server,
-)
+from service.front.interceptors import MetricsInterceptor
+from service.front.metrics import Metrics, start_metrics_server, stop_metrics_server
 from service.front.security import auth_interceptor, describe, server_credentials
 from service.front.servicers import add_servicers
 

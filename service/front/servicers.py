@@ -21,7 +21,7 @@ from grpc_status import rpc_status
 from service.contract import TASKS
 from service.core import types
 from service.core.errors import InvalidArgument, ServiceError
-from service.front.metrics import label_request
+from service.core.observe import label_request
 from service.front.protowire import extend_packed
 from service.v1 import (
     forecast_pb2,

@@ -12,7 +12,7 @@ from ..batching import DynamicBatcher
 from ..errors import InvalidArgument
 from ..repository import Bundle
 from ..types import ForecastRequest, ForecastResult
-from . import TaskContext
+from .context import TaskContext
 
 
 def interpolate_levels(paths: np.ndarray, levels: np.ndarray, wanted: list[float]) -> np.ndarray:
@@ -54,18 +54,8 @@ class ForecastModel:
         self._graph = bundle.graphs["forecast"]
         self._levels = np.asarray(self.spec.quantiles, dtype=np.float64)
         self._median = int(np.argmin(np.abs(self._levels - 0.5)))
-        cfg = ctx.config
-        self._batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
-            f"model {m.name} version {m.version} (forecast)",
-            self._run_batch,
-            max_batch_size=cfg.max_batch_size,
-            max_wait_s=cfg.max_batch_wait_ms / 1000.0,
-            max_queue=cfg.max_queue,
-            key=lambda window: window.shape[0],
-            stats=ctx.stats,
-            meter=ctx.meter(m.name, m.version, "forecast"),
-            max_concurrent=ctx.workers,
-        )
+        self._batcher: DynamicBatcher[np.ndarray, np.ndarray] = ctx.batcher(
+            m.name, m.version, "forecast", self._run_batch, key=lambda window: window.shape[0])
 
     def limits(self) -> dict[str, int]:
         return {

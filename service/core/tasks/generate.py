@@ -15,12 +15,12 @@ from service.inference.decoding import Sampler, StopChecker
 from service.inference.steps import StepLayout
 
 from ..config import effective_limit
-from ..errors import DeadlineExceeded, InvalidArgument, ServiceError
+from ..errors import InvalidArgument, ServiceError
 from ..repository import Bundle
-from ..scheduler import StepItem, StepScheduler
+from ..scheduler import StepItem
 from ..tokenizing import StreamDecoder
 from ..types import GenerateChunk, GenerateRequest
-from . import TaskContext
+from .context import TaskContext
 
 DEFAULT_PROMPT_TOKENS = 1024
 
@@ -122,14 +122,9 @@ class GenerateModel:
         self._lm = bundle.graphs["lm"]
         self.max_prompt_tokens = effective_limit(cfg.max_prompt_tokens, m.limits, "max_prompt_tokens", DEFAULT_PROMPT_TOKENS)
         self.max_tokens = effective_limit(cfg.max_tokens, m.limits, "max_tokens", cfg.max_tokens)
-        self._scheduler = StepScheduler(
-            f"model {m.name} version {m.version} (lm)",
-            self._lm,
-            StepLayout(state_inputs=self._states, state_outputs=tuple(s + "_out" for s in self._states)),
-            ctx.stats,
-            ctx.meter(m.name, m.version, "lm"),
-            max_streams_per_step=ctx.config.max_streams_per_step,
-        )
+        self._scheduler = ctx.step_scheduler(
+            m.name, m.version, "lm", self._lm,
+            StepLayout(state_inputs=self._states, state_outputs=tuple(s + "_out" for s in self._states)))
         self._prefill_meter = ctx.meter(m.name, m.version, "lm_prefill")
 
     def limits(self) -> dict[str, int]:
@@ -225,9 +220,6 @@ class GenerateModel:
             task.add_done_callback(leave)
         emitted = 0
         try:
-            if deadline is not None and time.monotonic() >= deadline:
-                self._ctx.stats.deadline_dropped += 1
-                raise DeadlineExceeded("deadline passed before generation started")
             started = time.monotonic()
             out = await self._lm.run({"tokens": np.asarray([ids], dtype=np.int64), **self._zeros(1)})  # prefill
             self._prefill_meter.batch(1, time.monotonic() - started)
@@ -239,8 +231,7 @@ class GenerateModel:
                 if isinstance(chunk, ServiceError):
                     raise chunk
                 chunk, error = coalesce(chunk, item.queue)
-                if timer is not None:
-                    timer.emitted(chunk.completion_tokens - emitted)
+                timer.emitted(chunk.completion_tokens - emitted)
                 emitted = chunk.completion_tokens
                 yield chunk
                 if chunk.finish_reason:

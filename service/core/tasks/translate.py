@@ -4,7 +4,6 @@ through the shared step scheduler, detokenise."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 
@@ -23,11 +22,11 @@ from service.inference.seq2seq import (
 
 from ..batching import DynamicBatcher
 from ..config import effective_limit
-from ..errors import DeadlineExceeded, InvalidArgument, ServiceError
+from ..errors import InvalidArgument, ServiceError
 from ..repository import Bundle
-from ..scheduler import StepItem, StepScheduler
+from ..scheduler import StepItem
 from ..types import TranslateRequest, TranslateResult, Translation
-from . import TaskContext
+from .context import TaskContext
 
 
 class SentenceDecode(StepItem):
@@ -80,25 +79,9 @@ class TranslateModel:
         self._decoder_graph = bundle.graphs["decoder_step"]
         self.max_source_tokens = effective_limit(cfg.max_source_tokens, m.limits, "max_source_tokens", DEFAULT_TOKEN_LIMIT)
         self.max_target_tokens = effective_limit(cfg.max_target_tokens, m.limits, "max_target_tokens", DEFAULT_TOKEN_LIMIT)
-        label = f"model {m.name} version {m.version}"
-        self._encoder: DynamicBatcher[list[int], Encoded] = DynamicBatcher(
-            f"{label} (encoder)",
-            self._encode_batch,
-            max_batch_size=cfg.max_batch_size,
-            max_wait_s=cfg.max_batch_wait_ms / 1000.0,
-            max_queue=cfg.max_queue,
-            stats=ctx.stats,
-            meter=ctx.meter(m.name, m.version, "encoder"),
-            max_concurrent=ctx.workers,
-        )
-        self._decoder = StepScheduler(
-            f"{label} (decoder)",
-            self._decoder_graph,
-            step_layout(self._states),
-            ctx.stats,
-            ctx.meter(m.name, m.version, "decoder_step"),
-            max_streams_per_step=ctx.config.max_streams_per_step,
-        )
+        self._encoder: DynamicBatcher[list[int], Encoded] = ctx.batcher(m.name, m.version, "encoder", self._encode_batch)
+        self._decoder = ctx.step_scheduler(m.name, m.version, "decoder_step", self._decoder_graph,
+                                           step_layout(self._states))
 
     def limits(self) -> dict[str, int]:
         cfg = self._ctx.config
@@ -171,9 +154,6 @@ class TranslateModel:
     async def translate(self, req: TranslateRequest, deadline: float | None) -> TranslateResult:
         sources, beam = self.prepare(req)
         with self._ctx.slots.hold(len(sources)):
-            if deadline is not None and time.monotonic() >= deadline:
-                self._ctx.stats.deadline_dropped += 1
-                raise DeadlineExceeded("deadline passed before translation started")
             encoded = await _all(self._encoder.submit(ids, deadline) for ids, _ in sources)
             alpha = self._ctx.config.length_penalty
             items = []

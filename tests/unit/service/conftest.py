@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from service.core.config import ServeConfig
 from service.core.engine import Engine
+from service.front.metrics import Metrics
 from tests.bundles import make_bundle
 
 # (task, name, cell) built once per session; tests copy what they need into their own repository.
@@ -69,11 +71,12 @@ def _config(models: Path, **overrides) -> ServeConfig:
 
 @pytest.fixture
 async def make_engine() -> AsyncIterator[Callable[..., Awaitable[Engine]]]:
-    """make_engine(models, **config) -> a started Engine, stopped after the test."""
+    """make_engine(models, **config) -> a started Engine recording into its own Metrics (a fresh
+    registry: tests read what happened there, see ``step_calls``), stopped after the test."""
     engines: list[Engine] = []
 
     async def make(models: Path, **overrides) -> Engine:
-        engine = Engine(_config(models, **overrides))
+        engine = Engine(_config(models, **overrides), Metrics(CollectorRegistry(), process_metrics=False))
         engines.append(engine)
         await engine.start()
         return engine

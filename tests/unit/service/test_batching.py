@@ -11,9 +11,11 @@ import pytest
 
 from service.core.batching import DynamicBatcher
 from service.core.errors import DeadlineExceeded, ResourceExhausted
+from service.core.observe import begin_request
 from service.core.repository import open_bundle
 from service.core.runtime import RuntimeOptions
-from service.core.types import EngineStats, ForecastRequest, TranslateRequest
+from service.core.types import ForecastRequest, TranslateRequest
+from tests.unit.service.recorded import step_calls
 
 
 class Recorder:
@@ -72,17 +74,17 @@ async def test_groups_never_mix_keys():
 
 async def test_full_queue_is_rejected_at_once():
     rec = Recorder(hold=True)
-    stats = EngineStats()
-    b = DynamicBatcher("forecaster", rec, max_batch_size=1, max_wait_s=0.0, max_queue=2, stats=stats)
+    b = DynamicBatcher("forecaster", rec, max_batch_size=1, max_wait_s=0.0, max_queue=2)
     b.start()
     running = asyncio.ensure_future(b.submit(1))
     await rec.started.wait()  # 1 is running (held); the next two wait in the queue
     waiting = [asyncio.ensure_future(b.submit(i)) for i in (2, 3)]
     await asyncio.sleep(0)  # let them enqueue (a yield, not a timed wait)
     assert b.queued == 2
+    labels = begin_request()  # what the interceptor reads when the RPC ends
     with pytest.raises(ResourceExhausted, match=r"queue of forecaster is full \(2 requests waiting\)"):
         await b.submit(4)
-    assert stats.queue_rejected == 1
+    assert labels.reason == "queue_full"
     rec.release.set()
     assert await asyncio.gather(running, *waiting) == [10, 20, 30]
     await b.close()
@@ -90,8 +92,7 @@ async def test_full_queue_is_rejected_at_once():
 
 async def test_expired_work_is_dropped_before_it_runs():
     rec = Recorder(hold=True)
-    stats = EngineStats()
-    b = DynamicBatcher("t", rec, max_batch_size=1, max_wait_s=0.0, max_queue=10, stats=stats)
+    b = DynamicBatcher("t", rec, max_batch_size=1, max_wait_s=0.0, max_queue=10)
     b.start()
     first = asyncio.ensure_future(b.submit(1))
     await rec.started.wait()
@@ -103,7 +104,6 @@ async def test_expired_work_is_dropped_before_it_runs():
     with pytest.raises(DeadlineExceeded):
         await late
     assert [c for call in rec.calls for c in call] == [1, 3]  # 2 never ran
-    assert stats.deadline_dropped == 1
     await b.close()
 
 
@@ -176,13 +176,15 @@ async def test_decoding_in_small_step_groups_gives_the_same_results(tmp_path, ad
     grouped = await make_engine(tmp_path, max_streams_per_step=per_step)
     texts = ["Ein Mann fährt Fahrrad.", "Zwei Hunde", "Die Katze schläft auf dem Sofa.", "Ein Kind liest ein Buch."]
     for beam in (1, 3):
-        shared_steps, steps, rows = shared.stats.decode_steps, grouped.stats.decode_steps, grouped.stats.decode_rows
+        shared_steps, _ = step_calls(shared, "decoder_step")
+        steps, rows = step_calls(grouped, "decoder_step")
         want = await asyncio.gather(*(shared.translate(TranslateRequest(texts=[t], beam_size=beam)) for t in texts))
         got = await asyncio.gather(*(grouped.translate(TranslateRequest(texts=[t], beam_size=beam)) for t in texts))
         for w, g in zip(want, got):
             assert g.translations[0].tokens == w.translations[0].tokens
             assert g.translations[0].score == pytest.approx(w.translations[0].score, abs=1e-4)
         # More, smaller calls than with every search sharing each call.
-        assert grouped.stats.decode_steps - steps > shared.stats.decode_steps - shared_steps
+        (grouped_steps, grouped_rows), (all_steps, _) = step_calls(grouped, "decoder_step"), step_calls(shared, "decoder_step")
+        assert grouped_steps - steps > all_steps - shared_steps
         if per_step == 1 and beam == 1:  # one row per call
-            assert grouped.stats.decode_steps - steps == grouped.stats.decode_rows - rows
+            assert grouped_steps - steps == grouped_rows - rows

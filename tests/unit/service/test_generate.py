@@ -10,7 +10,9 @@ from contextlib import aclosing
 import pytest
 
 from service.core.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from service.core.observe import begin_request
 from service.core.types import GenerateRequest
+from tests.unit.service.recorded import step_calls
 
 PROMPTS = ["First Citizen:\n", "Speak", "All:", "Before we proceed", "You are all resolved", "F", "hear me", "Resolved."]
 
@@ -25,10 +27,10 @@ async def test_seeded_generation_is_identical_alone_and_under_load(tmp_path, add
     engine = await make_engine(tmp_path)
     requests = _requests(16, top_k=20, top_p=0.95)
     alone = [await engine.generate(r) for r in requests]
-    steps, rows = engine.stats.decode_steps, engine.stats.decode_rows
+    steps, rows = step_calls(engine, "lm")
     assert rows == steps  # one stream at a time: one row per step
     together = await asyncio.gather(*(engine.generate(r) for r in requests))
-    steps, rows = engine.stats.decode_steps - steps, engine.stats.decode_rows - rows
+    steps, rows = (now - before for now, before in zip(step_calls(engine, "lm"), (steps, rows)))
     assert rows / steps > 4  # the streams really shared decoder calls
     assert [r.text for r in together] == [r.text for r in alone]
     assert [r.completion_tokens for r in together] == [r.completion_tokens for r in alone]
@@ -83,13 +85,14 @@ async def test_stream_cap_and_closing_a_stream_frees_its_slot(repo, make_engine)
     await _first_chunk(a)
     await _first_chunk(b)
     c = engine.generate_stream(req)
+    labels = begin_request()  # what the interceptor reads when the RPC ends
     with pytest.raises(ResourceExhausted, match=r"2 of 2 decoding streams are in use"):
         await _first_chunk(c)
+    assert labels.reason == "streams_full"
     await a.aclose()  # the consumer stops: slot freed
     async with aclosing(engine.generate_stream(req)) as d:
         await _first_chunk(d)
     await b.aclose()
-    assert engine.stats.streams_rejected == 1
 
 
 async def test_cancelling_the_consumer_task_frees_the_slot(repo, make_engine):
@@ -121,11 +124,11 @@ async def test_translation_counts_against_the_stream_cap(repo, make_engine):
     assert len((await engine.translate(TranslateRequest(texts=["Ein Mann", "Zwei Hunde"]))).translations) == 2
 
 
-async def test_expired_deadline_is_refused_and_counted(engine):
-    before = engine.stats.deadline_dropped
-    with pytest.raises(DeadlineExceeded):
+async def test_expired_deadline_is_refused_before_any_graph_runs(engine):
+    before = step_calls(engine, "lm_prefill")
+    with pytest.raises(DeadlineExceeded, match="deadline passed before the request was started"):
         await engine.generate(GenerateRequest(prompt="First", max_tokens=5), deadline=time.monotonic() - 0.1)
-    assert engine.stats.deadline_dropped == before + 1
+    assert step_calls(engine, "lm_prefill") == before  # not even the prompt was read
 
 
 async def test_deadline_passing_mid_stream_ends_it(engine):
@@ -137,7 +140,6 @@ async def test_deadline_passing_mid_stream_ends_it(engine):
             async for chunk in stream:
                 received.append(chunk)
     assert received and not any(c.finish_reason for c in received)
-    assert engine.stats.deadline_dropped == 1
 
 
 async def test_drain_refuses_new_work_and_lets_streams_finish(repo, make_engine):

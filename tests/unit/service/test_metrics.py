@@ -10,11 +10,11 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from service.core.observe import label_request
+from service.front.interceptors import MetricsInterceptor
 from service.front.metrics import (
     DURATION_BUCKETS,
     Metrics,
-    MetricsInterceptor,
-    label_request,
     series_names,
     start_metrics_server,
     stop_metrics_server,

@@ -51,7 +51,6 @@ async def test_cheap_calls_run_inline_after_the_first_and_never_when_disabled():
             warm = pool.submitted
             for _ in range(5):
                 await graph.run(feeds)
-            assert graph.calls == 15
             if inline_ms:
                 assert 1 <= warm < 10 and pool.submitted == warm
             else:
@@ -74,7 +73,7 @@ async def test_calls_run_inline_while_requests_come_one_at_a_time(monkeypatch):
         await graph.run(one)
         assert pool.submitted == 1  # shape never measured: a worker runs it (and measures it)
         np.testing.assert_array_equal((await graph.run(one))["y"], one["x"])
-        assert pool.submitted == 1 and graph.calls == 2  # measured and quick: inline
+        assert pool.submitted == 1  # measured and quick: inline
         await graph.run(two)
         assert pool.submitted == 2  # another shape: measured on a worker first
         pool.enter()  # a second request overlaps the first...

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from service.inference.decoding import BeamSearch, GreedySearch, Sampler, StopChecker, softmax, top_k_mask, top_p_mask
 from service.core.tokenizing import StreamDecoder, TextCodec
+from service.inference.decoding import BeamSearch, GreedySearch, Sampler, StopChecker, softmax, top_k_mask, top_p_mask
 
 
 def test_top_k_keeps_the_k_largest():

@@ -70,12 +70,12 @@ def test_train_export_evaluate(task, exported, capsys):
         assert served["bleu"] > 5 and len(served["examples"]) == 3
 
 
-def test_beam_evaluation_decodes_with_the_serving_engine(exported, capsys):
+def test_beam_evaluation_decodes_with_the_shared_decoding(exported, capsys):
     _, bundle = exported["translate"]
     greedy = _evaluate(capsys, "--bundle", str(bundle))
     served_greedy = _evaluate(capsys, "--bundle", str(bundle), "--beam", "1")
     # The server's greedy decoding is the evaluator's greedy decoding, sentence for sentence.
-    assert served_greedy["source"] == "seqserve engine" and served_greedy["beam"] == 1
+    assert served_greedy["source"] == "onnxruntime" and served_greedy["beam"] == 1
     assert [e["output"] for e in served_greedy["examples"]] == [e["output"] for e in greedy["examples"]]
     assert served_greedy["bleu"] == pytest.approx(greedy["bleu"], abs=1e-9)
     beam = _evaluate(capsys, "--bundle", str(bundle), "--beam", "4", "--write-manifest")
@@ -122,7 +122,7 @@ def test_quantize_keeps_the_figures_or_leaves_the_bundle_alone(exported, capsys,
     assert m.weights == "int8" and set(m.evaluation) == {"test", "test_beam2"}
     assert m.extra["quantization"]["evaluation_float32"]["test"]["bleu"] == greedy["bleu"]
     assert sum((bundle / f).stat().st_size for f in graphs) < 0.5 * sum(len(b) for b in graphs.values())
-    # evaluate reproduces what quantize stored, greedy and through the serving engine's beam search
+    # evaluate reproduces what quantize stored, greedy and with the shared beam search
     assert _evaluate(capsys, "--bundle", str(bundle))["bleu"] == pytest.approx(m.evaluation["test"]["bleu"], abs=1e-9)
     assert _evaluate(capsys, "--bundle", str(bundle), "--beam", "2")["bleu"] == pytest.approx(
         m.evaluation["test_beam2"]["bleu"], abs=1e-9)

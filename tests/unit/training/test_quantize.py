@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service.core.runtime import RuntimeOptions, session_options
+from service.inference.sessions import RuntimeOptions, session_options
 from training import quantize
 
 

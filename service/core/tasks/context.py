@@ -1,0 +1,58 @@
+"""What every task model shares with the engine, and how it gets its batchers and step schedulers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.inference.steps import StepLayout
+
+from ..batching import DynamicBatcher
+from ..config import ServeConfig
+from ..observe import NULL_SINK, GraphMeter, Sink, TokenTimer
+from ..runtime import GraphRuntime
+from ..scheduler import StepScheduler, StreamSlots
+
+
+@dataclass
+class TaskContext:
+    """The server's settings, stream cap and sink, shared by every task model."""
+
+    config: ServeConfig
+    slots: StreamSlots  # the server-wide cap on decoding streams
+    sink: Sink = field(default_factory=lambda: NULL_SINK)  # where every event is recorded
+    workers: int = 1  # threads running graph calls: how many batches of one graph may run at once
+
+    def batcher(self, model: str, version: str, graph: str, run_batch: Callable[[list[Any]], Awaitable[list[Any]]],
+                key: Callable[[Any], Hashable] | None = None) -> DynamicBatcher:
+        """A dynamic batcher in front of ``graph`` of ``model``/``version``, with the server's batch
+        size, wait, queue bound and concurrency; ``key``: requests with different keys never share a call."""
+        cfg = self.config
+        return DynamicBatcher(
+            f"model {model} version {version} ({graph})",
+            run_batch,
+            max_batch_size=cfg.max_batch_size,
+            max_wait_s=cfg.max_batch_wait_ms / 1000.0,
+            max_queue=cfg.max_queue,
+            **({"key": key} if key is not None else {}),
+            meter=self.meter(model, version, graph),
+            max_concurrent=self.workers,
+        )
+
+    def step_scheduler(self, model: str, version: str, graph: str, runtime: GraphRuntime,
+                       layout: StepLayout) -> StepScheduler:
+        """The step loop of ``graph`` (a decoder step or LM): every stream of the version shares its calls."""
+        return StepScheduler(f"model {model} version {version} ({graph})", runtime, layout,
+                             self.meter(model, version, graph), max_streams_per_step=self.config.max_streams_per_step)
+
+    def meter(self, model: str, version: str, graph: str) -> GraphMeter:
+        """Where a batcher or step scheduler of ``graph`` records queue depth, batches and streams."""
+        return self.sink.graph_meter(model, version, graph)
+
+    def token_timer(self, model: str, version: str) -> TokenTimer:
+        """Time to first token / between tokens of one generated sequence."""
+        return self.sink.token_timer(model, version)
+
+    def count_tokens(self, model: str, version: str, n: int) -> None:
+        self.sink.count_tokens(model, version, n)
