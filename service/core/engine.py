@@ -14,6 +14,7 @@ from dataclasses import asdict
 
 from service.contract import TASKS
 
+from .admission import Admission
 from .config import ServeConfig
 from .errors import DeadlineExceeded, NotFound, Unavailable
 from .observe import NULL_SINK, Sink
@@ -64,7 +65,8 @@ class Engine:
         self.config = config.validate()
         self.sink = metrics if metrics is not None else NULL_SINK  # every event of the core goes here
         workers = config.worker_threads or os.cpu_count() or 1
-        self._executor = WorkerPool(max_workers=workers, thread_name_prefix="seqserve-run")
+        self.admission = Admission()  # requests in the server, counted here (_admit)
+        self._executor = WorkerPool(max_workers=workers, thread_name_prefix="seqserve-run", admission=self.admission)
         self._slots = StreamSlots(config.max_streams)
         self._ctx = TaskContext(config, self._slots, self.sink, workers)
         self._repo = ModelRepository(config, self._build, self._executor, self._on_repository_change, self.sink)
@@ -95,12 +97,12 @@ class Engine:
         grace = self.config.grace_s if grace_s is None else grace_s
         self._draining = True
         self._notify_if_changed()
-        if self._executor.requests and grace > 0:
+        if self.admission.requests and grace > 0:
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout=grace)
             except asyncio.TimeoutError:
                 log.warning("grace period of %.1f s over with %d calls still running; cancelling them", grace,
-                            self._executor.requests)
+                            self.admission.requests)
         await self._repo.stop(0.0)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._started = False
@@ -158,13 +160,13 @@ class Engine:
             raise Unavailable("server is starting")
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("deadline passed before the request was started")
-        self._executor.enter()  # the pool counts requests in flight (its graph calls go inline by it)
+        self.admission.enter()
         self._idle.clear()
         try:
             yield
         finally:
-            self._executor.leave()
-            if not self._executor.requests:
+            self.admission.leave()
+            if not self.admission.requests:
                 self._idle.set()
 
     # ------------------------------------------------------------ models

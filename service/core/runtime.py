@@ -17,35 +17,22 @@ import numpy as np
 from service.contract import ORT_DTYPES, Found, GraphSpec, check_graph
 from service.inference.sessions import RuntimeOptions, load_session
 
+from .admission import Admission
 from .errors import Internal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 class WorkerPool(ThreadPoolExecutor):
-    """The engine's threads for graph calls, and what the server is doing: ``requests`` admitted and
-    not finished (``enter``/``leave``, on the event loop thread), ``running`` graph calls handed to
-    the workers by ``submit_counted`` and not finished (a cancelled caller's call still counts until
-    its thread is done with it)."""
+    """The engine's threads for graph calls: ``running`` counts the calls handed to the workers by
+    ``submit_counted`` and not finished (a cancelled caller's call still counts until its thread is
+    done with it); ``admission`` is the engine's count of requests, read by ``alone()``."""
 
-    SEQUENTIAL_S = 1.0  # alone(): no two requests overlapped for this long
-
-    def __init__(self, max_workers: int, thread_name_prefix: str = "") -> None:
+    def __init__(self, max_workers: int, thread_name_prefix: str = "", admission: Admission | None = None) -> None:
         super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
-        self.requests = 0
+        self.admission = admission if admission is not None else Admission()
         self.running = 0
         self._running_lock = threading.Lock()  # running drops in the worker threads
-        self._overlapped = -math.inf  # time.monotonic() when two requests last overlapped
-
-    def enter(self) -> None:
-        self.requests += 1
-        if self.requests > 1:
-            self._overlapped = time.monotonic()
-
-    def leave(self) -> None:
-        if self.requests > 1:  # the overlap lasted until now
-            self._overlapped = time.monotonic()
-        self.requests -= 1
 
     def submit_counted(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """``submit``, counting the call in ``running`` until it is done (or cancelled unstarted)."""
@@ -64,12 +51,9 @@ class WorkerPool(ThreadPoolExecutor):
             self.running -= 1
 
     def alone(self) -> bool:
-        """One request in the server, no graph call on a worker, and no two requests overlapped for
-        SEQUENTIAL_S: nothing a hand-off could overlap. (Only "nothing now" would also fire at every
-        batch boundary under load, when a batch's requests all finish at once: the first request of
-        the next round would then hold the event loop while the others arrive.)"""
-        return (self.requests <= 1 and not self.running
-                and time.monotonic() - self._overlapped > self.SEQUENTIAL_S)
+        """Requests come one at a time (``Admission.one_at_a_time``) and no graph call is on a
+        worker: nothing a hand-off could overlap."""
+        return not self.running and self.admission.one_at_a_time()
 
 
 _SHAPES_KEPT = 256  # input shapes whose last duration a GraphRuntime remembers (inline_idle_ms)

@@ -1081,7 +1081,7 @@ def test_zz_after_the_storm_the_server_is_healthy_and_unchanged(live):
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
     assert _baseline(live) == live.baseline
     engine = live.served.engine
-    assert engine._executor.requests == 0 and engine._slots.in_use == 0  # no call or decoding slot leaked
+    assert engine.admission.requests == 0 and engine._slots.in_use == 0  # no call or decoding slot leaked
     assert not live.errors.records, [r.getMessage() for r in live.errors.records]
     assert not live.loop_errors, live.loop_errors
     labels = {

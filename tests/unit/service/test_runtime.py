@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from onnx import TensorProto, helper
 
+from service.core.admission import Admission
 from service.core.runtime import GraphRuntime, RuntimeOptions, WorkerPool
 
 
@@ -63,27 +64,27 @@ async def test_calls_run_inline_while_requests_come_one_at_a_time(monkeypatch):
     (and for SEQUENTIAL_S after the overlap ended), while a worker runs a call, for shapes not seen
     yet or slower than the bound, and with a plain executor (no view of the requests)."""
     clock = [1000.0]
-    monkeypatch.setattr("service.core.runtime.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("service.core.admission.time.monotonic", lambda: clock[0])
     one, two = {"x": np.arange(4, dtype=np.float32)}, {"x": np.arange(5, dtype=np.float32)}
     # inline_ms 0: only the idle rule can inline; an identity takes microseconds, well under 1000 ms.
     options = RuntimeOptions(inline_ms=0.0, inline_idle_ms=1000.0)
     with CountingPool(workers=2) as pool:
         graph = GraphRuntime("identity", _identity(), options, pool)
-        pool.enter()  # the request making the calls
+        pool.admission.enter()  # the request making the calls
         await graph.run(one)
         assert pool.submitted == 1  # shape never measured: a worker runs it (and measures it)
         np.testing.assert_array_equal((await graph.run(one))["y"], one["x"])
         assert pool.submitted == 1  # measured and quick: inline
         await graph.run(two)
         assert pool.submitted == 2  # another shape: measured on a worker first
-        pool.enter()  # a second request overlaps the first...
+        pool.admission.enter()  # a second request overlaps the first...
         await graph.run(one)
         assert pool.submitted == 3
-        clock[0] += 5 * WorkerPool.SEQUENTIAL_S  # ... for a long time
-        pool.leave()  # alone again, but the overlap ended just now: keep handing off for a while
+        clock[0] += 5 * Admission.SEQUENTIAL_S  # ... for a long time
+        pool.admission.leave()  # alone again, but the overlap ended just now: keep handing off for a while
         await graph.run(one)
         assert pool.submitted == 4
-        clock[0] += 2 * WorkerPool.SEQUENTIAL_S  # ... until a while has passed
+        clock[0] += 2 * Admission.SEQUENTIAL_S  # ... until a while has passed
         await graph.run(one)
         assert pool.submitted == 4
         started, release = threading.Event(), threading.Event()
@@ -95,8 +96,8 @@ async def test_calls_run_inline_while_requests_come_one_at_a_time(monkeypatch):
         release.set()
         busy.result(10)
         await asyncio.sleep(0)
-        pool.leave()
-        assert pool.requests == 0 and pool.running == 0  # every hand-off was counted back
+        pool.admission.leave()
+        assert pool.admission.requests == 0 and pool.running == 0  # every hand-off was counted back
     with CountingPool() as pool:  # a bound below what the graph takes: measured, but never inline
         graph = GraphRuntime("identity", _identity(), RuntimeOptions(inline_ms=0.0, inline_idle_ms=1e-9), pool)
         for _ in range(3):

@@ -140,17 +140,17 @@ async def test_queue_full_through_the_engine(repo, make_engine):
 
 
 async def test_engine_counts_requests_for_the_graph_runtime(engine):
-    """Engine._admit tells the WorkerPool how many requests are in the server: graph calls run on
-    the event loop only while requests come one at a time (service.core.runtime.WorkerPool.alone)."""
-    pool = engine._executor
+    """The engine counts admitted requests (Engine.admission); its WorkerPool reads them: graph calls
+    run on the event loop only while requests come one at a time (service.core.runtime.WorkerPool.alone)."""
+    pool = engine.admission
     assert pool.requests == 0
     first = asyncio.ensure_future(engine.forecast(ForecastRequest(history=HISTORY)))
     second = asyncio.ensure_future(engine.forecast(ForecastRequest(history=HISTORY)))
     await asyncio.sleep(0)  # both admitted, neither finished
-    assert pool.requests == 2 and not pool.alone()
+    assert pool.requests == 2 and not pool.one_at_a_time()
     await asyncio.gather(first, second)
     assert pool.requests == 0
-    assert not pool.alone()  # they overlapped just now
+    assert not pool.one_at_a_time()  # they overlapped just now
     with pytest.raises(InvalidArgument):  # refused requests are counted back too
         await engine.forecast(ForecastRequest(history=[]))
     assert pool.requests == 0
