@@ -32,6 +32,7 @@ class ForecastResult:
     forecast: np.ndarray  # (H, C) the median (0.5 level)
     quantiles: list[float]  # the levels of quantile_paths, in request order
     quantile_paths: np.ndarray  # (Q, H, C)
+    target_channel: int = 0  # the channel the model's figures refer to (the manifest's, within 0..C-1)
 
 
 @dataclass

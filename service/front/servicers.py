@@ -346,13 +346,7 @@ class ForecasterServicer(forecast_pb2_grpc.ForecasterServicer):
         label_request(model=result.model, version=str(result.version))
         point = np.asarray(result.forecast, dtype=np.float64)  # (H, C)
         paths = np.asarray(result.quantile_paths, dtype=np.float64)  # (Q, H, C)
-        channels = point.shape[1]
-        target = 0
-        if channels > 1:
-            try:
-                target = _resolved_target(self.engine.get_model(result.model, result.version).forecast, channels)
-            except ServiceError:  # the version was unloaded meanwhile; its manifest default is the last
-                target = channels - 1
+        channels, target = point.shape[1], result.target_channel
         # Arrays go in through their wire form (service.front.protowire): ~10x faster than lists.
         out = forecast_pb2.ForecastResponse(model=result.model, version=str(result.version), target_channel=target)
         extend_packed(out, "forecast", point[:, target])

@@ -158,7 +158,8 @@ class ForecastModel:
                 "(rescale the series)", field=where,
             )
         wanted = interpolate_levels(paths, self._levels, levels)  # (Q, H, C)
-        return ForecastResult(self.name, self.version, paths[..., self._median].copy(), levels, wanted)
+        return ForecastResult(self.name, self.version, paths[..., self._median].copy(), levels, wanted,
+                              self.spec.target_channel % self.spec.channels)
 
     async def _run_batch(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         out = await self._graph.run({"window": np.stack(windows)})  # (B, T, C) -> (B, H, C, Q)
