@@ -29,7 +29,9 @@ from typing import Any
 import grpc
 
 from service.core.config import ServeConfig, read_config_file
+from service.core.errors import Unauthenticated
 from service.front.interceptors import split_method
+from service.front.status import abort_with
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,7 @@ def _denying(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHand
     """A handler shaped like ``handler`` (same arity and codecs) that aborts with UNAUTHENTICATED."""
 
     async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await abort_with(context, Unauthenticated(message), "authentication")
 
     codec = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
     if handler.unary_unary is not None:

@@ -15,7 +15,7 @@ from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 
 from service.core import errors
-from service.front.servicers import INTERNAL_MESSAGE, handle_errors
+from service.front.status import INTERNAL_MESSAGE, handle_errors
 from service.v1 import forecast_pb2, forecast_pb2_grpc
 from tests.integration.harness import rpc_error
 

@@ -44,7 +44,7 @@ from hypothesis import strategies as st
 from service.contract import TASKS
 from service.core.tasks.forecast import max_abs_value
 from service.core.tokenizing import TextCodec
-from service.front.servicers import MAX_MESSAGE_BYTES
+from service.front.status import MAX_MESSAGE_BYTES
 from service.v1 import (
     forecast_pb2,
     forecast_pb2_grpc,

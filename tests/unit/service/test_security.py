@@ -210,8 +210,8 @@ class _Context:
     def __init__(self) -> None:
         self.aborted: tuple[grpc.StatusCode, str] | None = None
 
-    async def abort(self, code: grpc.StatusCode, details: str) -> None:
-        self.aborted = (code, details)
+    async def abort_with_status(self, status: grpc.Status) -> None:
+        self.aborted = (status.code, status.details)
         raise grpc.aio.AbortError()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from service.front.servicers import ThrottledLog
+from service.front.status import ThrottledLog
 
 
 def test_a_flood_becomes_one_line_per_period_with_the_count(caplog):
