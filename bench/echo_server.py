@@ -99,7 +99,7 @@ class Catalogue:
         defaults: dict[str, str] = {}
         for task in TASKS:
             names = sorted(n for n, v in newest.items() if by_name[n][v][0].task == task)
-            marked = [n for n in names if by_name[n][newest[n]][0].extra.get("default") is True]
+            marked = [n for n in names if by_name[n][newest[n]][0].default]
             if names:
                 defaults[task] = (marked or names)[0]
         self._entries = {
