@@ -8,6 +8,11 @@ and prints for each level the median over the rounds of each variant's p50 and p
 throughput and tokens/s, with its ratio to the first variant. On this project's 2-core VM, whose speed drifts by
 10-30% within minutes, one pass per variant measures the drift more than the settings; short
 interleaved rounds cancel it out. The figures in docs/benchmarks.md ("What changed") come from it.
+
+``--tree NAME=DIR`` runs variant NAME's server from another checkout of seqserve (e.g. a ``git
+worktree`` of an earlier commit) instead of this one, so two commits can be compared the same way:
+``git worktree add /tmp/before COMMIT && python -m bench.ab --variant before= --tree before=/tmp/before
+--variant after=``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,22 @@ from bench.harness import ROOT, Server, interleaved, wait_serving
 from service.loadgen.config import ENDPOINTS, BenchConfig
 from service.loadgen.results import LevelResult
 from service.loadgen.runners import benchmark
+
+
+def parse_tree(text: str) -> tuple[str, Path]:
+    """``NAME=DIR``: variant NAME runs from the seqserve checkout at DIR."""
+    name, sep, directory = text.partition("=")
+    path = Path(directory).expanduser().resolve()
+    if not sep or not name or not (path / "service").is_dir():
+        raise argparse.ArgumentTypeError(f"--tree {text!r}: expected NAME=DIR with DIR a seqserve checkout")
+    return name, path
+
+
+def serve_command(tree: Path) -> tuple[list[str], dict[str, str]]:
+    """argv prefix and environment that run `seqserve serve` from the checkout at ``tree`` (its
+    modules first on the path; the command lived in service/cli.py before service/ was split by role)."""
+    module = "service.client.cli" if (tree / "service" / "client" / "cli.py").is_file() else "service.cli"
+    return [sys.executable, "-m", module, "serve"], {"PYTHONPATH": str(tree)}
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -96,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", action="append", type=parse_variant, required=True,
                         help="NAME=FLAGS: `seqserve serve` flags of one variant (repeat; the first is the reference)")
+    parser.add_argument("--tree", action="append", type=parse_tree, default=[],
+                        help="NAME=DIR: run variant NAME's server from the seqserve checkout at DIR (default: this one)")
     parser.add_argument("--models", type=Path, default=ROOT / "models", help="bundle directory (default: models/)")
     parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (default 6)")
     parser.add_argument("--endpoint", choices=ENDPOINTS, default="forecast")
@@ -109,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [name for name, _ in args.variant]
     if len(set(names)) != len(names):
         parser.error(f"variant names must differ: {names}")
+    trees = dict(args.tree)
+    if set(trees) - set(names):
+        parser.error(f"--tree names {sorted(set(trees) - set(names))} are not variants")
     if args.rounds < 1:
         parser.error(f"--rounds {args.rounds} must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -119,12 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.validate()
     except ValueError as err:
         parser.error(str(err))
-    serve = [sys.executable, "-m", "service.client.cli", "serve", "--models", str(args.models.resolve()), "--port", "0",
-             "--metrics-port", "0", "--poll-interval-s", "0"]
+    common = ["--models", str(args.models.resolve()), "--port", "0", "--metrics-port", "0", "--poll-interval-s", "0"]
     servers: dict[str, Server] = {}
     try:
         for name, flags in args.variant:
-            servers[name] = Server(name, [*serve, *flags])
+            command, env = serve_command(trees.get(name, ROOT))
+            servers[name] = Server(name, [*command, *common, *flags], env=env, cwd=trees.get(name, ROOT))
         for server in servers.values():
             wait_serving(server.address)
         results = asyncio.run(measure({n: s.address for n, s in servers.items()}, args.rounds, config))

@@ -27,10 +27,11 @@ SERVING_LINE = re.compile(r"serving gRPC on 127\.0\.0\.1:(\d+)")
 class Server:
     """A server subprocess on a free loopback port: ``argv`` must log "serving gRPC on 127.0.0.1:PORT"."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None, timeout_s: float = 120.0):
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None, timeout_s: float = 120.0,
+                 cwd: Path = ROOT):
         self.name = name
         # stdout and stderr in one pipe: some servers (Triton) announce themselves on stdout.
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.lines: list[str] = []
         self.port = 0

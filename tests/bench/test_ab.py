@@ -53,3 +53,25 @@ def test_bad_usage_is_refused_before_any_server_starts(models):
         ab.main(["--models", str(models), "--variant", "a=", "--variant", "a=--max-batch-size 1"])
     with pytest.raises(SystemExit):
         ab.main(["--models", str(models), "--variant", "a=", "--rounds", "0"])
+
+
+def test_a_variant_runs_from_another_checkout(models, tmp_path, capsys):
+    """--tree NAME=DIR: that variant's server imports seqserve from DIR, the other from this checkout."""
+    import shutil
+
+    tree = tmp_path / "other"
+    shutil.copytree(ab.ROOT / "service", tree / "service", ignore=shutil.ignore_patterns("__pycache__"))
+    assert ab.serve_command(tree)[1] == {"PYTHONPATH": str(tree)}
+    args = ["--models", str(models), "--variant", "here=", "--variant", "there=", "--tree", f"there={tree}",
+            "--rounds", "1", "--endpoint", "forecast", "--concurrency", "1", "--duration", "0.2", "--warmup", "0",
+            "--history-len", "24"]
+    assert ab.main(args) == 0
+    rows = [line.split() for line in capsys.readouterr().out.strip().splitlines()[1:]]
+    assert [(r[1], r[2]) for r in rows] == [("here", "1"), ("there", "1")]
+    # The copy's code is what runs: a server that cannot start there stops the A/B, saying why.
+    server = tree / "service" / "front" / "server.py"
+    server.write_text(server.read_text() + '\nraise SystemExit("this is the other tree")\n')
+    with pytest.raises(RuntimeError, match="this is the other tree"):
+        ab.main(args)
+    with pytest.raises(argparse.ArgumentTypeError, match="expected NAME=DIR"):
+        ab.parse_tree(f"x={tmp_path / 'nowhere'}")
