@@ -45,7 +45,7 @@ MAX_LINES = 500
 # What training/ may import from service/: the bundle contract and the shared decoding (the module that
 # will also hold the shared onnxruntime session builder may be service.inference). Prefixes: a listed
 # package allows its modules.
-TRAINING_MAY_IMPORT_FROM_SERVICE = ("service.contract", "service.core.decoding", "service.inference")
+TRAINING_MAY_IMPORT_FROM_SERVICE = ("service.contract", "service.inference")
 
 # The serving core, and the server side (core + gRPC front end). service.inference, the decoding and
 # onnxruntime session code shared by training and serving, runs in the server too, so the core's rules
