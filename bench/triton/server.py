@@ -49,6 +49,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+# Run as a script in Triton's venv (which has onnxruntime, not seqserve): the checkout's sessions
+# module needs nothing else, so import it from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from service.inference.sessions import RuntimeOptions, load_session  # noqa: E402
+
 log = logging.getLogger("bench.triton.server")
 
 FORECAST_MODEL = "forecast"
@@ -67,20 +72,9 @@ def python_libdir_on_ld_path() -> None:
 
 
 def session(path: Path, manifest: dict) -> ort.InferenceSession:
-    """An InferenceSession with seqserve's defaults (service/core/runtime.py session_options), int8
-    weights folded to float32 at load as seqserve folds them: both servers run the same kernels."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.enable_mem_pattern = False
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if manifest.get("weights") == "int8":
-        so.add_session_config_entry("session.disable_quant_qdq", "1")
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    """An InferenceSession built by seqserve's own load_session (its defaults; int8 weights folded to
+    float32 at load as seqserve folds them): both servers run the same kernels."""
+    return load_session(path, RuntimeOptions(int8_weights=manifest.get("weights") == "int8"))
 
 
 def read_manifest(bundle: Path) -> dict:
