@@ -27,7 +27,7 @@ from service.front.metrics import Metrics, series_names, start_metrics_server, s
 from service.v1 import forecast_pb2, generate_pb2, models_pb2, translate_pb2
 from tests.deploy.conftest import DEPLOY
 from tests.deploy.promql import grafana_to_promql
-from tests.integration.harness import rpc_error, serving
+from tests.integration.harness import metric_value, rpc_error, serving, wait_until
 
 READY_TIMEOUT_S = 30.0
 
@@ -39,15 +39,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def live_models(tmp_path_factory) -> Path:
+def live_models(module_models) -> Path:
     """Tiny bundles of every task, and a version whose manifest is broken (a load failure)."""
-    torch = pytest.importorskip("torch")
-    from tests.bundles import make_bundle
-
-    torch.set_num_threads(1)
-    models = tmp_path_factory.mktemp("live") / "models"
-    for task in ("translate", "forecast", "generate"):
-        make_bundle(models, task)
+    models = module_models
     broken = models / "broken" / "1"
     broken.mkdir(parents=True)
     (broken / "manifest.json").write_text("{not json")
@@ -77,13 +71,19 @@ async def drive(served) -> None:
     lone = forecast_pb2.ForecastRequest(history=[1.0] * 30)
     err = await rpc_error(served.forecaster.Forecast(lone, timeout=0.1))
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err
-    # CANCELLED: the client walks away from a forecast waiting in the same queue.
+    # CANCELLED: the client walks away from a forecast waiting in the same queue (once the expired
+    # one has left it).
+    def queued() -> float:
+        return metric_value(served.metrics, "seqserve_queue_depth", graph="forecast")
+
+    await wait_until(lambda: queued() == 0, what="the expired forecast to leave the queue")
     call = served.forecaster.Forecast(lone)
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: queued() == 1, what="the forecast to wait in its batcher")
     assert call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    await asyncio.sleep(0.4)  # the server notices when the batch would have run
+    await wait_until(lambda: metric_value(served.metrics, "seqserve_requests_cancelled_total") == 1,
+                     what="the server to count the cancelled call")
 
 
 @pytest.fixture

@@ -1,9 +1,19 @@
-"""Helpers for the integration tests: a real server on port 0 over a model directory, and RPC checks."""
+"""Helpers for every suite that runs the server: ``serving`` (the real grpc.aio server in this
+process, on 127.0.0.1 port 0), ``ServerProcess`` (the one launcher of a `seqserve serve`
+subprocess), and RPC checks."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,6 +24,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from typing_extensions import Self
 
 from service.core.config import ServeConfig
 from service.core.engine import Engine
@@ -108,6 +119,17 @@ def bad_request_fields(err: grpc.aio.AioRpcError) -> list[str]:
     return fields
 
 
+def metric_value(metrics: Metrics, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` in ``metrics``' registry whose labels include
+    ``labels`` (0 when there are none): what a scrape of the in-process server would show."""
+    return sum(
+        sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 async def watch_health(served: Served, service: str, want: int, timeout: float = 10.0) -> None:
     """Await (via grpc.health.v1 Watch) until ``service`` reports ``want``."""
     call = served.health_stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -120,11 +142,147 @@ async def watch_health(served: Served, service: str, want: int, timeout: float =
     raise AssertionError(f"health of {service!r} never became {want}")
 
 
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition") -> None:
-    """Re-check ``predicate`` every 50 ms until it holds; for states only observable by polling
-    (the repository scans the disk every poll_interval_s)."""
+async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0, what: str = "condition") -> None:
+    """Re-check ``predicate`` (plain or async) every 20 ms until it holds; for states only observable
+    by polling (the repository scans the disk every poll_interval_s; gauges and counters)."""
     end = time.monotonic() + timeout
-    while not await predicate():
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
+
+
+# --- a `seqserve serve` subprocess ---------------------------------------------------------------
+
+# What `seqserve serve` logs once its port is bound (service.front.server.serve).
+SERVING_LINE = re.compile(r"serving gRPC on 127\.0\.0\.1:(\d+)(?:, metrics on 127\.0\.0\.1:(\d+))?")
+ENGINE_STARTED = "engine started"  # ... and once every model has loaded (or failed to)
+
+
+class ServerProcess:
+    """``python -m service.client.cli serve`` on 127.0.0.1 port 0 (gRPC and /metrics) over ``models``,
+    with ``args`` as extra flags; the one way the suite starts a server process.
+
+    Returns once the log says ``ready`` (a regular expression; default: the engine has started;
+    None: the port is bound, models may still be loading). The log is read on a thread from the
+    start, so the pipe never fills and ``wait_for_log`` can wait for any later line. ``env``
+    entries are added to (None: removed from) this process's environment; ``models=None`` leaves
+    the model directory to the server's defaults. Only this process is ever signalled or killed,
+    by its PID."""
+
+    def __init__(self, models: Path | None, *args: str, env: dict[str, str | None] | None = None,
+                 cwd: Path | str | None = None, ready: str | None = ENGINE_STARTED, start_timeout_s: float = 120.0,
+                 command: tuple[str, ...] = ("-m", "service.client.cli", "serve")):
+        environ = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if models is not None:
+            environ["SEQSERVE_MODELS"] = str(models)
+        for key, value in (env or {}).items():
+            if value is None:
+                environ.pop(key, None)
+            else:
+                environ[key] = value
+        argv = [sys.executable, *command, "--port", "0", "--metrics-port", "0", "--intra-op-threads", "1", *args]
+        self.lines: list[str] = []
+        self.port = self.metrics_port = 0
+        self._changed = threading.Condition()
+        self._eof = False
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=environ,
+                                     cwd=cwd)
+        self._reader = threading.Thread(target=self._read, name=f"server {self.proc.pid} log", daemon=True)
+        self._reader.start()
+        try:
+            match = self.wait_for_log(SERVING_LINE, start_timeout_s)
+            self.port = int(match.group(1))
+            self.metrics_port = int(match.group(2) or 0)
+            if ready is not None:
+                self.wait_for_log(ready, start_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
+
+    def wait_for_log(self, pattern: str | re.Pattern, timeout: float = 60.0, *, start: int = 0) -> re.Match:
+        """The first log line from line ``start`` on that matches ``pattern`` (re.search), waiting
+        for it up to ``timeout`` seconds; AssertionError (with the log) when the server exits or
+        the time runs out first."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        end = time.monotonic() + timeout
+        seen = start
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    if match := regex.search(line):
+                        return match
+                seen = len(self.lines)
+                left = end - time.monotonic()
+                if self._eof or left <= 0:
+                    why = f"exited with {self.proc.wait(timeout=10)}" if self._eof else f"not within {timeout} s"
+                    raise AssertionError(f"the server never logged /{regex.pattern}/ ({why}):\n{self.log[-4000:]}")
+                self._changed.wait(left)
+
+    def count(self, pattern: str) -> int:
+        """How many log lines so far match ``pattern``."""
+        regex = re.compile(pattern)
+        with self._changed:
+            return sum(1 for line in self.lines if regex.search(line))
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process (VmRSS)."""
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def scrape(self) -> str:
+        """The server's /metrics exposition."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as reply:
+            return reply.read().decode()
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def sigterm(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int:
+        """The exit status, once the process has exited (within ``timeout``) and its log is read."""
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
+    def close(self) -> None:
+        """Kill the process if it still runs (by its PID) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(timeout=10)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

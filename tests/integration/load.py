@@ -1,5 +1,6 @@
-"""What the reliability suites drive and measure: a `seqserve serve` subprocess, mixed traffic on
-every RPC with random input lengths, resident memory, and the server's own Prometheus counters.
+"""What the reliability suites drive and measure against a `seqserve serve` subprocess
+(tests.integration.harness.ServerProcess): mixed traffic on every RPC with random input lengths,
+resident memory, and the server's own Prometheus counters.
 
 Every call is recorded as a ``Call`` (which RPC, when it started and ended, its status code and
 message) so that a suite can say exactly which calls failed, were refused or were lost.
@@ -9,24 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import signal
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from typing_extensions import Self
 
 from service.v1 import (
     forecast_pb2,
@@ -38,85 +31,12 @@ from service.v1 import (
     translate_pb2,
     translate_pb2_grpc,
 )
+from tests.integration.harness import ServerProcess
 
 RPCS = ("Forecast", "Translate", "Generate", "GenerateStream", "ListModels", "GetModel", "Check")
 WORDS = ("ein", "mann", "eine", "frau", "hund", "spielt", "auf", "der", "straße", "im", "park",
          "kinder", "laufen", "über", "die", "wiese", "zwei", "rote", "ball", "xylophon", "ßüöä")
 PROMPT_CHARS = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ,.;:!?'\n"
-
-
-class ServerProcess:
-    """``python -m service.client.cli serve`` on loopback port 0 over ``models`` (``args`` are extra flags).
-
-    Waits for "engine started"; keeps reading its log in a thread so the pipe never fills."""
-
-    def __init__(self, models: Path, *args: str, start_timeout_s: float = 60.0):
-        env = {**os.environ, "SEQSERVE_MODELS": str(models), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.client.cli", "serve", "--port", "0", "--metrics-port", "0",
-             "--intra-op-threads", "1", *args],
-            stderr=subprocess.PIPE, text=True, env=env,
-        )
-        self.lines: list[str] = []
-        self.port = self.metrics_port = 0
-        end = time.monotonic() + start_timeout_s
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            match = re.search(r"serving gRPC on 127\.0\.0\.1:(\d+), metrics on 127\.0\.0\.1:(\d+)", line)
-            if match:
-                self.port, self.metrics_port = int(match.group(1)), int(match.group(2))
-            if "engine started" in line or time.monotonic() > end:
-                break
-        if not self.port or self.proc.poll() is not None:
-            self.close()
-            raise RuntimeError("the server did not start:\n" + "".join(self.lines))
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def rss_bytes(self) -> int:
-        """Resident memory of the server process (VmRSS)."""
-        with open(f"/proc/{self.proc.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
-
-    def scrape(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as reply:
-            return reply.read().decode()
-
-    def sigterm(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float) -> int:
-        code = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        return code
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def metric(exposition: str, name: str, **labels: str) -> float:

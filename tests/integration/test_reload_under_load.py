@@ -29,11 +29,8 @@ def _install(staging, dst) -> None:
 
 
 async def test_broken_versions_never_replace_the_serving_one_under_load(models_dir, bundle_source, tmp_path, caplog):
-    import torch
-
     from tests.bundles import make_bundle
 
-    torch.set_num_threads(1)
     good = make_bundle(tmp_path / "good", "forecast", name=MODEL, version="5", seed=5)
     caplog.set_level(logging.WARNING, logger="service.core.repository")
     metrics = Metrics(CollectorRegistry())
@@ -79,14 +76,16 @@ async def test_broken_versions_never_replace_the_serving_one_under_load(models_d
         for version, path in (("2", staging), ("3", staging3), ("4", staging4)):
             _install(path, model_dir / version)
             await wait_until(lambda v=version: _is(state(v), "FAILED"), what=f"version {version} to fail")
-            await asyncio.sleep(1.0)  # load keeps coming while the broken version sits there
+            # Load keeps coming while the broken version sits there: 64 more calls answered.
+            await wait_until(_calls(versions, failures, 64), what="64 more calls while the broken version sits there")
         served_before = set(versions)
 
         # 5: a good version takes over under the same load.
         _install(good, model_dir / "5")
         await wait_until(lambda: _is(state("5"), "READY"), what="version 5 to load")
         await wait_until(lambda: _answers(versions, "5"), what="version 5 to answer")
-        await asyncio.sleep(0.5)
+        # ... and goes on answering: 64 more calls after its first.
+        await wait_until(_calls(versions, failures, 64), what="64 more calls on version 5")
         stop.set()
         await asyncio.gather(*callers)
         elapsed = time.monotonic() - started
@@ -113,5 +112,11 @@ async def _is(state, want: str) -> bool:
     return await state == want
 
 
-async def _answers(versions: list[str], version: str) -> bool:
+def _calls(versions: list[str], failures: list[str], more: int):
+    """A condition: ``more`` calls have ended (answered or failed) since now."""
+    target = len(versions) + len(failures) + more
+    return lambda: len(versions) + len(failures) >= target
+
+
+def _answers(versions: list[str], version: str) -> bool:
     return version in versions[-16:]

@@ -11,7 +11,8 @@ from collections import Counter
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.integration.load import Mix, ServerProcess, Tally, closed_loop, report
+from tests.integration.harness import ServerProcess, wait_until
+from tests.integration.load import Mix, Tally, closed_loop, report
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # How a call that reached a draining or stopped server is refused (never accepted, so not lost):
@@ -46,12 +47,16 @@ async def test_sigterm_under_load_refuses_new_calls_and_loses_none(module_models
             watcher = asyncio.create_task(_watch(channels[0], health))
             tally, stop = Tally(), asyncio.Event()
             loading = asyncio.gather(*(closed_loop(m, tally, 8, 120.0, stop=stop, backoff_s=0.02) for m in mixes))
-            await asyncio.sleep(3.0)
+            # The load is established: every kind of call has completed, streams included.
+            await wait_until(lambda: len(tally.calls) >= 100 and len({c.rpc for c in tally.calls}) == 5,
+                             timeout=60, what="100 calls of every kind")
             terminated_at = time.monotonic()
             server.sigterm()
             code = await asyncio.to_thread(server.wait, 60)
             stopped_at = time.monotonic()
-            await asyncio.sleep(0.3)  # callers meet the closed port too
+            # Callers meet the closed port too.
+            await wait_until(lambda: sum(c.start >= stopped_at for c in tally.calls) >= 8,
+                             what="calls to the stopped server")
             stop.set()
             await loading
             await watcher
@@ -86,7 +91,7 @@ async def test_sigterm_under_load_refuses_new_calls_and_loses_none(module_models
     assert any(c.rpc == "GenerateStream" and c.code == "OK" and c.complete for c in in_flight)
     assert set(refused) <= {"CANCELLED"} | {k for k in refused if k.startswith("UNAVAILABLE: ")}, refused
     assert any("server is draining" in k for k in refused), refused
-    if at_close:
-        assert max(c.end for c in at_close) - min(c.end for c in at_close) < 0.25, at_close
+    if at_close:  # all at once, when the port closed (apart by far less than this generous bound)
+        assert max(c.end for c in at_close) - min(c.end for c in at_close) < 1.0, at_close
     # Health said NOT_SERVING after the signal (watchers learn before the port closes).
     assert any(t >= terminated_at and status == NOT_SERVING for t, status in health), health
