@@ -16,8 +16,9 @@ Raw bytes (random, truncated, wrong wire types, huge length prefixes, larger tha
 max_message_bytes) go through generic channel calls. After the storm the server must still report
 SERVING, answer the requests recorded before it exactly as before, and have logged no error.
 
-The default profile is derandomized (reproducible in CI); ``-m slow`` runs the same properties with
-10x the examples. The number of examples run is written to the terminal at the end of the module.
+The CI profile is derandomized (reproducible) and runs with ``-m heavy`` (CI's second step; the
+regression tests below run by default); ``-m slow`` runs the same properties with 10x the examples.
+The number of examples run is written to the terminal at the end of the module.
 """
 
 from __future__ import annotations
@@ -71,9 +72,10 @@ SOAK_FACTOR = 10
 
 
 def profiles(examples: int) -> list[Any]:
-    """The CI profile (``examples``, derandomized) and a soak profile behind the ``slow`` marker."""
+    """The CI profile (``examples``, derandomized; 3,000 in all, behind the ``heavy`` marker that CI
+    runs as its second step) and a soak profile behind the ``slow`` marker."""
     return [
-        pytest.param(settings(max_examples=examples, **COMMON), id="ci"),
+        pytest.param(settings(max_examples=examples, **COMMON), id="ci", marks=pytest.mark.heavy),
         pytest.param(settings(max_examples=examples * SOAK_FACTOR, **COMMON), id="soak", marks=pytest.mark.slow),
     ]
 

@@ -1,8 +1,9 @@
 """Soak: mixed traffic on every RPC with random input lengths at concurrency 32 against a
 `seqserve serve` subprocess -- zero unexpected errors and resident memory flat after warm-up.
 
-The CI run lasts SEQSERVE_SOAK_SHORT_S seconds (default 20); the long one (``-m slow``) lasts
-SEQSERVE_SOAK_S seconds (default 300). Figures: SEQSERVE_RELIABILITY_REPORT=FILE pytest -s ...
+The CI run (``-m heavy``, CI's second step) lasts SEQSERVE_SOAK_SHORT_S seconds (default 20); the
+long one (``-m slow``) lasts SEQSERVE_SOAK_S seconds (default 300).
+Figures: SEQSERVE_RELIABILITY_REPORT=FILE pytest -s ...
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 import grpc
 import pytest
 
-from tests.integration.load import Mix, ServerProcess, Tally, closed_loop, metric, pct, report, rss_growth, sample_rss
+from tests.integration.harness import ServerProcess
+from tests.integration.load import Mix, Tally, closed_loop, metric, pct, report, rss_growth, sample_rss
 
 CONCURRENCY = 32
 
@@ -50,6 +52,7 @@ async def _soak(models, duration_s: float, max_growth_mib: float) -> None:
         assert growth <= max_growth_mib, f"resident memory grew {growth:.1f} MiB after warm-up ({samples[::20]})"
 
 
+@pytest.mark.heavy
 async def test_soak_short(module_models):
     await _soak(module_models, float(os.environ.get("SEQSERVE_SOAK_SHORT_S", "20")), max_growth_mib=16.0)
 

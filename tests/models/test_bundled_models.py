@@ -6,14 +6,13 @@ from __future__ import annotations
 import math
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from service.client import SeqserveClient
 from service.contract import read_manifest
 from tests.conftest import REPO
+from tests.integration.harness import ServerProcess
 
 MODELS = REPO / "models"
 BUNDLES = sorted(p.parent for p in MODELS.glob("*/*/manifest.json"))
@@ -57,6 +56,7 @@ def test_the_preset_of_the_same_name_is_how_the_bundle_was_trained(bundle):
             assert trained[section].get(key) == value, f"{section}.{key}: preset {value!r}, bundle {trained[section].get(key)!r}"
 
 
+@pytest.mark.heavy  # evaluates the whole test split again: minutes
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[f"{b.parent.name}/{b.name}" for b in BUNDLES])
 def test_evaluating_a_bundle_again_reproduces_its_manifest(bundle, data_dir):
     from training.evaluate import evaluate_bundle
@@ -72,6 +72,7 @@ def test_evaluating_a_bundle_again_reproduces_its_manifest(bundle, data_dir):
 BEAM_RUNS = [(b, key) for b in BUNDLES for key in read_manifest(b).evaluation if re.fullmatch(r"test_beam\d+", key)]
 
 
+@pytest.mark.heavy  # evaluates the whole test split again: minutes
 @pytest.mark.parametrize("bundle,key", BEAM_RUNS, ids=[f"{b.parent.name}/{k}" for b, k in BEAM_RUNS])
 def test_beam_search_figures_reproduce_through_the_serving_engine(bundle, key, data_dir):
     from training.evaluate import evaluate_bundle
@@ -84,20 +85,9 @@ def test_beam_search_figures_reproduce_through_the_serving_engine(bundle, key, d
 
 def test_seqserve_serve_with_no_arguments_serves_every_bundled_model():
     """The README's first command: `seqserve serve` loads models/ of the checkout."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEQSERVE_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.client.cli", "serve", "--port", "0", "--metrics-port", "0", "--grace-s", "1"],
-        stderr=subprocess.PIPE, text=True, env=env, cwd="/",
-    )
-    try:
-        port = None
-        for line in proc.stderr:
-            match = re.search(r"serving gRPC on 127\.0\.0\.1:(\d+)", line)
-            port = int(match.group(1)) if match else port
-            if "engine started" in line:
-                break
-        assert port, "the server never logged its port"
-        with SeqserveClient(f"127.0.0.1:{port}", timeout=30) as client:
+    unset = {k: None for k in os.environ if k.startswith("SEQSERVE_")}
+    with ServerProcess(None, "--grace-s", "1", env=unset, cwd="/") as server:
+        with SeqserveClient(server.address, timeout=30) as client:
             listed = {(m["name"], m["version"]): m for m in client.list_models()}
             for bundle in BUNDLES:
                 info = listed[(bundle.parent.name, bundle.name)]
@@ -113,6 +103,3 @@ def test_seqserve_serve_with_no_arguments_serves_every_bundled_model():
             if "generate" in tasks:
                 out = client.generate("ROMEO:", max_tokens=60, seed=1, temperature=0.8)
                 assert out.completion_tokens == 60 and len(out.text) > 20
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
