@@ -1070,7 +1070,11 @@ def test_regression_long_echoed_names_keep_their_status(live, size):
 # --- after the storm ---------------------------------------------------------------------------------
 
 
-def test_zz_after_the_storm_the_server_is_healthy_and_unchanged(live):
+# Runs last in the module whichever of its tests ran before: the regression tests (default run), or
+# the storms (-m heavy, CI's second step).
+@pytest.mark.parametrize("after", [pytest.param("regressions", id="default"),
+                                   pytest.param("storm", id="ci", marks=pytest.mark.heavy)])
+def test_zz_after_the_storm_the_server_is_healthy_and_unchanged(live, after):
     """Runs last in this module: health, the pre-storm answers, no error logged, bounded metrics."""
     for service in (
         "",
