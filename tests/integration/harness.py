@@ -172,12 +172,14 @@ class ServerProcess:
     None: the port is bound, models may still be loading). The log is read on a thread from the
     start, so the pipe never fills and ``wait_for_log`` can wait for any later line. ``env``
     entries are added to (None: removed from) this process's environment; ``models=None`` leaves
-    the model directory to the server's defaults. Only this process is ever signalled or killed,
-    by its PID."""
+    the model directory to the server's defaults. Another server that logs the same "serving gRPC
+    on" line (the benchmark baselines) runs with ``command=("-m", module)``, ``server_flags=()`` and
+    ``ready=None``. Only this process is ever signalled or killed, by its PID."""
 
     def __init__(self, models: Path | None, *args: str, env: dict[str, str | None] | None = None,
                  cwd: Path | str | None = None, ready: str | None = ENGINE_STARTED, start_timeout_s: float = 120.0,
-                 command: tuple[str, ...] = ("-m", "service.client.cli", "serve")):
+                 command: tuple[str, ...] = ("-m", "service.client.cli", "serve"),
+                 server_flags: tuple[str, ...] = ("--metrics-port", "0", "--intra-op-threads", "1")):
         environ = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if models is not None:
             environ["SEQSERVE_MODELS"] = str(models)
@@ -186,7 +188,7 @@ class ServerProcess:
                 environ.pop(key, None)
             else:
                 environ[key] = value
-        argv = [sys.executable, *command, "--port", "0", "--metrics-port", "0", "--intra-op-threads", "1", *args]
+        argv = [sys.executable, *command, "--port", "0", *server_flags, *args]
         self.lines: list[str] = []
         self.port = self.metrics_port = 0
         self._changed = threading.Condition()
