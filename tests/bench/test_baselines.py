@@ -6,11 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import re
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +18,7 @@ from service.loadgen.config import BenchConfig
 from service.loadgen.results import LevelResult
 from service.loadgen.runners import benchmark
 from service.v1 import forecast_pb2, forecast_pb2_grpc, generate_pb2, generate_pb2_grpc, models_pb2, models_pb2_grpc
+from tests.integration.harness import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 ENDPOINTS = ["forecast", "generate", "generate_stream"]
@@ -54,32 +50,14 @@ class Served:
 
 @contextlib.contextmanager
 def serving(module: str, *args: str) -> Iterator[Served]:
-    """``python -m module --port 0 *args`` until the block ends; then SIGTERM (SIGKILL after
-    STOP_TIMEOUT_S). The log is read on a thread so that the pipe never fills."""
-    proc = subprocess.Popen([sys.executable, "-m", module, "--port", "0", *args], cwd=REPO,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stderr is not None
-    served = Served(address="")
-    reader = threading.Thread(target=lambda: served.lines.extend(proc.stderr), daemon=True)
-    try:
-        for line in proc.stderr:
-            served.lines.append(line)
-            match = re.search(r"serving gRPC on 127\.0\.0\.1:(\d+)", line)
-            if match:
-                served.address = f"127.0.0.1:{match.group(1)}"
-                break
-        assert served.address, f"{module} did not start:\n" + "".join(served.lines)
-        reader.start()
+    """``python -m module --port 0 *args`` (the suite's one launcher) until the block ends; then
+    SIGTERM, and its exit status and log."""
+    with ServerProcess(None, *args, command=("-m", module), server_flags=(), ready=None, cwd=REPO) as server:
+        served = Served(address=server.address)
         yield served
-    finally:
-        proc.terminate()
-        try:
-            served.returncode = proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if reader.is_alive():
-            reader.join(timeout=STOP_TIMEOUT_S)
+        server.sigterm()
+        served.returncode = server.wait(STOP_TIMEOUT_S)
+        served.lines = list(server.lines)
 
 
 async def run_bench(address: str) -> list[LevelResult]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from service.core.batching import DynamicBatcher
-from service.core.errors import DeadlineExceeded, ResourceExhausted
+from service.core.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from service.core.observe import begin_request
 from service.core.repository import open_bundle
 from service.core.runtime import RuntimeOptions
@@ -188,3 +188,16 @@ async def test_decoding_in_small_step_groups_gives_the_same_results(tmp_path, ad
         assert grouped_steps - steps > all_steps - shared_steps
         if per_step == 1 and beam == 1:  # one row per call
             assert grouped_steps - steps == grouped_rows - rows
+
+
+async def test_closing_a_batcher_whose_loop_never_ran_fails_what_is_queued():
+    """A request queued where no loop will ever run it (the version is closed before it started)
+    gets UNAVAILABLE instead of waiting forever."""
+    rec = Recorder()
+    b = DynamicBatcher("t", rec, max_batch_size=4, max_wait_s=0.0, max_queue=10)
+    queued = asyncio.ensure_future(b.submit(1))
+    await asyncio.sleep(0)  # enqueued
+    await b.close()
+    with pytest.raises(Unavailable, match="t is shutting down"):
+        await queued
+    assert rec.calls == []
