@@ -199,5 +199,5 @@ async def test_closing_a_batcher_whose_loop_never_ran_fails_what_is_queued():
     await asyncio.sleep(0)  # enqueued
     await b.close()
     with pytest.raises(Unavailable, match="t is shutting down"):
-        await queued
+        await asyncio.wait_for(queued, 5.0)  # not a hang
     assert rec.calls == []
