@@ -312,9 +312,24 @@ def _run_forecast(client, args, out: TextIO) -> int:
     levels = sorted(result.quantiles)
     out.write(f"# {result.model} v{result.version}, {len(rows)} steps of {', '.join(names)}; forecast of {target}\n")
     out.write("\t".join(["step", "forecast", *(f"q{q:g}" for q in levels)]) + "\n")
+    digits = significant_digits([*result.forecast, *(v for q in levels for v in result.quantiles[q])])
     for h, point in enumerate(result.forecast, start=1):
-        out.write("\t".join([str(h), f"{point:.6g}", *(f"{result.quantiles[q][h - 1]:.6g}" for q in levels)]) + "\n")
+        row = [point, *(result.quantiles[q][h - 1] for q in levels)]
+        out.write("\t".join([str(h), *(f"{v:.{digits}g}" for v in row)]) + "\n")
     return 0
+
+
+def significant_digits(values: Sequence[float], base: int = 6) -> int:
+    """Significant digits that show how ``values`` differ: ``base`` for numbers of the size of their
+    spread, more when they sit far from zero (10 +- 5 around 1e9 needs 13), at most 17."""
+    finite = [abs(v) for v in values if math.isfinite(v)]
+    if not finite:
+        return base
+    spread = max(values) - min(values) if len(finite) == len(values) else 0.0
+    largest = max(finite)
+    if not spread > 0 or not largest > 0:
+        return base
+    return min(17, base + max(0, math.floor(math.log10(largest / spread)) - 1))
 
 
 def _run_generate(client, args, out: TextIO) -> int:

@@ -33,11 +33,25 @@ def interpolate_levels(paths: np.ndarray, levels: np.ndarray, wanted: list[float
 
 def max_abs_value(window: int) -> float:
     """The largest |value| a history may hold for a model that reads ``window`` steps, as a power of
-    ten. The graph computes in float32 and its normaliser sums the squared deviations from the
-    window's mean (each up to twice the largest value): beyond this bound that sum overflows and
-    the forecast comes back inf / NaN."""
-    bound = math.sqrt(float(np.finfo(np.float32).max) / (4.0 * max(window, 1)))
+    ten. Each window is standardised in float64 (``standardise``), whose variance sums the squared
+    deviations from the mean (each up to twice the largest value): beyond this bound that sum
+    overflows float64."""
+    bound = math.sqrt(float(np.finfo(np.float64).max) / (4.0 * max(window, 1)))
     return 10.0 ** math.floor(math.log10(bound))
+
+
+def standardise(window: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(T, C) float64 -> the window centred and scaled per channel, as float32, with its mean and
+    scale (C,) in float64 (scale 1 for a flat channel).
+
+    The graph normalises each window itself, but in float32: at an offset of 1e9 its spacing is 64,
+    so a series moving by 10 around 1e9 would come back in multiples of 64. Standardised here, the
+    graph sees values of order 1 (its own normalisation then changes nothing), and the forecast,
+    scaled back in float64, is the same at any offset and any scale."""
+    loc = window.mean(axis=0)
+    scale = np.sqrt(np.mean((window - loc) ** 2, axis=0))
+    scale = np.where(scale > 0, scale, 1.0)
+    return ((window - loc) / scale).astype(np.float32), loc, scale
 
 
 class ForecastModel:
@@ -88,7 +102,7 @@ class ForecastModel:
                 raise BundleError(f"{self._graph.name}: warm-up forecast is not finite")
 
     def prepare(self, req: ForecastRequest) -> tuple[np.ndarray, int, list[float]]:
-        """Validate; returns the window (T, C) float32 (the most recent ``window`` steps), the
+        """Validate; returns the window (T, C) float64 (the most recent ``window`` steps), the
         horizon and the levels. Raises InvalidArgument naming field, value and limit; errors about
         the history name ``req.history_field`` ("history", or "channels" for one series per channel)."""
         spec, cfg, name = self.spec, self._config, self.name
@@ -125,7 +139,7 @@ class ForecastModel:
         if beyond.any():
             t, c = (int(i) for i in np.argwhere(beyond)[0])
             raise InvalidArgument(
-                f"{value_at(t, c)}; values must be within -{bound:g}..{bound:g} (model {name!r} computes in float32)",
+                f"{value_at(t, c)}; values must be within -{bound:g}..{bound:g} (model {name!r} standardises in float64)",
                 field=where,
             )
         horizon = req.horizon or spec.horizon
@@ -144,17 +158,17 @@ class ForecastModel:
                 raise InvalidArgument(
                     f"quantiles[{i}] {q} is outside model {name!r}'s range [{lo}, {hi}]", field="quantiles"
                 )
-        window = np.ascontiguousarray(history[-spec.window :], dtype=np.float32)
-        return window, horizon, levels
+        return history[-spec.window :], horizon, levels
 
     async def forecast(self, req: ForecastRequest, deadline: float | None) -> ForecastResult:
-        window, horizon, levels = self.prepare(req)
-        paths = await self._batcher.submit(window, deadline)  # (H, C, Qm)
-        paths = paths[:horizon].astype(np.float64)
+        history, horizon, levels = self.prepare(req)
+        window, loc, scale = standardise(history)
+        paths = await self._batcher.submit(window, deadline)  # (H, C, Qm), standardised
+        paths = paths[:horizon].astype(np.float64) * scale[None, :, None] + loc[None, :, None]
         if not np.all(np.isfinite(paths)):  # never answer inf / NaN as if it were a forecast
             where = req.history_field
             raise InvalidArgument(
-                f"model {self.name!r} cannot forecast this {where}: its float32 arithmetic overflows "
+                f"model {self.name!r} cannot forecast this {where}: its arithmetic overflows "
                 "(rescale the series)", field=where,
             )
         wanted = interpolate_levels(paths, self._levels, levels)  # (Q, H, C)

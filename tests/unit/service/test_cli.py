@@ -138,3 +138,15 @@ def test_training_commands_delegate_to_the_training_cli(command, capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert f"seqserve-train {command}" in text  # training.cli's own parser answered
+
+
+def test_forecast_digits_show_the_movement_at_any_offset():
+    from service.client.cli import significant_digits
+
+    assert significant_digits([10.6046, 9.53025, 11.885]) == 6  # the README's example keeps its look
+    around = [1e9 + 5.02, 1e9 + 4.62, 1e9 + 3.68, 1e9 + 2.94]
+    digits = significant_digits(around)
+    printed = [float(f"{v:.{digits}g}") for v in around]
+    assert len(set(printed)) == 4 and max(abs(p - v) for p, v in zip(printed, around)) < 0.01 * (5.02 - 2.94)
+    assert significant_digits([1e12 + 1, 1e12 + 2]) <= 17 and significant_digits([3.0, 3.0]) == 6
+    assert significant_digits([float("nan"), 1.0]) == 6

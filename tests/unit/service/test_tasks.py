@@ -154,3 +154,32 @@ async def test_engine_counts_requests_for_the_graph_runtime(engine):
     with pytest.raises(InvalidArgument):  # refused requests are counted back too
         await engine.forecast(ForecastRequest(history=[]))
     assert pool.requests == 0
+
+
+@pytest.mark.parametrize("offset", [1e6, 1e9, 1e12, -1e12])
+async def test_a_forecast_is_the_same_at_any_offset(engine, offset):
+    """The window is standardised in float64 before the float32 graph: 10 sin(2 pi t / 24) around
+    1e9 used to come back in multiples of 64 (float32's spacing there)."""
+    wave = 10.0 * np.sin(2 * np.pi * np.arange(200) / 24.0)
+    base = await engine.forecast(ForecastRequest(history=wave, horizon=4))
+    shifted = await engine.forecast(ForecastRequest(history=wave + offset, horizon=4))
+    # float64 keeps ~16 digits: at 1e12 a movement of 10 still has ~4 of them; float32 noise of the
+    # graph is ~1e-6 of the movement.
+    np.testing.assert_allclose(shifted.forecast - offset, base.forecast, atol=1e-5 * max(1.0, abs(offset) / 1e9) + 1e-4)
+    for q in range(len(base.quantiles)):
+        np.testing.assert_allclose(shifted.quantile_paths[q] - offset, base.quantile_paths[q], atol=1e-3)
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e-6, 1e6])
+async def test_a_forecast_scales_with_its_series_however_small(engine, scale):
+    """Tiny series are not flattened by the graph's own scale floor (1e-5)."""
+    wave = 10.0 * np.sin(2 * np.pi * np.arange(200) / 24.0) + 3.0
+    base = await engine.forecast(ForecastRequest(history=wave, horizon=4))
+    scaled = await engine.forecast(ForecastRequest(history=wave * scale, horizon=4))
+    np.testing.assert_allclose(scaled.forecast / scale, base.forecast, rtol=1e-5, atol=1e-5)
+    assert np.std(scaled.forecast) > 0  # it moves
+
+
+async def test_a_flat_history_forecasts_its_level(engine):
+    flat = await engine.forecast(ForecastRequest(history=np.full(40, 1e9 + 0.5), horizon=3))
+    np.testing.assert_allclose(flat.forecast, 1e9 + 0.5, rtol=0, atol=1e-3)
