@@ -134,10 +134,11 @@ def open_bundle(path: Path, name: str, version: str, options: RuntimeOptions, ex
         raise BundleError(f"{path}: symlinked bundles and manifests are refused")
     manifest = read_manifest(path)
     if (manifest.name, manifest.version) != (name, version):
-        raise BundleError(
-            f"{path}: manifest says {manifest.name!r} version {manifest.version!r}, "
-            f"the directory says {name!r} version {version!r}"
-        )
+        # The directory names the model and version, as in TF Serving and Triton: copying a bundle
+        # into <name>/<version+1>/ is all a new version takes. What the manifest says is reported.
+        log.info("%s: the manifest says %r version %r; serving it as %r version %r (the directory names them)",
+                 path, manifest.name, manifest.version, name, version)
+        manifest = replace(manifest, name=name, version=version)
     graphs = {}
     options = replace(options, int8_weights=manifest.weights == "int8")
     for role, file in manifest.graphs.items():

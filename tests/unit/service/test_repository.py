@@ -101,7 +101,6 @@ async def test_failed_version_never_replaces_the_good_one(repo, add_bundle, make
         ("bad_schema", "cell 'transformer' is not one of"),
         ("escape", "must be a plain file name"),
         ("symlinked_graph", "missing"),
-        ("name_mismatch", "the directory says 'tiny-forecast' version '2'"),
         ("wrong_suffix", "must be a plain file name"),
         ("weights", "weights 'int4' is not one of float32, int8"),
     ],
@@ -120,8 +119,6 @@ async def test_broken_bundles_are_recorded_failed(repo, add_bundle, make_engine,
     elif breakage == "symlinked_graph":
         (bad / "forecast.onnx").rename(repo / "real.onnx")
         (bad / "forecast.onnx").symlink_to(repo / "real.onnx")
-    elif breakage == "name_mismatch":
-        _edit_manifest(bad, name="other")
     elif breakage == "weights":
         _edit_manifest(bad, weights="int4")
     elif breakage == "wrong_suffix":
@@ -256,3 +253,19 @@ async def test_the_manifest_default_flag_picks_the_default_model(repo, add_bundl
     _edit_manifest(repo / "a-forecast" / "2", version="2")
     await engine.refresh()
     assert "default 'yes' must be true or false" in engine.get_model("a-forecast", "2").error
+
+
+async def test_copying_a_bundle_into_a_new_version_directory_is_all_it_takes(repo, make_engine, caplog):
+    """The directory names the version (and the model): the README's hot reload, `cp -r name/1 name/2`,
+    serves version 2 although its manifest still says 1; a copy under another name serves under it."""
+    engine = await make_engine(repo)
+    shutil.copytree(repo / "tiny-forecast" / "1", repo / "tiny-forecast" / "2")
+    shutil.copytree(repo / "tiny-forecast" / "1", repo / "my-forecaster" / "7")
+    with caplog.at_level(logging.INFO, logger="service.core.repository"):
+        await engine.refresh()
+    assert engine.get_model("tiny-forecast").version == "2"
+    assert (await engine.forecast(ForecastRequest(model="tiny-forecast", history=HISTORY))).version == "2"
+    mine = await engine.forecast(ForecastRequest(model="my-forecaster", history=HISTORY))
+    assert (mine.model, mine.version) == ("my-forecaster", "7")
+    assert any("the manifest says 'tiny-forecast' version '1'; serving it as 'tiny-forecast' version '2'" in r.getMessage()
+               for r in caplog.records)
