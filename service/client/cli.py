@@ -220,14 +220,27 @@ def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from service.front.server import event_loop_factory, run_on_loop, serve
+    from service.front.server import StartupError, event_loop_factory, run_on_loop, serve
 
     try:
         factory = event_loop_factory(config.event_loop)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    run_on_loop(serve(config, reflection_enabled=not args.no_reflection), factory)
+    if not config.models.is_dir():
+        print(f"error: --models {config.models} (SEQSERVE_MODELS): no such directory; the model repository "
+              "holds <name>/<version>/ bundle folders", file=sys.stderr)
+        return EXIT_USAGE
+    if not any(config.models.glob("*/*/manifest.json")):
+        log.warning("--models %s holds no bundles (<name>/<version>/manifest.json): nothing to serve until one "
+                    "is copied in%s", config.models,
+                    f" (looked for every {config.poll_interval_s:g} s)" if config.poll_interval_s > 0 else
+                    " (and --poll-interval-s 0 never looks again)")
+    try:
+        run_on_loop(serve(config, reflection_enabled=not args.no_reflection), factory)
+    except StartupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_RPC_ERROR
     return 0
 
 

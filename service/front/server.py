@@ -172,20 +172,26 @@ async def create_server(
         names.append(reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
     address = f"{config.host}:{config.port}"
+    cannot = StartupError(f"--port {config.port} / --host {config.host} (SEQSERVE_PORT, SEQSERVE_HOST): cannot bind "
+                          f"gRPC to {address}: the port is in use or the address is not this machine's")
     try:
         if credentials is not None:
             port = server.add_secure_port(address, credentials)
         else:
             port = server.add_insecure_port(address)
-    except RuntimeError as err:
-        raise RuntimeError(f"cannot bind gRPC address {address}: {err}") from None
+    except RuntimeError:
+        raise cannot from None
     if port == 0:
-        raise RuntimeError(f"cannot bind gRPC address {address}")
+        raise cannot
     await health_state.attach(engine)
     log.info("gRPC server bound to %s:%d (%s; %s)", config.host, port, describe(config), ", ".join(names))
     if auth is not None and credentials is None:
         log.warning("bearer tokens travel in plaintext: set tls_cert/tls_key or terminate TLS in front of the server")
     return server, port, engine
+
+
+class StartupError(RuntimeError):
+    """The server cannot start as configured; the message names the setting, its value and why."""
 
 
 REPLY_GRACE_S = 2.0  # after the engine stopped: time for handlers to send their last replies
@@ -215,7 +221,14 @@ async def serve(config: ServeConfig, *, reflection_enabled: bool = True) -> None
     server, port, engine = await create_server(
         config, health=health, metrics=metrics, reflection_enabled=reflection_enabled
     )
-    http, metrics_port = start_metrics_server(metrics, config.metrics_host, config.metrics_port)
+    try:
+        http, metrics_port = start_metrics_server(metrics, config.metrics_host, config.metrics_port)
+    except OSError as err:
+        await server.stop(0)
+        raise StartupError(
+            f"--metrics-port {config.metrics_port} / --metrics-host {config.metrics_host} (SEQSERVE_METRICS_PORT, "
+            f"SEQSERVE_METRICS_HOST): cannot serve /metrics on {config.metrics_host}:{config.metrics_port}: "
+            f"{err.strerror or err}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -25,3 +25,57 @@ def test_serve_command_runs_until_sigterm_and_drains(module_models):
         server.sigterm()
         assert server.wait(timeout=30) == 0, server.log[-3000:]
         assert "drained" in server.log
+
+
+def _serve_exits(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "service.client.cli", "serve", *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+    return proc.returncode, proc.stderr
+
+
+def _taken_port():
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock, sock.getsockname()[1]
+
+
+def test_a_grpc_port_in_use_is_one_line_naming_the_flag(module_models):
+    sock, port = _taken_port()
+    with sock:
+        code, err = _serve_exits("--models", str(module_models), "--port", str(port), "--metrics-port", "0")
+    assert code == 1 and "Traceback" not in err, err
+    assert f"error: --port {port} / --host 127.0.0.1 (SEQSERVE_PORT, SEQSERVE_HOST): cannot bind gRPC to 127.0.0.1:{port}" in err
+
+
+def test_a_metrics_port_in_use_is_one_line_naming_the_flag(module_models):
+    sock, port = _taken_port()
+    with sock:
+        code, err = _serve_exits("--models", str(module_models), "--port", "0", "--metrics-port", str(port))
+    assert code == 1 and "Traceback" not in err, err
+    assert f"error: --metrics-port {port} / --metrics-host 127.0.0.1 (SEQSERVE_METRICS_PORT, SEQSERVE_METRICS_HOST): " \
+           f"cannot serve /metrics on 127.0.0.1:{port}: Address already in use" in err
+
+
+def test_a_missing_model_directory_stops_the_server(tmp_path):
+    code, err = _serve_exits("--models", str(tmp_path / "nowhere"), "--port", "0", "--metrics-port", "0")
+    assert code == 2 and "Traceback" not in err, err
+    assert f"error: --models {tmp_path / 'nowhere'} (SEQSERVE_MODELS): no such directory" in err
+
+
+def test_an_empty_model_directory_says_so_and_serves_what_is_copied_in(tmp_path, module_models):
+    import shutil
+
+    empty = tmp_path / "models"
+    empty.mkdir()
+    with ServerProcess(empty, "--poll-interval-s", "0.2", ready=None) as server:
+        server.wait_for_log(r"holds no bundles \(<name>/<version>/manifest\.json\): nothing to serve until one is "
+                            r"copied in \(looked for every 0\.2 s\)")
+        shutil.copytree(module_models / "tiny-forecast", empty / "tiny-forecast")
+        server.wait_for_log(r"model tiny-forecast version 1 \(forecast\) ready in", 60)
