@@ -17,7 +17,7 @@ from service.contract import TASKS
 from .admission import Admission
 from .config import ServeConfig
 from .errors import DeadlineExceeded, NotFound, Unavailable
-from .observe import NULL_SINK, Sink
+from .observe import NULL_SINK, Sink, label_request
 from .repository import Bundle, ModelRepository, ModelVersion, TaskModel
 from .runtime import WorkerPool
 from .scheduler import StreamSlots
@@ -208,15 +208,21 @@ class Engine:
 
     # ------------------------------------------------------------ requests
 
+    def _resolve(self, task: str, name: str, version: str) -> ModelVersion:
+        """The version that answers (NotFound / Unavailable otherwise); the RPC is labelled with it."""
+        entry = self._repo.resolve(task, name, version)
+        label_request(model=entry.name, version=entry.version)
+        return entry
+
     async def forecast(self, req: ForecastRequest, deadline: float | None = None) -> ForecastResult:
         with self._admit(deadline):
-            entry = self._repo.resolve("forecast", req.model, req.version)
+            entry = self._resolve("forecast", req.model, req.version)
             with entry.lease() as model:
                 return await model.forecast(req, deadline)
 
     async def translate(self, req: TranslateRequest, deadline: float | None = None) -> TranslateResult:
         with self._admit(deadline):
-            entry = self._repo.resolve("translate", req.model, req.version)
+            entry = self._resolve("translate", req.model, req.version)
             with entry.lease() as model:
                 return await model.translate(req, deadline)
 
@@ -241,7 +247,7 @@ class Engine:
 
     async def _stream(self, req: GenerateRequest, deadline: float | None) -> AsyncIterator[tuple[str, str, GenerateChunk]]:
         with self._admit(deadline):
-            entry = self._repo.resolve("generate", req.model, req.version)
+            entry = self._resolve("generate", req.model, req.version)
             with entry.lease() as model:
                 async with aclosing(model.stream(req, deadline)) as chunks:
                     async for chunk in chunks:

@@ -78,6 +78,7 @@ class RequestLabels:
     model: str = ""
     version: str = ""
     reason: str = ""  # why it was rejected/expired/cancelled, a short fixed word
+    for_model: bool = False  # the RPC asks a model (Forecast, GetModel...), not the server (ListModels)
 
 
 _current: contextvars.ContextVar[RequestLabels | None] = contextvars.ContextVar(
@@ -92,11 +93,14 @@ def begin_request() -> RequestLabels:
 
 
 def label_request(model: str | None = None, version: str | None = None,
-                  reason: str | None = None) -> None:
-    """Set model/version/reason of the RPC being handled (a no-op outside an intercepted RPC)."""
+                  reason: str | None = None, for_model: bool | None = None) -> None:
+    """Set model/version/reason of the RPC being handled (a no-op outside an intercepted RPC): the
+    front end sets what the request named, the engine the version that answers it."""
     labels = _current.get()
     if labels is None:
         return
+    if for_model is not None:
+        labels.for_model = for_model
     if model is not None:
         labels.model = model
     if version is not None:

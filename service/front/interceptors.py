@@ -67,7 +67,7 @@ class _Rpc:
         m.grpc_handling_seconds.labels(*self.key).observe(seconds)
         m.in_flight.labels(self.method).dec()
         lb = self.labels
-        m.observe_request(self.method, lb.model, lb.version, code, seconds, lb.reason)
+        m.observe_request(self.method, lb.model, lb.version, code, seconds, lb.reason, lb.for_model)
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):

@@ -247,21 +247,23 @@ class Metrics(Sink):
         if task_cell is not None:
             self.model_info.remove(model, version, *task_cell)
 
-    def model_label(self, model: str, version: str = "") -> tuple[str, str]:
-        """(model, version) label values: as given if announced, else ("unknown", "")."""
-        if not model:
+    def model_label(self, model: str, version: str = "", for_model: bool = True) -> tuple[str, str]:
+        """(model, version) label values, one rule: a model or version the repository announced
+        stands for itself, anything else is "unknown" (an empty name or version that no version
+        answered too); RPCs that ask no model (``for_model`` False and no name) get ("", "")."""
+        if not model and not for_model:
             return "", ""
         versions = self._known.get(model)
         if versions is None:
-            return UNKNOWN_MODEL, ""
-        return model, (version if version in versions else ("" if not version else UNKNOWN_MODEL))
+            return UNKNOWN_MODEL, UNKNOWN_MODEL
+        return model, (version if version in versions else UNKNOWN_MODEL)
 
     # -- requests (interceptor) ---------------------------------------------------------------
     def observe_request(self, method: str, model: str, version: str, code: str, seconds: float,
-                        reason: str = "") -> None:
+                        reason: str = "", for_model: bool = True) -> None:
         """Record one finished request; RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED / CANCELLED also
         count on rejected / expired / cancelled with ``reason`` ("" becomes "unspecified")."""
-        model, version = self.model_label(model, version)
+        model, version = self.model_label(model, version, for_model)
         self.request_seconds.labels(method, model, version, code).observe(seconds)
         counter = {"RESOURCE_EXHAUSTED": self.rejected, "DEADLINE_EXCEEDED": self.expired,
                    "CANCELLED": self.cancelled}.get(code)

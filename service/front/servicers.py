@@ -16,7 +16,6 @@ from google.protobuf import message_factory, struct_pb2, timestamp_pb2
 from service.contract import TASKS
 from service.core import types
 from service.core.errors import InvalidArgument
-from service.core.observe import label_request
 from service.front.protowire import extend_packed
 from service.front.status import handle_errors, request_decoder
 from service.v1 import (
@@ -184,7 +183,6 @@ class TranslatorServicer(translate_pb2_grpc.TranslatorServicer):
             return_attention=request.return_attention,
         )
         result = await self.engine.translate(req, deadline_of(context))
-        label_request(model=result.model, version=str(result.version))
         out = translate_pb2.TranslateResponse(model=result.model, version=str(result.version))
         for t in result.translations:
             item = out.translations.add(
@@ -212,7 +210,6 @@ class ForecasterServicer(forecast_pb2_grpc.ForecasterServicer):
             history_field="channels" if request.channels else "history",
         )
         result = await self.engine.forecast(req, deadline_of(context))
-        label_request(model=result.model, version=str(result.version))
         point = np.asarray(result.forecast, dtype=np.float64)  # (H, C)
         paths = np.asarray(result.quantile_paths, dtype=np.float64)  # (Q, H, C)
         channels, target = point.shape[1], result.target_channel
@@ -239,7 +236,6 @@ class GeneratorServicer(generate_pb2_grpc.GeneratorServicer):
     @handle_errors
     async def Generate(self, request, context):
         result = await self.engine.generate(generate_request(request), deadline_of(context))
-        label_request(model=result.model, version=str(result.version))
         return generate_pb2.GenerateResponse(
             model=result.model,
             version=str(result.version),

@@ -135,8 +135,9 @@ def handle_errors(method: _Handler) -> _Handler:
 
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
-        # Metrics label the RPC with the requested model until the engine resolves it.
-        label_request(model=getattr(request, "model", "") or getattr(request, "name", ""))
+        # Metrics label the RPC with what it named until the engine resolves the version that answers.
+        named = getattr(request, "model", getattr(request, "name", None))
+        label_request(model=named or "", version=getattr(request, "version", "") or "", for_model=named is not None)
         try:
             if isinstance(request, UndecodableRequest):
                 raise InvalidArgument(request.message)

@@ -216,3 +216,34 @@ async def test_reflection_lists_and_describes_the_services(served):
     services, streaming, has_presence = await asyncio.to_thread(_reflect, served.address)
     assert set(SERVICES) | {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
     assert streaming and has_presence
+
+
+async def test_every_rpc_is_labelled_with_the_version_that_answered(module_models):
+    """One rule for seqserve_request_duration_seconds{model,version}: the version that answered;
+    what no version answered is "unknown"; ListModels asks no model."""
+    from prometheus_client import CollectorRegistry
+
+    from service.front.metrics import Metrics
+    from tests.integration.harness import metric_value
+
+    metrics = Metrics(CollectorRegistry(), process_metrics=False)
+    async with serving(module_models, metrics=metrics) as s:
+        chunks = [c async for c in s.generator.GenerateStream(generate_pb2.GenerateRequest(prompt="Fir", max_tokens=3))]
+        assert chunks[-1].finish_reason
+        await s.forecaster.Forecast(forecast_pb2.ForecastRequest(history=HISTORY))
+        for bad in (forecast_pb2.ForecastRequest(history=[1.0]),  # answered by the default model: too short
+                    forecast_pb2.ForecastRequest(model="tiny-forecast", version="9", history=HISTORY),
+                    forecast_pb2.ForecastRequest(model="nope", history=HISTORY)):
+            await rpc_error(s.forecaster.Forecast(bad))
+        await s.models.ListModels(models_pb2.ListModelsRequest())
+
+    def count(method: str, model: str, version: str, code: str) -> float:
+        return metric_value(metrics, "seqserve_request_duration_seconds_count", method=method, model=model,
+                            version=version, code=code)
+
+    assert count("GenerateStream", "tiny-generate", "1", "OK") == 1
+    assert count("Forecast", "tiny-forecast", "1", "OK") == 1
+    assert count("Forecast", "tiny-forecast", "1", "INVALID_ARGUMENT") == 1
+    assert count("Forecast", "tiny-forecast", "unknown", "NOT_FOUND") == 1
+    assert count("Forecast", "unknown", "unknown", "NOT_FOUND") == 1
+    assert count("ListModels", "", "", "OK") == 1

@@ -107,7 +107,7 @@ def test_observe_request_counts_outcomes_and_hides_unannounced_models(metrics):
     assert value(metrics, "seqserve_requests_cancelled_total",
                  method="Translate", model="en-de", reason="client") == 1
     assert value(metrics, "seqserve_request_duration_seconds_count",
-                 method="Translate", model="unknown", version="", code="NOT_FOUND") == 1
+                 method="Translate", model="unknown", version="unknown", code="NOT_FOUND") == 1
     exposed = {s.labels.get("model") for f in metrics.registry.collect() for s in f.samples}
     assert "../../etc" not in exposed
 
@@ -116,8 +116,10 @@ def test_model_version_label_is_unknown_when_not_announced(metrics):
     metrics.model_loaded("lm", "1", "generate", "gru", 0.1)
     assert metrics.model_label("lm", "1") == ("lm", "1")
     assert metrics.model_label("lm", "999") == ("lm", "unknown")
-    assert metrics.model_label("lm", "") == ("lm", "")
-    assert metrics.model_label("", "") == ("", "")
+    assert metrics.model_label("lm", "") == ("lm", "unknown")  # no version of it answered
+    assert metrics.model_label("nope", "1") == ("unknown", "unknown")
+    assert metrics.model_label("", "") == ("unknown", "unknown")  # a default-model request nothing answered
+    assert metrics.model_label("", "", for_model=False) == ("", "")  # ListModels
 
 
 def test_model_lifecycle_info_gauge_and_failures(metrics):
