@@ -188,7 +188,8 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     )
     p.add_argument(
         "--service", default="",
-        help="service name, e.g. seqserve.v1.Translator (default '': the whole server)",
+        help="service name: Translator, Forecaster, Generator, Models (short for seqserve.v1.*) or a full "
+             "name such as grpc.health.v1.Health (default '': the whole server)",
     )
 
     bench.add_parser(sub)
@@ -401,8 +402,21 @@ def _run_models(client, args, out: TextIO) -> int:
     return 0
 
 
+SERVICES = ("seqserve.v1.Translator", "seqserve.v1.Forecaster", "seqserve.v1.Generator", "seqserve.v1.Models")
+
+
 def _run_health(client, args, out: TextIO) -> int:
-    status = client.health(args.service)
+    from service.client.client import ClientError
+
+    service = next((s for s in SERVICES if s.rsplit(".", 1)[1] == args.service), args.service)
+    try:
+        status = client.health(service)
+    except ClientError as err:
+        if err.code != "NOT_FOUND":
+            raise
+        raise ClientError(err.code, f"the server has no service {service!r}; it answers for '' (the whole "
+                                    f"server), {', '.join(SERVICES)}") from None
+    args.service = service
     if args.json:
         _print_json({"service": args.service, "status": status}, out)
     else:
@@ -473,7 +487,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         with client:
             return _CLIENT_COMMANDS[args.command](client, args, out)
     except ClientError as err:
-        print(f"error: {err.code}: {err.message}", file=sys.stderr)
+        hint = ""
+        if err.code == "UNAVAILABLE" and "connect" in err.message.lower():
+            hint = (f"\nhint: is `seqserve serve` running at {client.address}? Point --address (or "
+                    f"{ADDRESS_ENV}) at it.")
+        print(f"error: {err.code}: {err.message}{hint}", file=sys.stderr)
         return EXIT_RPC_ERROR
 
 

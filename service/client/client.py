@@ -25,7 +25,7 @@ from service.v1 import (
     translate_pb2_grpc,
 )
 
-from .options import DEFAULT_ADDRESS
+from .options import DEFAULT_ADDRESS, with_default_port
 
 _UNSET = object()
 
@@ -169,6 +169,7 @@ class SeqserveClient:
         tls_server_name: str | None = None,
         token: str | None = None,
     ) -> None:
+        address = with_default_port(address)
         self.address = address
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None

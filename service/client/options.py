@@ -9,7 +9,8 @@ TLS_SERVER_NAME_ENV = "SEQSERVE_TLS_SERVER_NAME"
 TOKEN_ENV = "SEQSERVE_TOKEN"
 TOKEN_FILE_ENV = "SEQSERVE_TOKEN_FILE"
 LOG_LEVEL_ENV = "SEQSERVE_LOG_LEVEL"
-DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_PORT = 50051
+DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 # Subcommands that belong to the training package (it needs torch: `pip install 'seqserve[train]'`).
 TRAINING_COMMANDS = {
     "train": "train a model from a preset or config (delegates to training.cli)",
@@ -21,3 +22,13 @@ TRAINING_COMMANDS = {
 }
 EXIT_RPC_ERROR = 1
 EXIT_USAGE = 2
+
+
+def with_default_port(address: str) -> str:
+    """``address`` with seqserve's port (50051) when it names none: ``127.0.0.1`` -> ``127.0.0.1:50051``
+    (gRPC would try 443), ``[::1]`` -> ``[::1]:50051``; target URIs (``dns:///...``, ``unix:...``) as they are."""
+    if "://" in address or address.startswith(("unix:", "dns:", "ipv4:", "ipv6:", "unix-abstract:")):
+        return address
+    if address.startswith("["):
+        return address if "]:" in address else f"{address}:{DEFAULT_PORT}"
+    return f"{address}:{DEFAULT_PORT}" if ":" not in address else address

@@ -380,11 +380,15 @@ class ModelRepository:
         Raises NotFound naming what is missing."""
         entries = self._models.get(name) if isinstance(name, str) else None
         if not entries:
-            raise NotFound(f"model {name!r} not found", field="model")
+            known = sorted(self._models)
+            listed = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
+            raise NotFound(f"model {name!r} not found; the models are: {listed or 'none'}", field="model")
         if version:
             entry = entries.get(version)
             if entry is None:
-                raise NotFound(f"model {name!r} has no version {version!r}", field="version")
+                versions = ", ".join(sorted(entries, key=int))
+                raise NotFound(f"model {name!r} has no version {version!r}; its versions are: {versions}",
+                               field="version")
             return entry
         ready = [e for e in entries.values() if e.state == READY]
         return max(ready or entries.values(), key=lambda e: e.number)

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from service.client.options import ADDRESS_ENV, DEFAULT_ADDRESS, EXIT_RPC_ERROR, EXIT_USAGE
+from service.client.options import ADDRESS_ENV, DEFAULT_ADDRESS, EXIT_RPC_ERROR, EXIT_USAGE, with_default_port
 from service.loadgen.config import DEFAULT_CONCURRENCY, ENDPOINTS, BenchConfig
 from service.loadgen.corpus import SENTENCES
 from service.loadgen.report import matplotlib_missing, table_header, table_row, write_csv, write_plot
@@ -114,7 +114,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             raise ValueError(f"{args.texts}: no sentence in it")
     concurrency = args.concurrency if args.concurrency is not None else ([] if args.rate else DEFAULT_CONCURRENCY)
     config = BenchConfig(
-        address=args.address, metrics_address=args.metrics_address, endpoints=list(dict.fromkeys(endpoints)),
+        address=with_default_port(args.address), metrics_address=args.metrics_address, endpoints=list(dict.fromkeys(endpoints)),
         model=args.model, version=args.version, concurrency=list(concurrency), rates=list(args.rate),
         duration_s=args.duration, max_requests=args.requests, warmup_s=args.warmup,
         max_outstanding=args.max_outstanding, seed=args.seed, texts=texts, beam=args.beam,

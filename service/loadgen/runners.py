@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import grpc
 import numpy as np
 
+from service.client.options import ADDRESS_ENV
 from service.loadgen.config import ENDPOINTS, BenchConfig, Load
 from service.loadgen.pools import POOL_SIZE, forecast_requests, forecast_shape, generate_requests, translate_requests
 from service.loadgen.results import OK, LevelResult, Outcome, summarize
@@ -123,6 +124,9 @@ async def _sender(endpoint: str, channels: Sequence[grpc.aio.Channel], config: B
     return unary_sender(endpoint, channels, requests, config.timeout_s)
 
 
+CONNECT_TIMEOUT_S = 5.0  # how long to wait for the server to answer at all before giving up
+
+
 async def benchmark(config: BenchConfig,
                     on_result: Callable[[LevelResult], None] | None = None) -> list[LevelResult]:
     """Run every (endpoint, load level) of ``config`` against the server; ``on_result`` is called
@@ -132,10 +136,13 @@ async def benchmark(config: BenchConfig,
     channels = [grpc.aio.insecure_channel(config.address) for _ in range(config.channels)]
     results: list[LevelResult] = []
     try:
+        connect_s = min(config.timeout_s, CONNECT_TIMEOUT_S)
         try:
-            await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), config.timeout_s)
+            await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), connect_s)
         except asyncio.TimeoutError:
-            raise ConnectionError(f"no gRPC server answers at {config.address}") from None
+            raise ConnectionError(
+                f"no gRPC server answers at {config.address} within {connect_s:g} s: is `seqserve serve` running? "
+                f"Point --address (or {ADDRESS_ENV}) at it") from None
         for endpoint in config.endpoints:
             send = await _sender(endpoint, channels, config)
             for index, load in enumerate(config.loads()):

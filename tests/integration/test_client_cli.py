@@ -144,6 +144,35 @@ async def test_cli_models_and_health(served, capsys):
 async def test_cli_errors_print_code_and_message(served, capsys):
     rc, out, err = await run_cli(capsys, "generate", "x", "--model", "nope", "--address", served.address)
     assert rc == cli.EXIT_RPC_ERROR and out == ""
-    assert err == "error: NOT_FOUND: model 'nope' not found\n"
+    assert err.startswith("error: NOT_FOUND: model 'nope' not found; the models are: tiny-")
     rc, _, err = await run_cli(capsys, "translate", "Hallo", "--beam", "99", "--address", served.address)
     assert rc == cli.EXIT_RPC_ERROR and err.startswith("error: INVALID_ARGUMENT: beam_size 99")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # bound and released: nothing listens there now
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_a_server_that_is_not_there_gets_a_hint(capsys):
+    port = _closed_port()
+    rc, out, err = await run_cli(capsys, "health", "--address", f"127.0.0.1:{port}", "--timeout", "5")
+    assert rc == cli.EXIT_RPC_ERROR and out == ""
+    assert err.startswith("error: UNAVAILABLE: ")
+    assert f"hint: is `seqserve serve` running at 127.0.0.1:{port}? Point --address (or SEQSERVE_ADDRESS) at it." in err
+    rc, _, err = await run_cli(capsys, "bench", "--address", f"127.0.0.1:{port}", "--timeout", "1",
+                               "--duration", "0.1", "--concurrency", "1")
+    assert rc == cli.EXIT_RPC_ERROR
+    assert f"no gRPC server answers at 127.0.0.1:{port} within 1 s: is `seqserve serve` running?" in err
+
+
+async def test_health_takes_short_service_names_and_lists_the_real_ones(served, capsys):
+    rc, out, _ = await run_cli(capsys, "health", "--service", "Translator", "--address", served.address)
+    assert (rc, out) == (0, "SERVING\n")
+    rc, out, err = await run_cli(capsys, "health", "--service", "Translater", "--address", served.address)
+    assert rc == cli.EXIT_RPC_ERROR and out == ""
+    assert err == ("error: NOT_FOUND: the server has no service 'Translater'; it answers for '' (the whole server), "
+                   "seqserve.v1.Translator, seqserve.v1.Forecaster, seqserve.v1.Generator, seqserve.v1.Models\n")

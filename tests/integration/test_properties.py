@@ -1063,7 +1063,7 @@ def test_regression_long_echoed_names_keep_their_status(live, size):
                 "is not one of translate, forecast, generate"
             )
         else:
-            assert message.endswith("' not found") or "has no version" in message
+            assert "' not found; the models are: " in message or "has no version" in message
 
 
 # --- after the storm ---------------------------------------------------------------------------------

@@ -157,20 +157,22 @@ async def test_invalid_argument_names_the_field(served, rpc, message, field, wor
     "make_call, details",
     [
         (lambda s: s.forecaster.Forecast(forecast_pb2.ForecastRequest(model="nope", history=HISTORY)),
-         "model 'nope' not found"),
+         "model 'nope' not found; the models are: {models}"),
         (lambda s: s.forecaster.Forecast(forecast_pb2.ForecastRequest(model="tiny-forecast", version="9", history=HISTORY)),
-         "model 'tiny-forecast' has no version '9'"),
+         "model 'tiny-forecast' has no version '9'; its versions are: 1"),
         (lambda s: s.translator.Translate(translate_pb2.TranslateRequest(model="../x", texts=["Hallo"])),
-         "model '../x' not found"),
-        (lambda s: s.models.GetModel(models_pb2.GetModelRequest(name="../x")), "model '../x' not found"),
+         "model '../x' not found; the models are: {models}"),
+        (lambda s: s.models.GetModel(models_pb2.GetModelRequest(name="../x")),
+         "model '../x' not found; the models are: {models}"),
         (lambda s: s.models.GetModel(models_pb2.GetModelRequest(name="tiny-generate", version="../1")),
-         "model 'tiny-generate' has no version '../1'"),
+         "model 'tiny-generate' has no version '../1'; its versions are: 1"),
     ],
 )
 async def test_not_found(served, make_call, details):
     err = await rpc_error(make_call(served))
     assert err.code() == grpc.StatusCode.NOT_FOUND
-    assert err.details() == details
+    models = ", ".join(sorted({m.name for m in served.engine.list_models()}))
+    assert err.details() == details.format(models=models)  # what exists, so the caller can fix the name
 
 
 async def test_deadline_exceeded_and_server_keeps_serving(served):

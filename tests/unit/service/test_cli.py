@@ -150,3 +150,16 @@ def test_forecast_digits_show_the_movement_at_any_offset():
     assert len(set(printed)) == 4 and max(abs(p - v) for p, v in zip(printed, around)) < 0.01 * (5.02 - 2.94)
     assert significant_digits([1e12 + 1, 1e12 + 2]) <= 17 and significant_digits([3.0, 3.0]) == 6
     assert significant_digits([float("nan"), 1.0]) == 6
+
+
+def test_an_address_without_a_port_means_seqserve_s_port():
+    from service.client.options import with_default_port
+
+    assert with_default_port("127.0.0.1") == "127.0.0.1:50051"  # gRPC alone would try 443
+    assert with_default_port("[::1]") == "[::1]:50051" and with_default_port("[::1]:7") == "[::1]:7"
+    assert with_default_port("localhost:7") == "localhost:7"
+    assert with_default_port("dns:///seqserve.ns.svc.cluster.local:50051").startswith("dns:///")
+    from service.client import SeqserveClient
+
+    with SeqserveClient("example.invalid") as client:  # nothing is sent: channels connect lazily
+        assert client.address == "example.invalid:50051"
