@@ -131,7 +131,9 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         help="translate sentences",
         description="Translate each TEXT with a translation model; prints one translation per line.",
     )
-    p.add_argument("texts", nargs="+", metavar="TEXT", help="a sentence to translate (quote it)")
+    p.add_argument("texts", nargs="*", metavar="TEXT",
+                   help="a sentence to translate (quote it); - reads sentences from standard input, one per line")
+    p.add_argument("--file", metavar="PATH", help="also translate every non-empty line of PATH (UTF-8)")
     p.add_argument("--beam", type=int, default=1, help="beam width; 1 = greedy (default 1)")
     p.add_argument("--max-length", type=int, default=0, help="longest output in tokens; 0 = the model's choice")
     p.add_argument("--attention", action="store_true", help="also print each translation's attention matrix")
@@ -205,7 +207,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
 def _print_json(value: Any, out: TextIO) -> None:
     if dataclasses.is_dataclass(value):
         value = dataclasses.asdict(value)
-    json.dump(value, out, indent=2, sort_keys=True, default=str)
+    json.dump(value, out, indent=2, sort_keys=True, default=str, ensure_ascii=False)
     out.write("\n")
 
 
@@ -245,10 +247,36 @@ def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
+def _texts(args: argparse.Namespace, stdin: TextIO) -> list[str]:
+    """TEXT arguments, ``-`` replaced by standard input's lines, then --file's lines (blank lines skipped)."""
+    texts: list[str] = []
+    for text in args.texts:
+        texts += [line.strip() for line in stdin if line.strip()] if text == "-" else [text]
+    if args.file:
+        try:
+            with open(args.file, encoding="utf-8-sig") as f:
+                texts += [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"--file {args.file}: {err}") from None
+    if not texts:
+        raise ValueError("nothing to translate: give TEXT arguments, - for standard input, or --file PATH")
+    return texts
+
+
+def _max_texts(client, model: str) -> int:
+    """How many texts the server takes in one request for ``model`` ("" = the default translator)."""
+    for m in client.list_models(task="translate"):
+        if (m["name"] == model if model else m.get("is_default")) and m["limits"].get("max_texts"):
+            return int(m["limits"]["max_texts"])
+    return 0  # unknown: send them all, and let the server say
+
+
 def _run_translate(client, args, out: TextIO) -> int:
+    texts = _texts(args, sys.stdin)
+    batch = _max_texts(client, args.model) if len(texts) > 1 else 0
     result = client.translate(
-        args.texts, model=args.model, version=args.version, beam_size=args.beam,
-        max_length=args.max_length, return_attention=args.attention,
+        texts, model=args.model, version=args.version, beam_size=args.beam,
+        max_length=args.max_length, return_attention=args.attention, batch_size=batch,
     )
     if args.json:
         _print_json(result, out)
@@ -467,6 +495,26 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     """Run the ``seqserve`` command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     environ = os.environ if environ is None else environ
+    for i, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the terminal's locale could not decode (surrogate escapes)
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            print(f"error: argument {i} ({shown!r}) is not valid UTF-8; seqserve reads UTF-8 text", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        code = _main(argv, environ)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`seqserve models --json | head`): nothing more to say, and nowhere to
+        # say it. Point stdout at /dev/null so that Python's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str], environ: Mapping[str, str]) -> int:
     if argv and argv[0] in TRAINING_COMMANDS:
         return _run_training(argv)
     args = build_parser(environ).parse_args(argv)
@@ -486,13 +534,26 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         with client:
             return _CLIENT_COMMANDS[args.command](client, args, out)
+    except ValueError as err:  # bad input found on this side (a file, standard input)
+        _error(args, "INVALID_ARGUMENT", str(err))
+        return EXIT_USAGE
     except ClientError as err:
         hint = ""
         if err.code == "UNAVAILABLE" and "connect" in err.message.lower():
-            hint = (f"\nhint: is `seqserve serve` running at {client.address}? Point --address (or "
+            hint = (f"is `seqserve serve` running at {client.address}? Point --address (or "
                     f"{ADDRESS_ENV}) at it.")
-        print(f"error: {err.code}: {err.message}{hint}", file=sys.stderr)
+        _error(args, err.code, err.message, err.field, hint)
         return EXIT_RPC_ERROR
+
+
+def _error(args: argparse.Namespace, code: str, message: str, field: str | None = None, hint: str = "") -> None:
+    """An error on stderr: "error: CODE: message" (and a hint line), or one JSON object under --json."""
+    if getattr(args, "json", False):
+        payload = {"error": {"code": code, "message": message, **({"field": field} if field else {}),
+                             **({"hint": hint} if hint else {})}}
+        print(json.dumps(payload, ensure_ascii=False), file=sys.stderr)
+    else:
+        print(f"error: {code}: {message}" + (f"\nhint: {hint}" if hint else ""), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -219,10 +219,17 @@ class SeqserveClient:
         max_length: int = 0,
         return_attention: bool = False,
         timeout: float | None = _UNSET,  # type: ignore[assignment]
+        batch_size: int = 0,
     ) -> TranslateResult:
-        """Translate one text or a list of texts (one Translation each, in order)."""
+        """Translate one text or a list of texts (one Translation each, in order); ``batch_size`` > 0
+        sends them in requests of at most that many (the server's ``max_texts``), one after another."""
         if isinstance(texts, str):
             texts = [texts]
+        if 0 < batch_size < len(texts):
+            parts = [self.translate(texts[k : k + batch_size], model=model, version=version, beam_size=beam_size,
+                                    max_length=max_length, return_attention=return_attention, timeout=timeout)
+                     for k in range(0, len(texts), batch_size)]
+            return TranslateResult(parts[-1].model, parts[-1].version, [t for p in parts for t in p.translations])
         request = translate_pb2.TranslateRequest(
             model=model, version=version, texts=list(texts), beam_size=beam_size,
             max_length=max_length, return_attention=return_attention,

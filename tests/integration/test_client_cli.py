@@ -176,3 +176,55 @@ async def test_health_takes_short_service_names_and_lists_the_real_ones(served, 
     assert rc == cli.EXIT_RPC_ERROR and out == ""
     assert err == ("error: NOT_FOUND: the server has no service 'Translater'; it answers for '' (the whole server), "
                    "seqserve.v1.Translator, seqserve.v1.Forecaster, seqserve.v1.Generator, seqserve.v1.Models\n")
+
+
+async def test_arguments_that_are_not_utf8_are_refused_in_one_line():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "service.client.cli", "translate", b"Gr\xfc\xdfe"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == cli.EXIT_USAGE and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr == "error: argument 2 ('Gr\\\\xfc\\\\xdfe') is not valid UTF-8; seqserve reads UTF-8 text\n"
+
+
+async def test_a_reader_that_stops_early_is_no_crash(served):
+    """`seqserve models --json | head -c 10` and `generate --stream | head -c 10`: exit 0, no traceback."""
+    import subprocess
+    import sys
+
+    def head(argv: list[str]) -> tuple[int, str]:
+        proc = subprocess.Popen([sys.executable, "-m", "service.client.cli", *argv, "--address", served.address],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = proc.stdout.read(10)
+        assert len(first) == 10, proc.stderr.read().decode()
+        proc.stdout.close()  # the reader is gone, as `head` leaves
+        err = proc.stderr.read().decode()
+        return proc.wait(timeout=60), err
+
+    for argv in (["models", "--json"], ["generate", "First", "--stream", "--max-tokens", "1000", "--seed", "1"]):
+        code, err = await asyncio.to_thread(head, argv)  # the server runs on this event loop
+        assert code == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+async def test_translate_reads_standard_input_and_files_and_sends_in_batches(served, capsys, tmp_path, monkeypatch):
+    import io
+
+    texts = [f"Ein Mann {i}" for i in range(70)]  # more than the server's max_texts (32): three requests
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(texts[:40]) + "\n\n"))
+    (tmp_path / "more.txt").write_text("\ufeff" + "\n".join(texts[40:]) + "\n", encoding="utf-8")
+    rc, out, err = await run_cli(capsys, "translate", "-", "--file", str(tmp_path / "more.txt"),
+                                 "--address", served.address, "--max-length", "3")
+    assert rc == 0, err
+    assert len(out.splitlines()) == 70
+    rc, _, err = await run_cli(capsys, "translate", "--file", str(tmp_path / "none.txt"), "--address", served.address)
+    assert rc == cli.EXIT_USAGE and err.startswith("error: INVALID_ARGUMENT: --file ")
+
+
+async def test_json_keeps_non_ascii_and_errors_are_json_too(served, capsys):
+    rc, out, _ = await run_cli(capsys, "translate", "Ein Mann fährt Fahrrad.", "--json", "--address", served.address)
+    assert rc == 0 and "\\u" not in out and any(ord(c) > 127 for c in out)  # tokens such as "▁f\u00e4" come as text
+    rc, out, err = await run_cli(capsys, "generate", "x", "--model", "nope", "--json", "--address", served.address)
+    assert rc == cli.EXIT_RPC_ERROR and out == ""
+    error = json.loads(err)["error"]
+    assert error["code"] == "NOT_FOUND" and error["message"].startswith("model 'nope' not found")
