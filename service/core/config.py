@@ -24,70 +24,97 @@ def default_models_dir() -> Path:
     return beside if beside.is_dir() else Path("models").resolve()
 
 
+def _opt(default: Any, help_text: str) -> Any:
+    """A ServeConfig field with its one-line ``seqserve serve --help`` description."""
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass
 class ServeConfig:
     """Everything ``seqserve serve`` can be told. Request limits apply to every model; a model's
     manifest ``limits`` can only tighten the token limits further."""
 
     # Bundles live in <models>/<name>/<version>/manifest.json.
-    models: Path = field(default_factory=default_models_dir)
-    host: str = "127.0.0.1"  # gRPC bind address ("0.0.0.0" inside a container)
-    port: int = 50051  # gRPC port; 0 picks a free one
-    metrics_host: str = "127.0.0.1"  # Prometheus /metrics bind address
-    metrics_port: int = 9464  # Prometheus /metrics port; 0 picks a free one
-    poll_interval_s: float = 5.0  # how often to look for new/removed versions; 0 = only at start
-    keep_versions: int = 1  # version policy: serve the latest N loadable versions of each model
+    models: Path = field(
+        default_factory=default_models_dir, metadata={"help": "the model repository: <name>/<version>/ bundle folders"}
+    )
+    host: str = _opt("127.0.0.1", 'gRPC bind address ("0.0.0.0" inside a container)')
+    port: int = _opt(50051, "gRPC port; 0 picks a free one")
+    metrics_host: str = _opt("127.0.0.1", "Prometheus /metrics bind address")
+    metrics_port: int = _opt(9464, "Prometheus /metrics port; 0 picks a free one")
+    poll_interval_s: float = _opt(5.0, "how often to look for new/removed versions; 0 = only at start")
+    keep_versions: int = _opt(1, "version policy: serve the latest N loadable versions of each model")
     # Dynamic batching (forecast windows, translation encoder calls).
-    max_batch_size: int = 32  # requests stacked into one graph call
+    max_batch_size: int = _opt(32, "requests stacked into one graph call")
     # How long the first request of a batch waits for company. 0 = greedy: a batch is whatever queued
     # while the previous graph call ran (no added latency when idle; full batches under load).
-    max_batch_wait_ms: float = 0.0
-    max_queue: int = 256  # requests waiting per batcher; beyond it -> RESOURCE_EXHAUSTED
+    max_batch_wait_ms: float = _opt(
+        0.0,
+        "how long the first request of a batch waits for company; 0 = a batch is whatever queued while "
+        "the previous call ran",
+    )
+    max_queue: int = _opt(256, "requests waiting per batcher; beyond it -> RESOURCE_EXHAUSTED")
     # Step scheduler: generation streams + translation beam searches decoding at once (whole server).
-    max_streams: int = 64
+    max_streams: int = _opt(
+        64,
+        "generation streams and translation beam searches decoding at once (whole server); beyond it "
+        "RESOURCE_EXHAUSTED",
+    )
     # Streams (or beam searches) sharing one decoding-step call; 0 = all active ones (continuous
     # batching), 1 = batching off (each steps alone: the benchmark's baseline).
-    max_streams_per_step: int = 0
+    max_streams_per_step: int = _opt(
+        0,
+        "streams sharing one decoding-step call; 0 = all active ones (continuous batching), 1 = batching "
+        "off",
+    )
     # onnxruntime session options (per graph).
-    intra_op_threads: int = 1  # threads inside one operator
-    inter_op_threads: int = 1  # threads across operators (>1 switches to parallel execution mode)
-    graph_optimization: str = "all"  # disable | basic | extended | all
+    intra_op_threads: int = _opt(1, "threads inside one operator")
+    inter_op_threads: int = _opt(1, "threads across operators (>1 switches to parallel execution mode)")
+    graph_optimization: str = _opt("all", "disable | basic | extended | all")
     # Graph calls whose previous run took less than this run on the event loop instead of a worker
     # thread (the hand-off costs more than a small decoding step); 0 = always a worker thread.
-    inline_graph_ms: float = 0.2
+    inline_graph_ms: float = _opt(
+        0.2,
+        "graph calls whose last run took less than this run on the event loop, not a worker thread; 0 = "
+        "never",
+    )
     # ... and calls that took less than this for the same input shapes while requests come one at a
     # time (one in the server, none on a worker, no two overlapped for 1 s): with nothing to
     # overlap, the hand-off is pure latency. Bounds how long the loop blocks then; 0 = never.
-    inline_idle_graph_ms: float = 2.0
+    inline_idle_graph_ms: float = _opt(
+        2.0,
+        "also inline: calls that took less than this for the same input shapes while requests come one at"
+        " a time; 0 = never",
+    )
     # The server's asyncio event loop: uvloop (libuv, installed with seqserve on Linux and macOS)
     # runs the gRPC server's callbacks faster than the standard loop (forecast at concurrency 1:
     # ~8% lower p50; 32 streams: ~6% more tokens/s); auto = uvloop when importable.
-    event_loop: str = "auto"
-    worker_threads: int = 0  # threads running graph calls concurrently; 0 = number of CPUs
-    grace_s: float = 10.0  # on shutdown, how long in-flight work and streams may finish
+    event_loop: str = _opt("auto", "asyncio event loop: uvloop, asyncio, or auto (uvloop when installed)")
+    worker_threads: int = _opt(0, "threads running graph calls concurrently; 0 = number of CPUs")
+    grace_s: float = _opt(10.0, "on shutdown, how long in-flight work and streams may finish")
     # Request limits.
-    max_texts: int = 32  # texts per Translate request
-    max_text_chars: int = 1000  # characters per text or prompt
-    max_source_tokens: int = 0  # source tokens per text; 0 = manifest limits, else 256
-    max_target_tokens: int = 0  # translation length; 0 = manifest limits, else 256
-    max_prompt_tokens: int = 0  # generation prompt tokens; 0 = manifest limits, else 1024
-    max_history: int = 100_000  # forecast history steps (longer than the window is cut)
-    max_quantiles: int = 32  # quantile levels per Forecast request
-    max_beam: int = 8  # beam_size upper bound
-    max_tokens: int = 1024  # generation max_tokens upper bound
-    default_max_tokens: int = 128  # generation max_tokens when the request leaves it unset
-    max_stop: int = 8  # stop sequences per Generate request
-    max_stop_chars: int = 64  # characters per stop sequence
-    max_message_bytes: int = 4 * 1024 * 1024  # gRPC send/receive message size
-    length_penalty: float = DEFAULT_LENGTH_PENALTY  # GNMT alpha for beam search: score / ((5 + len) / 6) ** alpha
+    max_texts: int = _opt(32, "texts per Translate request")
+    max_text_chars: int = _opt(1000, "characters per text or prompt")
+    max_source_tokens: int = _opt(0, "source tokens per text; 0 = manifest limits, else 256")
+    max_target_tokens: int = _opt(0, "translation length; 0 = manifest limits, else 256")
+    max_prompt_tokens: int = _opt(0, "generation prompt tokens; 0 = manifest limits, else 1024")
+    max_history: int = _opt(100_000, "forecast history steps (longer than the window is cut)")
+    max_quantiles: int = _opt(32, "quantile levels per Forecast request")
+    max_beam: int = _opt(8, "beam_size upper bound")
+    max_tokens: int = _opt(1024, "generation max_tokens upper bound")
+    default_max_tokens: int = _opt(128, "generation max_tokens when the request leaves it unset")
+    max_stop: int = _opt(8, "stop sequences per Generate request")
+    max_stop_chars: int = _opt(64, "characters per stop sequence")
+    max_message_bytes: int = _opt(4 * 1024 * 1024, "gRPC send/receive message size")
+    length_penalty: float = _opt(DEFAULT_LENGTH_PENALTY, "GNMT alpha for beam search: score / ((5 + len) / 6) ** alpha")
     # Transport security (PEM files; all empty = plaintext). A client CA turns on mutual TLS:
     # every client must then present a certificate signed by it.
-    tls_cert: str = ""  # server certificate chain; needs tls_key
-    tls_key: str = ""  # private key of tls_cert
-    tls_client_ca: str = ""  # CA bundle that client certificates must chain to (mutual TLS)
+    tls_cert: str = _opt("", "server certificate chain; needs tls_key")
+    tls_key: str = _opt("", "private key of tls_cert")
+    tls_client_ca: str = _opt("", "CA bundle that client certificates must chain to (mutual TLS)")
     # Bearer-token authentication: when a token is set, every RPC except grpc.health.v1 must carry
     # metadata "authorization: Bearer <token>" (server reflection included).
-    auth_token_file: str = ""  # file with the accepted token(s), one per line ('#' comments)
+    auth_token_file: str = _opt("", "file with the accepted token(s), one per line ('#' comments)")
     # The accepted token itself: environment only (SEQSERVE_AUTH_TOKEN), never a flag or repr().
     auth_token: str = field(default="", repr=False, metadata={"env_only": True, "alternative_to": "auth_token_file"})
 
@@ -262,7 +289,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kind = _kind(f)
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        help_text = f"(default {default if default != '' else 'unset'}; env {env_var(f.name)}"
+        help_text = f"{f.metadata['help']} (default {default if default != '' else 'unset'}; env {env_var(f.name)}"
         for other in fields(ServeConfig):
             if other.metadata.get("alternative_to") == f.name:
                 help_text += f"; or env {env_var(other.name)}"

@@ -163,3 +163,40 @@ def test_an_address_without_a_port_means_seqserve_s_port():
 
     with SeqserveClient("example.invalid") as client:  # nothing is sent: channels connect lazily
         assert client.address == "example.invalid:50051"
+
+
+def test_every_serve_flag_is_described_and_in_the_readme(capsys, monkeypatch):
+    """`seqserve serve --help` describes each flag (not only its default) and the README's
+    Configuration table names each one with the same default."""
+    import re
+    from dataclasses import fields
+    from pathlib import Path
+
+    from service.client import cli
+    from service.core.config import ServeConfig
+
+    monkeypatch.setattr("os.environ", {})
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    options = capsys.readouterr().out.split("options:", 1)[1]
+    described = dict(re.findall(r"^  (--[a-z-]+)(?: [A-Z_{},a-z]+)?\s+(.*)$", options, re.M))
+    assert len(described) > 30 and "--max-source-tokens" in described and "--help" not in described
+    readme = Path(__file__).resolve().parents[3] / "README.md"
+    table = readme.read_text(encoding="utf-8").split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    for flag, text in described.items():
+        assert len(text.split("(default", 1)[0].strip()) >= 10, f"{flag} has no description: {text!r}"
+        assert f"`{flag}`" in table, f"{flag} is missing from the README's Configuration table"
+    defaults = ServeConfig()
+    for f in fields(ServeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        row = next((line for line in table.splitlines() if line.startswith("| `") and f"`{flag}`" in line), None)
+        if row is None or f.name == "models":
+            continue
+        names = re.findall(r"`(--[a-z-]+)`", row.split("|")[1])
+        shown = [v.strip().strip("`").split(" ")[0] for v in row.split("|")[2].split(",")]
+        if len(shown) == len(names):
+            default = getattr(defaults, f.name)
+            want = {str(default), f"{default:g}" if isinstance(default, float) else str(default)} | (
+                {"unset"} if default == "" else set())
+            assert shown[names.index(flag)] in want, (flag, shown[names.index(flag)], default)
