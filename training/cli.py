@@ -91,6 +91,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _portable(path) -> str:
+    """``path`` relative to the working directory when it lies under it (a manifest should not carry
+    the build machine's absolute paths), else as given."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def export_checkpoint(checkpoint: str | Path, models_dir: str | Path, name: str, version: str, description: str = ""):
     """Export ``checkpoint`` as the bundle ``models_dir/name/version``; returns the manifest."""
     from training.export import export_bundle
@@ -101,7 +111,7 @@ def export_checkpoint(checkpoint: str | Path, models_dir: str | Path, name: str,
     model, tokenizers = model_from_checkpoint(ckpt)
     run, info = ckpt["run_config"], ckpt.get("data_info", {})
     training = {
-        "run_config": run, "data": info, "checkpoint": str(checkpoint), "step": ckpt["step"],
+        "run_config": run, "data": info, "checkpoint": _portable(checkpoint), "step": ckpt["step"],
         "best_step": ckpt["best_step"], "best_val_loss": ckpt["best_val"], "seconds": round(ckpt["seconds"], 1),
         "seed": run["train"]["seed"], "world_size": ckpt["world_size"],
     }

@@ -56,7 +56,7 @@ def matplotlib_missing() -> str | None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        return "--plot needs matplotlib, which the serving install does not include: pip install 'seqserve[train]'"
+        return "--plot needs matplotlib, which the serving install does not include: pip install matplotlib"
     return None
 
 

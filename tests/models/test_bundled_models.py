@@ -103,3 +103,23 @@ def test_seqserve_serve_with_no_arguments_serves_every_bundled_model():
             if "generate" in tasks:
                 out = client.generate("ROMEO:", max_tokens=60, seed=1, temperature=0.8)
                 assert out.completion_tokens == 60 and len(out.text) > 20
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda b: f"{b.parent.name}/{b.name}")
+def test_no_manifest_carries_a_build_machine_path(bundle):
+    """Paths in a manifest are relative (the checkpoint a bundle came from), never the builder's /home/... ."""
+    import json
+
+    def strings(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+        elif isinstance(value, str):
+            yield value
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    absolute = [s for s in strings(manifest) if s.startswith(("/work", "/home", "/tmp", "/root"))]
+    assert not absolute, absolute
