@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
@@ -29,6 +30,12 @@ from .options import (  # noqa: F401 - part of this module's interface
 )
 
 log = logging.getLogger(__name__)
+# Request fields the client commands fill from flags: errors about them name the flag.
+FLAG_OF_FIELD = {
+    "beam_size": "--beam", "max_length": "--max-length", "max_tokens": "--max-tokens", "temperature": "--temperature",
+    "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed", "stop": "--stop", "horizon": "--horizon",
+    "quantiles": "--quantiles",
+}
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -542,7 +549,12 @@ def _main(argv: list[str], environ: Mapping[str, str]) -> int:
         if err.code == "UNAVAILABLE" and "connect" in err.message.lower():
             hint = (f"is `seqserve serve` running at {client.address}? Point --address (or "
                     f"{ADDRESS_ENV}) at it.")
-        _error(args, err.code, err.message, err.field, hint)
+        message = err.message
+        flag = FLAG_OF_FIELD.get(err.field or "")
+        if flag:
+            # The user typed flags, not request fields: "--beam 99 must be within 0..8".
+            message = re.sub(rf"(?<![\w.\[]){re.escape(err.field)}\b", flag, message, count=1)
+        _error(args, err.code, message, err.field, hint)
         return EXIT_RPC_ERROR
 
 

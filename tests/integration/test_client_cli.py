@@ -146,7 +146,7 @@ async def test_cli_errors_print_code_and_message(served, capsys):
     assert rc == cli.EXIT_RPC_ERROR and out == ""
     assert err.startswith("error: NOT_FOUND: model 'nope' not found; the models are: tiny-")
     rc, _, err = await run_cli(capsys, "translate", "Hallo", "--beam", "99", "--address", served.address)
-    assert rc == cli.EXIT_RPC_ERROR and err.startswith("error: INVALID_ARGUMENT: beam_size 99")
+    assert rc == cli.EXIT_RPC_ERROR and err.startswith("error: INVALID_ARGUMENT: --beam 99")
 
 
 def _closed_port() -> int:
