@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
 import json
 import logging
-import math
 import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any
 
+from .commands import CLIENT_COMMANDS
 from .options import (  # noqa: F401 - part of this module's interface
     ADDRESS_ENV,
     DEFAULT_ADDRESS,
@@ -149,15 +147,17 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         "forecast",
         parents=[client, model],
         help="forecast a time series from a CSV file",
-        description="Forecast the steps after the history in a CSV file (one row per time step). "
-        "Without --column, every numeric column is a channel; prints one row per predicted step.",
+        description="Forecast the steps after the history in a CSV file (one row per time step); prints one row "
+        "per predicted step, with timestamps continued from the file's time column when it has one.",
     )
-    p.add_argument("--csv", required=True, metavar="FILE", help="CSV file with a header row ('-' = stdin)")
+    p.add_argument("--csv", required=True, metavar="FILE",
+                   help="CSV file ('-' = stdin): any delimiter, header optional, UTF-8 or Latin-1")
     p.add_argument(
         "--column", action="append", default=[], metavar="NAME",
-        help="column to use as history; repeat for several channels (default: all numeric columns)",
+        help="value column; repeat for several channels (default: the numeric columns other than a time or index "
+             "column, the last ones when the model takes fewer)",
     )
-    p.add_argument("--horizon", type=int, required=True, help="steps to predict; 0 = the model's horizon")
+    p.add_argument("--horizon", type=int, default=0, help="steps to predict (default 0: the model's horizon)")
     p.add_argument(
         "--quantiles", type=_quantile_list, default=[], metavar="Q1,Q2",
         help="quantile levels to print, e.g. 0.1,0.9 (default: the model's levels)",
@@ -211,13 +211,6 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
 # -- commands ----------------------------------------------------------------------------------
 
 
-def _print_json(value: Any, out: TextIO) -> None:
-    if dataclasses.is_dataclass(value):
-        value = dataclasses.asdict(value)
-    json.dump(value, out, indent=2, sort_keys=True, default=str, ensure_ascii=False)
-    out.write("\n")
-
-
 def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from service.core import config as serve_config
 
@@ -254,211 +247,6 @@ def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
-def _texts(args: argparse.Namespace, stdin: TextIO) -> list[str]:
-    """TEXT arguments, ``-`` replaced by standard input's lines, then --file's lines (blank lines skipped)."""
-    texts: list[str] = []
-    for text in args.texts:
-        texts += [line.strip() for line in stdin if line.strip()] if text == "-" else [text]
-    if args.file:
-        try:
-            with open(args.file, encoding="utf-8-sig") as f:
-                texts += [line.strip() for line in f if line.strip()]
-        except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"--file {args.file}: {err}") from None
-    if not texts:
-        raise ValueError("nothing to translate: give TEXT arguments, - for standard input, or --file PATH")
-    return texts
-
-
-def _max_texts(client, model: str) -> int:
-    """How many texts the server takes in one request for ``model`` ("" = the default translator)."""
-    for m in client.list_models(task="translate"):
-        if (m["name"] == model if model else m.get("is_default")) and m["limits"].get("max_texts"):
-            return int(m["limits"]["max_texts"])
-    return 0  # unknown: send them all, and let the server say
-
-
-def _run_translate(client, args, out: TextIO) -> int:
-    texts = _texts(args, sys.stdin)
-    batch = _max_texts(client, args.model) if len(texts) > 1 else 0
-    result = client.translate(
-        texts, model=args.model, version=args.version, beam_size=args.beam,
-        max_length=args.max_length, return_attention=args.attention, batch_size=batch,
-    )
-    if args.json:
-        _print_json(result, out)
-        return 0
-    for t in result.translations:
-        out.write(f"{t.text}\n")
-        if t.attention is not None:
-            width = max([len(s) for s in t.source_tokens] + [5])
-            out.write("  " + " " * 12 + " ".join(s.rjust(width) for s in t.source_tokens) + "\n")
-            for token, row in zip(t.tokens, t.attention, strict=True):
-                out.write(f"  {token[:12]:<12}" + " ".join(f"{w:{width}.2f}" for w in row) + "\n")
-    return 0
-
-
-def read_csv_history(path: str, columns: Sequence[str], stdin: TextIO | None = None) -> tuple[list[str], list[list[float]]]:
-    """Read (names, rows) from a CSV with a header row: rows are time steps, one value per column.
-
-    Without ``columns``, every column whose values all parse as numbers is used. Raises ValueError
-    naming the file, row and column of a bad value, or a missing column.
-    """
-    handle = stdin if path == "-" else open(path, newline="", encoding="utf-8")
-    try:
-        reader = csv.DictReader(handle)
-        records = list(reader)
-        header = reader.fieldnames or []
-    finally:
-        if handle is not stdin:
-            handle.close()
-    if not header or not records:
-        raise ValueError(f"{path}: needs a header row and at least one data row")
-    if columns:
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise ValueError(f"{path}: no column {', '.join(map(repr, missing))}; columns are {', '.join(header)}")
-        names = list(columns)
-    else:
-        names = [c for c in header if all(_is_number(r.get(c)) for r in records)]
-        if not names:
-            raise ValueError(f"{path}: no numeric column; name one with --column")
-    rows = []
-    for i, record in enumerate(records, start=2):  # line 1 is the header
-        try:
-            rows.append([float(record[c]) for c in names])
-        except (TypeError, ValueError):
-            bad = next(c for c in names if not _is_number(record.get(c)))
-            raise ValueError(f"{path}: line {i}, column {bad!r}: {record.get(bad)!r} is not a number") from None
-    return names, rows
-
-
-def _is_number(text: str | None) -> bool:
-    try:
-        return text is not None and math.isfinite(float(text))
-    except ValueError:
-        return False
-
-
-def _run_forecast(client, args, out: TextIO) -> int:
-    try:
-        names, rows = read_csv_history(args.csv, args.column, sys.stdin)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    history = [r[0] for r in rows] if len(names) == 1 else rows
-    result = client.forecast(
-        history, args.horizon, args.quantiles, model=args.model, version=args.version
-    )
-    if args.json:
-        payload = dataclasses.asdict(result)
-        payload["quantiles"] = {str(k): v for k, v in result.quantiles.items()}
-        payload["channel_quantiles"] = {str(k): v for k, v in result.channel_quantiles.items()}
-        payload["columns"] = names
-        _print_json(payload, out)
-        return 0
-    target = names[result.target_channel] if result.target_channel < len(names) else str(result.target_channel)
-    levels = sorted(result.quantiles)
-    out.write(f"# {result.model} v{result.version}, {len(rows)} steps of {', '.join(names)}; forecast of {target}\n")
-    out.write("\t".join(["step", "forecast", *(f"q{q:g}" for q in levels)]) + "\n")
-    digits = significant_digits([*result.forecast, *(v for q in levels for v in result.quantiles[q])])
-    for h, point in enumerate(result.forecast, start=1):
-        row = [point, *(result.quantiles[q][h - 1] for q in levels)]
-        out.write("\t".join([str(h), *(f"{v:.{digits}g}" for v in row)]) + "\n")
-    return 0
-
-
-def significant_digits(values: Sequence[float], base: int = 6) -> int:
-    """Significant digits that show how ``values`` differ: ``base`` for numbers of the size of their
-    spread, more when they sit far from zero (10 +- 5 around 1e9 needs 13), at most 17."""
-    finite = [abs(v) for v in values if math.isfinite(v)]
-    if not finite:
-        return base
-    spread = max(values) - min(values) if len(finite) == len(values) else 0.0
-    largest = max(finite)
-    if not spread > 0 or not largest > 0:
-        return base
-    return min(17, base + max(0, math.floor(math.log10(largest / spread)) - 1))
-
-
-def _run_generate(client, args, out: TextIO) -> int:
-    params = dict(
-        model=args.model, version=args.version, max_tokens=args.max_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
-    )
-    if args.stream:
-        chunks = []
-        for chunk in client.generate_stream(args.prompt, **params):
-            chunks.append(chunk)
-            if args.json:
-                out.write(json.dumps(dataclasses.asdict(chunk), sort_keys=True) + "\n")
-            else:
-                out.write(chunk.text)
-            out.flush()
-        last = chunks[-1] if chunks else None
-        if not args.json:
-            out.write("\n")
-            if last is not None:
-                print(f"[{last.finish_reason}: {last.prompt_tokens} prompt + {last.completion_tokens} "
-                      f"completion tokens]", file=sys.stderr)
-        return 0
-    result = client.generate(args.prompt, **params)
-    if args.json:
-        _print_json(result, out)
-    else:
-        out.write(result.text + "\n")
-        print(f"[{result.model} v{result.version}, {result.finish_reason}: {result.prompt_tokens} prompt + "
-              f"{result.completion_tokens} completion tokens]", file=sys.stderr)
-    return 0
-
-
-def _run_models(client, args, out: TextIO) -> int:
-    if args.name:
-        models = [client.get_model(args.name, args.version)]
-    else:
-        models = client.list_models(args.task)
-    if args.json:
-        _print_json(models if not args.name else models[0], out)
-        return 0
-    if args.name:
-        for key, value in models[0].items():
-            out.write(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}\n")
-        return 0
-    columns = ("name", "version", "task", "cell", "num_layers", "hidden_size", "num_parameters", "weights", "state",
-               "is_default")
-    titles = ("NAME", "VERSION", "TASK", "CELL", "LAYERS", "HIDDEN", "PARAMS", "WEIGHTS", "STATE", "DEFAULT")
-    table = [titles] + [tuple(str(m.get(c, "")) for c in columns) for m in models]
-    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
-    for row in table:
-        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n")
-    for m in models:
-        if m.get("error"):
-            out.write(f"{m['name']} v{m['version']}: {m['error']}\n")
-    return 0
-
-
-SERVICES = ("seqserve.v1.Translator", "seqserve.v1.Forecaster", "seqserve.v1.Generator", "seqserve.v1.Models")
-
-
-def _run_health(client, args, out: TextIO) -> int:
-    from service.client.client import ClientError
-
-    service = next((s for s in SERVICES if s.rsplit(".", 1)[1] == args.service), args.service)
-    try:
-        status = client.health(service)
-    except ClientError as err:
-        if err.code != "NOT_FOUND":
-            raise
-        raise ClientError(err.code, f"the server has no service {service!r}; it answers for '' (the whole "
-                                    f"server), {', '.join(SERVICES)}") from None
-    args.service = service
-    if args.json:
-        _print_json({"service": args.service, "status": status}, out)
-    else:
-        out.write(status + "\n")
-    return 0 if status == "SERVING" else EXIT_RPC_ERROR
-
-
 def client_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ):
     """A SeqserveClient for the connection options of a client subcommand: address, timeout, TLS
     and the token (--token-file, else env SEQSERVE_TOKEN). Raises ValueError for an unreadable
@@ -470,15 +258,6 @@ def client_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.e
         args.address, timeout=args.timeout, tls=args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
         tls_key=args.tls_key, tls_server_name=args.tls_server_name, token=token,
     )
-
-
-_CLIENT_COMMANDS = {
-    "translate": _run_translate,
-    "forecast": _run_forecast,
-    "generate": _run_generate,
-    "models": _run_models,
-    "health": _run_health,
-}
 
 
 def _run_training(argv: list[str]) -> int:
@@ -540,7 +319,7 @@ def _main(argv: list[str], environ: Mapping[str, str]) -> int:
         return EXIT_USAGE
     try:
         with client:
-            return _CLIENT_COMMANDS[args.command](client, args, out)
+            return CLIENT_COMMANDS[args.command](client, args, out)
     except ValueError as err:  # bad input found on this side (a file, standard input)
         _error(args, "INVALID_ARGUMENT", str(err))
         return EXIT_USAGE

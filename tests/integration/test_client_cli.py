@@ -110,12 +110,13 @@ async def test_cli_forecast_from_csv(served, capsys, tmp_path):
     assert rc == 0, out
     lines = out.splitlines()
     assert lines[0].startswith("# tiny-forecast v1, 24 steps of load")
-    assert lines[1].split("\t") == ["step", "forecast", "q0.1", "q0.9"]
-    assert [line.split("\t")[0] for line in lines[2:]] == ["1", "2", "3", "4"]
+    assert lines[1].split("\t") == ["step", "time", "forecast", "q0.1", "q0.9"]
+    assert [line.split("\t")[:2] for line in lines[2:]] == [[str(h + 1), f"2024-01-02 0{h}:00:00"] for h in range(4)]
     rc, out, _ = await run_cli(capsys, "forecast", "--csv", str(path), "--column", "load", "--horizon", "2",
                                "--json", "--address", served.address)
     data = json.loads(out)
     assert len(data["forecast"]) == 2 and data["columns"] == ["load"]
+    assert data["times"] == ["2024-01-02 00:00:00", "2024-01-02 01:00:00"]
 
 
 async def test_cli_generate_plain_and_streamed_match(served, capsys):
@@ -228,3 +229,16 @@ async def test_json_keeps_non_ascii_and_errors_are_json_too(served, capsys):
     assert rc == cli.EXIT_RPC_ERROR and out == ""
     error = json.loads(err)["error"]
     assert error["code"] == "NOT_FOUND" and error["message"].startswith("model 'nope' not found")
+
+
+async def test_the_readme_forecast_example_runs_with_the_shipped_csv(served, capsys):
+    from tests.conftest import REPO
+
+    sample = str(REPO / "examples" / "hourly_demand.csv")
+    rc, out, err = await run_cli(capsys, "forecast", "--csv", sample, "--horizon", "4", "--address", served.address)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[1].split("\t")[:3] == ["step", "timestamp", "forecast"]
+    assert [line.split("\t")[1] for line in lines[2:]] == [f"2024-03-25 0{h}:00:00" for h in range(4)]
+    rc, out, _ = await run_cli(capsys, "forecast", "--csv", sample, "--address", served.address)  # no --horizon
+    assert rc == 0 and len(out.splitlines()) == 2 + 6  # the tiny model's horizon

@@ -10,6 +10,8 @@ import sys
 import pytest
 
 from service.client import cli
+from service.client.commands import significant_digits
+from service.client.csvhistory import read_csv_history
 
 SUBCOMMANDS = ["serve", "translate", "forecast", "generate", "models", "health"]
 
@@ -75,35 +77,68 @@ def test_unreachable_server_prints_code_and_exits_nonzero(capsys):
     assert err.startswith("error: UNAVAILABLE: ") or err.startswith("error: DEADLINE_EXCEEDED: "), err
 
 
+def _csv(tmp_path, text: str | bytes, name: str = "series.csv"):
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return str(path)
+
+
 def test_csv_with_one_numeric_column(tmp_path):
-    path = tmp_path / "series.csv"
-    path.write_text("time,load\n2024-01-01,1.5\n2024-01-02,2\n2024-01-03,-3e2\n")
-    names, rows = cli.read_csv_history(str(path), [])
-    assert names == ["load"]
-    assert rows == [[1.5], [2.0], [-300.0]]
+    h = read_csv_history(_csv(tmp_path, "time,load\n2024-01-01,1.5\n2024-01-02,2\n2024-01-03,-3e2\n"))
+    assert (h.names, h.rows, h.time_column) == (["load"], [[1.5], [2.0], [-300.0]], "time")
+    assert [t.isoformat() for t in h.next_times(2)] == ["2024-01-04T00:00:00", "2024-01-05T00:00:00"]
 
 
 def test_csv_columns_chosen_by_name_in_given_order(tmp_path):
-    path = tmp_path / "series.csv"
-    path.write_text("a,b,c\n1,2,3\n4,5,6\n")
-    names, rows = cli.read_csv_history(str(path), ["c", "a"])
-    assert names == ["c", "a"]
-    assert rows == [[3.0, 1.0], [6.0, 4.0]]
-    assert cli.read_csv_history(str(path), [])[0] == ["a", "b", "c"]
+    path = _csv(tmp_path, "a,b,c\n1,2,3\n4,5,6\n")
+    h = read_csv_history(path, ["c", "a"])
+    assert (h.names, h.rows) == (["c", "a"], [[3.0, 1.0], [6.0, 4.0]])
+    assert read_csv_history(path).names == ["a", "b", "c"]  # the model's channels unknown: all of them
+    assert read_csv_history(path, channels=1).names == ["c"]  # a univariate model: the last one, as ETT's OT
 
 
 def test_csv_errors_name_file_line_and_column(tmp_path):
-    path = tmp_path / "series.csv"
-    path.write_text("a,b\n1,2\n3,oops\n")
-    with pytest.raises(ValueError, match=r"line 3, column 'b': 'oops'"):
-        cli.read_csv_history(str(path), ["a", "b"])
+    path = _csv(tmp_path, "a,b\n1,2\n3,oops\n")
+    with pytest.raises(ValueError, match=r"series.csv: line 3, column 'b': 'oops' is not a number"):
+        read_csv_history(path, ["a", "b"])
     with pytest.raises(ValueError, match=r"no column 'z'"):
-        cli.read_csv_history(str(path), ["z"])
+        read_csv_history(path, ["z"])
+    for missing in ("", "NaN", "n/a"):
+        with pytest.raises(ValueError, match=rf"line 3, column 'v': missing value \('{missing}'\)"):
+            read_csv_history(_csv(tmp_path, f"t,v\n2024-01-01,1\n2024-01-02,{missing}\n2024-01-03,3\n"))
 
 
 def test_csv_from_stdin():
-    names, rows = cli.read_csv_history("-", ["v"], io.StringIO("v\n1\n2\n"))
-    assert (names, rows) == (["v"], [[1.0], [2.0]])
+    h = read_csv_history("-", ["v"], io.StringIO("v\n1\n2\n"))
+    assert (h.names, h.rows) == (["v"], [[1.0], [2.0]])
+
+
+def test_csv_files_as_people_have_them(tmp_path):
+    """Semicolons with decimal commas, Excel's BOM, Latin-1, no header, an index column before the
+    date, thousands separators: each reads as the series it holds."""
+    semicolon = read_csv_history(_csv(tmp_path, "datum;last\n2024-01-01 00:00;1,5\n2024-01-01 01:00;2,25\n"))
+    assert (semicolon.names, semicolon.rows) == (["last"], [[1.5], [2.25]])
+    assert semicolon.next_times(1)[0].isoformat(sep=" ") == "2024-01-01 02:00:00"
+    bom = read_csv_history(_csv(tmp_path, "\ufeffdate,value\n2024-01-01,1\n2024-01-02,2\n"))
+    assert (bom.time_column, bom.names) == ("date", ["value"])
+    latin1 = read_csv_history(_csv(tmp_path, "Zeit,Verbrauch m\xb3\n2024-01-01,3\n2024-01-02,4\n".encode("latin-1")))
+    assert latin1.names == ["Verbrauch m\u00b3"]
+    headerless = read_csv_history(_csv(tmp_path, "2024-01-01,5\n2024-01-02,6\n2024-01-03,7\n"))
+    assert (headerless.names, headerless.rows) == (["column 2"], [[5.0], [6.0], [7.0]])  # the first row is data
+    indexed = read_csv_history(_csv(tmp_path, ",date,sales\n0,2024-01-01,\"30,000\"\n1,2024-01-02,\"31,500\"\n"
+                                             "2,2024-01-03,\"29,750\"\n"))
+    assert (indexed.names, indexed.rows) == (["sales"], [[30000.0], [31500.0], [29750.0]])
+    assert any("using 'sales'" in n for n in indexed.notes)
+
+
+def test_forecast_digits_show_the_movement_at_any_offset():
+    assert significant_digits([10.6046, 9.53025, 11.885]) == 6  # the README's example keeps its look
+    around = [1e9 + 5.02, 1e9 + 4.62, 1e9 + 3.68, 1e9 + 2.94]
+    digits = significant_digits(around)
+    printed = [float(f"{v:.{digits}g}") for v in around]
+    assert len(set(printed)) == 4 and max(abs(p - v) for p, v in zip(printed, around)) < 0.01 * (5.02 - 2.94)
+    assert significant_digits([1e12 + 1, 1e12 + 2]) <= 17 and significant_digits([3.0, 3.0]) == 6
+    assert significant_digits([float("nan"), 1.0]) == 6
 
 
 def test_forecast_with_unreadable_csv_is_a_usage_error(tmp_path, capsys):
@@ -138,18 +173,6 @@ def test_training_commands_delegate_to_the_training_cli(command, capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert f"seqserve-train {command}" in text  # training.cli's own parser answered
-
-
-def test_forecast_digits_show_the_movement_at_any_offset():
-    from service.client.cli import significant_digits
-
-    assert significant_digits([10.6046, 9.53025, 11.885]) == 6  # the README's example keeps its look
-    around = [1e9 + 5.02, 1e9 + 4.62, 1e9 + 3.68, 1e9 + 2.94]
-    digits = significant_digits(around)
-    printed = [float(f"{v:.{digits}g}") for v in around]
-    assert len(set(printed)) == 4 and max(abs(p - v) for p, v in zip(printed, around)) < 0.01 * (5.02 - 2.94)
-    assert significant_digits([1e12 + 1, 1e12 + 2]) <= 17 and significant_digits([3.0, 3.0]) == 6
-    assert significant_digits([float("nan"), 1.0]) == 6
 
 
 def test_an_address_without_a_port_means_seqserve_s_port():

@@ -1,0 +1,211 @@
+"""The client commands of ``seqserve`` (translate, forecast, generate, models, health): a call
+through SeqserveClient and its answer printed as text or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from .csvhistory import read_csv_history
+from .options import EXIT_RPC_ERROR, EXIT_USAGE
+
+
+def print_json(value: Any, out: TextIO) -> None:
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    json.dump(value, out, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+    out.write("\n")
+
+
+def read_texts(args: argparse.Namespace, stdin: TextIO) -> list[str]:
+    """TEXT arguments, ``-`` replaced by standard input's lines, then --file's lines (blank lines skipped)."""
+    texts: list[str] = []
+    for text in args.texts:
+        texts += [line.strip() for line in stdin if line.strip()] if text == "-" else [text]
+    if args.file:
+        try:
+            with open(args.file, encoding="utf-8-sig") as f:
+                texts += [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"--file {args.file}: {err}") from None
+    if not texts:
+        raise ValueError("nothing to translate: give TEXT arguments, - for standard input, or --file PATH")
+    return texts
+
+
+def max_texts_of(client, model: str) -> int:
+    """How many texts the server takes in one request for ``model`` ("" = the default translator)."""
+    for m in client.list_models(task="translate"):
+        if (m["name"] == model if model else m.get("is_default")) and m["limits"].get("max_texts"):
+            return int(m["limits"]["max_texts"])
+    return 0  # unknown: send them all, and let the server say
+
+
+def run_translate(client, args, out: TextIO) -> int:
+    texts = read_texts(args, sys.stdin)
+    batch = max_texts_of(client, args.model) if len(texts) > 1 else 0
+    result = client.translate(
+        texts, model=args.model, version=args.version, beam_size=args.beam,
+        max_length=args.max_length, return_attention=args.attention, batch_size=batch,
+    )
+    if args.json:
+        print_json(result, out)
+        return 0
+    for t in result.translations:
+        out.write(f"{t.text}\n")
+        if t.attention is not None:
+            width = max([len(s) for s in t.source_tokens] + [5])
+            out.write("  " + " " * 12 + " ".join(s.rjust(width) for s in t.source_tokens) + "\n")
+            for token, row in zip(t.tokens, t.attention, strict=True):
+                out.write(f"  {token[:12]:<12}" + " ".join(f"{w:{width}.2f}" for w in row) + "\n")
+    return 0
+
+
+def model_channels(client, model: str) -> int:
+    """Channels of the forecasting model that answers ``model`` ("" = the default one); 0 when unknown."""
+    for m in client.list_models(task="forecast"):
+        if (m["name"] == model if model else m.get("is_default")) and m.get("forecast"):
+            return int(m["forecast"].get("channels", 0))
+    return 0
+
+
+def run_forecast(client, args, out: TextIO) -> int:
+    try:
+        csv_history = read_csv_history(args.csv, args.column, sys.stdin,
+                                       channels=lambda: model_channels(client, args.model))
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    for note in csv_history.notes:
+        print(note, file=sys.stderr)
+    names, rows = csv_history.names, csv_history.rows
+    history = [r[0] for r in rows] if len(names) == 1 else rows
+    result = client.forecast(
+        history, args.horizon, args.quantiles, model=args.model, version=args.version
+    )
+    times = csv_history.next_times(len(result.forecast))
+    if args.json:
+        payload = dataclasses.asdict(result)
+        payload["quantiles"] = {str(k): v for k, v in result.quantiles.items()}
+        payload["channel_quantiles"] = {str(k): v for k, v in result.channel_quantiles.items()}
+        payload["columns"] = names
+        if times is not None:
+            payload["times"] = [t.isoformat(sep=" ") for t in times]
+        print_json(payload, out)
+        return 0
+    target = names[result.target_channel] if result.target_channel < len(names) else str(result.target_channel)
+    levels = sorted(result.quantiles)
+    out.write(f"# {result.model} v{result.version}, {len(rows)} steps of {', '.join(names)}; forecast of {target}\n")
+    out.write("\t".join(["step", *([csv_history.time_column] if times else []), "forecast",
+                         *(f"q{q:g}" for q in levels)]) + "\n")
+    digits = significant_digits([*result.forecast, *(v for q in levels for v in result.quantiles[q])])
+    for h, point in enumerate(result.forecast, start=1):
+        row = [point, *(result.quantiles[q][h - 1] for q in levels)]
+        when = [times[h - 1].isoformat(sep=" ")] if times else []
+        out.write("\t".join([str(h), *when, *(f"{v:.{digits}g}" for v in row)]) + "\n")
+    return 0
+
+
+def significant_digits(values: Sequence[float], base: int = 6) -> int:
+    """Significant digits that show how ``values`` differ: ``base`` for numbers of the size of their
+    spread, more when they sit far from zero (10 +- 5 around 1e9 needs 13), at most 17."""
+    finite = [abs(v) for v in values if math.isfinite(v)]
+    if not finite:
+        return base
+    spread = max(values) - min(values) if len(finite) == len(values) else 0.0
+    largest = max(finite)
+    if not spread > 0 or not largest > 0:
+        return base
+    return min(17, base + max(0, math.floor(math.log10(largest / spread)) - 1))
+
+
+def run_generate(client, args, out: TextIO) -> int:
+    params = dict(
+        model=args.model, version=args.version, max_tokens=args.max_tokens, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
+    )
+    if args.stream:
+        chunks = []
+        for chunk in client.generate_stream(args.prompt, **params):
+            chunks.append(chunk)
+            if args.json:
+                out.write(json.dumps(dataclasses.asdict(chunk), sort_keys=True) + "\n")
+            else:
+                out.write(chunk.text)
+            out.flush()
+        last = chunks[-1] if chunks else None
+        if not args.json:
+            out.write("\n")
+            if last is not None:
+                print(f"[{last.finish_reason}: {last.prompt_tokens} prompt + {last.completion_tokens} "
+                      f"completion tokens]", file=sys.stderr)
+        return 0
+    result = client.generate(args.prompt, **params)
+    if args.json:
+        print_json(result, out)
+    else:
+        out.write(result.text + "\n")
+        print(f"[{result.model} v{result.version}, {result.finish_reason}: {result.prompt_tokens} prompt + "
+              f"{result.completion_tokens} completion tokens]", file=sys.stderr)
+    return 0
+
+
+def run_models(client, args, out: TextIO) -> int:
+    if args.name:
+        models = [client.get_model(args.name, args.version)]
+    else:
+        models = client.list_models(args.task)
+    if args.json:
+        print_json(models if not args.name else models[0], out)
+        return 0
+    if args.name:
+        for key, value in models[0].items():
+            out.write(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}\n")
+        return 0
+    columns = ("name", "version", "task", "cell", "num_layers", "hidden_size", "num_parameters", "weights", "state",
+               "is_default")
+    titles = ("NAME", "VERSION", "TASK", "CELL", "LAYERS", "HIDDEN", "PARAMS", "WEIGHTS", "STATE", "DEFAULT")
+    table = [titles] + [tuple(str(m.get(c, "")) for c in columns) for m in models]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    for row in table:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n")
+    for m in models:
+        if m.get("error"):
+            out.write(f"{m['name']} v{m['version']}: {m['error']}\n")
+    return 0
+
+
+SERVICES = ("seqserve.v1.Translator", "seqserve.v1.Forecaster", "seqserve.v1.Generator", "seqserve.v1.Models")
+
+
+def run_health(client, args, out: TextIO) -> int:
+    from service.client.client import ClientError
+
+    service = next((s for s in SERVICES if s.rsplit(".", 1)[1] == args.service), args.service)
+    try:
+        status = client.health(service)
+    except ClientError as err:
+        if err.code != "NOT_FOUND":
+            raise
+        raise ClientError(err.code, f"the server has no service {service!r}; it answers for '' (the whole "
+                                    f"server), {', '.join(SERVICES)}") from None
+    args.service = service
+    if args.json:
+        print_json({"service": args.service, "status": status}, out)
+    else:
+        out.write(status + "\n")
+    return 0 if status == "SERVING" else EXIT_RPC_ERROR
+
+
+CLIENT_COMMANDS = {
+    "translate": run_translate,
+    "forecast": run_forecast,
+    "generate": run_generate,
+    "models": run_models,
+    "health": run_health,
+}
