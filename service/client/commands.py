@@ -38,17 +38,21 @@ def read_texts(args: argparse.Namespace, stdin: TextIO) -> list[str]:
     return texts
 
 
-def max_texts_of(client, model: str) -> int:
-    """How many texts the server takes in one request for ``model`` ("" = the default translator)."""
-    for m in client.list_models(task="translate"):
-        if (m["name"] == model if model else m.get("is_default")) and m["limits"].get("max_texts"):
-            return int(m["limits"]["max_texts"])
-    return 0  # unknown: send them all, and let the server say
+def answering_model(client, task: str, model: str, version: str = "") -> dict[str, Any]:
+    """What the server lists for the version that answers a ``task`` request naming ``model`` and
+    ``version`` ("" = the default model, the newest version); {} when none is READY."""
+    ready = [m for m in client.list_models(task=task) if m.get("state") == "READY"]
+    if not model:
+        return next((m for m in ready if m.get("is_default")), {})
+    named = [m for m in ready if m["name"] == model and (not version or m["version"] == version)]
+    return max(named, key=lambda m: int(m["version"]), default={})
 
 
 def run_translate(client, args, out: TextIO) -> int:
     texts = read_texts(args, sys.stdin)
-    batch = max_texts_of(client, args.model) if len(texts) > 1 else 0
+    batch = 0  # more texts than the server takes in one request go in batches (0 = unknown: the server says)
+    if len(texts) > 1:
+        batch = answering_model(client, "translate", args.model, args.version).get("limits", {}).get("max_texts", 0)
     result = client.translate(
         texts, model=args.model, version=args.version, beam_size=args.beam,
         max_length=args.max_length, return_attention=args.attention, batch_size=batch,
@@ -66,18 +70,13 @@ def run_translate(client, args, out: TextIO) -> int:
     return 0
 
 
-def model_channels(client, model: str) -> int:
-    """Channels of the forecasting model that answers ``model`` ("" = the default one); 0 when unknown."""
-    for m in client.list_models(task="forecast"):
-        if (m["name"] == model if model else m.get("is_default")) and m.get("forecast"):
-            return int(m["forecast"].get("channels", 0))
-    return 0
-
-
 def run_forecast(client, args, out: TextIO) -> int:
+    def channels() -> int:  # asked only when the file has several candidate columns
+        spec = answering_model(client, "forecast", args.model, args.version).get("forecast") or {}
+        return int(spec.get("channels", 0))
+
     try:
-        csv_history = read_csv_history(args.csv, args.column, sys.stdin,
-                                       channels=lambda: model_channels(client, args.model))
+        csv_history = read_csv_history(args.csv, args.column, sys.stdin, channels=channels)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -194,9 +193,8 @@ def run_health(client, args, out: TextIO) -> int:
             raise
         raise ClientError(err.code, f"the server has no service {service!r}; it answers for '' (the whole "
                                     f"server), {', '.join(SERVICES)}") from None
-    args.service = service
     if args.json:
-        print_json({"service": args.service, "status": status}, out)
+        print_json({"service": service, "status": status}, out)
     else:
         out.write(status + "\n")
     return 0 if status == "SERVING" else EXIT_RPC_ERROR

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -27,15 +26,9 @@ from service.front.metrics import Metrics, series_names, start_metrics_server, s
 from service.v1 import forecast_pb2, generate_pb2, models_pb2, translate_pb2
 from tests.deploy.conftest import DEPLOY
 from tests.deploy.promql import grafana_to_promql
-from tests.integration.harness import metric_value, rpc_error, serving, wait_until
+from tests.integration.harness import free_port, metric_value, rpc_error, serving, wait_until
 
 READY_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

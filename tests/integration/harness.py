@@ -9,6 +9,7 @@ import inspect
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -117,6 +118,13 @@ def bad_request_fields(err: grpc.aio.AioRpcError) -> list[str]:
         if detail.Unpack(bad):
             fields.extend(v.field for v in bad.field_violations)
     return fields
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (bound and released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def metric_value(metrics: Metrics, name: str, **labels: str) -> float:

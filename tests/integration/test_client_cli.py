@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 
 from service.client import ClientError, SeqserveClient, cli
-from tests.integration.harness import serving
+from tests.integration.harness import free_port, serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -150,16 +150,8 @@ async def test_cli_errors_print_code_and_message(served, capsys):
     assert rc == cli.EXIT_RPC_ERROR and err.startswith("error: INVALID_ARGUMENT: --beam 99")
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:  # bound and released: nothing listens there now
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def test_a_server_that_is_not_there_gets_a_hint(capsys):
-    port = _closed_port()
+    port = free_port()
     rc, out, err = await run_cli(capsys, "health", "--address", f"127.0.0.1:{port}", "--timeout", "5")
     assert rc == cli.EXIT_RPC_ERROR and out == ""
     assert err.startswith("error: UNAVAILABLE: ")

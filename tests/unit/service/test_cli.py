@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import pytest
 from service.client import cli
 from service.client.commands import significant_digits
 from service.client.csvhistory import read_csv_history
+from tests.integration.harness import free_port
 
 SUBCOMMANDS = ["serve", "translate", "forecast", "generate", "models", "health"]
 
@@ -63,14 +63,8 @@ def test_address_defaults_to_environment():
     assert parser.parse_args(["models", "--address", "h:1"]).address == "h:1"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_server_prints_code_and_exits_nonzero(capsys):
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
     rc = cli.main(["models", "--address", address, "--timeout", "2"])
     assert rc == cli.EXIT_RPC_ERROR
     err = capsys.readouterr().err
