@@ -29,7 +29,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -186,7 +186,7 @@ class Catalogue:
             hidden_size=m.hidden_size, bidirectional=m.bidirectional, num_parameters=m.num_parameters,
             state=types.READY, is_default=entry.is_default, description=m.description,
             evaluation=dict(m.evaluation), limits=dict(m.limits),
-            forecast=asdict(m.forecast) if m.forecast else None, loaded_at=self._loaded_at,
+            forecast=m.forecast.info() if m.forecast else None, loaded_at=self._loaded_at,
         ))
 
     def list_models(self, request: models_pb2.ListModelsRequest) -> models_pb2.ListModelsResponse:
@@ -263,7 +263,7 @@ class EchoForecaster(forecast_pb2_grpc.ForecasterServicer):
         if not 1 <= horizon <= spec.horizon:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"horizon {horizon} must be within 1..{spec.horizon}")
         levels = tuple(request.quantiles) or tuple(spec.quantiles)
-        return zero_forecast(entry.name, entry.version, horizon, spec.channels, spec.target_channel % spec.channels,
+        return zero_forecast(entry.name, entry.version, horizon, spec.channels, spec.target_index,
                              levels)
 
 

@@ -90,6 +90,15 @@ class ForecastSpec:
     channel_names: list[str] = field(default_factory=list)
     frequency: str = ""  # e.g. "1h"; informational
 
+    @property
+    def target_index(self) -> int:
+        """``target_channel`` as an index into the channels (-1 = the last one)."""
+        return self.target_channel % self.channels
+
+    def info(self) -> dict[str, Any]:
+        """The spec as plain values for model descriptions, its target channel resolved to an index."""
+        return {**asdict(self), "target_channel": self.target_index}
+
     def validate(self) -> None:
         for key in ("window", "min_history", "horizon", "channels"):
             v = getattr(self, key)

@@ -10,7 +10,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, contextmanager
-from dataclasses import asdict
 
 from service.contract import TASKS
 
@@ -200,7 +199,7 @@ class Engine:
             description=m.description if m else "",
             evaluation=dict(m.evaluation) if m else {},
             limits=e.model.limits() if e.model is not None else {},
-            forecast=asdict(m.forecast) if m and m.forecast else None,
+            forecast=m.forecast.info() if m and m.forecast else None,
             error=e.error,
             loaded_at=e.loaded_at,
             weights=m.weights if m else "",

@@ -107,7 +107,7 @@ class ModelInfo:
     description: str = ""
     evaluation: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)  # effective request limits
-    forecast: dict[str, Any] | None = None  # the manifest's forecast section
+    forecast: dict[str, Any] | None = None  # the manifest's forecast section (ForecastSpec.info(): target resolved)
     error: str = ""  # why a FAILED version failed
     loaded_at: float = 0.0  # time.time() when it became READY; 0 otherwise
     weights: str = ""  # the manifest's weight format (float32 | int8); "" when it did not load

@@ -65,11 +65,6 @@ def history_of(request: forecast_pb2.ForecastRequest) -> np.ndarray:
     return np.array(request.history, dtype=np.float64).reshape(-1, 1)  # (T, 1)
 
 
-def _resolved_target(spec: dict | None, channels: int) -> int:
-    target = int((spec or {}).get("target_channel", -1))
-    return target % channels if channels else 0
-
-
 def struct_of(data: dict[str, Any]) -> struct_pb2.Struct:
     """A JSON-like dict as a Struct; values that are not JSON-like become their str()."""
     out = struct_pb2.Struct()
@@ -137,7 +132,7 @@ def model_info(info: types.ModelInfo) -> models_pb2.ModelInfo:
                 horizon=int(spec.get("horizon", 0)),
                 channels=channels,
                 quantiles=[float(q) for q in spec.get("quantiles", [])],
-                target_channel=_resolved_target(spec, channels),
+                target_channel=int(spec.get("target_channel", 0)),  # an index: ForecastSpec.info()
                 channel_names=[str(n) for n in spec.get("channel_names", [])],
                 frequency=str(spec.get("frequency", "")),
             )

@@ -43,6 +43,7 @@ def _client_calls(address: str) -> dict:
             "stream": list(client.generate_stream("All:", max_tokens=12, seed=5, temperature=0.9)),
             "models": client.list_models(),
             "model": client.get_model("tiny-translate"),
+            "model3": client.get_model("tiny-forecast3"),
             "health": client.health("seqserve.v1.Generator"),
         }
         try:
@@ -61,6 +62,7 @@ async def test_client_returns_plain_values(served):
     assert len(f.forecast) == 3 and sorted(f.quantiles) == [0.25, 0.75] and not f.channels
     f3 = r["forecast3"]
     assert f3.target_channel == 2 and len(f3.channels) == 3 and f3.forecast == f3.channels[2]
+    assert r["model3"]["forecast"]["target_channel"] == 2  # the manifest's -1, described as the index it means
     assert set(f3.channel_quantiles) == set(f3.quantiles)
     assert "".join(c.text for c in r["stream"]) == r["generate"].text
     assert r["stream"][-1].finish_reason == r["generate"].finish_reason

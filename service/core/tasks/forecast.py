@@ -173,7 +173,7 @@ class ForecastModel:
             )
         wanted = interpolate_levels(paths, self._levels, levels)  # (Q, H, C)
         return ForecastResult(self.name, self.version, paths[..., self._median].copy(), levels, wanted,
-                              self.spec.target_channel % self.spec.channels)
+                              self.spec.target_index)
 
     async def _run_batch(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         out = await self._graph.run({"window": np.stack(windows)})  # (B, T, C) -> (B, H, C, Q)
