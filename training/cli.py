@@ -12,6 +12,13 @@ from service.contract import TASKS
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 FREQUENCY = {"ETTh1": "1h", "ETTm1": "15min"}
+# What each dataset's text is like: the model's domain, stated in its manifest's description.
+DOMAINS = {
+    "multi30k": "image captions (one-sentence descriptions of photos of people, animals and scenes); "
+                "other kinds of text translate poorly",
+    "tatoeba": "short everyday sentences (Tatoeba); long or technical text translates poorly",
+    "shakespeare": "Shakespeare's plays, character by character",
+}
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +126,14 @@ def export_checkpoint(checkpoint: str | Path, models_dir: str | Path, name: str,
     if model.task == "translate":
         max_len = int(run["data"]["max_len"])
         kwargs["limits"] = {"max_source_tokens": 2 * max_len, "max_target_tokens": 2 * max_len}
+        kwargs["languages"] = {"source": run["data"]["src_lang"], "target": run["data"]["tgt_lang"]}
     if model.task == "forecast":
         columns = list(info.get("columns", []))
         kwargs.update(channel_names=columns, frequency=FREQUENCY.get(run["data"]["dataset"], ""),
                       target_channel=columns.index("OT") if "OT" in columns else -1)
-    description = description or f"{model.task} {model.config.cell} trained on {run['data']['dataset']}"
+    dataset = run["data"]["dataset"]
+    description = description or f"{model.task} {model.config.cell} trained on {dataset}" + (
+        f": {DOMAINS[dataset]}" if dataset in DOMAINS else "")
     out = Path(models_dir) / name / str(version)
     return export_bundle(model, out, name=name, version=str(version), tokenizers=tokenizers, training=training,
                          description=description, **kwargs)

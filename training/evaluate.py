@@ -190,7 +190,7 @@ def _evaluate(
     """Figures of one split; translation decodes with the server's shared decoding (greedy, or beam
     search of width ``beam`` with its default length penalty)."""
     from service.contract import state_names
-    from service.inference.seq2seq import DEFAULT_TOKEN_LIMIT, translate_ids
+    from service.inference.seq2seq import DEFAULT_TOKEN_LIMIT, restore_unknown, translate_ids
     from training import data as D
 
     cfg = D.DataConfig.from_dict(run_config["data"], task)
@@ -214,13 +214,23 @@ def _evaluate(
         pairs = D.translation_pairs(cfg, split, data_dir)
         if max_items:
             pairs = pairs[:max_items]
-        sources = [D.encode(tokenizers["source"], s) or [specials["pad"]] for s, _ in pairs]  # never empty
+        src_tok, tgt_tok = tokenizers["source"], tokenizers["target"]
+        encodings = [src_tok.encode(s, add_special_tokens=False) for s, _ in pairs]
+        sources = [list(e.ids) or [specials["pad"]] for e in encodings]  # never empty
         best = translate_ids(graphs["encoder"], graphs["decoder_step"], sources, pad=specials["pad"],
                              bos=specials["bos"], eos=specials["eos"], state_names=[f"state_{s}" for s in states],
                              beam=max(beam, 1), max_target_tokens=limits.get("max_target_tokens", DEFAULT_TOKEN_LIMIT))
-        hyps = [tokenizers["target"].decode(h.tokens, skip_special_tokens=True) for h in best]
+        hyps, copied = [], 0
+        marker = getattr(tgt_tok.decoder, "replacement", "")
+        for (source, _), e, ids, h in zip(pairs, encodings, sources, best):  # unknown words as the server passes them
+            words = [source[a:b].strip() for a, b in e.offsets]
+            pieces, n = restore_unknown(h, specials["unk"], ids, words, lambda t: tgt_tok.id_to_token(t) or "", marker)
+            hyps.append(tgt_tok.decoder.decode(pieces) if tgt_tok.decoder else "".join(pieces))
+            copied += n
         if beam:
             figures["beam"] = beam
+        figures["unknown_source_tokens"] = sum(i == specials["unk"] for ids in sources for i in ids)
+        figures["copied_words"] = copied
         figures.update(translation_metrics(hyps, [t for _, t in pairs], cfg.tgt_lang))
         figures["examples"] = [{"source": s, "reference": t, "output": h} for (s, t), h in list(zip(pairs, hyps))[:3]]
     figures["seconds"] = round(time.perf_counter() - t0, 3)

@@ -94,6 +94,11 @@ class Translation:
     source_tokens: list[str]
     score: float  # length-normalised log-probability, <= 0
     attention: list[list[float]] | None = None  # (len(tokens), len(source_tokens)) when asked for
+    unknown_source_tokens: int = 0  # source tokens the model did not know
+    unknown_words: list[str] = field(default_factory=list)  # those words as written, each once
+    copied_words: int = 0  # unknown words passed through into the text as written
+    sentences: int = 1  # sentences the text was split into and translated one by one
+    warning: str = ""  # set when most of the source is unknown to the model (e.g. another language)
 
 
 @dataclass
@@ -241,7 +246,9 @@ class SeqserveClient:
             if t.HasField("attention"):
                 values = np.asarray(t.attention.values, dtype=np.float32).reshape(t.attention.rows, t.attention.cols)
                 attention = values.tolist()
-            out.append(Translation(t.text, list(t.tokens), list(t.source_tokens), t.score, attention))
+            out.append(Translation(t.text, list(t.tokens), list(t.source_tokens), t.score, attention,
+                                   t.unknown_source_tokens, list(t.unknown_words), t.copied_words, t.sentences,
+                                   t.warning))
         return TranslateResult(reply.model, reply.version, out)
 
     def forecast(

@@ -57,6 +57,9 @@ def run_translate(client, args, out: TextIO) -> int:
         texts, model=args.model, version=args.version, beam_size=args.beam,
         max_length=args.max_length, return_attention=args.attention, batch_size=batch,
     )
+    for i, t in enumerate(result.translations, start=1):
+        for line in unknown_warnings(t, result.model, i if len(result.translations) > 1 else 0):
+            print(line, file=sys.stderr)
     if args.json:
         print_json(result, out)
         return 0
@@ -68,6 +71,21 @@ def run_translate(client, args, out: TextIO) -> int:
             for token, row in zip(t.tokens, t.attention, strict=True):
                 out.write(f"  {token[:12]:<12}" + " ".join(f"{w:{width}.2f}" for w in row) + "\n")
     return 0
+
+
+def unknown_warnings(t, model: str, number: int = 0) -> list[str]:
+    """stderr lines for one translation whose source the model did not wholly know (``number`` > 0:
+    which text, for several)."""
+    if not t.unknown_source_tokens:
+        return []
+    which = f"text {number}: " if number else ""
+    words = ", ".join(t.unknown_words[:8]) + (", ..." if len(t.unknown_words) > 8 else "")
+    copied = f"; {t.copied_words} passed through as written" if t.copied_words else ""
+    lines = [f"warning: {which}{t.unknown_source_tokens} of {len(t.source_tokens)} source tokens unknown to "
+             f"{model}: {words}{copied}"]
+    if t.warning:
+        lines.append(f"warning: {which}{t.warning}")
+    return lines
 
 
 def run_forecast(client, args, out: TextIO) -> int:

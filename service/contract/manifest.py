@@ -132,6 +132,7 @@ class Manifest:
     vocab_size: dict[str, int] = field(default_factory=dict)  # tokenizer role -> size
     tokenizers: dict[str, str] = field(default_factory=dict)  # role -> file, roles per TOKENIZERS[task]
     special_tokens: dict[str, int] = field(default_factory=dict)  # pad/unk/bos/eos -> id
+    languages: dict[str, str] = field(default_factory=dict)  # tokenizer role -> ISO 639-1 code, e.g. source: de
     limits: dict[str, int] = field(default_factory=dict)  # e.g. max_source_tokens, max_target_tokens
     forecast: ForecastSpec | None = None
     training: dict[str, Any] = field(default_factory=dict)  # config, seed, seconds, data sha256 ...
@@ -183,6 +184,10 @@ class Manifest:
             check_file_name(f"tokenizers.{role}", file)
             if not file.endswith(".json"):
                 raise BundleError(f"tokenizers.{role} {file!r} must be a tokenizer .json file")
+        for role, code in self.languages.items():
+            if role not in want_tok or not isinstance(code, str) or not code.isalpha():
+                raise BundleError(f"languages.{role} {code!r}: roles are the tokenizers' ({', '.join(sorted(want_tok))}), "
+                                  "codes letters like de or zh")
         if self.task in ("translate", "generate"):
             needed = ("pad", "unk", "bos", "eos") if self.task == "translate" else ()
             for tok in needed:
@@ -201,6 +206,8 @@ class Manifest:
             d.pop("forecast")
         if not d["default"]:
             d.pop("default")  # written only where it says something
+        if not d["languages"]:
+            d.pop("languages")
         d.update(extra)
         return d
 

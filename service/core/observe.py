@@ -57,6 +57,9 @@ class Sink:
     def count_tokens(self, model: str, version: str, n: int) -> None:
         """``n`` tokens were produced by a non-streaming decoder (translation)."""
 
+    def count_source_tokens(self, model: str, version: str, n: int, unknown: int) -> None:
+        """A translation read ``n`` source tokens, ``unknown`` of them outside the model's vocabulary."""
+
     def model_loaded(self, model: str, version: str, task: str, cell: str, seconds: float) -> None:
         """``model``/``version`` (a ``task`` model with ``cell`` cells) is serving; loading took ``seconds``."""
 

@@ -16,6 +16,7 @@ class TextCodec:
     def __init__(self, tokenizer: Tokenizer) -> None:
         self._tok = tokenizer
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.word_marker = getattr(tokenizer.decoder, "replacement", "")  # "▁" for Metaspace, else ""
 
     @classmethod
     def from_json(cls, text: str) -> "TextCodec":
@@ -25,6 +26,17 @@ class TextCodec:
         """Ids and token strings of ``text``."""
         enc = self._tok.encode(text, add_special_tokens=False)
         return list(enc.ids), list(enc.tokens)
+
+    def encode_words(self, text: str) -> tuple[list[int], list[str], list[str]]:
+        """Ids, token strings and, per token, the piece of ``text`` it came from (spaces stripped):
+        an unknown token's piece is the word the model did not know."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return list(enc.ids), list(enc.tokens), [text[a:b].strip() for a, b in enc.offsets]
+
+    def join(self, pieces: list[str]) -> str:
+        """Text of token strings (as ``token`` gives them, or words spliced in with ``word_marker``)."""
+        decoder = self._tok.decoder
+        return decoder.decode(pieces) if decoder is not None else "".join(pieces)
 
     def decode(self, ids: list[int]) -> str:
         """Text of ``ids``, special tokens skipped."""

@@ -41,7 +41,7 @@ class TranslateRequest:
     version: str = ""
     texts: list[str] = field(default_factory=list)
     beam_size: int = 1  # 0 or 1 = greedy; up to config.max_beam
-    max_length: int = 0  # target tokens; 0 = min(model limit, 2 * source tokens + 10)
+    max_length: int = 0  # target tokens per sentence; 0 = min(model limit, 2 * source tokens + 10)
     return_attention: bool = False
 
 
@@ -52,6 +52,11 @@ class Translation:
     source_tokens: list[str]
     score: float  # sum of token log-probs (EOS included) / ((5 + n) / 6) ** alpha (GNMT)
     attention: np.ndarray | None = None  # (len(tokens), len(source_tokens)) when asked for
+    unknown_source_tokens: int = 0  # source tokens outside the model's vocabulary
+    unknown_words: list[str] = field(default_factory=list)  # those tokens as written, each once, in order
+    copied_words: int = 0  # unknown words passed through into the translation as written
+    sentences: int = 1  # the text was translated sentence by sentence
+    warning: str = ""  # set when most of the source is unknown to the model (e.g. another language)
 
 
 @dataclass

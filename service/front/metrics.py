@@ -135,6 +135,8 @@ class Metrics(Sink):
       ttft_seconds          seqserve_time_to_first_token_seconds; model, version
       tbt_seconds           seqserve_time_between_tokens_seconds; model, version
       generated_tokens      seqserve_generated_tokens_total; model, version
+      source_tokens         seqserve_source_tokens_total (translation input); model, version
+      unknown_tokens        seqserve_unknown_source_tokens_total (outside the model's vocabulary); model, version
       load_seconds          seqserve_model_load_duration_seconds; model, version
       load_failures         seqserve_model_load_failures_total; model, version, reason
       model_info            seqserve_model_info (gauge, 1 per loaded version); model, version, task, cell
@@ -211,6 +213,12 @@ class Metrics(Sink):
         self.generated_tokens = Counter(
             "seqserve_generated_tokens_total", "Tokens generated (text generation and translation).",
             mv, registry=r)
+        self.source_tokens = Counter(
+            "seqserve_source_tokens_total", "Source tokens read by translation models.", mv, registry=r)
+        self.unknown_tokens = Counter(
+            "seqserve_unknown_source_tokens_total",
+            "Source tokens outside the translation model's vocabulary (a rising share: text in another "
+            "language or domain).", mv, registry=r)
 
         self.load_seconds = hist(
             "seqserve_model_load_duration_seconds",
@@ -298,6 +306,11 @@ class Metrics(Sink):
         """``n`` tokens were produced by a non-streaming decoder (translation)."""
         if n > 0:
             self.generated_tokens.labels(model, version).inc(n)
+
+    def count_source_tokens(self, model: str, version: str, n: int, unknown: int) -> None:
+        """A translation read ``n`` source tokens, ``unknown`` of them outside the model's vocabulary."""
+        self.source_tokens.labels(model, version).inc(n)
+        self.unknown_tokens.labels(model, version).inc(unknown)
 
     def token_timer(self, model: str, version: str, start: float | None = None) -> PromTokenTimer:
         """A timer for one sequence; ``start`` is the request's ``perf_counter()`` (default: now)."""

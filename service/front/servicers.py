@@ -181,7 +181,9 @@ class TranslatorServicer(translate_pb2_grpc.TranslatorServicer):
         out = translate_pb2.TranslateResponse(model=result.model, version=str(result.version))
         for t in result.translations:
             item = out.translations.add(
-                text=t.text, tokens=list(t.tokens), source_tokens=list(t.source_tokens), score=float(t.score)
+                text=t.text, tokens=list(t.tokens), source_tokens=list(t.source_tokens), score=float(t.score),
+                unknown_source_tokens=t.unknown_source_tokens, unknown_words=list(t.unknown_words),
+                copied_words=t.copied_words, sentences=t.sentences, warning=t.warning,
             )
             if t.attention is not None:
                 item.attention.CopyFrom(matrix(t.attention))

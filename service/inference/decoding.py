@@ -135,6 +135,7 @@ class Hypothesis:
     logp: float  # sum of log-probs of tokens (and of EOS when ended)
     attention: list[np.ndarray] = field(default_factory=list)  # one (S,) row per token
     ended: bool = False  # produced EOS
+    aligned: list[int] = field(default_factory=list)  # per token: the source position its attention peaked on
 
     def score(self, alpha: float) -> float:
         """Length-normalised log-prob; EOS counts as a token."""
@@ -169,8 +170,10 @@ class GreedySearch:
             self.done = True
         else:
             self.hyp.tokens.append(tok)
-            if self.keep_attention and attention is not None:
-                self.hyp.attention.append(attention[0].copy())
+            if attention is not None:
+                self.hyp.aligned.append(int(np.argmax(attention[0])))
+                if self.keep_attention:
+                    self.hyp.attention.append(attention[0].copy())
             self.done = len(self.hyp.tokens) >= self.max_length
         return np.zeros(1, dtype=np.int64)
 
@@ -209,6 +212,7 @@ class BeamSearch:
         vocab = log_probs.shape[1]
         cand = (np.array([h.logp for h in self.live])[:, None] + log_probs.astype(np.float64)).ravel()
         top = top_indices(cand, 2 * self.k)
+        peaks = attention.argmax(axis=1).tolist() if attention is not None else None
         live: list[Hypothesis] = []
         parents: list[int] = []
         for rank, idx in enumerate(top):
@@ -216,10 +220,11 @@ class BeamSearch:
             h = self.live[parent]
             if tok == self.eos:
                 if rank < self.k:
-                    self.finished.append(Hypothesis(h.tokens, float(cand[idx]), h.attention, ended=True))
+                    self.finished.append(Hypothesis(h.tokens, float(cand[idx]), h.attention, True, h.aligned))
                 continue
             att = h.attention + [attention[parent].copy()] if self.keep_attention and attention is not None else h.attention
-            live.append(Hypothesis(h.tokens + [tok], float(cand[idx]), att))
+            aligned = h.aligned + [peaks[parent]] if peaks is not None else h.aligned
+            live.append(Hypothesis(h.tokens + [tok], float(cand[idx]), att, aligned=aligned))
             parents.append(parent)
             if len(live) == self.k:
                 break

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bseqserve/v1/translate.proto\x12\x0bseqserve.v1\"\x82\x01\n\x10TranslateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05texts\x18\x03 \x03(\t\x12\x11\n\tbeam_size\x18\x04 \x01(\x05\x12\x12\n\nmax_length\x18\x05 \x01(\x05\x12\x18\n\x10return_attention\x18\x06 \x01(\x08\"c\n\x11TranslateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12.\n\x0ctranslations\x18\x03 \x03(\x0b\x32\x18.seqserve.v1.Translation\"y\n\x0bTranslation\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x15\n\rsource_tokens\x18\x03 \x03(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12&\n\tattention\x18\x05 \x01(\x0b\x32\x13.seqserve.v1.Matrix\"4\n\x06Matrix\x12\x0c\n\x04rows\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ols\x18\x02 \x01(\x05\x12\x0e\n\x06values\x18\x03 \x03(\x02\x32X\n\nTranslator\x12J\n\tTranslate\x12\x1d.seqserve.v1.TranslateRequest\x1a\x1e.seqserve.v1.TranslateResponseB+\n\x0f\x64\x65v.seqserve.v1P\x01Z\x16seqserve/v1;seqservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bseqserve/v1/translate.proto\x12\x0bseqserve.v1\"\x82\x01\n\x10TranslateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05texts\x18\x03 \x03(\t\x12\x11\n\tbeam_size\x18\x04 \x01(\x05\x12\x12\n\nmax_length\x18\x05 \x01(\x05\x12\x18\n\x10return_attention\x18\x06 \x01(\x08\"c\n\x11TranslateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12.\n\x0ctranslations\x18\x03 \x03(\x0b\x32\x18.seqserve.v1.Translation\"\xe9\x01\n\x0bTranslation\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x15\n\rsource_tokens\x18\x03 \x03(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12&\n\tattention\x18\x05 \x01(\x0b\x32\x13.seqserve.v1.Matrix\x12\x1d\n\x15unknown_source_tokens\x18\x06 \x01(\x05\x12\x15\n\runknown_words\x18\x07 \x03(\t\x12\x14\n\x0c\x63opied_words\x18\x08 \x01(\x05\x12\x11\n\tsentences\x18\t \x01(\x05\x12\x0f\n\x07warning\x18\n \x01(\t\"4\n\x06Matrix\x12\x0c\n\x04rows\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ols\x18\x02 \x01(\x05\x12\x0e\n\x06values\x18\x03 \x03(\x02\x32X\n\nTranslator\x12J\n\tTranslate\x12\x1d.seqserve.v1.TranslateRequest\x1a\x1e.seqserve.v1.TranslateResponseB+\n\x0f\x64\x65v.seqserve.v1P\x01Z\x16seqserve/v1;seqservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,10 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRANSLATEREQUEST']._serialized_end=175
   _globals['_TRANSLATERESPONSE']._serialized_start=177
   _globals['_TRANSLATERESPONSE']._serialized_end=276
-  _globals['_TRANSLATION']._serialized_start=278
-  _globals['_TRANSLATION']._serialized_end=399
-  _globals['_MATRIX']._serialized_start=401
-  _globals['_MATRIX']._serialized_end=453
-  _globals['_TRANSLATOR']._serialized_start=455
-  _globals['_TRANSLATOR']._serialized_end=543
+  _globals['_TRANSLATION']._serialized_start=279
+  _globals['_TRANSLATION']._serialized_end=512
+  _globals['_MATRIX']._serialized_start=514
+  _globals['_MATRIX']._serialized_end=566
+  _globals['_TRANSLATOR']._serialized_start=568
+  _globals['_TRANSLATOR']._serialized_end=656
 # @@protoc_insertion_point(module_scope)

@@ -33,18 +33,28 @@ class TranslateResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., translations: _Optional[_Iterable[_Union[Translation, _Mapping]]] = ...) -> None: ...
 
 class Translation(_message.Message):
-    __slots__ = ("text", "tokens", "source_tokens", "score", "attention")
+    __slots__ = ("text", "tokens", "source_tokens", "score", "attention", "unknown_source_tokens", "unknown_words", "copied_words", "sentences", "warning")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_SOURCE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_WORDS_FIELD_NUMBER: _ClassVar[int]
+    COPIED_WORDS_FIELD_NUMBER: _ClassVar[int]
+    SENTENCES_FIELD_NUMBER: _ClassVar[int]
+    WARNING_FIELD_NUMBER: _ClassVar[int]
     text: str
     tokens: _containers.RepeatedScalarFieldContainer[str]
     source_tokens: _containers.RepeatedScalarFieldContainer[str]
     score: float
     attention: Matrix
-    def __init__(self, text: _Optional[str] = ..., tokens: _Optional[_Iterable[str]] = ..., source_tokens: _Optional[_Iterable[str]] = ..., score: _Optional[float] = ..., attention: _Optional[_Union[Matrix, _Mapping]] = ...) -> None: ...
+    unknown_source_tokens: int
+    unknown_words: _containers.RepeatedScalarFieldContainer[str]
+    copied_words: int
+    sentences: int
+    warning: str
+    def __init__(self, text: _Optional[str] = ..., tokens: _Optional[_Iterable[str]] = ..., source_tokens: _Optional[_Iterable[str]] = ..., score: _Optional[float] = ..., attention: _Optional[_Union[Matrix, _Mapping]] = ..., unknown_source_tokens: _Optional[int] = ..., unknown_words: _Optional[_Iterable[str]] = ..., copied_words: _Optional[int] = ..., sentences: _Optional[int] = ..., warning: _Optional[str] = ...) -> None: ...
 
 class Matrix(_message.Message):
     __slots__ = ("rows", "cols", "values")

@@ -56,3 +56,6 @@ class TaskContext:
 
     def count_tokens(self, model: str, version: str, n: int) -> None:
         self.sink.count_tokens(model, version, n)
+
+    def count_source_tokens(self, model: str, version: str, n: int, unknown: int) -> None:
+        self.sink.count_source_tokens(model, version, n, unknown)

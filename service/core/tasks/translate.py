@@ -1,5 +1,6 @@
-"""Translate task: tokenise, batch encoder calls, decode every sentence (greedy or beam search)
-through the shared step scheduler, detokenise."""
+"""Translate task: split each text into sentences and tokenise them, batch encoder calls, decode every
+sentence (greedy or beam search) through the shared step scheduler, pass unknown words through,
+detokenise and join each text's sentences."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import asyncio
 import numpy as np
 
 from service.contract import BundleError
-from service.inference.decoding import Hypothesis
+from service.inference.decoding import Hypothesis, length_penalty
 from service.inference.seq2seq import (
     DEFAULT_TOKEN_LIMIT,
     Encoded,
     SentenceDecoder,
     make_search,
     pad_sources,
+    restore_unknown,
     split_encoded,
     step_layout,
     target_limit,
@@ -24,6 +26,7 @@ from ..batching import DynamicBatcher
 from ..config import effective_limit
 from ..errors import InvalidArgument, ServiceError
 from ..repository import Bundle
+from ..sentences import SentenceSplitter
 from ..scheduler import StepItem
 from ..types import TranslateRequest, TranslateResult, Translation
 from .context import TaskContext
@@ -74,6 +77,9 @@ class TranslateModel:
         self._tgt = bundle.codecs["target"]
         self._pad, self._bos, self._eos = (m.special_tokens[k] for k in ("pad", "bos", "eos"))
         self._unk = m.special_tokens["unk"]
+        self._languages = dict(m.languages)
+        self._splitter = SentenceSplitter(self._languages.get("source", ""))
+        self._joiner = "" if self._languages.get("target") in _UNSPACED else " "
         self._states = tuple(f"state_{s}" for s in m.state_names)
         self._encoder_graph = bundle.graphs["encoder"]
         self._decoder_graph = bundle.graphs["decoder_step"]
@@ -119,8 +125,9 @@ class TranslateModel:
         if not np.all(np.isfinite(lp[:, self._eos])):
             raise BundleError(f"{self._decoder_graph.name}: warm-up log-probs are not finite")
 
-    def prepare(self, req: TranslateRequest) -> tuple[list[tuple[list[int], list[str]]], int]:
-        """Validate and tokenise; returns (ids, tokens) per text and the beam size."""
+    def prepare(self, req: TranslateRequest) -> tuple[list[list[Sentence]], int]:
+        """Validate, split each text into sentences and tokenise them; returns each text's sentences
+        and the beam size."""
         cfg = self._ctx.config
         texts = list(req.texts)
         if not texts:
@@ -134,31 +141,36 @@ class TranslateModel:
             raise InvalidArgument(
                 f"max_length {req.max_length} must be within 0..{self.max_target_tokens} (0 = automatic)", field="max_length"
             )
-        encoded = []
+        out = []
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise InvalidArgument(f"texts[{i}] is empty", field="texts")
             if len(text) > cfg.max_text_chars:
                 raise InvalidArgument(f"texts[{i}] has {len(text)} characters; the limit is {cfg.max_text_chars}", field="texts")
-            ids, tokens = self._src.encode(text)
-            if not ids:
+            parts = self._splitter.split(text)
+            sentences = [Sentence(*self._src.encode_words(part)) for part in parts]
+            sentences = [s for s in sentences if s.ids]
+            if not sentences:
                 raise InvalidArgument(f"texts[{i}] has no tokens", field="texts")
-            if len(ids) > self.max_source_tokens:
-                raise InvalidArgument(
-                    f"texts[{i}] has {len(ids)} tokens; model {self.name!r} accepts at most {self.max_source_tokens}",
-                    field="texts",
-                )
-            encoded.append((ids, tokens))
-        return encoded, max(beam, 1)
+            for k, s in enumerate(sentences):
+                if len(s.ids) > self.max_source_tokens:
+                    where = f"texts[{i}]" if len(sentences) == 1 else f"texts[{i}], sentence {k + 1} of {len(sentences)},"
+                    raise InvalidArgument(
+                        f"{where} has {len(s.ids)} tokens; model {self.name!r} accepts at most {self.max_source_tokens}"
+                        " per sentence", field="texts",
+                    )
+            out.append(sentences)
+        return out, max(beam, 1)
 
     async def translate(self, req: TranslateRequest, deadline: float | None) -> TranslateResult:
-        sources, beam = self.prepare(req)
-        with self._ctx.slots.hold(len(sources)):
-            encoded = await _all(self._encoder.submit(ids, deadline) for ids, _ in sources)
+        texts, beam = self.prepare(req)
+        sentences = [s for text in texts for s in text]
+        with self._ctx.slots.hold(len(sentences)):
+            encoded = await _all(self._encoder.submit(s.ids, deadline) for s in sentences)
             alpha = self._ctx.config.length_penalty
             items = []
-            for (ids, _), enc in zip(sources, encoded):
-                limit = target_limit(len(ids), self.max_target_tokens, req.max_length)
+            for s, enc in zip(sentences, encoded):
+                limit = target_limit(len(s.ids), self.max_target_tokens, req.max_length)
                 search = make_search(beam, self._eos, limit, alpha, req.return_attention)
                 items.append(SentenceDecode(SentenceDecoder(search, enc, self._bos, self._states), deadline))
             try:
@@ -169,26 +181,88 @@ class TranslateModel:
                 for item in items:
                     self._decoder.remove(item)
         self._ctx.count_tokens(self.name, self.version, sum(len(h.tokens) for h in hyps))
-        out = []
-        for (ids, src_tokens), hyp in zip(sources, hyps):
-            attention = None
-            if req.return_attention:
-                attention = np.stack(hyp.attention) if hyp.attention else np.zeros((0, len(ids)), dtype=np.float32)
-            out.append(
-                Translation(
-                    text=self._tgt.decode(hyp.tokens),
-                    tokens=[self._tgt.token(t) for t in hyp.tokens],
-                    source_tokens=src_tokens,
-                    score=hyp.score(alpha),
-                    attention=attention,
-                )
-            )
+        unknown = sum(s.unknown(self._unk) for s in sentences)
+        self._ctx.count_source_tokens(self.name, self.version, sum(len(s.ids) for s in sentences), unknown)
+        out, k = [], 0
+        for text in texts:
+            out.append(self._assemble(text, hyps[k : k + len(text)], alpha, req.return_attention))
+            k += len(text)
         return TranslateResult(self.name, self.version, out)
+
+    def _assemble(self, sentences: list[Sentence], hyps: list[Hypothesis], alpha: float, attention: bool) -> Translation:
+        """One text's translation from its sentences': texts and tokens joined, attention as a
+        block-diagonal matrix, the score of all tokens together."""
+        pieces, copied = [], 0
+        for s, h in zip(sentences, hyps):
+            p, c = restore_unknown(h, self._unk, s.ids, s.words, self._tgt.token, self._tgt.word_marker)
+            pieces.append(p)
+            copied += c
+        matrix = None
+        if attention:
+            matrix = np.zeros((sum(len(h.tokens) for h in hyps), sum(len(s.ids) for s in sentences)), np.float32)
+            r = c = 0
+            for s, h in zip(sentences, hyps):
+                if h.attention:
+                    matrix[r : r + len(h.attention), c : c + len(s.ids)] = np.stack(h.attention)
+                r, c = r + len(h.tokens), c + len(s.ids)
+        logp = sum(h.logp for h in hyps)
+        length = sum(len(h.tokens) + int(h.ended) for h in hyps)
+        unknown_words = list(dict.fromkeys(w for s in sentences for w in s.unknown_words(self._unk)))
+        return Translation(
+            text=self._joiner.join(t for t in (self._tgt.join(p) for p in pieces) if t),
+            tokens=[t for p in pieces for t in p],
+            source_tokens=[t for s in sentences for t in s.tokens],
+            score=logp / length_penalty(length, alpha),
+            attention=matrix,
+            unknown_source_tokens=sum(s.unknown(self._unk) for s in sentences),
+            unknown_words=unknown_words,
+            copied_words=copied,
+            sentences=len(sentences),
+            warning=self._warning(sentences),
+        )
+
+    def _warning(self, sentences: list[Sentence]) -> str:
+        """Said when most words of the source are unknown to the model: it is probably in another
+        language, or far outside the model's domain."""
+        words = [i for s in sentences for i, w in zip(s.ids, s.words) if any(ch.isalnum() for ch in w)]
+        unknown = sum(i == self._unk for i in words)
+        if not words or 2 * unknown <= len(words):
+            return ""
+        src, tgt = (language_name(self._languages.get(r, "")) for r in ("source", "target"))
+        said = f", which translates {src} to {tgt}" if src and tgt else ""
+        guess = f": is the text in {src}?" if src else ""
+        return (f"{unknown} of {len(words)} source words are unknown to model {self.name!r}{said}{guess} "
+                "The translation is unreliable.")
 
     async def _encode_batch(self, sentences: list[list[int]]) -> list[Encoded]:
         src, lengths = pad_sources(sentences, self._pad)
         out = await self._encoder_graph.run({"src": src, "src_len": lengths})
         return split_encoded(out, lengths.tolist(), self._states)
+
+
+class Sentence:
+    """One sentence of a text: its token ids, token strings and the words they came from."""
+
+    __slots__ = ("ids", "tokens", "words")
+
+    def __init__(self, ids: list[int], tokens: list[str], words: list[str]) -> None:
+        self.ids, self.tokens, self.words = ids, tokens, words
+
+    def unknown(self, unk: int) -> int:
+        return sum(i == unk for i in self.ids)
+
+    def unknown_words(self, unk: int) -> list[str]:
+        return [w for i, w in zip(self.ids, self.words) if i == unk]
+
+
+_LANGUAGES = {"de": "German", "en": "English", "zh": "Chinese", "fr": "French", "es": "Spanish", "it": "Italian",
+              "ja": "Japanese", "ko": "Korean", "nl": "Dutch", "pt": "Portuguese", "ru": "Russian", "cs": "Czech"}
+_UNSPACED = {"zh", "ja", "th", "lo", "km", "my"}  # languages written without spaces between words
+
+
+def language_name(code: str) -> str:
+    """English name of an ISO 639-1 code (the code itself when not in the table; "" for "")."""
+    return _LANGUAGES.get(code, code)
 
 
 async def _all(awaitables) -> list:

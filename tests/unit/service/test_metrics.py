@@ -45,6 +45,7 @@ def test_expected_families_and_process_metrics_are_registered(metrics):
         "seqserve_onnx_run_duration_seconds_bucket", "seqserve_batch_size_bucket",
         "seqserve_queue_depth", "seqserve_active_streams", "seqserve_time_to_first_token_seconds_bucket",
         "seqserve_time_between_tokens_seconds_bucket", "seqserve_generated_tokens_total",
+        "seqserve_source_tokens_total", "seqserve_unknown_source_tokens_total",
         "seqserve_requests_rejected_total", "seqserve_requests_expired_total",
         "seqserve_requests_cancelled_total", "seqserve_model_load_duration_seconds_bucket",
         "seqserve_model_load_failures_total", "seqserve_model_info",
@@ -68,6 +69,7 @@ def test_labels_stay_within_the_allowed_set(metrics):
     timer = metrics.token_timer("m", "1")
     timer.emitted(1)
     timer.emitted(1)
+    metrics.count_source_tokens("m", "1", 9, 2)
     families = [f for f in metrics.registry.collect() if f.name.startswith(("seqserve_", "grpc_"))]
     for family in families:
         for sample in family.samples:

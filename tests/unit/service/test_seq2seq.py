@@ -7,7 +7,8 @@ import pytest
 
 from service.contract import read_manifest
 from service.core.types import TranslateRequest
-from service.inference.seq2seq import translate_ids
+from service.inference.decoding import BeamSearch, GreedySearch, Hypothesis
+from service.inference.seq2seq import restore_unknown, translate_ids
 from service.inference.sessions import load_session
 
 SENTENCES = ["a b c", "d", "e f g h i j", "b a", "c c c c", "j i h"]
@@ -67,3 +68,47 @@ async def test_evaluation_decodes_exactly_what_the_server_answers(built, repo, m
     target = Tokenizer.from_file(str(bundle / m.tokenizers["target"]))
     assert [t.tokens for t in served.translations] == [[target.id_to_token(i) for i in h.tokens] for h in best]
     assert [t.score for t in served.translations] == pytest.approx([h.score(0.6) for h in best], abs=1e-5)
+
+
+def _peaked(rows: int, width: int, peaks: list[int]) -> np.ndarray:
+    att = np.full((rows, width), 0.01, np.float32)
+    att[np.arange(rows), peaks] = 0.9
+    return att
+
+
+def test_searches_record_where_each_token_attended():
+    greedy = GreedySearch(eos=3, max_length=5, alpha=0.0)
+    for tok, peak in ((7, 2), (8, 0)):
+        lp = np.full((1, 10), -9.0, np.float32)
+        lp[0, tok] = 0.0
+        greedy.step(lp, _peaked(1, 4, [peak]))
+    assert greedy.best().tokens == [7, 8] and greedy.best().aligned == [2, 0]
+
+    beam = BeamSearch(2, eos=3, max_length=2, alpha=0.0)
+    lp = np.full((1, 10), -9.0, np.float32)
+    lp[0, 5], lp[0, 6] = -0.1, -0.2
+    beam.step(lp, _peaked(1, 3, [1]))
+    lp = np.full((2, 10), -9.0, np.float32)
+    lp[1, 7] = 0.0  # the second hypothesis (token 6) continues best, attending to position 2
+    lp[0, 4] = -5.0
+    beam.step(lp, _peaked(2, 3, [0, 2]))
+    best = beam.best()
+    assert best.tokens == [6, 7] and best.aligned == [1, 2]  # each token keeps its own parent's alignment
+
+
+def test_unknown_words_are_copied_only_from_unknown_source_words():
+    unk = 1
+    piece = {5: "▁A", 6: "▁man", 7: "."}.get
+    hyp = Hypothesis(tokens=[5, 6, unk, unk, 7], logp=0.0, aligned=[0, 1, 3, 2, 4])
+    source_ids = [10, 11, 12, unk, 13]  # "Ein Mann namens Gerhard ."
+    words = ["Ein", "Mann", "namens", "Gerhard", "."]
+    pieces, copied = restore_unknown(hyp, unk, source_ids, words, piece, "▁")
+    # the unknown token aligned to "Gerhard" (unknown to the model) is copied as a word; the one
+    # aligned to "namens" (known: a rare target word) is left out
+    assert pieces == ["▁A", "▁man", "▁Gerhard", "."] and copied == 1
+    punct = Hypothesis(tokens=[unk], logp=0.0, aligned=[0])
+    assert restore_unknown(punct, unk, [unk], ["»"], piece, "▁") == (["»"], 1)  # no word mark on punctuation
+    chars = Hypothesis(tokens=[unk], logp=0.0, aligned=[0])
+    assert restore_unknown(chars, unk, [unk], ["娜"], piece, "") == (["娜"], 1)
+    unaligned = Hypothesis(tokens=[5, unk], logp=0.0, aligned=[0])  # no attention recorded for the unknown
+    assert restore_unknown(unaligned, unk, [unk], ["x"], piece, "▁") == (["▁A"], 0)
