@@ -225,6 +225,7 @@ def _evaluate(
         for (source, _), e, ids, h in zip(pairs, encodings, sources, best):  # unknown words as the server passes them
             words = [source[a:b].strip() for a, b in e.offsets]
             pieces, n = restore_unknown(h, specials["unk"], ids, words, lambda t: tgt_tok.id_to_token(t) or "", marker)
+            pieces = [p for p in pieces if p is not None]
             hyps.append(tgt_tok.decoder.decode(pieces) if tgt_tok.decoder else "".join(pieces))
             copied += n
         if beam:

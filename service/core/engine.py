@@ -17,7 +17,7 @@ from .admission import Admission
 from .config import ServeConfig
 from .errors import DeadlineExceeded, NotFound, Unavailable
 from .observe import NULL_SINK, Sink, label_request
-from .repository import Bundle, ModelRepository, ModelVersion, TaskModel
+from .repository import DECLARED, Bundle, ModelRepository, ModelVersion, TaskModel
 from .runtime import WorkerPool
 from .scheduler import StreamSlots
 from .tasks import TaskContext, build_model
@@ -182,6 +182,7 @@ class Engine:
 
     def _info(self, e: ModelVersion) -> ModelInfo:
         m = e.manifest
+        declared = m.extra.get(DECLARED, {}) if m else {}  # the manifest's own name/version, where they differ
         is_default = False
         if m is not None and e.state == READY and self._repo.default_name(m.task) == e.name:
             is_default = self._repo.find(e.name) is e
@@ -203,6 +204,9 @@ class Engine:
             error=e.error,
             loaded_at=e.loaded_at,
             weights=m.weights if m else "",
+            languages=dict(m.languages) if m else {},
+            manifest_name=declared.get("name", ""),
+            manifest_version=declared.get("version", ""),
         )
 
     # ------------------------------------------------------------ requests

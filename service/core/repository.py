@@ -24,6 +24,8 @@ from .runtime import GraphRuntime, RuntimeOptions
 from .tokenizing import TextCodec
 from .types import FAILED, LOADING, READY, UNLOADING
 
+DECLARED = "declared_as"  # manifest.extra key: the name/version the manifest gave, where the directory differs
+
 log = logging.getLogger(__name__)
 
 
@@ -138,7 +140,8 @@ def open_bundle(path: Path, name: str, version: str, options: RuntimeOptions, ex
         # into <name>/<version+1>/ is all a new version takes. What the manifest says is reported.
         log.info("%s: the manifest says %r version %r; serving it as %r version %r (the directory names them)",
                  path, manifest.name, manifest.version, name, version)
-        manifest = replace(manifest, name=name, version=version)
+        manifest = replace(manifest, name=name, version=version, extra={
+            **manifest.extra, DECLARED: {"name": manifest.name, "version": manifest.version}})
     graphs = {}
     options = replace(options, int8_weights=manifest.weights == "int8")
     for role, file in manifest.graphs.items():

@@ -116,3 +116,6 @@ class ModelInfo:
     error: str = ""  # why a FAILED version failed
     loaded_at: float = 0.0  # time.time() when it became READY; 0 otherwise
     weights: str = ""  # the manifest's weight format (float32 | int8); "" when it did not load
+    languages: dict[str, str] = field(default_factory=dict)  # translation: source/target ISO 639-1 codes
+    manifest_name: str = ""  # what manifest.json says, where it differs from the directory's name
+    manifest_version: str = ""  # likewise for the version

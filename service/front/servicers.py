@@ -121,6 +121,9 @@ def model_info(info: types.ModelInfo) -> models_pb2.ModelInfo:
         limits={str(k): int(v) for k, v in (info.limits or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         error=info.error or "",
         weights=info.weights or "",
+        languages=dict(info.languages or {}),
+        manifest_name=info.manifest_name or "",
+        manifest_version=info.manifest_version or "",
     )
     if info.forecast:
         spec = info.forecast

@@ -28,25 +28,31 @@ def target_limit(source_len: int, max_target_tokens: int, max_length: int = 0) -
 
 
 def restore_unknown(hyp: Hypothesis, unk: int, source_ids: Sequence[int], source_words: Sequence[str],
-                    piece: Callable[[int], str], marker: str = "") -> tuple[list[str], int]:
+                    piece: Callable[[int], str], marker: str = "") -> tuple[list[str | None], int]:
     """The target pieces of ``hyp`` with unknown words passed through: an unknown-word token whose
     attention peaked on a source token the model did not know becomes that source word as written
     (the copy replacement of Luong et al. 2015 and Jean et al. 2015; what a vocabulary lacks is mostly
     names, numbers and rare words). An unknown token aligned to a known source token (a rare target
     word) is left out: pasting the known source word untranslated scored lower on the validation sets.
     ``piece`` gives a token id's string; ``marker`` is the target tokenizer's word-start mark ("▁" for
-    Metaspace), put before copied words so they stay words of their own. Returns the pieces and how
-    many source words were copied."""
-    pieces, copied = [], 0
+    Metaspace), put before copied words so they stay words of their own. Unknown tokens in a row
+    attending to the same word copy it once (a model stuck on a word it cannot say repeats the token).
+    Returns one piece per token of ``hyp`` (None where a token is left out) and how many source words
+    were copied."""
+    pieces, copied, last = [], 0, -1  # last: the source position copied by the previous token
     for i, token in enumerate(hyp.tokens):
         if token != unk:
             pieces.append(piece(token))
+            last = -1
             continue
         j = hyp.aligned[i] if i < len(hyp.aligned) else -1
-        if 0 <= j < len(source_ids) and source_ids[j] == unk:
+        if 0 <= j < len(source_ids) and source_ids[j] == unk and j != last:
             word = source_words[j]
             pieces.append(marker + word if marker and any(c.isalnum() for c in word) else word)
             copied += 1
+        else:
+            pieces.append(None)
+        last = j
     return pieces, copied
 
 

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18seqserve/v1/models.proto\x12\x0bseqserve.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"!\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.seqserve.v1.ModelInfo\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.seqserve.v1.ModelInfo\"\xab\x01\n\x0c\x46orecastSpec\x12\x0e\n\x06window\x18\x01 \x01(\x05\x12\x13\n\x0bmin_history\x18\x02 \x01(\x05\x12\x0f\n\x07horizon\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\x12\x11\n\tquantiles\x18\x05 \x03(\x01\x12\x16\n\x0etarget_channel\x18\x06 \x01(\x05\x12\x15\n\rchannel_names\x18\x07 \x03(\t\x12\x11\n\tfrequency\x18\x08 \x01(\t\"\xe2\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0c\n\x04\x63\x65ll\x18\x04 \x01(\t\x12\x12\n\nnum_layers\x18\x05 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x06 \x01(\x05\x12\x15\n\rbidirectional\x18\x07 \x01(\x08\x12\x16\n\x0enum_parameters\x18\x08 \x01(\x03\x12\r\n\x05state\x18\t \x01(\t\x12\x12\n\nis_default\x18\n \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x0b \x01(\t\x12+\n\nevaluation\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x06limits\x18\r \x03(\x0b\x32\".seqserve.v1.ModelInfo.LimitsEntry\x12+\n\x08\x66orecast\x18\x0e \x01(\x0b\x32\x19.seqserve.v1.ForecastSpec\x12\r\n\x05\x65rror\x18\x0f \x01(\t\x12-\n\tloaded_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07weights\x18\x11 \x01(\t\x1a-\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xa0\x01\n\x06Models\x12M\n\nListModels\x12\x1e.seqserve.v1.ListModelsRequest\x1a\x1f.seqserve.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.seqserve.v1.GetModelRequest\x1a\x1d.seqserve.v1.GetModelResponseB+\n\x0f\x64\x65v.seqserve.v1P\x01Z\x16seqserve/v1;seqservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18seqserve/v1/models.proto\x12\x0bseqserve.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"!\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.seqserve.v1.ModelInfo\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.seqserve.v1.ModelInfo\"\xab\x01\n\x0c\x46orecastSpec\x12\x0e\n\x06window\x18\x01 \x01(\x05\x12\x13\n\x0bmin_history\x18\x02 \x01(\x05\x12\x0f\n\x07horizon\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\x12\x11\n\tquantiles\x18\x05 \x03(\x01\x12\x16\n\x0etarget_channel\x18\x06 \x01(\x05\x12\x15\n\rchannel_names\x18\x07 \x03(\t\x12\x11\n\tfrequency\x18\x08 \x01(\t\"\xff\x04\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0c\n\x04\x63\x65ll\x18\x04 \x01(\t\x12\x12\n\nnum_layers\x18\x05 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x06 \x01(\x05\x12\x15\n\rbidirectional\x18\x07 \x01(\x08\x12\x16\n\x0enum_parameters\x18\x08 \x01(\x03\x12\r\n\x05state\x18\t \x01(\t\x12\x12\n\nis_default\x18\n \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x0b \x01(\t\x12+\n\nevaluation\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x06limits\x18\r \x03(\x0b\x32\".seqserve.v1.ModelInfo.LimitsEntry\x12+\n\x08\x66orecast\x18\x0e \x01(\x0b\x32\x19.seqserve.v1.ForecastSpec\x12\r\n\x05\x65rror\x18\x0f \x01(\t\x12-\n\tloaded_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07weights\x18\x11 \x01(\t\x12\x38\n\tlanguages\x18\x12 \x03(\x0b\x32%.seqserve.v1.ModelInfo.LanguagesEntry\x12\x15\n\rmanifest_name\x18\x13 \x01(\t\x12\x18\n\x10manifest_version\x18\x14 \x01(\t\x1a-\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x30\n\x0eLanguagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xa0\x01\n\x06Models\x12M\n\nListModels\x12\x1e.seqserve.v1.ListModelsRequest\x1a\x1f.seqserve.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.seqserve.v1.GetModelRequest\x1a\x1d.seqserve.v1.GetModelResponseB+\n\x0f\x64\x65v.seqserve.v1P\x01Z\x16seqserve/v1;seqservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.seqserve.v1P\001Z\026seqserve/v1;seqservev1'
   _globals['_MODELINFO_LIMITSENTRY']._loaded_options = None
   _globals['_MODELINFO_LIMITSENTRY']._serialized_options = b'8\001'
+  _globals['_MODELINFO_LANGUAGESENTRY']._loaded_options = None
+  _globals['_MODELINFO_LANGUAGESENTRY']._serialized_options = b'8\001'
   _globals['_LISTMODELSREQUEST']._serialized_start=104
   _globals['_LISTMODELSREQUEST']._serialized_end=137
   _globals['_LISTMODELSRESPONSE']._serialized_start=139
@@ -47,9 +49,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FORECASTSPEC']._serialized_start=311
   _globals['_FORECASTSPEC']._serialized_end=482
   _globals['_MODELINFO']._serialized_start=485
-  _globals['_MODELINFO']._serialized_end=967
-  _globals['_MODELINFO_LIMITSENTRY']._serialized_start=922
-  _globals['_MODELINFO_LIMITSENTRY']._serialized_end=967
-  _globals['_MODELS']._serialized_start=970
-  _globals['_MODELS']._serialized_end=1130
+  _globals['_MODELINFO']._serialized_end=1124
+  _globals['_MODELINFO_LIMITSENTRY']._serialized_start=1029
+  _globals['_MODELINFO_LIMITSENTRY']._serialized_end=1074
+  _globals['_MODELINFO_LANGUAGESENTRY']._serialized_start=1076
+  _globals['_MODELINFO_LANGUAGESENTRY']._serialized_end=1124
+  _globals['_MODELS']._serialized_start=1127
+  _globals['_MODELS']._serialized_end=1287
 # @@protoc_insertion_point(module_scope)

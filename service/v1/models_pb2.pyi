@@ -57,7 +57,7 @@ class ForecastSpec(_message.Message):
     def __init__(self, window: _Optional[int] = ..., min_history: _Optional[int] = ..., horizon: _Optional[int] = ..., channels: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., target_channel: _Optional[int] = ..., channel_names: _Optional[_Iterable[str]] = ..., frequency: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "task", "cell", "num_layers", "hidden_size", "bidirectional", "num_parameters", "state", "is_default", "description", "evaluation", "limits", "forecast", "error", "loaded_at", "weights")
+    __slots__ = ("name", "version", "task", "cell", "num_layers", "hidden_size", "bidirectional", "num_parameters", "state", "is_default", "description", "evaluation", "limits", "forecast", "error", "loaded_at", "weights", "languages", "manifest_name", "manifest_version")
     class LimitsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,13 @@ class ModelInfo(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class LanguagesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +89,9 @@ class ModelInfo(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGES_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_NAME_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     task: str
@@ -99,4 +109,7 @@ class ModelInfo(_message.Message):
     error: str
     loaded_at: _timestamp_pb2.Timestamp
     weights: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., cell: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., bidirectional: _Optional[bool] = ..., num_parameters: _Optional[int] = ..., state: _Optional[str] = ..., is_default: _Optional[bool] = ..., description: _Optional[str] = ..., evaluation: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., limits: _Optional[_Mapping[str, int]] = ..., forecast: _Optional[_Union[ForecastSpec, _Mapping]] = ..., error: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., weights: _Optional[str] = ...) -> None: ...
+    languages: _containers.ScalarMap[str, str]
+    manifest_name: str
+    manifest_version: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., cell: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., bidirectional: _Optional[bool] = ..., num_parameters: _Optional[int] = ..., state: _Optional[str] = ..., is_default: _Optional[bool] = ..., description: _Optional[str] = ..., evaluation: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., limits: _Optional[_Mapping[str, int]] = ..., forecast: _Optional[_Union[ForecastSpec, _Mapping]] = ..., error: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., weights: _Optional[str] = ..., languages: _Optional[_Mapping[str, str]] = ..., manifest_name: _Optional[str] = ..., manifest_version: _Optional[str] = ...) -> None: ...

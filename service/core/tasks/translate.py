@@ -192,19 +192,20 @@ class TranslateModel:
     def _assemble(self, sentences: list[Sentence], hyps: list[Hypothesis], alpha: float, attention: bool) -> Translation:
         """One text's translation from its sentences': texts and tokens joined, attention as a
         block-diagonal matrix, the score of all tokens together."""
-        pieces, copied = [], 0
+        pieces, kept, copied = [], [], 0  # per sentence: its pieces, and which of its tokens they are
         for s, h in zip(sentences, hyps):
             p, c = restore_unknown(h, self._unk, s.ids, s.words, self._tgt.token, self._tgt.word_marker)
-            pieces.append(p)
+            kept.append([i for i, x in enumerate(p) if x is not None])
+            pieces.append([x for x in p if x is not None])
             copied += c
         matrix = None
         if attention:
-            matrix = np.zeros((sum(len(h.tokens) for h in hyps), sum(len(s.ids) for s in sentences)), np.float32)
+            matrix = np.zeros((sum(map(len, pieces)), sum(len(s.ids) for s in sentences)), np.float32)
             r = c = 0
-            for s, h in zip(sentences, hyps):
-                if h.attention:
-                    matrix[r : r + len(h.attention), c : c + len(s.ids)] = np.stack(h.attention)
-                r, c = r + len(h.tokens), c + len(s.ids)
+            for s, h, rows in zip(sentences, hyps, kept):
+                if h.attention and rows:
+                    matrix[r : r + len(rows), c : c + len(s.ids)] = np.stack(h.attention)[rows]
+                r, c = r + len(rows), c + len(s.ids)
         logp = sum(h.logp for h in hyps)
         length = sum(len(h.tokens) + int(h.ended) for h in hyps)
         unknown_words = list(dict.fromkeys(w for s in sentences for w in s.unknown_words(self._unk)))

@@ -269,3 +269,8 @@ async def test_copying_a_bundle_into_a_new_version_directory_is_all_it_takes(rep
     assert (mine.model, mine.version) == ("my-forecaster", "7")
     assert any("the manifest says 'tiny-forecast' version '1'; serving it as 'tiny-forecast' version '2'" in r.getMessage()
                for r in caplog.records)
+    v2, copy, original = (engine.get_model(n, v) for n, v in (("tiny-forecast", "2"), ("my-forecaster", "7"),
+                                                                ("tiny-translate", "1")))
+    assert (v2.manifest_name, v2.manifest_version) == ("tiny-forecast", "1")  # reported, as the manifest says
+    assert (copy.manifest_name, copy.manifest_version) == ("tiny-forecast", "1")
+    assert (original.manifest_name, original.manifest_version) == ("", "")  # agrees with its directory

@@ -105,10 +105,12 @@ def test_unknown_words_are_copied_only_from_unknown_source_words():
     pieces, copied = restore_unknown(hyp, unk, source_ids, words, piece, "▁")
     # the unknown token aligned to "Gerhard" (unknown to the model) is copied as a word; the one
     # aligned to "namens" (known: a rare target word) is left out
-    assert pieces == ["▁A", "▁man", "▁Gerhard", "."] and copied == 1
+    assert pieces == ["▁A", "▁man", "▁Gerhard", None, "."] and copied == 1
     punct = Hypothesis(tokens=[unk], logp=0.0, aligned=[0])
     assert restore_unknown(punct, unk, [unk], ["»"], piece, "▁") == (["»"], 1)  # no word mark on punctuation
     chars = Hypothesis(tokens=[unk], logp=0.0, aligned=[0])
     assert restore_unknown(chars, unk, [unk], ["娜"], piece, "") == (["娜"], 1)
+    stuck = Hypothesis(tokens=[5, unk, unk, unk, 7], logp=0.0, aligned=[0, 3, 3, 3, 4])  # repeats the token on one word
+    assert restore_unknown(stuck, unk, source_ids, words, piece, "▁") == (["▁A", "▁Gerhard", None, None, "."], 1)
     unaligned = Hypothesis(tokens=[5, unk], logp=0.0, aligned=[0])  # no attention recorded for the unknown
-    assert restore_unknown(unaligned, unk, [unk], ["x"], piece, "▁") == (["▁A"], 0)
+    assert restore_unknown(unaligned, unk, [unk], ["x"], piece, "▁") == (["▁A", None], 0)
