@@ -3,10 +3,13 @@
 from .client import (
     DEFAULT_ADDRESS,
     ClientError,
+    ContinuationScore,
     ForecastResult,
     GenerateChunk,
     GenerateResult,
+    ScoreResult,
     SeqserveClient,
+    TokenLogprob,
     TranslateResult,
     Translation,
     channel_credentials,
@@ -14,6 +17,7 @@ from .client import (
 )
 
 __all__ = [
-    "DEFAULT_ADDRESS", "ClientError", "ForecastResult", "GenerateChunk", "GenerateResult", "SeqserveClient",
-    "TranslateResult", "Translation", "channel_credentials", "read_token_file",
+    "DEFAULT_ADDRESS", "ClientError", "ContinuationScore", "ForecastResult", "GenerateChunk", "GenerateResult",
+    "ScoreResult", "SeqserveClient", "TokenLogprob", "TranslateResult", "Translation", "channel_credentials",
+    "read_token_file",
 ]

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 FLAG_OF_FIELD = {
     "beam_size": "--beam", "max_length": "--max-length", "max_tokens": "--max-tokens", "temperature": "--temperature",
     "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed", "stop": "--stop", "horizon": "--horizon",
-    "quantiles": "--quantiles",
+    "quantiles": "--quantiles", "top_logprobs": "--logprobs",
 }
 
 
@@ -178,6 +178,19 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     p.add_argument("--seed", type=int, default=None, help="random seed for reproducible text (default: random)")
     p.add_argument("--stop", action="append", default=[], metavar="S", help="stop before this text; repeatable")
     p.add_argument("--stream", action="store_true", help="print the text as it is generated")
+    p.add_argument("--logprobs", type=int, default=None, metavar="N",
+                   help="after the text, list each token's log-probability and its N most probable alternatives "
+                        "(0 = none; at most the server's max_top_logprobs, 20 by default)")
+
+    p = sub.add_parser(
+        "score",
+        parents=[client, model],
+        help="how probable continuations of a prompt are",
+        description="Print log P(CONTINUATION | PROMPT) for each CONTINUATION under a language model, its "
+        "probability and each token's log-probability; the most probable continuation is marked *.",
+    )
+    p.add_argument("prompt", metavar="PROMPT", help="the context (may be '')")
+    p.add_argument("continuations", nargs="+", metavar="CONTINUATION", help="a text to score after PROMPT")
 
     p = sub.add_parser(
         "models",

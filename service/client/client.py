@@ -120,6 +120,14 @@ class ForecastResult:
 
 
 @dataclass
+class TokenLogprob:
+    token: str
+    token_id: int
+    logprob: float  # natural log, under the model's own distribution
+    top_logprobs: list["TokenLogprob"] = field(default_factory=list)  # alternatives, best first, when asked for
+
+
+@dataclass
 class GenerateResult:
     model: str
     version: str
@@ -127,6 +135,7 @@ class GenerateResult:
     finish_reason: str  # "length" | "stop" | "eos"
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per sampled token, when asked for
 
 
 @dataclass
@@ -135,6 +144,31 @@ class GenerateChunk:
     finish_reason: str = ""  # set on the last chunk only
     prompt_tokens: int = 0
     completion_tokens: int = 0  # tokens sampled so far; the total in the last chunk
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # the tokens this chunk counts, when asked for
+
+
+@dataclass
+class ContinuationScore:
+    text: str
+    logprob: float  # log P(text | prompt), natural log
+    tokens: list[TokenLogprob]  # each token of the continuation with its log-probability
+    greedy: bool  # every token was the model's most probable choice
+
+
+@dataclass
+class ScoreResult:
+    model: str
+    version: str
+    prompt_tokens: int
+    scores: list[ContinuationScore]  # one per continuation, in order
+
+    def best(self) -> ContinuationScore:
+        """The continuation the model finds most probable."""
+        return max(self.scores, key=lambda s: s.logprob)
+
+
+def _logprobs(entries) -> list[TokenLogprob]:
+    return [TokenLogprob(e.token, e.token_id, e.logprob, _logprobs(e.top_logprobs)) for e in entries]
 
 
 def _model_dict(info: models_pb2.ModelInfo) -> dict[str, Any]:
@@ -290,10 +324,11 @@ class SeqserveClient:
         )
 
     @staticmethod
-    def _generate_request(prompt, model, version, max_tokens, temperature, top_k, top_p, seed, stop):
+    def _generate_request(prompt, model, version, max_tokens, temperature, top_k, top_p, seed, stop,
+                          logprobs=False, top_logprobs=0):
         request = generate_pb2.GenerateRequest(
             model=model, version=version, prompt=prompt, max_tokens=max_tokens or 0,
-            top_k=top_k or 0, stop=list(stop),
+            top_k=top_k or 0, stop=list(stop), logprobs=logprobs, top_logprobs=top_logprobs,
         )
         if temperature is not None:
             request.temperature = temperature
@@ -315,12 +350,35 @@ class SeqserveClient:
         top_p: float | None = None,
         seed: int | None = None,
         stop: Sequence[str] = (),
+        logprobs: bool = False,
+        top_logprobs: int = 0,
         timeout: float | None = _UNSET,  # type: ignore[assignment]
     ) -> GenerateResult:
-        """Continue ``prompt``; None leaves a parameter to the server (temperature 0 = greedy)."""
-        request = self._generate_request(prompt, model, version, max_tokens, temperature, top_k, top_p, seed, stop)
+        """Continue ``prompt``; None leaves a parameter to the server (temperature 0 = greedy).
+        ``logprobs`` adds each sampled token's log-probability, ``top_logprobs`` > 0 that many
+        alternatives per token."""
+        request = self._generate_request(prompt, model, version, max_tokens, temperature, top_k, top_p, seed, stop,
+                                         logprobs, top_logprobs)
         r = self._call(self._generator.Generate, request, timeout)
-        return GenerateResult(r.model, r.version, r.text, r.finish_reason, r.prompt_tokens, r.completion_tokens)
+        return GenerateResult(r.model, r.version, r.text, r.finish_reason, r.prompt_tokens, r.completion_tokens,
+                              _logprobs(r.logprobs))
+
+    def score(
+        self,
+        prompt: str,
+        continuations: str | Sequence[str],
+        *,
+        model: str = "",
+        version: str = "",
+        timeout: float | None = _UNSET,  # type: ignore[assignment]
+    ) -> ScoreResult:
+        """log P(continuation | prompt) for each continuation (total and per token), from a generation model."""
+        if isinstance(continuations, str):
+            continuations = [continuations]
+        request = generate_pb2.ScoreRequest(model=model, version=version, prompt=prompt, continuations=list(continuations))
+        r = self._call(self._generator.Score, request, timeout)
+        return ScoreResult(r.model, r.version, r.prompt_tokens,
+                           [ContinuationScore(s.text, s.logprob, _logprobs(s.tokens), s.greedy) for s in r.scores])
 
     def generate_stream(
         self,
@@ -334,19 +392,22 @@ class SeqserveClient:
         top_p: float | None = None,
         seed: int | None = None,
         stop: Sequence[str] = (),
+        logprobs: bool = False,
+        top_logprobs: int = 0,
         timeout: float | None = _UNSET,  # type: ignore[assignment]
     ) -> Iterator[GenerateChunk]:
         """Yield the continuation chunk by chunk; the last chunk has finish_reason and the counts.
 
         Leaving the loop early (break, close(), garbage collection) cancels the call on the server.
         """
-        request = self._generate_request(prompt, model, version, max_tokens, temperature, top_k, top_p, seed, stop)
+        request = self._generate_request(prompt, model, version, max_tokens, temperature, top_k, top_p, seed, stop,
+                                         logprobs, top_logprobs)
         call = self._generator.GenerateStream(
             request, timeout=self.timeout if timeout is _UNSET else timeout, metadata=self._metadata
         )
         try:
             for c in call:
-                yield GenerateChunk(c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens)
+                yield GenerateChunk(c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, _logprobs(c.logprobs))
         except grpc.RpcError as err:
             raise ClientError.from_rpc_error(err) from None
         finally:

@@ -145,6 +145,7 @@ def run_generate(client, args, out: TextIO) -> int:
     params = dict(
         model=args.model, version=args.version, max_tokens=args.max_tokens, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
+        logprobs=args.logprobs is not None, top_logprobs=args.logprobs or 0,
     )
     if args.stream:
         chunks = []
@@ -161,6 +162,8 @@ def run_generate(client, args, out: TextIO) -> int:
             if last is not None:
                 print(f"[{last.finish_reason}: {last.prompt_tokens} prompt + {last.completion_tokens} "
                       f"completion tokens]", file=sys.stderr)
+            if args.logprobs is not None:
+                write_logprobs([t for c in chunks for t in c.logprobs], out)
         return 0
     result = client.generate(args.prompt, **params)
     if args.json:
@@ -169,6 +172,35 @@ def run_generate(client, args, out: TextIO) -> int:
         out.write(result.text + "\n")
         print(f"[{result.model} v{result.version}, {result.finish_reason}: {result.prompt_tokens} prompt + "
               f"{result.completion_tokens} completion tokens]", file=sys.stderr)
+        if args.logprobs is not None:
+            write_logprobs(result.logprobs, out)
+    return 0
+
+
+def _shown(token: str) -> str:
+    """A token as one visible cell: quoted and escaped when it has whitespace or control characters."""
+    return repr(token) if not token.isprintable() or token.strip() != token or not token else token
+
+
+def write_logprobs(entries, out: TextIO) -> None:
+    """One line per token: the token, its log-probability and probability, then the alternatives."""
+    out.write("\ntoken\tlogprob\tprob\talternatives\n")
+    for t in entries:
+        alternatives = "  ".join(f"{_shown(a.token)} {a.logprob:.3f}" for a in t.top_logprobs)
+        out.write(f"{_shown(t.token)}\t{t.logprob:.3f}\t{math.exp(t.logprob):.3f}\t{alternatives}\n")
+
+
+def run_score(client, args, out: TextIO) -> int:
+    result = client.score(args.prompt, args.continuations, model=args.model, version=args.version)
+    if args.json:
+        print_json(result, out)
+        return 0
+    best = max(range(len(result.scores)), key=lambda i: result.scores[i].logprob)
+    out.write(f"# {result.model} v{result.version}; prompt of {result.prompt_tokens} tokens\n")
+    out.write("\tcontinuation\tlogprob\tprob\tper token\n")
+    for i, s in enumerate(result.scores):
+        tokens = "  ".join(f"{_shown(t.token)} {t.logprob:.3f}" for t in s.tokens)
+        out.write(f"{'*' if i == best else ''}\t{_shown(s.text)}\t{s.logprob:.3f}\t{math.exp(s.logprob):.3g}\t{tokens}\n")
     return 0
 
 
@@ -222,6 +254,7 @@ CLIENT_COMMANDS = {
     "translate": run_translate,
     "forecast": run_forecast,
     "generate": run_generate,
+    "score": run_score,
     "models": run_models,
     "health": run_health,
 }

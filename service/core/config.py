@@ -105,6 +105,8 @@ class ServeConfig:
     default_max_tokens: int = _opt(128, "generation max_tokens when the request leaves it unset")
     max_stop: int = _opt(8, "stop sequences per Generate request")
     max_stop_chars: int = _opt(64, "characters per stop sequence")
+    max_top_logprobs: int = _opt(20, "alternatives per generated token a request may ask for (top_logprobs)")
+    max_continuations: int = _opt(16, "continuations per Score request")
     max_message_bytes: int = _opt(4 * 1024 * 1024, "gRPC send/receive message size")
     length_penalty: float = _opt(DEFAULT_LENGTH_PENALTY, "GNMT alpha for beam search: score / ((5 + len) / 6) ** alpha")
     # Transport security (PEM files; all empty = plaintext). A client CA turns on mutual TLS:
@@ -125,7 +127,7 @@ class ServeConfig:
             "keep_versions", "max_batch_size", "max_queue", "max_streams", "intra_op_threads",
             "inter_op_threads", "max_texts", "max_text_chars", "max_history", "max_quantiles",
             "max_beam", "max_tokens", "default_max_tokens", "max_stop", "max_stop_chars",
-            "max_message_bytes",
+            "max_message_bytes", "max_top_logprobs", "max_continuations",
         )
         for name in positive:
             if getattr(self, name) < 1:

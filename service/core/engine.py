@@ -31,6 +31,9 @@ from .types import (
     GenerateRequest,
     GenerateResult,
     ModelInfo,
+    ScoreRequest,
+    ScoreResult,
+    TokenLogprob,
     TranslateRequest,
     TranslateResult,
 )
@@ -233,13 +236,23 @@ class Engine:
         """The whole completion at once (the stream, collected)."""
         entry_name, entry_version = "", ""
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         last = GenerateChunk("")
         async with aclosing(self._stream(req, deadline)) as stream:
             async for name, version, chunk in stream:
                 entry_name, entry_version = name, version
                 parts.append(chunk.text)
+                logprobs.extend(chunk.logprobs)
                 last = chunk
-        return GenerateResult(entry_name, entry_version, "".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens)
+        return GenerateResult(entry_name, entry_version, "".join(parts), last.finish_reason, last.prompt_tokens,
+                              last.completion_tokens, logprobs)
+
+    async def score(self, req: ScoreRequest, deadline: float | None = None) -> ScoreResult:
+        """log P(continuation | prompt) for each continuation, with a generation model."""
+        with self._admit(deadline):
+            entry = self._resolve("generate", req.model, req.version)
+            with entry.lease() as model:
+                return await model.score(req, deadline)
 
     async def generate_stream(self, req: GenerateRequest, deadline: float | None = None) -> AsyncIterator[GenerateChunk]:
         """Chunks of new text; the last carries finish_reason. Close the iterator (``aclosing``)

@@ -77,6 +77,16 @@ class GenerateRequest:
     top_p: float | None = None  # None = 1.0 (off)
     seed: int | None = None  # None = random; same seed -> same text, alone or under load
     stop: list[str] = field(default_factory=list)  # the text ends before the first of these
+    logprobs: bool = False  # also return each generated token's log-probability
+    top_logprobs: int = 0  # and this many alternatives per token (> 0 implies logprobs)
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    token_id: int
+    logprob: float  # natural log, under the model's distribution (before temperature / top-k / top-p)
+    top_logprobs: list["TokenLogprob"] = field(default_factory=list)  # best first, when asked for
 
 
 @dataclass
@@ -85,6 +95,7 @@ class GenerateChunk:
     finish_reason: str = ""  # set on the last chunk: "length" | "stop" | "eos"
     prompt_tokens: int = 0
     completion_tokens: int = 0  # tokens sampled so far, EOS and a stop's tokens included
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # the tokens this chunk counts, when asked for
 
 
 @dataclass
@@ -95,6 +106,31 @@ class GenerateResult:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per sampled token, when asked for
+
+
+@dataclass
+class ScoreRequest:
+    model: str = ""
+    version: str = ""
+    prompt: str = ""  # "" starts from the model's BOS token (InvalidArgument when it has none)
+    continuations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ContinuationScore:
+    text: str
+    logprob: float  # log P(text | prompt), the sum over its tokens
+    tokens: list[TokenLogprob]
+    greedy: bool  # every token was the most probable at its position
+
+
+@dataclass
+class ScoreResult:
+    model: str
+    version: str
+    prompt_tokens: int
+    scores: list[ContinuationScore]
 
 
 @dataclass

@@ -158,7 +158,15 @@ def generate_request(request: generate_pb2.GenerateRequest) -> types.GenerateReq
         top_p=request.top_p if request.HasField("top_p") else None,
         seed=request.seed if request.HasField("seed") else None,
         stop=list(request.stop),
+        logprobs=request.logprobs,
+        top_logprobs=request.top_logprobs,
     )
+
+
+def token_logprobs(entries: list[types.TokenLogprob]) -> list[generate_pb2.TokenLogprob]:
+    """Engine TokenLogprobs as protos (alternatives included)."""
+    return [generate_pb2.TokenLogprob(token=e.token, token_id=e.token_id, logprob=e.logprob,
+                                      top_logprobs=token_logprobs(e.top_logprobs)) for e in entries]
 
 
 # --- servicers ----------------------------------------------------------------------------
@@ -243,6 +251,18 @@ class GeneratorServicer(generate_pb2_grpc.GeneratorServicer):
             finish_reason=result.finish_reason,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
+            logprobs=token_logprobs(result.logprobs),
+        )
+
+    @handle_errors
+    async def Score(self, request, context):
+        req = types.ScoreRequest(model=request.model, version=request.version, prompt=request.prompt,
+                                 continuations=list(request.continuations))
+        result = await self.engine.score(req, deadline_of(context))
+        return generate_pb2.ScoreResponse(
+            model=result.model, version=str(result.version), prompt_tokens=result.prompt_tokens,
+            scores=[generate_pb2.ContinuationScore(text=s.text, logprob=s.logprob, tokens=token_logprobs(s.tokens),
+                                                   greedy=s.greedy) for s in result.scores],
         )
 
     @handle_errors
@@ -258,6 +278,7 @@ class GeneratorServicer(generate_pb2_grpc.GeneratorServicer):
                         finish_reason=chunk.finish_reason,
                         prompt_tokens=chunk.prompt_tokens,
                         completion_tokens=chunk.completion_tokens,
+                        logprobs=token_logprobs(chunk.logprobs),
                     )
                 )
 

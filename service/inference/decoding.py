@@ -20,6 +20,13 @@ def _softmax_in_place(z: np.ndarray) -> np.ndarray:
     return z
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Natural-log probabilities of logits along the last axis, in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
 def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
     """(V,) bool: the k largest logits (all when k <= 0 or k >= V)."""
     v = logits.shape[-1]

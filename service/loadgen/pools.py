@@ -63,6 +63,20 @@ def generate_requests(config: BenchConfig, rng: np.random.Generator) -> list[Mes
             for i, p in enumerate(picks)]
 
 
+def score_requests(config: BenchConfig, rng: np.random.Generator) -> list[Message]:
+    """POOL_SIZE score requests: a built-in prompt, four continuations of 4 to 16 characters cut
+    from the other prompts."""
+    out = []
+    for p in rng.integers(0, len(PROMPTS), POOL_SIZE):
+        continuations = []
+        for q in rng.integers(0, len(PROMPTS), 4):
+            start = int(rng.integers(0, len(PROMPTS[q]) - 4))
+            continuations.append(PROMPTS[q][start : start + int(rng.integers(4, 17))])
+        out.append(generate_pb2.ScoreRequest(model=config.model, version=config.version, prompt=PROMPTS[p],
+                                             continuations=continuations))
+    return out
+
+
 async def forecast_shape(channel: grpc.aio.Channel, config: BenchConfig) -> ForecastShape:
     """The ForecastSpec of the model to load-test (the default forecast model when none is named).
 

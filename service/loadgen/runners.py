@@ -15,7 +15,14 @@ import numpy as np
 
 from service.client.options import ADDRESS_ENV
 from service.loadgen.config import ENDPOINTS, BenchConfig, Load
-from service.loadgen.pools import POOL_SIZE, forecast_requests, forecast_shape, generate_requests, translate_requests
+from service.loadgen.pools import (
+    POOL_SIZE,
+    forecast_requests,
+    forecast_shape,
+    generate_requests,
+    score_requests,
+    translate_requests,
+)
 from service.loadgen.results import OK, LevelResult, Outcome, summarize
 from service.loadgen.senders import Sender, stream_sender, unary_sender
 from service.loadgen.server_metrics import scrape, server_stats
@@ -117,6 +124,8 @@ async def _sender(endpoint: str, channels: Sequence[grpc.aio.Channel], config: B
         requests = forecast_requests(config, await forecast_shape(channels[0], config), rng)
     elif endpoint == "translate":
         requests = translate_requests(config, rng)
+    elif endpoint == "score":
+        requests = score_requests(config, rng)
     else:
         requests = generate_requests(config, rng)
     if endpoint == "generate_stream":

@@ -25,6 +25,7 @@ def unary_sender(endpoint: str, channels: Sequence[grpc.aio.Channel], requests: 
         "forecast": lambda ch: forecast_pb2_grpc.ForecasterStub(ch).Forecast,
         "translate": lambda ch: translate_pb2_grpc.TranslatorStub(ch).Translate,
         "generate": lambda ch: generate_pb2_grpc.GeneratorStub(ch).Generate,
+        "score": lambda ch: generate_pb2_grpc.GeneratorStub(ch).Score,
     }
     methods = [stubs[endpoint](ch) for ch in channels]
 

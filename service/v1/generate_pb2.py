@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aseqserve/v1/generate.proto\x12\x0bseqserve.v1\"\xd6\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x06 \x01(\x05\x12\x12\n\x05top_p\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\x89\x01\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x05\"f\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05\x32\xa2\x01\n\tGenerator\x12G\n\x08Generate\x12\x1c.seqserve.v1.GenerateRequest\x1a\x1d.seqserve.v1.GenerateResponse\x12L\n\x0eGenerateStream\x12\x1c.seqserve.v1.GenerateRequest\x1a\x1a.seqserve.v1.GenerateChunk0\x01\x42+\n\x0f\x64\x65v.seqserve.v1P\x01Z\x16seqserve/v1;seqservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aseqserve/v1/generate.proto\x12\x0bseqserve.v1\"\xfe\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x06 \x01(\x05\x12\x12\n\x05top_p\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12\x10\n\x08logprobs\x18\n \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0b \x01(\x05\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"q\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\x12/\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x19.seqserve.v1.TokenLogprob\"\xb6\x01\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x05\x12+\n\x08logprobs\x18\x07 \x03(\x0b\x32\x19.seqserve.v1.TokenLogprob\"\x93\x01\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05\x12+\n\x08logprobs\x18\x05 \x03(\x0b\x32\x19.seqserve.v1.TokenLogprob\"U\n\x0cScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x15\n\rcontinuations\x18\x04 \x03(\t\"m\n\x11\x43ontinuationScore\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12)\n\x06tokens\x18\x03 \x03(\x0b\x32\x19.seqserve.v1.TokenLogprob\x12\x0e\n\x06greedy\x18\x04 \x01(\x08\"v\n\rScoreResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12.\n\x06scores\x18\x04 \x03(\x0b\x32\x1e.seqserve.v1.ContinuationScore2\xe2\x01\n\tGenerator\x12G\n\x08Generate\x12\x1c.seqserve.v1.GenerateRequest\x1a\x1d.seqserve.v1.GenerateResponse\x12L\n\x0eGenerateStream\x12\x1c.seqserve.v1.GenerateRequest\x1a\x1a.seqserve.v1.GenerateChunk0\x01\x12>\n\x05Score\x12\x19.seqserve.v1.ScoreRequest\x1a\x1a.seqserve.v1.ScoreResponseB+\n\x0f\x64\x65v.seqserve.v1P\x01Z\x16seqserve/v1;seqservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,11 +33,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.seqserve.v1P\001Z\026seqserve/v1;seqservev1'
   _globals['_GENERATEREQUEST']._serialized_start=44
-  _globals['_GENERATEREQUEST']._serialized_end=258
-  _globals['_GENERATERESPONSE']._serialized_start=261
-  _globals['_GENERATERESPONSE']._serialized_end=398
-  _globals['_GENERATECHUNK']._serialized_start=400
-  _globals['_GENERATECHUNK']._serialized_end=502
-  _globals['_GENERATOR']._serialized_start=505
-  _globals['_GENERATOR']._serialized_end=667
+  _globals['_GENERATEREQUEST']._serialized_end=298
+  _globals['_TOKENLOGPROB']._serialized_start=300
+  _globals['_TOKENLOGPROB']._serialized_end=413
+  _globals['_GENERATERESPONSE']._serialized_start=416
+  _globals['_GENERATERESPONSE']._serialized_end=598
+  _globals['_GENERATECHUNK']._serialized_start=601
+  _globals['_GENERATECHUNK']._serialized_end=748
+  _globals['_SCOREREQUEST']._serialized_start=750
+  _globals['_SCOREREQUEST']._serialized_end=835
+  _globals['_CONTINUATIONSCORE']._serialized_start=837
+  _globals['_CONTINUATIONSCORE']._serialized_end=946
+  _globals['_SCORERESPONSE']._serialized_start=948
+  _globals['_SCORERESPONSE']._serialized_end=1066
+  _globals['_GENERATOR']._serialized_start=1069
+  _globals['_GENERATOR']._serialized_end=1295
 # @@protoc_insertion_point(module_scope)

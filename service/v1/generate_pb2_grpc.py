@@ -45,6 +45,11 @@ class GeneratorStub:
                 request_serializer=seqserve_dot_v1_dot_generate__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=seqserve_dot_v1_dot_generate__pb2.GenerateChunk.FromString,
                 _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/seqserve.v1.Generator/Score',
+                request_serializer=seqserve_dot_v1_dot_generate__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=seqserve_dot_v1_dot_generate__pb2.ScoreResponse.FromString,
+                _registered_method=True)
 
 
 class GeneratorServicer:
@@ -70,6 +75,17 @@ class GeneratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Score(self, request, context):
+        """The log-probability of each continuation given the prompt, in total and per token: which of
+        several endings the model prefers ("我是中国人，我说" + "中文" or "英文"). The prompt is read
+        once; every continuation starts from its state, and their tokens go through the same step loop
+        as generation. Errors: INVALID_ARGUMENT (no or too many continuations, an empty or too long
+        one, prompt too long), NOT_FOUND, UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeneratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +98,11 @@ def add_GeneratorServicer_to_server(servicer, server):
                     servicer.GenerateStream,
                     request_deserializer=seqserve_dot_v1_dot_generate__pb2.GenerateRequest.FromString,
                     response_serializer=seqserve_dot_v1_dot_generate__pb2.GenerateChunk.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=seqserve_dot_v1_dot_generate__pb2.ScoreRequest.FromString,
+                    response_serializer=seqserve_dot_v1_dot_generate__pb2.ScoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +160,33 @@ class Generator:
             '/seqserve.v1.Generator/GenerateStream',
             seqserve_dot_v1_dot_generate__pb2.GenerateRequest.SerializeToString,
             seqserve_dot_v1_dot_generate__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seqserve.v1.Generator/Score',
+            seqserve_dot_v1_dot_generate__pb2.ScoreRequest.SerializeToString,
+            seqserve_dot_v1_dot_generate__pb2.ScoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

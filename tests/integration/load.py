@@ -33,7 +33,7 @@ from service.v1 import (
 )
 from tests.integration.harness import ServerProcess
 
-RPCS = ("Forecast", "Translate", "Generate", "GenerateStream", "ListModels", "GetModel", "Check")
+RPCS = ("Forecast", "Translate", "Generate", "GenerateStream", "Score", "ListModels", "GetModel", "Check")
 WORDS = ("ein", "mann", "eine", "frau", "hund", "spielt", "auf", "der", "straße", "im", "park",
          "kinder", "laufen", "über", "die", "wiese", "zwei", "rote", "ball", "xylophon", "ßüöä")
 PROMPT_CHARS = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ,.;:!?'\n"
@@ -91,7 +91,7 @@ class Mix:
                  translate: str = "tiny-translate", forecast: str = "tiny-forecast", generate: str = "tiny-generate",
                  max_tokens: int = 48, timeout_s: float = 30.0):
         self.rng = np.random.default_rng(seed)
-        weights = weights or {"Forecast": 4, "Translate": 2, "Generate": 2, "GenerateStream": 2,
+        weights = weights or {"Forecast": 4, "Translate": 2, "Generate": 2, "GenerateStream": 2, "Score": 1,
                               "ListModels": 0.5, "GetModel": 0.5, "Check": 0.5}
         self.rpcs = list(weights)
         p = np.array([weights[r] for r in self.rpcs], dtype=float)
@@ -124,7 +124,8 @@ class Mix:
         return generate_pb2.GenerateRequest(
             model=self.names["generate"], prompt=self._prompt(), max_tokens=int(self.rng.integers(1, self.max_tokens + 1)),
             temperature=float(self.rng.choice([0.0, 0.7, 1.0, 1.3])), top_k=int(self.rng.choice([0, 5, 20])),
-            top_p=float(self.rng.choice([1.0, 0.9])), seed=int(self.rng.integers(0, 2**31)))
+            top_p=float(self.rng.choice([1.0, 0.9])), seed=int(self.rng.integers(0, 2**31)),
+            logprobs=bool(self.rng.random() < 0.3), top_logprobs=int(self.rng.choice([0, 0, 3])))
 
     def request(self, rpc: str) -> Callable[[float | None], Awaitable[bool]]:
         """A coroutine function sending one random ``rpc`` call with a timeout; returns whether a
@@ -148,6 +149,10 @@ class Mix:
         if rpc == "GenerateStream":
             req = self._generate_request()
             return lambda t: _stream(self.generator.GenerateStream(req, timeout=t or timeout), req.max_tokens)
+        if rpc == "Score":
+            req = generate_pb2.ScoreRequest(model=self.names["generate"], prompt=self._prompt(),
+                                            continuations=[self._prompt(1, 12) for _ in range(int(self.rng.integers(1, 6)))])
+            return lambda t: _unary(self.generator.Score(req, timeout=t or timeout))
         if rpc == "ListModels":
             return lambda t: _unary(self.models.ListModels(models_pb2.ListModelsRequest(), timeout=t or timeout))
         if rpc == "GetModel":

@@ -86,6 +86,8 @@ async def test_every_endpoint_in_closed_and_open_loop(target):
             assert r.server.compute_ms is not None and r.server.compute_ms > 0
             assert r.tokens_per_s is None
             assert r.model.startswith("tiny-") and r.version == "1"
+        elif r.endpoint == "score":  # continuations through the LM's step loop: no tokens generated
+            assert r.tokens_per_s is None and (r.model, r.version) == ("tiny-generate", "1")
         else:
             assert r.tokens_per_s > 0
             assert r.server.ttft_ms is not None and r.server.ttft_ms > 0

@@ -132,6 +132,36 @@ async def test_cli_generate_plain_and_streamed_match(served, capsys):
     assert "".join(c["text"] for c in chunks) + "\n" == plain and chunks[-1]["finish_reason"]
 
 
+async def test_cli_generate_lists_token_logprobs(served, capsys):
+    args = ["generate", "First", "--max-tokens", "8", "--seed", "3", "--address", served.address]
+    rc, plain, _ = await run_cli(capsys, *args)
+    rc, out, _ = await run_cli(capsys, *args, "--logprobs", "2")
+    head = plain + "\ntoken\tlogprob\tprob\talternatives\n"
+    assert rc == 0 and out.startswith(head)  # the same text, then one row per token
+    rows = [line.split("\t") for line in out[len(head):].splitlines()]
+    assert rows and all(len(r) == 4 and float(r[1]) <= 0 and len(r[3].split("  ")) == 2 for r in rows)
+    rc, streamed, _ = await run_cli(capsys, *args, "--logprobs", "2", "--stream")
+    assert (rc, streamed) == (0, out)
+    rc, _, err = await run_cli(capsys, *args, "--logprobs", "99")
+    assert rc == cli.EXIT_RPC_ERROR and err.startswith("error: INVALID_ARGUMENT: --logprobs 99 must be within 0..20")
+
+
+async def test_cli_score_marks_the_most_probable_continuation(served, capsys):
+    from service.client import SeqserveClient
+
+    rc, out, _ = await run_cli(capsys, "score", "First Citi", "zen", "qqq", "--address", served.address)
+    header, columns, *rows = out.splitlines()
+    assert rc == 0 and header == "# tiny-generate v1; prompt of 10 tokens" and len(rows) == 2
+    with SeqserveClient(served.address) as client:
+        result = await asyncio.to_thread(client.score, "First Citi", ["zen", "qqq"])
+    best = result.best().text
+    for row, s in zip(rows, result.scores, strict=True):
+        mark, text, logprob, *_ = row.split("\t")
+        assert (mark, text, float(logprob)) == ("*" if s.text == best else "", s.text, pytest.approx(s.logprob, abs=1e-3))
+    rc, out, _ = await run_cli(capsys, "score", "First Citi", "zen", "--json", "--address", served.address)
+    assert json.loads(out)["scores"][0]["tokens"][0]["token"] == "z"
+
+
 async def test_cli_models_and_health(served, capsys):
     rc, out, _ = await run_cli(capsys, "models", "--address", served.address)
     lines = out.splitlines()

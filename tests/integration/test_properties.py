@@ -43,6 +43,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.contract import TASKS
+from service.core.sentences import SentenceSplitter
 from service.core.tasks.forecast import max_abs_value
 from service.core.tokenizing import TextCodec
 from service.front.status import MAX_MESSAGE_BYTES
@@ -107,6 +108,7 @@ class ModelFacts:
     limits: dict[str, int]
     forecast: models_pb2.ForecastSpec | None = None
     codecs: dict[str, TextCodec] = field(default_factory=dict)
+    languages: dict[str, str] = field(default_factory=dict)
 
 
 class _ErrorLog(logging.Handler):
@@ -217,7 +219,7 @@ def live(module_models, request) -> Iterator[LiveServer]:
         facts, defaults = {}, {}
         for info in server.models.ListModels(models_pb2.ListModelsRequest(), timeout=CALL_TIMEOUT_S).models:
             assert info.state == "READY", info
-            f = ModelFacts(info.name, info.task, dict(info.limits))
+            f = ModelFacts(info.name, info.task, dict(info.limits), languages=dict(info.languages))
             if info.task == "forecast":
                 f.forecast = info.forecast
             for kind in ("text", "source", "target"):
@@ -444,7 +446,22 @@ def generate_requests(draw) -> generate_pb2.GenerateRequest:
         req.seed = draw(mostly(st.integers(0, 2**63 - 1), st.sampled_from([-1, -(2**63)])))
     stop = st.one_of(st.sampled_from(["\n", "e", " ", "zz", ".", "First", "\U0001f600"]), WILD_TEXT, huge_text(64))
     req.stop.extend(draw(mostly(st.lists(stop, max_size=3), st.lists(stop, min_size=7, max_size=10))))
+    req.logprobs = draw(st.booleans())
+    req.top_logprobs = draw(st.one_of(st.just(0), int_field(0, 5, (20, 21))))
     return req
+
+
+@st.composite
+def score_requests(draw) -> generate_pb2.ScoreRequest:
+    continuation = st.one_of(st.sampled_from(["zen", "\n", " we are", "a", "Citizen:\nWe"]), WILD_TEXT)
+    return generate_pb2.ScoreRequest(
+        model=draw(model_names("generate")),
+        version=draw(versions()),
+        prompt=draw(mostly(st.one_of(st.sampled_from(PROMPTS), WILD_TEXT), st.one_of(huge_text(1000), huge_text(512)))),
+        continuations=draw(mostly(st.lists(mostly(continuation, st.one_of(st.just(""), huge_text(1000))), min_size=1,
+                                           max_size=4),
+                                  st.one_of(st.just([]), st.lists(continuation, min_size=17, max_size=18)))),
+    )
 
 
 @st.composite
@@ -646,15 +663,18 @@ def translate_oracle(
         problems.add("beam_size")
     if not 0 <= req.max_length <= limits["max_target_tokens"]:
         problems.add("max_length")
-    tokens = []
+    tokens = []  # per text: each sentence's source tokens
+    splitter = SentenceSplitter(facts.languages.get("source", ""))
     for text in req.texts:
         if not text.strip() or len(text) > cfg.max_text_chars:
             problems.add("texts")
             continue
-        _, toks = facts.codecs["source"].encode(text)
-        if not toks or len(toks) > limits["max_source_tokens"]:
+        sentences = [toks for toks in (facts.codecs["source"].encode(s)[1] for s in splitter.split(text)) if toks]
+        if not sentences or any(len(toks) > limits["max_source_tokens"] for toks in sentences):
             problems.add("texts")
-        tokens.append(toks)
+        if req.return_attention and sum(map(len, sentences)) > limits["max_source_tokens"]:
+            problems.add("texts")
+        tokens.append(sentences)
     return problems, facts, tokens
 
 
@@ -665,9 +685,11 @@ def check_translate(live: LiveServer, req: translate_pb2.TranslateRequest) -> No
         return
     assert (reply.model, reply.version) == (facts.name, "1")
     assert len(reply.translations) == len(req.texts)
-    for t, src in zip(reply.translations, source_tokens):
-        assert list(t.source_tokens) == src
-        limit = req.max_length or min(facts.limits["max_target_tokens"], 2 * len(src) + 10)
+    for t, sentences in zip(reply.translations, source_tokens):
+        src = [tok for toks in sentences for tok in toks]
+        assert list(t.source_tokens) == src and t.sentences == len(sentences)
+        assert t.unknown_source_tokens == src.count("[UNK]") <= len(src) and 0 <= t.copied_words <= len(t.tokens)
+        limit = sum(req.max_length or min(facts.limits["max_target_tokens"], 2 * len(toks) + 10) for toks in sentences)
         assert len(t.tokens) <= limit
         assert isinstance(t.text, str) and math.isfinite(t.score) and t.score <= 1e-9, t
         assert t.HasField("attention") == req.return_attention
@@ -716,14 +738,34 @@ def generate_oracle(
         problems.add("seed")
     if len(req.stop) > cfg.max_stop or any(not s or len(s) > cfg.max_stop_chars for s in req.stop):
         problems.add("stop")
-    prompt_tokens = 0
-    if len(req.prompt) > cfg.max_text_chars:
+    if not 0 <= req.top_logprobs <= cfg.max_top_logprobs:
+        problems.add("top_logprobs")
+    return problems, facts, prompt_oracle(live, facts, req.prompt, problems), max_tokens
+
+
+def prompt_oracle(live: LiveServer, facts: ModelFacts, prompt: str, problems: Problems) -> int:
+    """The prompt's token count (0 when it is refused; empty: the BOS token)."""
+    if len(prompt) > live.config.max_text_chars:
         problems.add("prompt")
-    else:
-        prompt_tokens = len(facts.codecs["text"].encode(req.prompt)[0]) or 1  # empty: the BOS token
-        if prompt_tokens > limits["max_prompt_tokens"]:
-            problems.add("prompt")
-    return problems, facts, prompt_tokens, max_tokens
+        return 0
+    prompt_tokens = len(facts.codecs["text"].encode(prompt)[0]) or 1
+    if prompt_tokens > facts.limits["max_prompt_tokens"]:
+        problems.add("prompt")
+    return prompt_tokens
+
+
+def check_logprobs(req, entries, completion_tokens: int) -> None:
+    """Every sampled token has its logprob (and top_logprobs alternatives, best first) when asked."""
+    if not (req.logprobs or req.top_logprobs):
+        assert not entries
+        return
+    assert len(entries) == completion_tokens
+    for t in entries:
+        assert math.isfinite(t.logprob) and t.logprob <= 1e-9
+        alternatives = [a.logprob for a in t.top_logprobs]
+        assert len(alternatives) == req.top_logprobs and alternatives == sorted(alternatives, reverse=True)
+        if alternatives:
+            assert t.logprob <= alternatives[0] + 1e-9
 
 
 def check_result(
@@ -748,6 +790,7 @@ def check_generate(live: LiveServer, req: generate_pb2.GenerateRequest) -> None:
     check_result(
         req, reply.text, reply.finish_reason, reply.prompt_tokens, reply.completion_tokens, want_prompt, max_tokens
     )
+    check_logprobs(req, reply.logprobs, reply.completion_tokens)
 
 
 def check_generate_stream(live: LiveServer, req: generate_pb2.GenerateRequest) -> None:
@@ -763,6 +806,7 @@ def check_generate_stream(live: LiveServer, req: generate_pb2.GenerateRequest) -
     assert counts == sorted(counts), counts
     text = "".join(c.text for c in chunks)
     check_result(req, text, last.finish_reason, last.prompt_tokens, last.completion_tokens, want_prompt, max_tokens)
+    check_logprobs(req, [t for c in chunks for t in c.logprobs], last.completion_tokens)
     deterministic = req.HasField("seed") or (req.HasField("temperature") and req.temperature == 0)
     if deterministic:  # the stream is the unary answer, piece by piece
         reply = live.generator.Generate(req, timeout=CALL_TIMEOUT_S)
@@ -793,6 +837,43 @@ def test_generate_stream_storm(live, profile):
 
     storm()
     assert_mixed("GenerateStream")
+
+
+# --- Score --------------------------------------------------------------------------------------------
+
+
+def check_score(live: LiveServer, req: generate_pb2.ScoreRequest) -> None:
+    problems = Problems()
+    facts = resolve(live, "generate", req.model, req.version, problems)
+    want_prompt, lengths = 0, []
+    if facts is not None:
+        want_prompt = prompt_oracle(live, facts, req.prompt, problems)
+        if not 1 <= len(req.continuations) <= live.config.max_continuations:
+            problems.add("continuations")
+        for text in req.continuations:
+            n = len(facts.codecs["text"].encode(text)[0]) if len(text) <= live.config.max_text_chars else 0
+            if not 1 <= n <= facts.limits["max_tokens"]:
+                problems.add("continuations")
+            lengths.append(n)
+    reply, err = call(live.generator.Score, req)
+    if not outcome("Score", problems, req, reply, err):
+        return
+    assert (reply.model, reply.version, reply.prompt_tokens) == (facts.name, "1", want_prompt)
+    assert [s.text for s in reply.scores] == list(req.continuations)
+    for s, n in zip(reply.scores, lengths, strict=True):
+        assert len(s.tokens) == n and all(math.isfinite(t.logprob) and t.logprob <= 1e-9 for t in s.tokens)
+        assert s.logprob == pytest.approx(sum(t.logprob for t in s.tokens), abs=1e-6)
+
+
+@pytest.mark.parametrize("profile", profiles(300))
+def test_score_storm(live, profile):
+    @profile
+    @given(req=score_requests())
+    def storm(req):
+        check_score(live, req)
+
+    storm()
+    assert_mixed("Score")
 
 
 # --- ListModels and GetModel -----------------------------------------------------------------------
@@ -840,6 +921,7 @@ METHODS = {  # path: (request type, response type, server streaming)
     "/seqserve.v1.Forecaster/Forecast": (forecast_pb2.ForecastRequest, forecast_pb2.ForecastResponse, False),
     "/seqserve.v1.Generator/Generate": (generate_pb2.GenerateRequest, generate_pb2.GenerateResponse, False),
     "/seqserve.v1.Generator/GenerateStream": (generate_pb2.GenerateRequest, generate_pb2.GenerateChunk, True),
+    "/seqserve.v1.Generator/Score": (generate_pb2.ScoreRequest, generate_pb2.ScoreResponse, False),
     "/seqserve.v1.Models/ListModels": (models_pb2.ListModelsRequest, models_pb2.ListModelsResponse, False),
     "/seqserve.v1.Models/GetModel": (models_pb2.GetModelRequest, models_pb2.GetModelResponse, False),
 }
@@ -848,7 +930,8 @@ VALID_BYTES = [
     for req in (
         translate_pb2.TranslateRequest(texts=["Ein Mann fährt Fahrrad."], max_length=4),
         forecast_pb2.ForecastRequest(history=[float(t % 7) for t in range(12)], quantiles=[0.5]),
-        generate_pb2.GenerateRequest(prompt="First", max_tokens=3, seed=1, stop=["x"]),
+        generate_pb2.GenerateRequest(prompt="First", max_tokens=3, seed=1, stop=["x"], logprobs=True, top_logprobs=2),
+        generate_pb2.ScoreRequest(prompt="First", continuations=["Citizen", "a"]),
         models_pb2.GetModelRequest(name="tiny-generate", version="1"),
         models_pb2.ListModelsRequest(task="forecast"),
     )

@@ -106,6 +106,21 @@ async def test_greedy_generation_is_deterministic_and_stops(served):
     assert stopped.text == first.text[: first.text.index(stop)]
 
 
+async def test_score_and_token_logprobs(served):
+    reply = await served.generator.Score(generate_pb2.ScoreRequest(prompt="First Citi", continuations=["zen", "a"]))
+    assert (reply.model, reply.version, reply.prompt_tokens) == ("tiny-generate", "1", 10)
+    assert [s.text for s in reply.scores] == ["zen", "a"]
+    assert [[t.token for t in s.tokens] for s in reply.scores] == [["z", "e", "n"], ["a"]]
+    for s in reply.scores:
+        assert s.logprob == pytest.approx(sum(t.logprob for t in s.tokens)) and s.logprob < 0
+    request = generate_pb2.GenerateRequest(prompt="All:", max_tokens=6, seed=2, logprobs=True, top_logprobs=3)
+    whole = await served.generator.Generate(request)
+    chunks = [c async for c in served.generator.GenerateStream(request)]
+    assert len(whole.logprobs) == whole.completion_tokens >= 1  # EOS may come early with random weights
+    assert [len(t.top_logprobs) for t in whole.logprobs] == [3] * whole.completion_tokens
+    assert [(t.token_id, t.logprob) for c in chunks for t in c.logprobs] == [(t.token_id, t.logprob) for t in whole.logprobs]
+
+
 async def test_list_and_get_models(served):
     listed = (await served.models.ListModels(models_pb2.ListModelsRequest())).models
     assert [(m.name, m.version) for m in listed] == [
@@ -138,6 +153,9 @@ async def test_list_and_get_models(served):
         ("generator.Generate", generate_pb2.GenerateRequest(prompt="x", temperature=-1.0), "temperature", "-1"),
         ("generator.Generate", generate_pb2.GenerateRequest(prompt="x", top_p=0.0), "top_p", "top_p"),
         ("generator.Generate", generate_pb2.GenerateRequest(prompt="x", stop=[""]), "stop", "empty"),
+        ("generator.Generate", generate_pb2.GenerateRequest(prompt="x", top_logprobs=99), "top_logprobs", "99"),
+        ("generator.Score", generate_pb2.ScoreRequest(prompt="x"), "continuations", "empty"),
+        ("generator.Score", generate_pb2.ScoreRequest(prompt="x", continuations=["a", ""]), "continuations", "[1]"),
         ("translator.Translate", translate_pb2.TranslateRequest(), "texts", "empty"),
         ("translator.Translate", translate_pb2.TranslateRequest(texts=["Hallo"], beam_size=99), "beam_size", "99"),
         ("translator.Translate", translate_pb2.TranslateRequest(model="tiny-forecast", texts=["Hallo"]), "model", "forecast model"),
@@ -238,6 +256,7 @@ async def test_every_rpc_is_labelled_with_the_version_that_answered(module_model
                     forecast_pb2.ForecastRequest(model="nope", history=HISTORY)):
             await rpc_error(s.forecaster.Forecast(bad))
         await s.models.ListModels(models_pb2.ListModelsRequest())
+        await s.generator.Score(generate_pb2.ScoreRequest(prompt="Fir", continuations=["st", "e"]))
 
     def count(method: str, model: str, version: str, code: str) -> float:
         return metric_value(metrics, "seqserve_request_duration_seconds_count", method=method, model=model,
@@ -249,3 +268,4 @@ async def test_every_rpc_is_labelled_with_the_version_that_answered(module_model
     assert count("Forecast", "tiny-forecast", "unknown", "NOT_FOUND") == 1
     assert count("Forecast", "unknown", "unknown", "NOT_FOUND") == 1
     assert count("ListModels", "", "", "OK") == 1
+    assert count("Score", "tiny-generate", "1", "OK") == 1

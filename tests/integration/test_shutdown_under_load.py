@@ -39,7 +39,8 @@ async def test_sigterm_under_load_refuses_new_calls_and_loses_none(module_models
         channels = [grpc.aio.insecure_channel(server.address) for _ in range(4)]
         try:
             mixes = [Mix(channel, seed=10 + i, max_tokens=1000,
-                         weights={"Forecast": 3, "Translate": 2, "Generate": 1, "GenerateStream": 3, "ListModels": 0.5})
+                         weights={"Forecast": 3, "Translate": 2, "Generate": 1, "GenerateStream": 3, "Score": 1,
+                         "ListModels": 0.5})
                      for i, channel in enumerate(channels)]
             for mix in mixes:
                 await mix.prepare()
@@ -48,7 +49,7 @@ async def test_sigterm_under_load_refuses_new_calls_and_loses_none(module_models
             tally, stop = Tally(), asyncio.Event()
             loading = asyncio.gather(*(closed_loop(m, tally, 8, 120.0, stop=stop, backoff_s=0.02) for m in mixes))
             # The load is established: every kind of call has completed, streams included.
-            await wait_until(lambda: len(tally.calls) >= 100 and len({c.rpc for c in tally.calls}) == 5,
+            await wait_until(lambda: len(tally.calls) >= 100 and len({c.rpc for c in tally.calls}) == len(mixes[0].rpcs),
                              timeout=60, what="100 calls of every kind")
             terminated_at = time.monotonic()
             server.sigterm()

@@ -19,8 +19,9 @@ from ..errors import InvalidArgument, ServiceError
 from ..repository import Bundle
 from ..scheduler import StepItem
 from ..tokenizing import StreamDecoder
-from ..types import GenerateChunk, GenerateRequest
+from ..types import GenerateChunk, GenerateRequest, ScoreRequest, ScoreResult, TokenLogprob
 from .context import TaskContext
+from .scoring import ContinuationRows, Logprobs, continuation_scores
 
 DEFAULT_PROMPT_TOKENS = 1024
 
@@ -39,8 +40,11 @@ class GenerationStream(StepItem):
         prompt_tokens: int,
         state_names: tuple[str, ...],
         deadline: float | None,
+        logprobs: Logprobs | None = None,
     ) -> None:
         self.deadline = deadline
+        self._logprobs = logprobs
+        self._reported: list[TokenLogprob] = []  # logprobs of tokens not yet sent in a chunk
         self.queue: asyncio.Queue[GenerateChunk | ServiceError] = asyncio.Queue()
         self._sampler = sampler
         self._decoder = decoder
@@ -56,6 +60,8 @@ class GenerationStream(StepItem):
         """Sample the next token from (V,) logits; queue the text it makes final. True when done."""
         token = self._sampler.sample(logits)
         self.completion_tokens += 1
+        if self._logprobs is not None:
+            self._reported.append(self._logprobs.of(logits, token))
         finish = ""
         if self._eos is not None and token == self._eos:
             text, finish = self._decoder.finish(), "eos"
@@ -66,7 +72,8 @@ class GenerationStream(StepItem):
             elif self.completion_tokens >= self._max_tokens:
                 text, finish = text + self._decoder.finish(), "length"
         if text or finish:
-            self.queue.put_nowait(GenerateChunk(text, finish, self._prompt_tokens, self.completion_tokens))
+            self.queue.put_nowait(GenerateChunk(text, finish, self._prompt_tokens, self.completion_tokens, self._reported))
+            self._reported = []
         self._next = token
         self._states = states
         return bool(finish)
@@ -88,20 +95,22 @@ def coalesce(chunk: GenerateChunk, queue: asyncio.Queue) -> tuple[GenerateChunk,
     loop keeps sampling; sending what piled up as one message keeps a stream at the model's pace
     instead of one gRPC message per token. ``completion_tokens`` is cumulative, so clients still
     count every token."""
-    texts = [chunk.text]
+    chunks = [chunk]
     while not chunk.finish_reason and not queue.empty():
         nxt = queue.get_nowait()
         if isinstance(nxt, ServiceError):
-            return _joined(chunk, texts), nxt
+            return _joined(chunks), nxt
         chunk = nxt
-        texts.append(nxt.text)
-    return _joined(chunk, texts), None
+        chunks.append(nxt)
+    return _joined(chunks), None
 
 
-def _joined(last: GenerateChunk, texts: list[str]) -> GenerateChunk:
-    if len(texts) == 1:
+def _joined(chunks: list[GenerateChunk]) -> GenerateChunk:
+    last = chunks[-1]
+    if len(chunks) == 1:
         return last
-    return GenerateChunk("".join(texts), last.finish_reason, last.prompt_tokens, last.completion_tokens)
+    return GenerateChunk("".join(c.text for c in chunks), last.finish_reason, last.prompt_tokens,
+                         last.completion_tokens, [t for c in chunks for t in c.logprobs])
 
 
 class GenerateModel:
@@ -160,9 +169,9 @@ class GenerateModel:
     def prepare(self, req: GenerateRequest) -> tuple[list[int], Sampler, StopChecker, int]:
         """Validate; returns prompt ids, the sampler (with its RNG), the stop checker, max_tokens."""
         cfg = self._ctx.config
-        prompt = req.prompt or ""
-        if len(prompt) > cfg.max_text_chars:
-            raise InvalidArgument(f"prompt has {len(prompt)} characters; the limit is {cfg.max_text_chars}", field="prompt")
+        top = req.top_logprobs or 0
+        if not 0 <= top <= cfg.max_top_logprobs:
+            raise InvalidArgument(f"top_logprobs {top} must be within 0..{cfg.max_top_logprobs}", field="top_logprobs")
         max_tokens = min(cfg.default_max_tokens, self.max_tokens) if req.max_tokens is None else req.max_tokens
         if max_tokens < 1:
             raise InvalidArgument(f"max_tokens {max_tokens} must be at least 1", field="max_tokens")
@@ -187,6 +196,15 @@ class GenerateModel:
                 raise InvalidArgument(f"stop[{i}] is empty", field="stop")
             if len(s) > cfg.max_stop_chars:
                 raise InvalidArgument(f"stop[{i}] has {len(s)} characters; the limit is {cfg.max_stop_chars}", field="stop")
+        sampler = Sampler(temperature, top_k, top_p, np.random.default_rng(req.seed))
+        return self.prompt_ids(req.prompt), sampler, StopChecker(stops), max_tokens
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The prompt's token ids (BOS alone for an empty prompt), within the limits."""
+        prompt = prompt or ""
+        limit = self._ctx.config.max_text_chars
+        if len(prompt) > limit:
+            raise InvalidArgument(f"prompt has {len(prompt)} characters; the limit is {limit}", field="prompt")
         ids, _ = self._codec.encode(prompt)
         if not ids:
             if self._bos is None:
@@ -196,8 +214,50 @@ class GenerateModel:
             raise InvalidArgument(
                 f"prompt has {len(ids)} tokens; model {self.name!r} accepts at most {self.max_prompt_tokens}", field="prompt"
             )
-        sampler = Sampler(temperature, top_k, top_p, np.random.default_rng(req.seed))
-        return ids, sampler, StopChecker(stops), max_tokens
+        return ids
+
+    async def _prefill(self, ids: list[int]) -> dict[str, np.ndarray]:
+        """One LM call over the whole prompt from zero state: logits (1, T, V) and the states after it."""
+        started = time.monotonic()
+        out = await self._lm.run({"tokens": np.asarray([ids], dtype=np.int64), **self._zeros(1)})
+        self._prefill_meter.batch(1, time.monotonic() - started)
+        return out
+
+    async def score(self, req: ScoreRequest, deadline: float | None) -> ScoreResult:
+        """log P(continuation | prompt) of each continuation: the prompt is read once, then every
+        continuation's tokens go through the step loop as rows of one item, from the prompt's state."""
+        cfg = self._ctx.config
+        texts = list(req.continuations)
+        if not texts:
+            raise InvalidArgument("continuations is empty; send at least one", field="continuations")
+        if len(texts) > cfg.max_continuations:
+            raise InvalidArgument(f"continuations has {len(texts)} entries; the limit is {cfg.max_continuations}",
+                                  field="continuations")
+        ids = self.prompt_ids(req.prompt)
+        continuations = []
+        for i, text in enumerate(texts):
+            if len(text) > cfg.max_text_chars:
+                raise InvalidArgument(f"continuations[{i}] has {len(text)} characters; the limit is {cfg.max_text_chars}",
+                                      field="continuations")
+            cont, _ = self._codec.encode(text)
+            if not cont:
+                raise InvalidArgument(f"continuations[{i}] is empty (no tokens)", field="continuations")
+            if len(cont) > self.max_tokens:
+                raise InvalidArgument(f"continuations[{i}] has {len(cont)} tokens; model {self.name!r} scores at most "
+                                      f"{self.max_tokens}", field="continuations")
+            continuations.append(cont)
+        with self._ctx.slots.hold(len(continuations)):
+            out = await self._prefill(ids)
+            item = ContinuationRows(continuations, out["logits"][0, -1], {s: out[s + "_out"] for s in self._states},
+                                    Logprobs(self._codec), deadline)
+            if item.rows:
+                try:
+                    self._scheduler.add(item)
+                    await item.future
+                finally:
+                    self._scheduler.remove(item)
+        scores = continuation_scores(texts, item.future.result(), item.greedy)
+        return ScoreResult(self.name, self.version, len(ids), scores)
 
     async def stream(self, req: GenerateRequest, deadline: float | None) -> AsyncIterator[GenerateChunk]:
         """Chunks of new text; the last one carries finish_reason. Leaving the iteration (or
@@ -205,8 +265,10 @@ class GenerateModel:
         ids, sampler, stops, max_tokens = self.prepare(req)
         timer = self._ctx.token_timer(self.name, self.version)
         lease = self._ctx.slots.acquire(1)
+        wants = req.logprobs or (req.top_logprobs or 0) > 0
         item = GenerationStream(
-            sampler, StreamDecoder(self._codec, stops), self._eos, max_tokens, len(ids), self._states, deadline
+            sampler, StreamDecoder(self._codec, stops), self._eos, max_tokens, len(ids), self._states, deadline,
+            Logprobs(self._codec, req.top_logprobs or 0) if wants else None,
         )
 
         def leave(_task: object = None) -> None:
@@ -220,9 +282,7 @@ class GenerateModel:
             task.add_done_callback(leave)
         emitted = 0
         try:
-            started = time.monotonic()
-            out = await self._lm.run({"tokens": np.asarray([ids], dtype=np.int64), **self._zeros(1)})  # prefill
-            self._prefill_meter.batch(1, time.monotonic() - started)
+            out = await self._prefill(ids)
             if not item.accept(out["logits"][0, -1], {s: out[s + "_out"] for s in self._states}):
                 self._scheduler.add(item)
             error: ServiceError | None = None

@@ -159,27 +159,26 @@ class TranslateModel:
                         f"{where} has {len(s.ids)} tokens; model {self.name!r} accepts at most {self.max_source_tokens}"
                         " per sentence", field="texts",
                     )
+            total = sum(len(s.ids) for s in sentences)
+            if req.return_attention and total > self.max_source_tokens:  # the matrix spans the whole text
+                raise InvalidArgument(
+                    f"texts[{i}] has {total} tokens in {len(sentences)} sentences; with return_attention a text "
+                    f"may have at most {self.max_source_tokens}", field="texts",
+                )
             out.append(sentences)
         return out, max(beam, 1)
 
     async def translate(self, req: TranslateRequest, deadline: float | None) -> TranslateResult:
         texts, beam = self.prepare(req)
         sentences = [s for text in texts for s in text]
-        with self._ctx.slots.hold(len(sentences)):
-            encoded = await _all(self._encoder.submit(s.ids, deadline) for s in sentences)
-            alpha = self._ctx.config.length_penalty
-            items = []
-            for s, enc in zip(sentences, encoded):
-                limit = target_limit(len(s.ids), self.max_target_tokens, req.max_length)
-                search = make_search(beam, self._eos, limit, alpha, req.return_attention)
-                items.append(SentenceDecode(SentenceDecoder(search, enc, self._bos, self._states), deadline))
-            try:
-                for item in items:
-                    self._decoder.add(item)
-                hyps = await _all(item.future for item in items)
-            finally:
-                for item in items:
-                    self._decoder.remove(item)
+        alpha = self._ctx.config.length_penalty
+        # One decoding stream per sentence, at most max_texts at once (as many as a request of
+        # one-sentence texts claims): a text of many sentences goes through in waves.
+        width = min(len(sentences), self._ctx.config.max_texts)
+        hyps: list[Hypothesis] = []
+        with self._ctx.slots.hold(width):
+            for k in range(0, len(sentences), width):
+                hyps += await self._decode(sentences[k : k + width], beam, alpha, req, deadline)
         self._ctx.count_tokens(self.name, self.version, sum(len(h.tokens) for h in hyps))
         unknown = sum(s.unknown(self._unk) for s in sentences)
         self._ctx.count_source_tokens(self.name, self.version, sum(len(s.ids) for s in sentences), unknown)
@@ -188,6 +187,23 @@ class TranslateModel:
             out.append(self._assemble(text, hyps[k : k + len(text)], alpha, req.return_attention))
             k += len(text)
         return TranslateResult(self.name, self.version, out)
+
+    async def _decode(self, sentences: list[Sentence], beam: int, alpha: float, req: TranslateRequest,
+                      deadline: float | None) -> list[Hypothesis]:
+        """Encode ``sentences`` in the batcher, then decode them all in the shared step loop."""
+        encoded = await _all(self._encoder.submit(s.ids, deadline) for s in sentences)
+        items = []
+        for s, enc in zip(sentences, encoded):
+            limit = target_limit(len(s.ids), self.max_target_tokens, req.max_length)
+            search = make_search(beam, self._eos, limit, alpha, req.return_attention)
+            items.append(SentenceDecode(SentenceDecoder(search, enc, self._bos, self._states), deadline))
+        try:
+            for item in items:
+                self._decoder.add(item)
+            return await _all(item.future for item in items)
+        finally:
+            for item in items:
+                self._decoder.remove(item)
 
     def _assemble(self, sentences: list[Sentence], hyps: list[Hypothesis], alpha: float, attention: bool) -> Translation:
         """One text's translation from its sentences': texts and tokens joined, attention as a

@@ -94,7 +94,7 @@ def test_services_and_methods_users_depend_on():
     expected = {
         translate_pb2: ("Translator", {"Translate"}),
         forecast_pb2: ("Forecaster", {"Forecast"}),
-        generate_pb2: ("Generator", {"Generate", "GenerateStream"}),
+        generate_pb2: ("Generator", {"Generate", "GenerateStream", "Score"}),
         models_pb2: ("Models", {"ListModels", "GetModel"}),
     }
     for module, (name, methods) in expected.items():

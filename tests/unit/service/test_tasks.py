@@ -79,6 +79,8 @@ TRANSLATE_ERRORS = [
     (dict(texts=[" ".join(["Ein"] * 70)]), "texts[0] has 70 tokens; model 'tiny-translate' accepts at most 64 per sentence"),
     (dict(texts=["Ein Hund.", "Ein Mann. " + " ".join(["Ein"] * 70) + "."]),
      "texts[1], sentence 2 of 2, has 71 tokens; model 'tiny-translate' accepts at most 64 per sentence"),
+    (dict(texts=["Ein Mann fährt Fahrrad. " * 9], return_attention=True),
+     "texts[0] has 99 tokens in 9 sentences; with return_attention a text may have at most 64"),
     (dict(texts=["Ein Mann"], beam_size=9), "beam_size 9 must be within 0..8 (0 or 1 = greedy)"),
     (dict(texts=["Ein Mann"], beam_size=-1), "beam_size -1 must be within 0..8 (0 or 1 = greedy)"),
     (dict(texts=["Ein Mann"], max_length=49), "max_length 49 must be within 0..48 (0 = automatic)"),
@@ -90,6 +92,16 @@ async def test_translate_validation(engine, fields, message):
     with pytest.raises(InvalidArgument) as info:
         await engine.translate(TranslateRequest(**fields))
     assert info.value.message == message
+
+
+async def test_a_text_of_more_sentences_than_streams_goes_through_in_waves(repo, make_engine):
+    """Each sentence is decoded on its own; a request claims at most max_texts streams at once."""
+    engine = await make_engine(repo, max_texts=3, max_streams=3)
+    sentences = [f"{s}." for s in ("Ein Mann", "Zwei Hunde", "Ein Kind", "Eine Frau", "Ein Hund", "Zwei Männer", "Ein Mann")]
+    whole = (await engine.translate(TranslateRequest(texts=[" ".join(sentences)]))).translations[0]
+    alone = [(await engine.translate(TranslateRequest(texts=[s]))).translations[0] for s in sentences]
+    assert whole.sentences == 7 and whole.text == " ".join(t.text for t in alone if t.text)
+    assert whole.tokens == [tok for t in alone for tok in t.tokens]
 
 
 GENERATE_ERRORS = [

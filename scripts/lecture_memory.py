@@ -1,0 +1,206 @@
+"""The lecture's question, asked of a served Chinese language model through the Score API:
+"我是中国人，我说 … 中文? 英文?" — does the model remember the nationality several characters back?
+
+For each nationality / language pair that occurs in the model's training text, every template
+"{S}是{C}人，{S}{V}" (S in 我/他/她, V in 说/会说) is scored with every language word as the
+continuation; the pair is right when an accepted language of that nationality is the most probable.
+The margin is log P(best accepted) - log P(best other). Then the context before 说 is cut away one
+character at a time ("我是中国人，我说" -> "是中国人，我说" -> ... -> "说") and the margin plotted:
+the memory the lecture is about.
+
+    python scripts/lecture_memory.py --plot docs/lecture/memory.png --json docs/lecture/pairs.json
+
+starts `seqserve serve` on a free loopback port over --models (default models/) unless --address
+names a running server. The templates are never training data: the model is trained on Tatoeba's
+sentences only (training/presets/generate-zh.yaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from service.client import ClientError, SeqserveClient  # noqa: E402
+
+# nationality -> the language words accepted for it (the first is the one shown)
+PAIRS = {
+    "中国": ("中文", "汉语"),
+    "英国": ("英文", "英语"),
+    "美国": ("英语", "英文"),
+    "日本": ("日语", "日文"),
+    "法国": ("法语", "法文"),
+    "德国": ("德语", "德文"),
+    "韩国": ("韩语", "韩文"),
+    "俄国": ("俄语", "俄文"),
+}
+ENGLISH = {"中国": "China → Chinese", "英国": "Britain → English", "美国": "America → English",
+           "日本": "Japan → Japanese", "法国": "France → French", "德国": "Germany → German",
+           "韩国": "Korea → Korean", "俄国": "Russia → Russian"}  # plot labels: matplotlib's fonts lack CJK
+SUBJECTS = ("我", "他", "她")
+VERBS = ("说", "会说")
+
+
+def templates(country: str) -> list[str]:
+    return [f"{s}是{country}人，{s}{v}" for s in SUBJECTS for v in VERBS]
+
+
+def languages() -> list[str]:
+    return list(dict.fromkeys(w for accepted in PAIRS.values() for w in accepted))
+
+
+def judge(scores: dict[str, float], accepted: tuple[str, ...]) -> tuple[bool, float, str]:
+    """(right, margin, best word): margin = log P(best accepted) - log P(best other)."""
+    best = max(scores, key=scores.get)
+    good = max(scores[w] for w in accepted)
+    other = max(v for w, v in scores.items() if w not in accepted)
+    return good > other, good - other, best  # a tie is not right
+
+
+def score(client: SeqserveClient, model: str, prompt: str, words: list[str]) -> dict[str, float]:
+    result = client.score(prompt, words, model=model)
+    return {s.text: s.logprob for s in result.scores}
+
+
+def training_counts(bundle: Path, words: list[str]) -> dict[str, int] | None:
+    """How often each word occurs in the model's training text (None without the training extra or data)."""
+    try:
+        from service.contract import read_manifest
+        from training import data as D
+
+        m = read_manifest(bundle)
+        cfg = D.DataConfig.from_dict(m.training["run_config"]["data"], "generate")
+        text = D.lm_text(cfg, "train", None)
+    except (ImportError, OSError, KeyError, ValueError) as err:
+        print(f"(training-data counts skipped: {err})", file=sys.stderr)
+        return None
+    return {w: text.count(w) for w in words}
+
+
+def evaluate(client: SeqserveClient, model: str) -> dict:
+    words = languages()
+    rows = []
+    for country, accepted in PAIRS.items():
+        results = []
+        for prompt in templates(country):
+            right, margin, best = judge(score(client, model, prompt, words), accepted)
+            results.append({"prompt": prompt, "right": right, "margin": margin, "best": best})
+        rows.append({"nationality": f"{country}人", "language": accepted[0], "accepted": list(accepted),
+                     "right": sum(r["right"] for r in results), "of": len(results),
+                     "mean_margin": sum(r["margin"] for r in results) / len(results),
+                     "min_margin": min(r["margin"] for r in results), "templates": results})
+    # the lecture's own sentence, as the issue asks it: 中文 against 英文 only
+    headline = {c: score(client, model, f"我是{c}人，我说", ["中文", "英文"]) for c in ("中国", "英国")}
+    cuts = {}
+    for country, accepted in PAIRS.items():
+        prompt = f"我是{country}人，我说"
+        cuts[country] = [{"context": prompt[k:], "margin": judge(score(client, model, prompt[k:], words), accepted)[1]}
+                         for k in range(len(prompt))]
+    return {"model": model, "languages": words, "pairs": rows, "headline": headline, "cuts": cuts}
+
+
+def print_table(report: dict, counts: dict[str, int] | None) -> None:
+    print(f"model {report['model']}; candidates: {' '.join(report['languages'])}")
+    print("| nationality | language | right | mean margin (nats) | worst margin | train count (nationality / language) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    total = right = 0
+    for r in report["pairs"]:
+        count = "" if counts is None else f"{counts[r['nationality']]} / {counts[r['language']]}"
+        print(f"| {r['nationality']} | {r['language']} | {r['right']}/{r['of']} | {r['mean_margin']:+.2f} | "
+              f"{r['min_margin']:+.2f} | {count} |")
+        total, right = total + r["of"], right + r["right"]
+    print(f"\nright: {right}/{total} = {right / total:.0%} of templates; "
+          f"{sum(r['right'] == r['of'] for r in report['pairs'])}/{len(report['pairs'])} nationalities always right")
+    for country, s in report["headline"].items():
+        p = math.exp(s["中文"]) / (math.exp(s["中文"]) + math.exp(s["英文"]))
+        print(f"Score(\"我是{country}人，我说\", [\"中文\", \"英文\"]): log P 中文 {s['中文']:.2f}, 英文 {s['英文']:.2f} "
+              f"-> P(中文 | one of the two) = {p:.2f}")
+    for r in report["pairs"]:
+        for t in r["templates"]:
+            if not t["right"]:
+                print(f"wrong: {t['prompt']} -> {t['best']} (margin {t['margin']:+.2f})")
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for country, points in report["cuts"].items():
+        ax.plot(range(len(points)), [p["margin"] for p in points], marker="o", label=ENGLISH[country])
+    ax.axhline(0, color="grey", lw=0.8)
+    n = len(next(iter(report["cuts"].values())))
+    ax.set_xticks(range(n))
+    ax.set_xticklabels([str(k) for k in range(n)])
+    ax.set_xlabel("characters cut from the front of 'wo shi X ren, wo shuo' (8 characters; the last point: 'shuo' alone)")
+    ax.set_ylabel("log P(right language) − log P(best other), nats")
+    ax.set_title(f"{report['model']}: how far back the model remembers the nationality")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--address", default="", help="a running server (default: start one over --models)")
+    p.add_argument("--models", default=str(REPO / "models"), help="model repository for the server this starts")
+    p.add_argument("--model", default="generate-zh", help="the Chinese language model")
+    p.add_argument("--plot", default="", help="write the context-cutting plot here (PNG)")
+    p.add_argument("--json", default="", help="write every score here")
+    args = p.parse_args(argv)
+    server = None
+    address = args.address
+    if not address:
+        port = _free_port()
+        address = f"127.0.0.1:{port}"
+        server = subprocess.Popen([sys.executable, "-m", "service.client.cli", "serve", "--models", args.models,
+                                   "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    try:
+        with SeqserveClient(address, timeout=60) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    client.get_model(args.model)
+                    break
+                except ClientError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+            report = evaluate(client, args.model)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+    counts = training_counts(Path(args.models) / args.model / "1",
+                             [r["nationality"] for r in report["pairs"]] + [r["language"] for r in report["pairs"]])
+    report["training_counts"] = counts
+    print_table(report, counts)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    if args.plot:
+        plot(report, Path(args.plot))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
