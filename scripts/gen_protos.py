@@ -1,4 +1,5 @@
-"""Regenerate the Python gRPC stubs in service/v1/ from protos/seqserve/v1/*.proto.
+"""Regenerate the Python gRPC stubs in service/v1/ from protos/seqserve/v1/*.proto and
+protos/inference/*.proto (the Open Inference Protocol).
 
 Usage: python scripts/gen_protos.py [--out DIR]   (DIR defaults to service/v1 of this repository)
 """
@@ -14,18 +15,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PROTO_ROOT = REPO / "protos"
-PROTO_PACKAGE = "seqserve/v1"  # folder under PROTO_ROOT, = the proto package seqserve.v1
+PROTO_PACKAGES = ("seqserve/v1", "inference")  # folders under PROTO_ROOT, = the proto packages
 PY_PACKAGE = "service.v1"  # where the generated modules live
 DEFAULT_OUT = REPO / "service" / "v1"
-INIT_TEXT = '"""Generated gRPC stubs for the seqserve.v1 API (scripts/gen_protos.py; do not edit)."""\n'
+INIT_TEXT = ('"""Generated gRPC stubs for the seqserve.v1 API and the Open Inference Protocol (package inference)\n'
+             '(scripts/gen_protos.py; do not edit)."""\n')
 
-# protoc writes `from seqserve.v1 import x_pb2 as ...`; our modules live in service.v1.
-_IMPORT_RE = re.compile(r"^from seqserve\.v1 import ", re.MULTILINE)
+# protoc writes `from seqserve.v1 import x_pb2 as ...` / `from inference import ...`; our modules live in service.v1.
+_IMPORT_RE = re.compile(r"^from (seqserve\.v1|inference) import ", re.MULTILINE)
 
 
 def proto_files() -> list[Path]:
-    """The .proto files of the API, sorted."""
-    return sorted((PROTO_ROOT / PROTO_PACKAGE).glob("*.proto"))
+    """The .proto files of the APIs, sorted."""
+    return sorted(p for package in PROTO_PACKAGES for p in (PROTO_ROOT / package).glob("*.proto"))
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -52,7 +54,7 @@ def generate(out_dir: Path) -> list[Path]:
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed: {' '.join(args)}")
         written = []
-        for src in sorted((Path(tmp) / PROTO_PACKAGE).iterdir()):
+        for src in sorted(f for package in PROTO_PACKAGES for f in (Path(tmp) / package).iterdir()):
             if src.suffix not in (".py", ".pyi"):
                 continue
             text = _IMPORT_RE.sub(f"from {PY_PACKAGE} import ", src.read_text(encoding="utf-8"))

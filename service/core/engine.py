@@ -154,12 +154,17 @@ class Engine:
             except Exception:  # noqa: BLE001 - a listener must not break loading
                 log.exception("readiness listener failed")
 
-    @contextmanager
-    def _admit(self, deadline: float | None) -> Iterator[None]:
+    def check_accepting(self) -> None:
+        """Raise Unavailable while the engine starts or drains: what any request would get then
+        (front ends that look models up before calling in ask first)."""
         if self._draining:
             raise Unavailable("server is draining")
         if not self._started:
             raise Unavailable("server is starting")
+
+    @contextmanager
+    def _admit(self, deadline: float | None) -> Iterator[None]:
+        self.check_accepting()
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("deadline passed before the request was started")
         self.admission.enter()

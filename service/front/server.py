@@ -18,6 +18,7 @@ from service.core.engine import Engine
 from service.front.interceptors import MetricsInterceptor
 from service.front.metrics import Metrics, start_metrics_server, stop_metrics_server
 from service.front.security import auth_interceptor, describe, server_credentials
+from service.front.oip import register_inference
 from service.front.servicers import add_servicers
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ async def create_server(
     ]
     server = grpc.aio.server(interceptors=chain, options=options)
     names = add_servicers(server, engine)
+    names.append(register_inference(server, engine))  # the Open Inference Protocol, same port
     health_pb2_grpc.add_HealthServicer_to_server(health_state.servicer, server)
     names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     if reflection_enabled:

@@ -28,12 +28,14 @@ from service.v1 import (
     generate_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    open_inference_grpc_pb2,
+    open_inference_grpc_pb2_grpc,
     translate_pb2,
     translate_pb2_grpc,
 )
 from tests.integration.harness import ServerProcess
 
-RPCS = ("Forecast", "Translate", "Generate", "GenerateStream", "Score", "ListModels", "GetModel", "Check")
+RPCS = ("Forecast", "Translate", "Generate", "GenerateStream", "Score", "ModelInfer", "ListModels", "GetModel", "Check")
 WORDS = ("ein", "mann", "eine", "frau", "hund", "spielt", "auf", "der", "straße", "im", "park",
          "kinder", "laufen", "über", "die", "wiese", "zwei", "rote", "ball", "xylophon", "ßüöä")
 PROMPT_CHARS = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ,.;:!?'\n"
@@ -91,7 +93,7 @@ class Mix:
                  translate: str = "tiny-translate", forecast: str = "tiny-forecast", generate: str = "tiny-generate",
                  max_tokens: int = 48, timeout_s: float = 30.0):
         self.rng = np.random.default_rng(seed)
-        weights = weights or {"Forecast": 4, "Translate": 2, "Generate": 2, "GenerateStream": 2, "Score": 1,
+        weights = weights or {"Forecast": 4, "Translate": 2, "Generate": 2, "GenerateStream": 2, "Score": 1, "ModelInfer": 2,
                               "ListModels": 0.5, "GetModel": 0.5, "Check": 0.5}
         self.rpcs = list(weights)
         p = np.array([weights[r] for r in self.rpcs], dtype=float)
@@ -102,6 +104,7 @@ class Mix:
         self.forecaster = forecast_pb2_grpc.ForecasterStub(channel)
         self.translator = translate_pb2_grpc.TranslatorStub(channel)
         self.generator = generate_pb2_grpc.GeneratorStub(channel)
+        self.oip = open_inference_grpc_pb2_grpc.GRPCInferenceServiceStub(channel)
         self.models = models_pb2_grpc.ModelsStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
         self.spec: Any = None
@@ -153,6 +156,14 @@ class Mix:
             req = generate_pb2.ScoreRequest(model=self.names["generate"], prompt=self._prompt(),
                                             continuations=[self._prompt(1, 12) for _ in range(int(self.rng.integers(1, 6)))])
             return lambda t: _unary(self.generator.Score(req, timeout=t or timeout))
+        if rpc == "ModelInfer":  # the Open Inference Protocol: a batch of forecast rows, raw FP32
+            rows = int(self.rng.integers(1, 5))
+            length = int(self.rng.integers(self.spec.min_history, 2 * self.spec.window + 1))
+            history = np.cumsum(self.rng.normal(0, 1, (rows, length)), axis=1).astype(np.float32)
+            req = open_inference_grpc_pb2.ModelInferRequest(model_name=self.names["forecast"])
+            req.inputs.add(name="history", datatype="FP32", shape=[rows, length])
+            req.raw_input_contents.append(history.tobytes())
+            return lambda t: _unary(self.oip.ModelInfer(req, timeout=t or timeout))
         if rpc == "ListModels":
             return lambda t: _unary(self.models.ListModels(models_pb2.ListModelsRequest(), timeout=t or timeout))
         if rpc == "GetModel":

@@ -57,6 +57,7 @@ from service.v1 import (
     translate_pb2,
     translate_pb2_grpc,
 )
+from service.v1 import open_inference_grpc_pb2 as oip_pb2
 from tests.bundles import PAIRS_DE_EN, TEXT
 from tests.integration.harness import bad_request_fields, serving
 
@@ -916,12 +917,22 @@ def test_models_storm(live, profile):
 
 # --- malformed protobuf bytes -----------------------------------------------------------------------
 
+def _infer_bytes() -> oip_pb2.ModelInferRequest:
+    req = oip_pb2.ModelInferRequest(model_name="tiny-translate", id="r")
+    req.inputs.add(name="text", datatype="BYTES", shape=[1])
+    req.raw_input_contents.append(b"\x08\x00\x00\x00Ein Mann")
+    req.parameters["beam_size"].int64_param = 2
+    return req
+
+
 METHODS = {  # path: (request type, response type, server streaming)
     "/seqserve.v1.Translator/Translate": (translate_pb2.TranslateRequest, translate_pb2.TranslateResponse, False),
     "/seqserve.v1.Forecaster/Forecast": (forecast_pb2.ForecastRequest, forecast_pb2.ForecastResponse, False),
     "/seqserve.v1.Generator/Generate": (generate_pb2.GenerateRequest, generate_pb2.GenerateResponse, False),
     "/seqserve.v1.Generator/GenerateStream": (generate_pb2.GenerateRequest, generate_pb2.GenerateChunk, True),
     "/seqserve.v1.Generator/Score": (generate_pb2.ScoreRequest, generate_pb2.ScoreResponse, False),
+    "/inference.GRPCInferenceService/ModelInfer": (oip_pb2.ModelInferRequest, oip_pb2.ModelInferResponse, False),
+    "/inference.GRPCInferenceService/ModelMetadata": (oip_pb2.ModelMetadataRequest, oip_pb2.ModelMetadataResponse, False),
     "/seqserve.v1.Models/ListModels": (models_pb2.ListModelsRequest, models_pb2.ListModelsResponse, False),
     "/seqserve.v1.Models/GetModel": (models_pb2.GetModelRequest, models_pb2.GetModelResponse, False),
 }
@@ -932,6 +943,7 @@ VALID_BYTES = [
         forecast_pb2.ForecastRequest(history=[float(t % 7) for t in range(12)], quantiles=[0.5]),
         generate_pb2.GenerateRequest(prompt="First", max_tokens=3, seed=1, stop=["x"], logprobs=True, top_logprobs=2),
         generate_pb2.ScoreRequest(prompt="First", continuations=["Citizen", "a"]),
+        _infer_bytes(),
         models_pb2.GetModelRequest(name="tiny-generate", version="1"),
         models_pb2.ListModelsRequest(task="forecast"),
     )

@@ -39,7 +39,7 @@ async def test_sigterm_under_load_refuses_new_calls_and_loses_none(module_models
         channels = [grpc.aio.insecure_channel(server.address) for _ in range(4)]
         try:
             mixes = [Mix(channel, seed=10 + i, max_tokens=1000,
-                         weights={"Forecast": 3, "Translate": 2, "Generate": 1, "GenerateStream": 3, "Score": 1,
+                         weights={"Forecast": 3, "Translate": 2, "Generate": 1, "GenerateStream": 3, "Score": 1, "ModelInfer": 1,
                          "ListModels": 0.5})
                      for i, channel in enumerate(channels)]
             for mix in mixes:

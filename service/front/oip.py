@@ -1,0 +1,239 @@
+"""The Open Inference Protocol (KServe v2) on the engine: ``inference.GRPCInferenceService`` beside
+seqserve.v1 on the same port, so Triton's and KServe's clients call seqserve unchanged.
+
+Every bundle is a model with task-level tensors (``TENSORS``). A ModelInfer of B rows is B requests
+to the engine, gathered: the same batchers, step loops, admission, deadlines and metrics as the
+seqserve.v1 RPCs, and each row's answer is what a separate call gives."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+from typing import Any
+
+import numpy as np
+
+from service.contract import TASKS
+from service.core import types
+from service.core.errors import InvalidArgument, NotFound
+from service.core.observe import label_request
+from service.front.oiptensors import (
+    add_output,
+    float_parameter,
+    int_parameter,
+    read_inputs,
+    request_parameters,
+    string_parameter,
+)
+from service.front.servicers import deadline_of
+from service.front.status import handle_errors
+from service.v1 import open_inference_grpc_pb2 as pb
+from service.v1 import open_inference_grpc_pb2_grpc as pb_grpc
+
+PLATFORM = "seqserve"  # ModelMetadata.platform: the engine runs the bundle's graphs (onnxruntime inside)
+# Per task: input tensors and output tensors as (name, datatype, shape); -1 = any size. Forecast
+# inputs may be FP64 too (outputs then follow); a multichannel model takes history [-1, -1, C].
+TENSORS = {
+    "translate": ([("text", "BYTES", [-1])],
+                  [("translation", "BYTES", [-1]), ("score", "FP64", [-1]), ("unknown_source_tokens", "INT32", [-1])]),
+    "forecast": ([("history", "FP32", [-1, -1])], [("forecast", "FP32", [-1, -1]), ("quantiles", "FP32", [-1, -1, -1])]),
+    "generate": ([("prompt", "BYTES", [-1])],
+                 [("text", "BYTES", [-1]), ("finish_reason", "BYTES", [-1]), ("completion_tokens", "INT32", [-1])]),
+}
+PARAMETERS = {
+    "translate": {"beam_size": int_parameter, "max_length": int_parameter},
+    "forecast": {"horizon": int_parameter, "quantiles": lambda n, v: _levels(n, v)},
+    "generate": {"max_tokens": int_parameter, "temperature": float_parameter, "top_k": int_parameter,
+                 "top_p": float_parameter, "seed": int_parameter, "stop": string_parameter},
+}
+
+
+def _levels(name: str, value: Any) -> list[float]:
+    """The quantiles parameter: "0.1,0.5,0.9" or one number."""
+    try:
+        return [float_parameter(name, value)]
+    except InvalidArgument:
+        text = string_parameter(name, value)
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidArgument(f"parameters['quantiles'] {text!r} must be levels like \"0.1,0.5,0.9\"",
+                              field="parameters.quantiles") from None
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService on an Engine."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    @handle_errors
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    @handle_errors
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=any(self.engine.task_ready(t) for t in TASKS))
+
+    @handle_errors
+    async def ModelReady(self, request, context):
+        try:
+            info = self.engine.get_model(request.name, request.version)
+        except NotFound:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=info.state == types.READY and self.engine.task_ready(info.task))
+
+    @handle_errors
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name="seqserve", version=_version(), extensions=[])
+
+    @handle_errors
+    async def ModelMetadata(self, request, context):
+        info = self._model(request.name, request.version)
+        versions = sorted((m.version for m in self.engine.list_models()
+                           if m.name == info.name and m.state == types.READY), key=int)
+        inputs, outputs = _tensors(info)
+        return pb.ModelMetadataResponse(
+            name=info.name, versions=versions, platform=PLATFORM,
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(name=n, datatype=d, shape=s) for n, d, s in inputs],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(name=n, datatype=d, shape=s) for n, d, s in outputs],
+        )
+
+    @handle_errors
+    async def ModelInfer(self, request, context):
+        label_request(model=request.model_name, version=request.model_version, for_model=True)
+        self.engine.check_accepting()  # draining: UNAVAILABLE (retryable), before the models unload
+        info = self._model(request.model_name, request.model_version)
+        inputs = read_inputs(request)
+        (want_name, _, _), = TENSORS[info.task][0]
+        if set(inputs) != {want_name}:
+            raise InvalidArgument(f"inputs are {sorted(inputs)}; model {info.name!r} ({info.task}) takes one input, "
+                                  f"{want_name!r}", field="inputs")
+        params = request_parameters(request.parameters, PARAMETERS[info.task])
+        datatype, array = inputs[want_name]
+        deadline = deadline_of(context)
+        infer = {"translate": self._translate, "forecast": self._forecast, "generate": self._generate}[info.task]
+        version, outputs = await infer(info, datatype, array, params, deadline)
+        wanted = [o.name for o in request.outputs]
+        known = [name for name, _, _, _ in outputs]
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            raise InvalidArgument(f"outputs {unknown} are not outputs of model {info.name!r} ({', '.join(known)})",
+                                  field="outputs")
+        response = pb.ModelInferResponse(model_name=info.name, model_version=version, id=request.id)
+        for name, dt, values, shape in outputs:
+            if not wanted or name in wanted:
+                add_output(response, name, dt, values, shape)
+        return response
+
+    def _model(self, name: str, version: str) -> types.ModelInfo:
+        if not name:
+            raise InvalidArgument("model_name is empty; name a model (ModelMetadata lists its tensors)", field="model_name")
+        return self.engine.get_model(name, version)
+
+    def _rows(self, rows: int, name: str) -> int:
+        """``rows`` when within 1..max_texts (the rows of one ModelInfer, each a request to the engine)."""
+        limit = self.engine.config.max_texts
+        if not 1 <= rows <= limit:
+            raise InvalidArgument(f"input {name!r} has {rows} rows; one ModelInfer takes 1 to {limit}", field="inputs")
+        return rows
+
+    async def _translate(self, info, datatype, array, params, deadline):
+        texts = _strings(array, datatype, "text")
+        self._rows(len(texts), "text")
+        base = dict(model=info.name, version=info.version, beam_size=params.get("beam_size", 1),
+                    max_length=params.get("max_length", 0))
+        results = await _gather(self.engine.translate(types.TranslateRequest(texts=[t], **base), deadline) for t in texts)
+        shape = list(array.shape)
+        ts = [r.translations[0] for r in results]
+        return results[0].version, [
+            ("translation", "BYTES", [t.text.encode() for t in ts], shape),
+            ("score", "FP64", np.array([t.score for t in ts]), shape),
+            ("unknown_source_tokens", "INT32", np.array([t.unknown_source_tokens for t in ts]), shape),
+        ]
+
+    async def _forecast(self, info, datatype, array, params, deadline):
+        if datatype not in ("FP32", "FP64"):
+            raise InvalidArgument(f"input 'history' is {datatype}; it must be FP32 or FP64", field="inputs")
+        channels = int((info.forecast or {}).get("channels", 1))
+        if array.ndim == 3 and array.shape[2] != channels:
+            raise InvalidArgument(f"input 'history' has {array.shape[2]} channels; model {info.name!r} takes {channels}",
+                                  field="inputs")
+        if array.ndim != (2 if channels == 1 else 3) and not (array.ndim == 3 and channels == 1):
+            want = "[rows, steps]" if channels == 1 else f"[rows, steps, {channels}]"
+            raise InvalidArgument(f"input 'history' has shape {list(array.shape)}; model {info.name!r} takes {want}",
+                                  field="inputs")
+        rows = self._rows(array.shape[0], "history")
+        history = array.astype(np.float64).reshape(rows, array.shape[1], channels)
+        base = dict(model=info.name, version=info.version, horizon=params.get("horizon", 0),
+                    quantiles=params.get("quantiles", []))
+        results = await _gather(self.engine.forecast(types.ForecastRequest(history=h, **base), deadline) for h in history)
+        target = results[0].target_channel
+        point = np.stack([r.forecast[:, target] for r in results])  # (B, H)
+        paths = np.stack([r.quantile_paths[:, :, target].T for r in results])  # (B, H, Q)
+        return results[0].version, [("forecast", datatype, point, list(point.shape)),
+                                    ("quantiles", datatype, paths, list(paths.shape))]
+
+    async def _generate(self, info, datatype, array, params, deadline):
+        prompts = _strings(array, datatype, "prompt")
+        self._rows(len(prompts), "prompt")
+        stop = [params.pop("stop")] if "stop" in params else []
+        results = await _gather(self.engine.generate(types.GenerateRequest(
+            model=info.name, version=info.version, prompt=p, stop=stop, **params), deadline) for p in prompts)
+        shape = list(array.shape)
+        return results[0].version, [
+            ("text", "BYTES", [r.text.encode() for r in results], shape),
+            ("finish_reason", "BYTES", [r.finish_reason.encode() for r in results], shape),
+            ("completion_tokens", "INT32", np.array([r.completion_tokens for r in results]), shape),
+        ]
+
+
+def _strings(array: np.ndarray, datatype: str, name: str) -> list[str]:
+    """The UTF-8 texts of a BYTES input of shape [B] or [B, 1]."""
+    if datatype != "BYTES":
+        raise InvalidArgument(f"input {name!r} is {datatype}; it must be BYTES (UTF-8 text)", field="inputs")
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        raise InvalidArgument(f"input {name!r} has shape {list(array.shape)}; expected [rows] or [rows, 1]",
+                              field="inputs")
+    out = []
+    for i, value in enumerate(array):
+        try:
+            out.append(bytes(value).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"input {name!r} row {i} is not UTF-8 text", field="inputs") from None
+    return out
+
+
+def _tensors(info: types.ModelInfo) -> tuple[list, list]:
+    inputs, outputs = TENSORS[info.task]
+    if info.task == "forecast":
+        spec = info.forecast or {}
+        channels, q = int(spec.get("channels", 1)), len(spec.get("quantiles", [])) or -1
+        inputs = [("history", "FP32", [-1, -1] if channels == 1 else [-1, -1, channels])]
+        outputs = [("forecast", "FP32", [-1, -1]), ("quantiles", "FP32", [-1, -1, q])]
+    return inputs, outputs
+
+
+async def _gather(calls) -> list:
+    """Run the rows' engine calls together; the first error (after all finished) is the answer."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
+
+
+def register_inference(server, engine) -> str:
+    """Add inference.GRPCInferenceService to ``server``; returns its full name."""
+    from service.front.servicers import register
+
+    return register(server, InferenceServicer(engine), pb, "GRPCInferenceService")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("seqserve")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,170 @@
+"""The Open Inference Protocol's wire rules on a live server (our own stubs of the spec's proto):
+raw and typed inputs, BYTES framing, parameters of every kind, batches, readiness, metrics and the
+errors a client meets. tests/oip/ checks the same service through tritonclient."""
+
+from __future__ import annotations
+
+import struct
+
+import grpc
+import numpy as np
+import pytest
+import pytest_asyncio
+from prometheus_client import CollectorRegistry
+
+from service.front.metrics import Metrics
+from service.v1 import open_inference_grpc_pb2 as pb
+from service.v1 import open_inference_grpc_pb2_grpc as pb_grpc
+from service.v1 import translate_pb2
+from tests.integration.harness import bad_request_fields, metric_value, rpc_error, serving
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+HISTORY = np.sin(np.arange(40) / 6.0)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def served(module_models):
+    async with serving(module_models, metrics=Metrics(CollectorRegistry(), process_metrics=False)) as s:
+        s.oip = pb_grpc.GRPCInferenceServiceStub(s.channel)
+        yield s
+
+
+def framed(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def request(model: str, name: str, datatype: str, shape: list[int], raw: bytes | None = None, **params) -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name=model)
+    req.inputs.add(name=name, datatype=datatype, shape=shape)
+    if raw is not None:
+        req.raw_input_contents.append(raw)
+    for key, value in params.items():
+        kind = {bool: "bool_param", int: "int64_param", float: "double_param", str: "string_param"}[type(value)]
+        setattr(req.parameters[key], kind, value)
+    return req
+
+
+def output(reply: pb.ModelInferResponse, name: str, dtype=None) -> np.ndarray | list[bytes]:
+    k = [o.name for o in reply.outputs].index(name)
+    meta, data = reply.outputs[k], reply.raw_output_contents[k]
+    if meta.datatype == "BYTES":
+        items, pos = [], 0
+        while pos < len(data):
+            (n,) = struct.unpack_from("<I", data, pos)
+            items.append(data[pos + 4 : pos + 4 + n])
+            pos += 4 + n
+        return items
+    return np.frombuffer(data, dtype={"FP32": "<f4", "FP64": "<f8", "INT32": "<i4"}[meta.datatype]).reshape(list(meta.shape))
+
+
+async def test_typed_contents_and_raw_bytes_give_the_same_answer(served):
+    raw = await served.oip.ModelInfer(request("tiny-forecast", "history", "FP64", [2, 40], np.stack([HISTORY, -HISTORY]).tobytes()))
+    typed = request("tiny-forecast", "history", "FP64", [2, 40])
+    typed.inputs[0].contents.fp64_contents.extend(np.stack([HISTORY, -HISTORY]).ravel().tolist())
+    typed = await served.oip.ModelInfer(typed)
+    np.testing.assert_array_equal(output(raw, "forecast"), output(typed, "forecast"))
+    assert not typed.outputs[0].HasField("contents") and len(typed.raw_output_contents) == 2  # always raw
+    texts = [b"Ein Mann", "Zwei Hunde spielen.".encode()]
+    by_raw = await served.oip.ModelInfer(request("tiny-translate", "text", "BYTES", [2], framed(texts)))
+    by_contents = request("tiny-translate", "text", "BYTES", [2])
+    by_contents.inputs[0].contents.bytes_contents.extend(texts)
+    assert output(by_raw, "translation") == output(await served.oip.ModelInfer(by_contents), "translation")
+
+
+async def test_a_row_answers_as_its_own_seqserve_v1_call(served):
+    reply = await served.oip.ModelInfer(request("tiny-translate", "text", "BYTES", [2, 1], framed([b"Ein Mann", b"Ein Hund"]),
+                                                beam_size=2))
+    for text, got in zip(("Ein Mann", "Ein Hund"), output(reply, "translation"), strict=True):
+        alone = await served.translator.Translate(translate_pb2.TranslateRequest(model="tiny-translate", texts=[text], beam_size=2))
+        assert got.decode() == alone.translations[0].text
+    assert reply.outputs[0].shape == [2, 1]  # outputs keep the input's shape
+
+
+async def test_multichannel_forecasts_take_rows_steps_channels(served):
+    history = np.stack([np.stack([HISTORY, 2 * HISTORY, HISTORY + 1], axis=1)] * 3).astype(np.float32)  # (3, 40, 3)
+    reply = await served.oip.ModelInfer(request("tiny-forecast3", "history", "FP32", [3, 40, 3], history.tobytes(),
+                                                horizon=5, quantiles="0.1,0.9"))
+    forecast, quantiles = output(reply, "forecast"), output(reply, "quantiles")
+    assert forecast.dtype == np.float32 and forecast.shape == (3, 5) and quantiles.shape == (3, 5, 2)
+    err = await rpc_error(served.oip.ModelInfer(request("tiny-forecast3", "history", "FP32", [1, 40, 2],
+                                                        history[:1, :, :2].tobytes())))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "takes 3" in err.details()
+
+
+async def test_parameters_of_every_kind(served):
+    req = request("tiny-generate", "prompt", "BYTES", [1], framed([b"First"]), temperature=0, stop="\n")
+    req.parameters["max_tokens"].uint64_param = 5  # tritonclient sends unsigned integers too
+    req.parameters["seed"].double_param = 3.0  # an integral double is an integer
+    req.parameters["sequence_id"].int64_param = 0  # what tritonclient sends by default
+    req.parameters["sequence_start"].bool_param = False
+    req.parameters["priority"].uint64_param = 0
+    reply = await served.oip.ModelInfer(req)
+    assert output(reply, "completion_tokens").tolist() == [5] or output(reply, "finish_reason")[0] in (b"eos", b"stop")
+
+
+@pytest.mark.parametrize("make, field, words", [
+    (lambda: request("tiny-forecast", "history", "FP32", [1, 40], HISTORY.tobytes()), "raw_input_contents[0]", "bytes"),
+    (lambda: request("tiny-translate", "text", "BYTES", [2], framed([b"Ein Mann"])), "raw_input_contents[0]", "holds 1"),
+    (lambda: request("tiny-translate", "text", "BYTES", [1], b"\x09\x00\x00\x00Ein"), "raw_input_contents[0]", "runs past"),
+    (lambda: request("tiny-translate", "text", "BYTES", [1], b"\x09\x00"), "raw_input_contents[0]", "cut off"),
+    (lambda: request("tiny-translate", "text", "BYTES", [1], framed([b"\xff\xfe"])), "inputs", "not UTF-8"),
+    (lambda: request("tiny-translate", "text", "BYTES", [33], framed([b"Ein"] * 33)), "inputs", "1 to 32"),
+    (lambda: request("tiny-translate", "text", "FP16", [1], b"\x00\x00"), "inputs", "must be BYTES"),
+    (lambda: request("tiny-translate", "text", "STRING", [1], b""), "inputs[0].datatype", "'STRING'"),
+    (lambda: request("tiny-translate", "words", "BYTES", [1], framed([b"Ein"])), "inputs", "'text'"),
+    (lambda: request("tiny-translate", "text", "BYTES", [1], framed([b"Ein"]), beam_size="4"), "parameters.beam_size",
+     "must be an integer"),
+    (lambda: request("tiny-translate", "text", "BYTES", [1], framed([b"Ein"]), beam_size=99), "beam_size", "99"),
+    (lambda: request("tiny-forecast", "history", "FP32", [1, 40], HISTORY.astype(np.float32).tobytes(),
+                     quantiles="low"), "parameters.quantiles", "'low'"),
+    (lambda: request("", "text", "BYTES", [1], framed([b"Ein"])), "model_name", "empty"),
+])
+async def test_bad_requests_name_the_field(served, make, field, words):
+    err = await rpc_error(served.oip.ModelInfer(make()))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert words in err.details() and bad_request_fields(err) == [field], (err.details(), bad_request_fields(err))
+
+
+async def test_raw_and_typed_together_and_unknown_outputs_are_refused(served):
+    both = request("tiny-forecast", "history", "FP64", [1, 40], HISTORY.tobytes())
+    both.inputs[0].contents.fp64_contents.extend(HISTORY.tolist())
+    err = await rpc_error(served.oip.ModelInfer(both))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "both set" in err.details()
+    fp16 = request("tiny-forecast", "history", "FP16", [1, 1])
+    fp16.inputs[0].contents.fp32_contents.append(1.0)
+    assert "raw_input_contents" in (await rpc_error(served.oip.ModelInfer(fp16))).details()
+    asked = request("tiny-forecast", "history", "FP64", [1, 40], HISTORY.tobytes())
+    asked.outputs.add(name="quantiles")
+    reply = await served.oip.ModelInfer(asked)
+    assert [o.name for o in reply.outputs] == ["quantiles"] and len(reply.raw_output_contents) == 1
+    asked.outputs.add(name="median")
+    assert "'median'" in (await rpc_error(served.oip.ModelInfer(asked))).details()
+    err = await rpc_error(served.oip.ModelInfer(request("nope", "text", "BYTES", [1], framed([b"x"]))))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_metadata_readiness_and_metrics(served):
+    assert (await served.oip.ServerLive(pb.ServerLiveRequest())).live
+    assert (await served.oip.ServerReady(pb.ServerReadyRequest())).ready
+    assert (await served.oip.ModelReady(pb.ModelReadyRequest(name="tiny-generate"))).ready
+    assert not (await served.oip.ModelReady(pb.ModelReadyRequest(name="tiny-generate", version="9"))).ready
+    assert not (await served.oip.ModelReady(pb.ModelReadyRequest(name="nope"))).ready
+    meta = await served.oip.ModelMetadata(pb.ModelMetadataRequest(name="tiny-forecast3"))
+    assert (meta.platform, list(meta.versions)) == ("seqserve", ["1"])
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("history", "FP32", [-1, -1, 3])]
+    before = metric_value(served.metrics, "seqserve_request_duration_seconds_count", method="ModelInfer",
+                          model="tiny-forecast", version="1", code="OK") or 0.0
+    await served.oip.ModelInfer(request("tiny-forecast", "history", "FP64", [1, 40], HISTORY.tobytes()))
+    assert metric_value(served.metrics, "seqserve_request_duration_seconds_count", method="ModelInfer",
+                        model="tiny-forecast", version="1", code="OK") == before + 1
+
+
+async def test_not_ready_until_the_models_load(module_models):
+    async with serving(module_models, start_engine=False) as s:
+        stub = pb_grpc.GRPCInferenceServiceStub(s.channel)
+        assert (await stub.ServerLive(pb.ServerLiveRequest())).live
+        assert not (await stub.ServerReady(pb.ServerReadyRequest())).ready
+        assert not (await stub.ModelReady(pb.ModelReadyRequest(name="tiny-generate"))).ready
+        await s.engine.start()
+        assert (await stub.ServerReady(pb.ServerReadyRequest())).ready
+        assert (await stub.ModelReady(pb.ModelReadyRequest(name="tiny-generate"))).ready
