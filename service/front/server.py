@@ -32,6 +32,7 @@ TASK_SERVICES = {
     "generate": "seqserve.v1.Generator",
 }
 MODELS_SERVICE = "seqserve.v1.Models"
+INFERENCE_SERVICE = "inference.GRPCInferenceService"  # the Open Inference Protocol: serves every task
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -39,8 +40,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class ServingHealth:
     """grpc.health.v1 statuses that follow the engine.
 
-    Each task's service is SERVING while that task has a ready model; Models and "" (overall) while
-    any task does. Everything is NOT_SERVING before the first model loads and from drain() on.
+    Each task's service is SERVING while that task has a ready model; Models, the Open Inference
+    Protocol's service and "" (overall) while any task does. Everything is NOT_SERVING before the
+    first model loads and from drain() on.
     """
 
     def __init__(self) -> None:
@@ -63,6 +65,7 @@ class ServingHealth:
             await self.servicer.set(service, SERVING if ready[task] else NOT_SERVING)
         overall = SERVING if any(ready.values()) else NOT_SERVING
         await self.servicer.set(MODELS_SERVICE, overall)
+        await self.servicer.set(INFERENCE_SERVICE, overall)
         await self.servicer.set(OVERALL, overall)
 
     async def drain(self) -> None:

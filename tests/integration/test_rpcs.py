@@ -212,7 +212,7 @@ async def test_unknown_method_is_unimplemented(served):
 
 
 async def test_health_reports_every_service_serving(served):
-    for service in ["", *SERVICES]:
+    for service in ["", *SERVICES, "inference.GRPCInferenceService"]:
         reply = await served.health_stub.Check(health_pb2.HealthCheckRequest(service=service))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
     err = await rpc_error(served.health_stub.Check(health_pb2.HealthCheckRequest(service="seqserve.v1.Nope")))
@@ -229,12 +229,15 @@ def _reflect(address: str):
         pool = descriptor_pool.DescriptorPool(db)
         stream = pool.FindServiceByName("seqserve.v1.Generator").methods_by_name["GenerateStream"]
         temperature = pool.FindMessageTypeByName("seqserve.v1.GenerateRequest").fields_by_name["temperature"]
+        infer = pool.FindServiceByName("inference.GRPCInferenceService").methods_by_name["ModelInfer"]  # as grpcurl sees it
+        assert infer.input_type.fields_by_name["raw_input_contents"].number == 7
         return services, stream.server_streaming, temperature.has_presence
 
 
 async def test_reflection_lists_and_describes_the_services(served):
     services, streaming, has_presence = await asyncio.to_thread(_reflect, served.address)
-    assert set(SERVICES) | {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+    assert set(SERVICES) | {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                            "inference.GRPCInferenceService"} <= services
     assert streaming and has_presence
 
 
