@@ -19,6 +19,7 @@ from service.core.errors import InvalidArgument, NotFound
 from service.core.observe import label_request
 from service.front.oiptensors import (
     add_output,
+    bool_parameter,
     float_parameter,
     int_parameter,
     read_inputs,
@@ -37,14 +38,20 @@ TENSORS = {
     "translate": ([("text", "BYTES", [-1])],
                   [("translation", "BYTES", [-1]), ("score", "FP64", [-1]), ("unknown_source_tokens", "INT32", [-1])]),
     "forecast": ([("history", "FP32", [-1, -1])], [("forecast", "FP32", [-1, -1]), ("quantiles", "FP32", [-1, -1, -1])]),
-    "generate": ([("prompt", "BYTES", [-1])],
-                 [("text", "BYTES", [-1]), ("finish_reason", "BYTES", [-1]), ("completion_tokens", "INT32", [-1])]),
+    "generate": ([("prompt", "BYTES", [-1]), ("continuation", "BYTES", [-1])],
+                 [("text", "BYTES", [-1]), ("finish_reason", "BYTES", [-1]), ("completion_tokens", "INT32", [-1]),
+                  ("cum_logprob", "FP64", [-1]), ("token_logprobs", "FP64", [-1, -1]),
+                  ("logprob", "FP64", [-1]), ("greedy", "BOOL", [-1])]),
 }
+# Inputs a model may go without: a generation model given `continuation` scores it after `prompt`
+# (Generator.Score, one continuation per row) instead of generating.
+OPTIONAL_INPUTS = {"continuation"}
 PARAMETERS = {
     "translate": {"beam_size": int_parameter, "max_length": int_parameter},
     "forecast": {"horizon": int_parameter, "quantiles": lambda n, v: _levels(n, v)},
     "generate": {"max_tokens": int_parameter, "temperature": float_parameter, "top_k": int_parameter,
-                 "top_p": float_parameter, "seed": int_parameter, "stop": string_parameter},
+                 "top_p": float_parameter, "seed": int_parameter, "stop": string_parameter,
+                 "logprobs": bool_parameter},
 }
 
 
@@ -105,21 +112,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.engine.check_accepting()  # draining: UNAVAILABLE (retryable), before the models unload
         info = self._model(request.model_name, request.model_version)
         inputs = read_inputs(request)
-        (want_name, _, _), = TENSORS[info.task][0]
-        if set(inputs) != {want_name}:
-            raise InvalidArgument(f"inputs are {sorted(inputs)}; model {info.name!r} ({info.task}) takes one input, "
-                                  f"{want_name!r}", field="inputs")
+        names = [n for n, _, _ in TENSORS[info.task][0]]
+        required = [n for n in names if n not in OPTIONAL_INPUTS]
+        if not set(required) <= set(inputs) <= set(names):
+            optional = [n for n in names if n in OPTIONAL_INPUTS]
+            raise InvalidArgument(f"inputs are {sorted(inputs)}; model {info.name!r} ({info.task}) takes "
+                                  f"{', '.join(map(repr, required))}" + (f" (and optionally {', '.join(map(repr, optional))})"
+                                                                         if optional else ""), field="inputs")
         params = request_parameters(request.parameters, PARAMETERS[info.task])
-        datatype, array = inputs[want_name]
+        datatype, array = inputs[required[0]]
         deadline = deadline_of(context)
-        infer = {"translate": self._translate, "forecast": self._forecast, "generate": self._generate}[info.task]
-        version, outputs = await infer(info, datatype, array, params, deadline)
+        if "continuation" in inputs:
+            version, outputs = await self._score(info, inputs["prompt"], inputs["continuation"], params, deadline)
+        else:
+            infer = {"translate": self._translate, "forecast": self._forecast, "generate": self._generate}[info.task]
+            version, outputs = await infer(info, datatype, array, params, deadline)
         wanted = [o.name for o in request.outputs]
         known = [name for name, _, _, _ in outputs]
         unknown = [n for n in wanted if n not in known]
         if unknown:
-            raise InvalidArgument(f"outputs {unknown} are not outputs of model {info.name!r} ({', '.join(known)})",
-                                  field="outputs")
+            raise InvalidArgument(f"outputs {unknown} are not outputs of model {info.name!r} for this request "
+                                  f"({', '.join(known)})", field="outputs")
         response = pb.ModelInferResponse(model_name=info.name, model_version=version, id=request.id)
         for name, dt, values, shape in outputs:
             if not wanted or name in wanted:
@@ -181,11 +194,35 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         results = await _gather(self.engine.generate(types.GenerateRequest(
             model=info.name, version=info.version, prompt=p, stop=stop, **params), deadline) for p in prompts)
         shape = list(array.shape)
-        return results[0].version, [
+        outputs = [
             ("text", "BYTES", [r.text.encode() for r in results], shape),
             ("finish_reason", "BYTES", [r.finish_reason.encode() for r in results], shape),
             ("completion_tokens", "INT32", np.array([r.completion_tokens for r in results]), shape),
         ]
+        if params.get("logprobs"):  # each row's tokens, NaN after its completion_tokens
+            steps = np.full((len(results), max(r.completion_tokens for r in results)), np.nan)
+            for i, r in enumerate(results):
+                steps[i, : len(r.logprobs)] = [t.logprob for t in r.logprobs]
+            outputs += [("cum_logprob", "FP64", np.nansum(steps, axis=1), shape),
+                        ("token_logprobs", "FP64", steps, [len(results), steps.shape[1]])]
+        return results[0].version, outputs
+
+    async def _score(self, info, prompt, continuation, params, deadline):
+        """Each row: log P(continuation | prompt), as Generator.Score gives it."""
+        prompts = _strings(prompt[1], prompt[0], "prompt")
+        texts = _strings(continuation[1], continuation[0], "continuation")
+        if len(texts) != len(prompts):
+            raise InvalidArgument(f"input 'continuation' has {len(texts)} rows; 'prompt' has {len(prompts)}",
+                                  field="inputs")
+        if set(params) - {"logprobs"}:
+            raise InvalidArgument(f"parameters {sorted(set(params) - {'logprobs'})} are for generating, not for "
+                                  "scoring a continuation", field="parameters")
+        self._rows(len(prompts), "prompt")
+        results = await _gather(self.engine.score(types.ScoreRequest(
+            model=info.name, version=info.version, prompt=p, continuations=[c]), deadline) for p, c in zip(prompts, texts))
+        shape = list(prompt[1].shape)
+        return results[0].version, [("logprob", "FP64", np.array([r.scores[0].logprob for r in results]), shape),
+                                    ("greedy", "BOOL", np.array([r.scores[0].greedy for r in results]), shape)]
 
 
 def _strings(array: np.ndarray, datatype: str, name: str) -> list[str]:

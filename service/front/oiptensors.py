@@ -129,6 +129,13 @@ def float_parameter(name: str, value: Any) -> float:
     return float(v)
 
 
+def bool_parameter(name: str, value: Any) -> bool:
+    v = parameter(value)
+    if not isinstance(v, bool):
+        raise InvalidArgument(f"parameters[{name!r}] {v!r} must be a boolean", field=f"parameters.{name}")
+    return v
+
+
 def string_parameter(name: str, value: Any) -> str:
     v = parameter(value)
     if not isinstance(v, str):

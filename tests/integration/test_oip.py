@@ -168,3 +168,30 @@ async def test_not_ready_until_the_models_load(module_models):
         await s.engine.start()
         assert (await stub.ServerReady(pb.ServerReadyRequest())).ready
         assert (await stub.ModelReady(pb.ModelReadyRequest(name="tiny-generate"))).ready
+
+
+async def test_generation_logprobs_and_scoring_continuations(served):
+    from service.v1 import generate_pb2
+
+    req = request("tiny-generate", "prompt", "BYTES", [2], framed([b"First", b"All:"]), max_tokens=6, seed=4, logprobs=True)
+    reply = await served.oip.ModelInfer(req)
+    steps, counts = output(reply, "token_logprobs"), output(reply, "completion_tokens")
+    for row, n in zip(steps, counts, strict=True):
+        assert np.all(np.isfinite(row[:n])) and np.all(row[:n] <= 0) and np.all(np.isnan(row[n:]))
+    np.testing.assert_allclose(output(reply, "cum_logprob"), [row[:n].sum() for row, n in zip(steps, counts)])
+    alone = await served.generator.Generate(generate_pb2.GenerateRequest(model="tiny-generate", prompt="First", max_tokens=6,
+                                                                        seed=4, logprobs=True))
+    np.testing.assert_allclose(steps[0, : counts[0]], [t.logprob for t in alone.logprobs])
+
+    scoring = request("tiny-generate", "prompt", "BYTES", [2], framed([b"First Citi", b"All:"]))
+    scoring.inputs.add(name="continuation", datatype="BYTES", shape=[2])
+    scoring.raw_input_contents.append(framed([b"zen", b" we"]))
+    reply = await served.oip.ModelInfer(scoring)
+    assert [o.name for o in reply.outputs] == ["logprob", "greedy"]
+    direct = await served.generator.Score(generate_pb2.ScoreRequest(model="tiny-generate", prompt="First Citi",
+                                                                    continuations=["zen"]))
+    assert output(reply, "logprob")[0] == pytest.approx(direct.scores[0].logprob, abs=1e-9)
+    assert len(reply.raw_output_contents[1]) == 2  # BOOL: one byte per row
+    scoring.parameters["max_tokens"].int64_param = 3
+    err = await rpc_error(served.oip.ModelInfer(scoring))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "for generating" in err.details()

@@ -47,7 +47,7 @@ def test_health_and_metadata(checked):
     assert [o[0] for o in models["translate-de-en"]["outputs"]] == ["translation", "score", "unknown_source_tokens"]
     assert models["forecast-etth1"]["inputs"] == [["history", "FP32", [-1, -1]]]
     assert models["forecast-etth1"]["outputs"] == [["forecast", "FP32", [-1, -1]], ["quantiles", "FP32", [-1, -1, 3]]]
-    assert models["generate-shakespeare"]["inputs"] == [["prompt", "BYTES", [-1]]]
+    assert models["generate-shakespeare"]["inputs"] == [["prompt", "BYTES", [-1]], ["continuation", "BYTES", [-1]]]
     assert all(m["versions"] == ["1"] for m in models.values())
 
 
