@@ -1,4 +1,7 @@
-"""Closed-loop load generator for the Triton forecast model of ``bench/triton/server.py``.
+"""Closed-loop load generator for the Triton forecast model of ``bench/triton/server.py``, and with
+the same client for seqserve's own Open Inference Protocol endpoint (``--model forecast-etth1``
+against ``seqserve serve``: the model takes ``history`` [rows, steps] where Triton's takes ``window``
+[rows, steps, channels]; the input is read from ModelMetadata).
 
 Runs inside ``.venv-triton`` (tritonclient needs protobuf<7; the main venv has protobuf 7), and does
 not import ``service``. It mirrors ``seqserve bench --endpoint forecast`` (service/loadgen/runners.py):
@@ -78,7 +81,7 @@ def error_code(err: Exception) -> str:
 
 async def closed_loop(client: grpcclient.InferenceServerClient, model: str, pool: list[np.ndarray],
                       concurrency: int, duration_s: float, timeout_s: float,
-                      first: int = 0) -> tuple[list[Outcome], float]:
+                      first: int = 0, input_name: str = "window") -> tuple[list[Outcome], float]:
     start = time.perf_counter()
     deadline = start + duration_s
     outcomes: list[Outcome] = []
@@ -90,7 +93,7 @@ async def closed_loop(client: grpcclient.InferenceServerClient, model: str, pool
             i = first + sent
             sent += 1
             x = pool[i % len(pool)]
-            inp = grpcclient.InferInput("window", list(x.shape), "FP32")
+            inp = grpcclient.InferInput(input_name, list(x.shape), "FP32")
             inp.set_data_from_numpy(x)
             out = [grpcclient.InferRequestedOutput("quantiles")]
             t0 = time.perf_counter()
@@ -174,19 +177,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def model_shape(client: grpcclient.InferenceServerClient, model: str, bundle: Path) -> tuple[int, int, int, str]:
-    """(window, min_history, channels, version): the forecast spec from ``bundle``'s manifest (the
-    one the server was started with), checked against the served model's input shape."""
+async def model_shape(client: grpcclient.InferenceServerClient, model: str,
+                      bundle: Path) -> tuple[int, int, int, str, str]:
+    """(window, min_history, channels, version, input name): the forecast spec from ``bundle``'s
+    manifest (the one the server was started with), checked against the served model's input:
+    Triton's ``window`` [rows, steps, channels] or seqserve's ``history`` [rows, steps(, channels)]."""
     meta = await client.get_model_metadata(model)
     version = meta.versions[-1] if meta.versions else ""
     spec = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["forecast"]
     channels = int(spec["channels"])
-    served = [int(d) for i in meta.inputs if i.name == "window" for d in i.shape]
-    if not served:
-        raise SystemExit(f"error: model {model!r} has no input 'window' (inputs: {[i.name for i in meta.inputs]})")
-    if served[-1] > 0 and served[-1] != channels:
+    names = [i.name for i in meta.inputs]
+    name = next((n for n in ("window", "history") if n in names), None)
+    if name is None:
+        raise SystemExit(f"error: model {model!r} has no input 'window' or 'history' (inputs: {names})")
+    served = [int(d) for i in meta.inputs if i.name == name for d in i.shape]
+    if name == "window" and served[-1] > 0 and served[-1] != channels:
         raise SystemExit(f"error: the served model has {served[-1]} channels, {bundle} says {channels}")
-    return int(spec["window"]), int(spec["min_history"]), channels, version
+    return int(spec["window"]), int(spec["min_history"]), channels, version, name
 
 
 async def main_async(args: argparse.Namespace) -> list[dict]:
@@ -198,15 +205,18 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
             raise SystemExit(f"error: cannot reach Triton at {args.address}: {err}") from None
         if not ready:
             raise SystemExit(f"error: model {args.model!r} is not ready at {args.address}")
-        window, min_history, channels, version = await model_shape(client, args.model, args.bundle)
+        window, min_history, channels, version, name = await model_shape(client, args.model, args.bundle)
         pool = histories(window, min_history, channels, args.random_length, args.seed)
+        if name == "history" and channels == 1:  # seqserve: [rows, steps] for a one-channel model
+            pool = [x[..., 0] for x in pool]
         if not args.json:
             print(TABLE_HEADER, flush=True)
         rows = []
         for level in args.concurrency:
             if args.warmup > 0:
-                await closed_loop(client, args.model, pool, level, args.warmup, args.timeout, POOL_SIZE // 2)
-            outcomes, elapsed = await closed_loop(client, args.model, pool, level, args.duration, args.timeout)
+                await closed_loop(client, args.model, pool, level, args.warmup, args.timeout, POOL_SIZE // 2, name)
+            outcomes, elapsed = await closed_loop(client, args.model, pool, level, args.duration, args.timeout,
+                                                  input_name=name)
             row = summarize(level, args.model, version, outcomes, elapsed)
             rows.append(row)
             if args.json:  # as seqserve bench --json: error_codes as {code: count}

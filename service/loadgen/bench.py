@@ -74,7 +74,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     group = p.add_argument_group("workload")
     group.add_argument("--endpoint", action="append", default=[], metavar="NAME",
-                       help=f"{'|'.join(ENDPOINTS)}; repeatable or comma-separated (default: all five)")
+                       help=f"{'|'.join(ENDPOINTS)}; repeatable or comma-separated (default: all six)")
     group.add_argument("--model", default="", help="model name (default: the server's default model for each task)")
     group.add_argument("--version", default="", help="model version, digits (default: the model's default version)")
     group.add_argument("--texts", metavar="FILE", help="translate: sentences, one per line (default: built-in German)")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from service.client.options import DEFAULT_ADDRESS
 from service.loadgen.corpus import SENTENCES
 
-ENDPOINTS = ("forecast", "translate", "generate", "generate_stream", "score")
+ENDPOINTS = ("forecast", "translate", "generate", "generate_stream", "score", "infer")  # infer: the OIP's ModelInfer
 GENERATION_ENDPOINTS = ("generate", "generate_stream")
 DEFAULT_CONCURRENCY = (1, 4, 16, 64)
 

@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 from service.loadgen.config import BenchConfig
 from service.loadgen.corpus import PROMPTS
 from service.loadgen.series import synthetic_series
-from service.v1 import forecast_pb2, generate_pb2, models_pb2, models_pb2_grpc, translate_pb2
+from service.v1 import forecast_pb2, generate_pb2, models_pb2, models_pb2_grpc, open_inference_grpc_pb2, translate_pb2
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ class ForecastShape:
     window: int = 48
     min_history: int = 8
     channels: int = 1
+    name: str = ""  # the model's name ("" when it could not be read)
 
 
 def forecast_requests(config: BenchConfig, shape: ForecastShape, rng: np.random.Generator) -> list[Message]:
@@ -45,6 +46,24 @@ def forecast_requests(config: BenchConfig, shape: ForecastShape, rng: np.random.
         else:
             request.channels.extend(forecast_pb2.Series(values=col.tolist()) for col in values.T)
         out.append(request)
+    return out
+
+
+def infer_requests(config: BenchConfig, shape: ForecastShape, rng: np.random.Generator) -> list[Message]:
+    """The forecast workload as Open Inference Protocol ModelInfer requests: one row each, the
+    history as raw FP32 ``[1, steps]`` (``[1, steps, C]`` for a multichannel model), as Triton's
+    clients send it."""
+    out = []
+    for request in forecast_requests(config, shape, rng):
+        if shape.channels == 1:
+            values = np.asarray(request.history, dtype=np.float32)[None]
+        else:
+            values = np.stack([np.asarray(s.values, dtype=np.float32) for s in request.channels], axis=1)[None]
+        infer = open_inference_grpc_pb2.ModelInferRequest(model_name=config.model or shape.name,
+                                                          model_version=config.version)
+        infer.inputs.add(name="history", datatype="FP32", shape=list(values.shape))
+        infer.raw_input_contents.append(values.tobytes())
+        out.append(infer)
     return out
 
 
@@ -99,4 +118,5 @@ async def forecast_shape(channel: grpc.aio.Channel, config: BenchConfig) -> Fore
                     err.code().name, err.details())
         return ForecastShape()
     spec = info.forecast
-    return ForecastShape(window=spec.window or 48, min_history=spec.min_history or 1, channels=spec.channels or 1)
+    return ForecastShape(window=spec.window or 48, min_history=spec.min_history or 1, channels=spec.channels or 1,
+                         name=info.name)

@@ -20,6 +20,7 @@ from service.loadgen.pools import (
     forecast_requests,
     forecast_shape,
     generate_requests,
+    infer_requests,
     score_requests,
     translate_requests,
 )
@@ -124,6 +125,8 @@ async def _sender(endpoint: str, channels: Sequence[grpc.aio.Channel], config: B
         requests = forecast_requests(config, await forecast_shape(channels[0], config), rng)
     elif endpoint == "translate":
         requests = translate_requests(config, rng)
+    elif endpoint == "infer":
+        requests = infer_requests(config, await forecast_shape(channels[0], config), rng)
     elif endpoint == "score":
         requests = score_requests(config, rng)
     else:

@@ -9,7 +9,7 @@ import grpc
 from google.protobuf.message import Message
 
 from service.loadgen.results import Outcome
-from service.v1 import forecast_pb2_grpc, generate_pb2_grpc, translate_pb2_grpc
+from service.v1 import forecast_pb2_grpc, generate_pb2_grpc, open_inference_grpc_pb2_grpc, translate_pb2_grpc
 
 Sender = Callable[[int], Awaitable[Outcome]]
 
@@ -26,6 +26,7 @@ def unary_sender(endpoint: str, channels: Sequence[grpc.aio.Channel], requests: 
         "translate": lambda ch: translate_pb2_grpc.TranslatorStub(ch).Translate,
         "generate": lambda ch: generate_pb2_grpc.GeneratorStub(ch).Generate,
         "score": lambda ch: generate_pb2_grpc.GeneratorStub(ch).Score,
+        "infer": lambda ch: open_inference_grpc_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer,
     }
     methods = [stubs[endpoint](ch) for ch in channels]
 
@@ -37,8 +38,9 @@ def unary_sender(endpoint: str, channels: Sequence[grpc.aio.Channel], requests: 
         except grpc.aio.AioRpcError as err:
             return _failed(start, err)
         latency = time.perf_counter() - start
-        return Outcome(latency=latency, model=reply.model, version=reply.version,
-                       tokens=getattr(reply, "completion_tokens", 0))
+        model = getattr(reply, "model", None) or getattr(reply, "model_name", "")
+        version = getattr(reply, "version", None) or getattr(reply, "model_version", "")
+        return Outcome(latency=latency, model=model, version=version, tokens=getattr(reply, "completion_tokens", 0))
 
     return send
 

@@ -88,6 +88,9 @@ async def test_every_endpoint_in_closed_and_open_loop(target):
             assert r.model.startswith("tiny-") and r.version == "1"
         elif r.endpoint == "score":  # continuations through the LM's step loop: no tokens generated
             assert r.tokens_per_s is None and (r.model, r.version) == ("tiny-generate", "1")
+        elif r.endpoint == "infer":  # the Open Inference Protocol, forecast rows through the same batcher
+            assert r.tokens_per_s is None and (r.model, r.version) == ("tiny-forecast", "1")
+            assert r.server.queue_ms is not None and r.server.compute_ms > 0
         else:
             assert r.tokens_per_s > 0
             assert r.server.ttft_ms is not None and r.server.ttft_ms > 0
