@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, contextmanager
+from typing import Any
 
 from service.contract import TASKS
 
@@ -187,6 +188,15 @@ class Engine:
         if not name:
             raise NotFound("model '' not found; name a model", field="model")
         return self._info(self._repo.find(name, version))
+
+    def model_spec(self, name: str, version: str = "") -> tuple[str, str, str, dict[str, Any] | None]:
+        """(name, version, task, forecast spec info) of one version, without building a whole
+        ModelInfo: what a front end needs on every request to route it. Raises NotFound."""
+        if not name:
+            raise NotFound("model '' not found; name a model", field="model")
+        e = self._repo.find(name, version)
+        m = e.manifest
+        return e.name, e.version, m.task if m else "", m.forecast.info() if m and m.forecast else None
 
     def _info(self, e: ModelVersion) -> ModelInfo:
         m = e.manifest

@@ -110,7 +110,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         label_request(model=request.model_name, version=request.model_version, for_model=True)
         self.engine.check_accepting()  # draining: UNAVAILABLE (retryable), before the models unload
-        info = self._model(request.model_name, request.model_version)
+        if not request.model_name:
+            raise InvalidArgument("model_name is empty; name a model (ModelMetadata lists its tensors)", field="model_name")
+        info = Route(*self.engine.model_spec(request.model_name, request.model_version))
         inputs = read_inputs(request)
         names = [n for n, _, _ in TENSORS[info.task][0]]
         required = [n for n in names if n not in OPTIONAL_INPUTS]
@@ -253,8 +255,21 @@ def _tensors(info: types.ModelInfo) -> tuple[list, list]:
     return inputs, outputs
 
 
+class Route:
+    """Where a ModelInfer goes: the version, its task and (forecast) spec."""
+
+    __slots__ = ("name", "version", "task", "forecast")
+
+    def __init__(self, name: str, version: str, task: str, forecast: dict[str, Any] | None) -> None:
+        self.name, self.version, self.task, self.forecast = name, version, task, forecast
+
+
 async def _gather(calls) -> list:
-    """Run the rows' engine calls together; the first error (after all finished) is the answer."""
+    """Run the rows' engine calls together; the first error (after all finished) is the answer.
+    One row is awaited directly (no task to schedule)."""
+    calls = list(calls)
+    if len(calls) == 1:
+        return [await calls[0]]
     results = await asyncio.gather(*calls, return_exceptions=True)
     for r in results:
         if isinstance(r, BaseException):
