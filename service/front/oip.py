@@ -64,7 +64,7 @@ def _levels(name: str, value: Any) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise InvalidArgument(f"parameters['quantiles'] {text!r} must be levels like \"0.1,0.5,0.9\"",
+        raise InvalidArgument(f"parameters.quantiles {text!r} must be levels like \"0.1,0.5,0.9\"",
                               field="parameters.quantiles") from None
 
 
@@ -150,7 +150,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """``rows`` when within 1..max_texts (the rows of one ModelInfer, each a request to the engine)."""
         limit = self.engine.config.max_texts
         if not 1 <= rows <= limit:
-            raise InvalidArgument(f"input {name!r} has {rows} rows; one ModelInfer takes 1 to {limit}", field="inputs")
+            raise InvalidArgument(f"inputs[{name!r}] has {rows} rows; one ModelInfer takes 1 to {limit}", field="inputs")
         return rows
 
     async def _translate(self, info, datatype, array, params, deadline):
@@ -169,14 +169,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _forecast(self, info, datatype, array, params, deadline):
         if datatype not in ("FP32", "FP64"):
-            raise InvalidArgument(f"input 'history' is {datatype}; it must be FP32 or FP64", field="inputs")
+            raise InvalidArgument(f"inputs['history'] is {datatype}; it must be FP32 or FP64", field="inputs")
         channels = int((info.forecast or {}).get("channels", 1))
         if array.ndim == 3 and array.shape[2] != channels:
-            raise InvalidArgument(f"input 'history' has {array.shape[2]} channels; model {info.name!r} takes {channels}",
+            raise InvalidArgument(f"inputs['history'] has {array.shape[2]} channels; model {info.name!r} takes {channels}",
                                   field="inputs")
         if array.ndim != (2 if channels == 1 else 3) and not (array.ndim == 3 and channels == 1):
             want = "[rows, steps]" if channels == 1 else f"[rows, steps, {channels}]"
-            raise InvalidArgument(f"input 'history' has shape {list(array.shape)}; model {info.name!r} takes {want}",
+            raise InvalidArgument(f"inputs['history'] has shape {list(array.shape)}; model {info.name!r} takes {want}",
                                   field="inputs")
         rows = self._rows(array.shape[0], "history")
         history = array.astype(np.float64).reshape(rows, array.shape[1], channels)
@@ -214,7 +214,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         prompts = _strings(prompt[1], prompt[0], "prompt")
         texts = _strings(continuation[1], continuation[0], "continuation")
         if len(texts) != len(prompts):
-            raise InvalidArgument(f"input 'continuation' has {len(texts)} rows; 'prompt' has {len(prompts)}",
+            raise InvalidArgument(f"inputs['continuation'] has {len(texts)} rows; 'prompt' has {len(prompts)}",
                                   field="inputs")
         if set(params) - {"logprobs"}:
             raise InvalidArgument(f"parameters {sorted(set(params) - {'logprobs'})} are for generating, not for "
@@ -230,18 +230,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 def _strings(array: np.ndarray, datatype: str, name: str) -> list[str]:
     """The UTF-8 texts of a BYTES input of shape [B] or [B, 1]."""
     if datatype != "BYTES":
-        raise InvalidArgument(f"input {name!r} is {datatype}; it must be BYTES (UTF-8 text)", field="inputs")
+        raise InvalidArgument(f"inputs[{name!r}] is {datatype}; it must be BYTES (UTF-8 text)", field="inputs")
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 1:
-        raise InvalidArgument(f"input {name!r} has shape {list(array.shape)}; expected [rows] or [rows, 1]",
+        raise InvalidArgument(f"inputs[{name!r}] has shape {list(array.shape)}; expected [rows] or [rows, 1]",
                               field="inputs")
     out = []
     for i, value in enumerate(array):
         try:
             out.append(bytes(value).decode("utf-8"))
         except UnicodeDecodeError:
-            raise InvalidArgument(f"input {name!r} row {i} is not UTF-8 text", field="inputs") from None
+            raise InvalidArgument(f"inputs[{name!r}] row {i} is not UTF-8 text", field="inputs") from None
     return out
 
 
@@ -264,17 +264,34 @@ class Route:
         self.name, self.version, self.task, self.forecast = name, version, task, forecast
 
 
+# Engine request fields that come from a ModelInfer input: their errors name the input and row.
+_INPUT_FIELDS = {"texts": "text", "history": "history", "channels": "history", "prompt": "prompt",
+                 "continuations": "continuation"}
+
+
 async def _gather(calls) -> list:
-    """Run the rows' engine calls together; the first error (after all finished) is the answer.
-    One row is awaited directly (no task to schedule)."""
+    """Run the rows' engine calls together; the first error (after all finished) is the answer, an
+    input's naming the input and the row. One row is awaited directly (no task to schedule)."""
     calls = list(calls)
     if len(calls) == 1:
-        return [await calls[0]]
+        try:
+            return [await calls[0]]
+        except InvalidArgument as err:
+            raise _in_row(err, 0) from None
     results = await asyncio.gather(*calls, return_exceptions=True)
-    for r in results:
+    for row, r in enumerate(results):
+        if isinstance(r, InvalidArgument):
+            raise _in_row(r, row) from None
         if isinstance(r, BaseException):
             raise r
     return results
+
+
+def _in_row(err: InvalidArgument, row: int) -> InvalidArgument:
+    name = _INPUT_FIELDS.get(err.field or "")
+    if name is None:  # a parameter (beam_size 99 ...): the message names it already
+        return err
+    return InvalidArgument(f"inputs[{name!r}] row {row}: {err.message}", field="inputs")
 
 
 def register_inference(server, engine) -> str:

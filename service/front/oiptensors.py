@@ -84,7 +84,8 @@ def _from_raw(data: bytes, datatype: str, count: int, where: str, shape: list[in
 def _from_contents(t: Any, count: int, where: str, shape: list[int]) -> np.ndarray:
     field = CONTENTS.get(t.datatype)
     if field is None:  # FP16 has no typed field
-        raise InvalidArgument(f"{where}: {t.datatype} travels only in raw_input_contents", field=f"{where}.contents")
+        raise InvalidArgument(f"{where}.contents: {t.datatype} has no typed field; send it in raw_input_contents",
+                              field=f"{where}.contents")
     values = getattr(t.contents, field)
     if len(values) != count:
         raise InvalidArgument(f"{where}.contents.{field} has {len(values)} elements; shape {shape} needs {count}",
@@ -116,30 +117,30 @@ def parameter(value: Any) -> Any:
 def int_parameter(name: str, value: Any) -> int:
     v = parameter(value)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
-        raise InvalidArgument(f"parameters[{name!r}] {v!r} must be an integer", field=f"parameters.{name}")
+        raise InvalidArgument(f"parameters.{name} {v!r} must be an integer", field=f"parameters.{name}")
     if not -(2**31) <= v < 2**31:
-        raise InvalidArgument(f"parameters[{name!r}] {v!r} is out of range", field=f"parameters.{name}")
+        raise InvalidArgument(f"parameters.{name} {v!r} is out of range", field=f"parameters.{name}")
     return int(v)
 
 
 def float_parameter(name: str, value: Any) -> float:
     v = parameter(value)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise InvalidArgument(f"parameters[{name!r}] {v!r} must be a number", field=f"parameters.{name}")
+        raise InvalidArgument(f"parameters.{name} {v!r} must be a number", field=f"parameters.{name}")
     return float(v)
 
 
 def bool_parameter(name: str, value: Any) -> bool:
     v = parameter(value)
     if not isinstance(v, bool):
-        raise InvalidArgument(f"parameters[{name!r}] {v!r} must be a boolean", field=f"parameters.{name}")
+        raise InvalidArgument(f"parameters.{name} {v!r} must be a boolean", field=f"parameters.{name}")
     return v
 
 
 def string_parameter(name: str, value: Any) -> str:
     v = parameter(value)
     if not isinstance(v, str):
-        raise InvalidArgument(f"parameters[{name!r}] {v!r} must be a string", field=f"parameters.{name}")
+        raise InvalidArgument(f"parameters.{name} {v!r} must be a string", field=f"parameters.{name}")
     return v
 
 
@@ -154,12 +155,12 @@ def check_sequence(parameters: Any) -> None:
     models carry their state within one request)."""
     seq = parameters.get("sequence_id")
     if seq is not None and parameter(seq) not in (None, 0, ""):
-        raise InvalidArgument(f"parameters['sequence_id'] {parameter(seq)!r}: sequences (state kept between requests) "
+        raise InvalidArgument(f"parameters.sequence_id {parameter(seq)!r}: sequences (state kept between requests) "
                               "are not supported; send 0 or leave it out", field="parameters.sequence_id")
     for flag in ("sequence_start", "sequence_end"):
         value = parameters.get(flag)
         if value is not None and parameter(value) not in (None, False, 0):
-            raise InvalidArgument(f"parameters[{flag!r}] must be false: sequences are not supported",
+            raise InvalidArgument(f"parameters.{flag} must be false: sequences are not supported",
                                   field=f"parameters.{flag}")
 
 
@@ -174,7 +175,7 @@ def request_parameters(parameters: Any, allowed: dict[str, Any]) -> dict[str, An
         read = allowed.get(name)
         if read is None:
             known = ", ".join(sorted(allowed)) or "none"
-            raise InvalidArgument(f"parameters[{name!r}] is not a parameter of this model (it takes: {known})",
+            raise InvalidArgument(f"parameters.{name} is not a parameter of this model (it takes: {known})",
                                   field=f"parameters.{name}")
         out[name] = read(name, value)
     return out

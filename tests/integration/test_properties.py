@@ -58,6 +58,7 @@ from service.v1 import (
     translate_pb2_grpc,
 )
 from service.v1 import open_inference_grpc_pb2 as oip_pb2
+from service.v1 import open_inference_grpc_pb2_grpc as oip_grpc
 from tests.bundles import PAIRS_DE_EN, TEXT
 from tests.integration.harness import bad_request_fields, serving
 
@@ -152,6 +153,7 @@ class LiveServer:
         self.generator = generate_pb2_grpc.GeneratorStub(self.channel)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.oip = oip_grpc.GRPCInferenceServiceStub(self.channel)
 
     def _run(self, coro, timeout: float):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -875,6 +877,106 @@ def test_score_storm(live, profile):
 
     storm()
     assert_mixed("Score")
+
+
+# --- ModelInfer (the Open Inference Protocol) ------------------------------------------------------
+
+OIP_DATATYPES = ["BOOL", "UINT8", "INT32", "INT64", "UINT64", "FP16", "FP32", "FP64", "BYTES"]
+OIP_INPUTS = {"translate": [("text", "BYTES")], "forecast": [("history", "FP32"), ("history", "FP64")],
+              "generate": [("prompt", "BYTES")]}
+
+
+@st.composite
+def infer_requests(draw) -> oip_pb2.ModelInferRequest:
+    """Mostly well-formed ModelInfer requests for a served model (so that many succeed), with
+    wrong names, datatypes, shapes, sizes, parameters and raw/typed mixes mixed in."""
+    model = draw(mostly(st.sampled_from(["tiny-translate", "tiny-forecast", "tiny-forecast3", "tiny-generate"]),
+                        st.one_of(st.just(""), WILD_TEXT)))
+    task = {"tiny-translate": "translate", "tiny-generate": "generate"}.get(model, "forecast")
+    req = oip_pb2.ModelInferRequest(model_name=model, id=draw(st.text(max_size=5)))
+    name, datatype = draw(st.sampled_from(OIP_INPUTS[task]))
+    name = draw(mostly(st.just(name), st.sampled_from(["text", "history", "prompt", "continuation", "x"])))
+    datatype = draw(mostly(st.just(datatype), st.sampled_from(OIP_DATATYPES + ["STRING", ""])))
+    rows = draw(mostly(st.integers(1, 3), st.sampled_from([0, 33])))
+    if datatype == "BYTES":
+        items = draw(st.lists(st.one_of(st.sampled_from(["Ein Mann", "First", "All:", ""]), WILD_TEXT).map(
+            lambda t: t.encode("utf-8", "surrogatepass")), min_size=rows, max_size=rows))
+        shape = draw(mostly(st.just([rows]), st.sampled_from([[rows, 1], [rows, 2], [], [-1]])))
+        t = req.inputs.add(name=name, datatype=datatype, shape=shape)
+        if draw(st.booleans()):
+            req.raw_input_contents.append(b"".join(len(b).to_bytes(4, "little") + b for b in items)
+                                          + draw(mostly(st.just(b""), st.binary(max_size=6))))
+        else:
+            t.contents.bytes_contents.extend(items)
+    else:
+        channels = 3 if model == "tiny-forecast3" else 1
+        steps = draw(mostly(st.integers(8, 40), st.integers(0, 70)))
+        shape = [rows, steps] if channels == 1 else [rows, steps, channels]
+        shape = draw(mostly(st.just(shape), st.lists(st.integers(-1, 5), max_size=4)))
+        count = int(np.prod(shape)) if shape and min(shape) >= 0 else 0
+        values = np.cumsum(np.asarray(draw(st.lists(st.floats(-3, 3), min_size=1, max_size=8)) * (count // 8 + 1))[:count])
+        t = req.inputs.add(name=name, datatype=datatype, shape=shape)
+        dtype = {"FP64": "<f8", "FP16": "<f2", "INT64": "<i8", "UINT64": "<u8", "INT32": "<i4", "UINT8": "<u1",
+                 "BOOL": "?"}.get(datatype, "<f4")
+        if draw(mostly(st.just(True), st.just(False))):
+            req.raw_input_contents.append(values.astype(dtype).tobytes() + draw(mostly(st.just(b""), st.binary(max_size=3))))
+        elif datatype == "FP64":
+            t.contents.fp64_contents.extend(values.tolist())
+        else:
+            t.contents.fp32_contents.extend(values.astype(np.float32).tolist())
+        if draw(st.integers(0, 9)) == 0:
+            t.contents.fp32_contents.append(1.0)  # typed and raw together
+    params = {"translate": ["beam_size", "max_length"], "forecast": ["horizon", "quantiles"],
+              "generate": ["max_tokens", "temperature", "top_k", "seed", "stop", "logprobs"]}[task]
+    for key in draw(mostly(st.just([]), st.lists(st.sampled_from(params + ["sequence_id", "nope"]), max_size=3,
+                                                 unique=True), one_in=3)):
+        kind = draw(st.sampled_from(["int64_param", "uint64_param", "double_param", "string_param", "bool_param"]))
+        value = {"int64_param": st.integers(-3, 8), "uint64_param": st.integers(0, 8), "double_param": st.floats(-1, 4),
+                 "string_param": st.sampled_from(["0.1,0.9", "x", "\n", ""]), "bool_param": st.booleans()}[kind]
+        setattr(req.parameters[key], kind, draw(value))
+    if draw(st.integers(0, 4)) == 0:
+        req.outputs.add(name=draw(st.sampled_from(["translation", "forecast", "text", "nope"])))
+    return req
+
+
+def check_infer(live: LiveServer, req: oip_pb2.ModelInferRequest) -> None:
+    """No oracle of every rule here (tests/integration/test_oip.py pins them): every answer is OK
+    with well-formed raw outputs, or INVALID_ARGUMENT naming one field, or NOT_FOUND — never
+    INTERNAL or UNKNOWN."""
+    EXAMPLES["ModelInfer"] += 1
+    reply, err = call(live.oip.ModelInfer, req)
+    if err is not None:
+        code = err.code()
+        assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), f"{code.name}: {err.details()}"
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            fields = bad_request_fields(err)
+            assert len(fields) == 1 and fields[0] in err.details(), (fields, err.details())
+        OUTCOMES["ModelInfer"][code.name] += 1
+        return
+    OUTCOMES["ModelInfer"]["OK"] += 1
+    assert reply.id == req.id and len(reply.raw_output_contents) == len(reply.outputs) >= 1
+    for out, raw in zip(reply.outputs, reply.raw_output_contents, strict=True):
+        count = int(np.prod(out.shape))
+        if out.datatype == "BYTES":
+            pos = n = 0
+            while pos < len(raw):
+                pos += 4 + int.from_bytes(raw[pos : pos + 4], "little")
+                n += 1
+            assert pos == len(raw) and n == count, (out, len(raw))
+        else:
+            size = {"FP32": 4, "FP64": 8, "INT32": 4, "BOOL": 1}[out.datatype]
+            assert len(raw) == count * size, (out, len(raw))
+
+
+@pytest.mark.parametrize("profile", profiles(300))
+def test_infer_storm(live, profile):
+    @profile
+    @given(req=infer_requests())
+    def storm(req):
+        check_infer(live, req)
+
+    storm()
+    assert_mixed("ModelInfer")
 
 
 # --- ListModels and GetModel -----------------------------------------------------------------------

@@ -29,6 +29,8 @@ from service.front.metrics import Metrics
 from service.front.security import MALFORMED_TOKEN, MISSING_TOKEN, WRONG_TOKEN
 from service.front.server import create_server
 from service.v1 import generate_pb2, generate_pb2_grpc, models_pb2, models_pb2_grpc
+from service.v1 import open_inference_grpc_pb2 as oip_pb2
+from service.v1 import open_inference_grpc_pb2_grpc as oip_grpc
 from tests.integration.harness import TEST_CONFIG, rpc_error, serving
 
 pytestmark = [
@@ -210,6 +212,10 @@ async def test_unary_rpcs_without_the_right_token_are_unauthenticated(tls, metad
         models_pb2_grpc.ModelsStub(tls).ListModels(models_pb2.ListModelsRequest(), metadata=metadata),
         generate_pb2_grpc.GeneratorStub(tls).Generate(
             generate_pb2.GenerateRequest(prompt="All:", max_tokens=2), metadata=metadata),
+        # the Open Inference Protocol on the same port asks for the same token
+        oip_grpc.GRPCInferenceServiceStub(tls).ServerReady(oip_pb2.ServerReadyRequest(), metadata=metadata),
+        oip_grpc.GRPCInferenceServiceStub(tls).ModelInfer(oip_pb2.ModelInferRequest(model_name="tiny-generate"),
+                                                          metadata=metadata),
     ]
     for call in calls:
         err = await rpc_error(call)
@@ -238,6 +244,8 @@ async def test_the_right_token_passes_unary_and_streaming(tls, token):
     models = await models_pb2_grpc.ModelsStub(tls).ListModels(
         models_pb2.ListModelsRequest(), metadata=metadata, timeout=10)
     assert "tiny-generate" in {m.name for m in models.models}
+    ready = await oip_grpc.GRPCInferenceServiceStub(tls).ServerReady(oip_pb2.ServerReadyRequest(), metadata=metadata)
+    assert ready.ready
 
 
 async def test_health_needs_no_token_but_reflection_does(tls):

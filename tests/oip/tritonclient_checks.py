@@ -75,7 +75,7 @@ def main(address: str) -> None:
         "parameter": expect_error(lambda: client.infer("translate-de-en", [text], parameters={"beam_size": 99}),
                                   "INVALID_ARGUMENT", "beam_size 99"),
         "unknown parameter": expect_error(lambda: client.infer("translate-de-en", [text], parameters={"beams": 2}),
-                                          "INVALID_ARGUMENT", "'beams'"),
+                                          "INVALID_ARGUMENT", "parameters.beams"),
         "sequence": expect_error(lambda: client.infer("translate-de-en", [text], sequence_id=5),
                                  "INVALID_ARGUMENT", "sequence"),
         "wrong input": expect_error(lambda: client.infer("forecast-etth1", [text]), "INVALID_ARGUMENT", "history"),
