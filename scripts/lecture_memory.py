@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO))
 
 from service.client import ClientError, SeqserveClient  # noqa: E402
 
-# nationality -> the language words accepted for it (the first is the one shown)
+# nationality -> the language words accepted for it (the first is the one shown). All six
+# nationalities (X人) and first language words occur in the training text (the counts are printed).
 PAIRS = {
     "中国": ("中文", "汉语"),
     "英国": ("英文", "英语"),
@@ -40,12 +41,9 @@ PAIRS = {
     "日本": ("日语", "日文"),
     "法国": ("法语", "法文"),
     "德国": ("德语", "德文"),
-    "韩国": ("韩语", "韩文"),
-    "俄国": ("俄语", "俄文"),
 }
 ENGLISH = {"中国": "China → Chinese", "英国": "Britain → English", "美国": "America → English",
-           "日本": "Japan → Japanese", "法国": "France → French", "德国": "Germany → German",
-           "韩国": "Korea → Korean", "俄国": "Russia → Russian"}  # plot labels: matplotlib's fonts lack CJK
+           "日本": "Japan → Japanese", "法国": "France → French", "德国": "Germany → German"}  # matplotlib's fonts lack CJK
 SUBJECTS = ("我", "他", "她")
 VERBS = ("说", "会说")
 
@@ -89,15 +87,27 @@ def training_counts(bundle: Path, words: list[str]) -> dict[str, int] | None:
 def evaluate(client: SeqserveClient, model: str) -> dict:
     words = languages()
     rows = []
+    # The prior of each language word with the nationality cut away ("{S}{V}" alone): how much the
+    # nationality moves each word is log P(word | full) - log P(word | prior), the pointwise mutual
+    # information; the memory the lecture asks about shows there even where a frequent word wins.
+    priors = {f"{s}{v}": score(client, model, f"{s}{v}", words) for s in SUBJECTS for v in VERBS}
     for country, accepted in PAIRS.items():
         results = []
-        for prompt in templates(country):
-            right, margin, best = judge(score(client, model, prompt, words), accepted)
-            results.append({"prompt": prompt, "right": right, "margin": margin, "best": best})
+        for s in SUBJECTS:
+            for v in VERBS:
+                prompt = f"{s}是{country}人，{s}{v}"
+                scores = score(client, model, prompt, words)
+                right, margin, best = judge(scores, accepted)
+                shift = {w: scores[w] - priors[f"{s}{v}"][w] for w in words}
+                pmi_right, pmi_margin, pmi_best = judge(shift, accepted)
+                results.append({"prompt": prompt, "right": right, "margin": margin, "best": best,
+                                "pmi_right": pmi_right, "pmi_margin": pmi_margin, "pmi_best": pmi_best, "scores": scores})
         rows.append({"nationality": f"{country}人", "language": accepted[0], "accepted": list(accepted),
                      "right": sum(r["right"] for r in results), "of": len(results),
                      "mean_margin": sum(r["margin"] for r in results) / len(results),
-                     "min_margin": min(r["margin"] for r in results), "templates": results})
+                     "min_margin": min(r["margin"] for r in results),
+                     "pmi_right": sum(r["pmi_right"] for r in results),
+                     "mean_pmi_margin": sum(r["pmi_margin"] for r in results) / len(results), "templates": results})
     # the lecture's own sentence, as the issue asks it: 中文 against 英文 only
     headline = {c: score(client, model, f"我是{c}人，我说", ["中文", "英文"]) for c in ("中国", "英国")}
     cuts = {}
@@ -110,16 +120,18 @@ def evaluate(client: SeqserveClient, model: str) -> dict:
 
 def print_table(report: dict, counts: dict[str, int] | None) -> None:
     print(f"model {report['model']}; candidates: {' '.join(report['languages'])}")
-    print("| nationality | language | right | mean margin (nats) | worst margin | train count (nationality / language) |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    total = right = 0
+    print("| nationality | language | right | mean margin (nats) | worst margin | right by PMI | mean PMI margin | "
+          "train count (nationality / language) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    total = right = pmi = 0
     for r in report["pairs"]:
         count = "" if counts is None else f"{counts[r['nationality']]} / {counts[r['language']]}"
         print(f"| {r['nationality']} | {r['language']} | {r['right']}/{r['of']} | {r['mean_margin']:+.2f} | "
-              f"{r['min_margin']:+.2f} | {count} |")
-        total, right = total + r["of"], right + r["right"]
-    print(f"\nright: {right}/{total} = {right / total:.0%} of templates; "
-          f"{sum(r['right'] == r['of'] for r in report['pairs'])}/{len(report['pairs'])} nationalities always right")
+              f"{r['min_margin']:+.2f} | {r['pmi_right']}/{r['of']} | {r['mean_pmi_margin']:+.2f} | {count} |")
+        total, right, pmi = total + r["of"], right + r["right"], pmi + r["pmi_right"]
+    print(f"\nright: {right}/{total} = {right / total:.0%} of templates "
+          f"({sum(r['right'] == r['of'] for r in report['pairs'])}/{len(report['pairs'])} nationalities always right); "
+          f"by PMI (the nationality's effect, the prior removed): {pmi}/{total} = {pmi / total:.0%}")
     for country, s in report["headline"].items():
         p = math.exp(s["中文"]) / (math.exp(s["中文"]) + math.exp(s["英文"]))
         print(f"Score(\"我是{country}人，我说\", [\"中文\", \"英文\"]): log P 中文 {s['中文']:.2f}, 英文 {s['英文']:.2f} "

@@ -45,7 +45,14 @@ from training.data.series import (
     synthetic_forecast,
     synthetic_series,
 )
-from training.data.text import SHAKESPEARE_FILE, load_shakespeare, split_text, synthetic_text
+from training.data.text import (
+    SHAKESPEARE_FILE,
+    chinese_normalizer,
+    load_shakespeare,
+    load_tatoeba_zh,
+    split_text,
+    synthetic_text,
+)
 from training.data.translation import (
     PAD_ID,
     TATOEBA_FILE,
@@ -63,8 +70,8 @@ __all__ = [
     "DATA_ENV", "ETT_COLUMNS", "ETT_ROWS_PER_DAY", "FILES", "PAD_ID", "SHAKESPEARE_FILE", "SPLITS", "TASK_DATASETS",
     "TATOEBA_FILE", "TOKENIZER_KINDS", "CommaJoin", "CropWindows", "DataConfig", "DataError", "DataFile",
     "EvalBatches", "LoaderBatches", "PairDataset", "Scaler", "SeriesSplits", "StreamBatches", "WindowDataset",
-    "batchify", "build_tokenizer", "check_split", "collate_windows", "concat_pairs", "data_file", "data_hashes",
+    "batchify", "build_tokenizer", "check_split", "chinese_normalizer", "collate_windows", "concat_pairs", "data_file", "data_hashes",
     "default_data_dir", "encode", "ett_borders", "fetch", "file_sha256", "forecast_series", "lm_text",
-    "load_ett", "load_multi30k", "load_shakespeare", "load_tatoeba", "make_collate_pairs", "multi30k_files",
+    "load_ett", "load_multi30k", "load_shakespeare", "load_tatoeba", "load_tatoeba_zh", "make_collate_pairs", "multi30k_files",
     "split_text", "synthetic_forecast", "synthetic_pairs", "synthetic_series", "synthetic_text", "translation_pairs",
 ]

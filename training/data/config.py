@@ -9,13 +9,20 @@ from typing import Any
 
 from training.data.files import SPLITS, check_split
 from training.data.series import ETT_ROWS_PER_DAY, SeriesSplits, load_ett, synthetic_forecast
-from training.data.text import SHAKESPEARE_FILE, load_shakespeare, split_text, synthetic_text
+from training.data.text import (
+    SHAKESPEARE_FILE,
+    chinese_normalizer,
+    load_shakespeare,
+    load_tatoeba_zh,
+    split_text,
+    synthetic_text,
+)
 from training.data.translation import TATOEBA_FILE, load_multi30k, load_tatoeba, multi30k_files, synthetic_pairs
 
 TASK_DATASETS: dict[str, tuple[str, ...]] = {
     "translate": ("synthetic", "multi30k", "tatoeba"),
     "forecast": ("synthetic", "ETTh1", "ETTm1"),
-    "generate": ("synthetic", "shakespeare"),
+    "generate": ("synthetic", "shakespeare", "tatoeba-zh"),
 }
 TOKENIZER_KINDS = ("word", "bpe", "char")
 
@@ -24,8 +31,8 @@ TOKENIZER_KINDS = ("word", "bpe", "char")
 class DataConfig:
     """Which data a run trains on and how it is tokenised / windowed (fields apply per task)."""
 
-    dataset: str = "synthetic"  # translate: synthetic|multi30k|tatoeba; forecast: synthetic|ETTh1|ETTm1; generate: synthetic|shakespeare
-    seed: int = 0  # synthetic data and the Tatoeba split
+    dataset: str = "synthetic"  # translate: synthetic|multi30k|tatoeba; forecast: synthetic|ETTh1|ETTm1; generate: synthetic|shakespeare|tatoeba-zh
+    seed: int = 0  # synthetic data and the Tatoeba split (tatoeba-zh: the same split as tatoeba)
     # translate
     src_lang: str = "de"  # multi30k: de|en; tatoeba: zh|en
     tgt_lang: str = "en"
@@ -34,7 +41,7 @@ class DataConfig:
     vocab_size: int = 8000  # bpe: vocabulary size per side
     min_freq: int = 2  # word: keep words seen at least this often
     lowercase: bool = False  # word: lowercase before building the vocabulary
-    simplify_chinese: bool = False  # word, zh side: traditional -> simplified characters (OpenCC table)
+    simplify_chinese: bool = False  # word, zh side / char: traditional -> simplified characters (OpenCC table)
     max_len: int = 50  # drop training pairs with a side longer than this (tokens)
     concat_pairs: float = 0.0  # translate: add this share of extra training pairs, each two random pairs joined end to end
     concat_comma: float = 0.0  # translate: share of those joins spliced with a comma ("A，B。" / "A, b.") instead of a full stop
@@ -80,7 +87,7 @@ class DataConfig:
         """The verified dataset files this config reads (empty for synthetic data)."""
         if self.dataset == "multi30k":
             return [f for s in SPLITS for f in multi30k_files(s, (self.src_lang, self.tgt_lang))]
-        if self.dataset == "tatoeba":
+        if self.dataset in ("tatoeba", "tatoeba-zh"):
             return [TATOEBA_FILE]
         if self.dataset in ETT_ROWS_PER_DAY:
             return [f"ETDataset/{self.dataset}.csv"]
@@ -111,6 +118,8 @@ def lm_text(cfg: DataConfig, split: str, data_dir: str | os.PathLike | None = No
     """Text of ``split`` for the language model."""
     if cfg.dataset == "shakespeare":
         return load_shakespeare(split, data_dir)
+    if cfg.dataset == "tatoeba-zh":
+        return "".join(line + "\n" for line in load_tatoeba_zh(split, data_dir, seed=cfg.seed))
     return split_text(synthetic_text(cfg.repeats, cfg.seed), split)
 
 
@@ -119,7 +128,10 @@ def build_tokenizer(kind: str, texts: Sequence[str], cfg: DataConfig, language: 
     from training import vocab
 
     if kind == "char":
-        return vocab.build_char_tokenizer("".join(texts))
+        tok = vocab.build_char_tokenizer("".join(texts))
+        if cfg.simplify_chinese:  # text given to the served model is normalised as its training text was
+            tok.normalizer = chinese_normalizer(list(texts))
+        return tok
     if kind == "bpe":
         return vocab.build_bpe_tokenizer(texts, cfg.vocab_size, language=language)
     return vocab.build_word_tokenizer(texts, cfg.min_freq, cfg.lowercase, language=language,
