@@ -12,6 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from service.v1 import forecast_pb2, generate_pb2, models_pb2
+from service.v1 import open_inference_grpc_pb2 as oip_pb2
+from service.v1 import open_inference_grpc_pb2_grpc as oip_grpc
 from tests.integration.harness import rpc_error, serving, wait_until, watch_health
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -55,6 +57,12 @@ async def test_health_follows_loading_and_draining(models_dir):
         for service in TASK_SERVICES:
             assert await _status(s, service) == NOT_SERVING
         err = await rpc_error(s.forecaster.Forecast(forecast_pb2.ForecastRequest(history=HISTORY)))
+        assert (err.code(), err.details()) == (grpc.StatusCode.UNAVAILABLE, "server is draining")
+        # The Open Inference Protocol says the same: not ready, and inference refused as retryable.
+        oip = oip_grpc.GRPCInferenceServiceStub(s.channel)
+        assert not (await oip.ServerReady(oip_pb2.ServerReadyRequest())).ready
+        assert not (await oip.ModelReady(oip_pb2.ModelReadyRequest(name="tiny-forecast"))).ready
+        err = await rpc_error(oip.ModelInfer(oip_pb2.ModelInferRequest(model_name="tiny-forecast")))
         assert (err.code(), err.details()) == (grpc.StatusCode.UNAVAILABLE, "server is draining")
         rest = await _read_rest(in_flight)
         assert rest[-1].finish_reason == "length" and rest[-1].completion_tokens == 300
