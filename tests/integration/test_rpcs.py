@@ -241,6 +241,36 @@ async def test_reflection_lists_and_describes_the_services(served):
     assert streaming and has_presence
 
 
+def _call_through_reflection(address: str) -> dict:
+    """What grpcurl does (grpcurl installs from none of PyPI, Debian or npm): learn
+    inference.GRPCInferenceService from reflection alone, build a ModelInfer from the reflected
+    descriptors, call it and read the answer with them."""
+    from google.protobuf import descriptor_pool, json_format, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(address) as channel:
+        pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+        method = pool.FindServiceByName("inference.GRPCInferenceService").methods_by_name["ModelInfer"]
+        request_type = message_factory.GetMessageClass(method.input_type)
+        reply_type = message_factory.GetMessageClass(method.output_type)
+        request = json_format.ParseDict({
+            "model_name": "tiny-forecast",
+            "inputs": [{"name": "history", "datatype": "FP64", "shape": [1, 12],
+                        "contents": {"fp64_contents": [float(i % 5) for i in range(12)]}}],
+            "parameters": {"horizon": {"int64_param": 3}},
+        }, request_type())
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                   request_serializer=request_type.SerializeToString,
+                                   response_deserializer=reply_type.FromString)
+        return json_format.MessageToDict(call(request, timeout=10), preserving_proto_field_name=True)
+
+
+async def test_reflection_alone_is_enough_to_call_the_open_inference_protocol(served):
+    reply = await asyncio.to_thread(_call_through_reflection, served.address)
+    assert reply["model_name"] == "tiny-forecast" and [o["name"] for o in reply["outputs"]] == ["forecast", "quantiles"]
+    assert reply["outputs"][0]["shape"] == ["1", "3"] and len(reply["raw_output_contents"]) == 2
+
+
 async def test_every_rpc_is_labelled_with_the_version_that_answered(module_models):
     """One rule for seqserve_request_duration_seconds{model,version}: the version that answered;
     what no version answered is "unknown"; ListModels asks no model."""

@@ -17,7 +17,7 @@ from tests.conftest import REPO
 from tests.integration.harness import ServerProcess
 
 PYTHON = REPO / ".venv-oip" / "bin" / "python"
-BUNDLES = ("translate-de-en", "forecast-etth1", "generate-shakespeare")
+BUNDLES = tuple(sorted(p.name for p in (REPO / "models").iterdir() if p.is_dir()))  # every bundled model
 
 pytestmark = pytest.mark.skipif(
     not PYTHON.exists() and not os.environ.get("CI"),
@@ -32,7 +32,8 @@ def checked(tmp_path_factory):
     for name in BUNDLES:
         shutil.copytree(REPO / "models" / name, models / name)
     with ServerProcess(models) as server:
-        run = subprocess.run([str(PYTHON), str(REPO / "tests" / "oip" / "tritonclient_checks.py"), server.address],
+        run = subprocess.run([str(PYTHON), str(REPO / "tests" / "oip" / "tritonclient_checks.py"), server.address,
+                              ",".join(BUNDLES)],
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
         with SeqserveClient(server.address) as client:
@@ -49,6 +50,8 @@ def test_health_and_metadata(checked):
     assert models["forecast-etth1"]["outputs"] == [["forecast", "FP32", [-1, -1]], ["quantiles", "FP32", [-1, -1, 3]]]
     assert models["generate-shakespeare"]["inputs"] == [["prompt", "BYTES", [-1]], ["continuation", "BYTES", [-1]]]
     assert all(m["versions"] == ["1"] for m in models.values())
+    assert set(models) == set(BUNDLES)  # every bundled model answered a row through tritonclient
+    assert {tuple(m["answered"][:1]) for m in models.values()} <= {("translation",), ("forecast",), ("text",)}
 
 
 def test_a_batch_of_rows_answers_as_separate_calls(checked):

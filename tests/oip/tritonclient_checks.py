@@ -3,7 +3,7 @@ Protocol exactly as a Triton user calls it. Prints one JSON object of what it re
 caller (tests/oip/test_tritonclient.py) to compare with seqserve.v1 answers; exits non-zero on the
 first failed expectation.
 
-    .venv-oip/bin/python tests/oip/tritonclient_checks.py 127.0.0.1:50051
+    .venv-oip/bin/python tests/oip/tritonclient_checks.py 127.0.0.1:50051 translate-de-en,forecast-etth1,...
 """
 
 import json
@@ -13,7 +13,7 @@ import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from inputs import HISTORY, PROMPTS, TEXTS  # this script runs as a file: its folder is on sys.path
+from inputs import HISTORY, PROMPTS, SAMPLE, TEXTS  # this script runs as a file: its folder is on sys.path
 
 
 def expect_error(call, code: str, words: str) -> str:
@@ -32,12 +32,22 @@ def main(address: str) -> None:
     assert client.is_server_live() and client.is_server_ready()
     meta = client.get_server_metadata()
     out["server"] = {"name": meta.name, "version": meta.version}
-    for name in ("translate-de-en", "forecast-etth1", "generate-shakespeare"):
+    names = sys.argv[2].split(",")
+    for name in names:
         assert client.is_model_ready(name), name
         m = client.get_model_metadata(name)
         out["models"][name] = {"versions": list(m.versions), "platform": m.platform,
                                "inputs": [(t.name, t.datatype, list(t.shape)) for t in m.inputs],
                                "outputs": [(t.name, t.datatype, list(t.shape)) for t in m.outputs]}
+        first = m.inputs[0]  # every model answers one row through the client
+        if first.datatype == "BYTES":
+            row = triton.InferInput(first.name, [1], "BYTES")
+            row.set_data_from_numpy(np.array([SAMPLE.get(name, "Ein Mann").encode()], dtype=np.object_))
+        else:
+            row = triton.InferInput(first.name, [1, len(HISTORY)], "FP32")
+            row.set_data_from_numpy(HISTORY.astype(np.float32)[None])
+        reply = client.infer(name, [row])
+        out["models"][name]["answered"] = [o.name for o in reply.get_response().outputs]
     assert not client.is_model_ready("no-such-model")
 
     # translation: BYTES in, BYTES out, a batch of three rows, a parameter of the request
