@@ -58,14 +58,19 @@ def _median(rounds: list[dict[int, dict]], level: int, key: str) -> float:
 
 
 async def measure(models: Path, rounds: int, duration_s: float) -> dict[str, list[dict[int, dict]]]:
-    bundle = max((models / "forecast-etth1").iterdir())
+    bundle = max((models / "forecast-etth1").iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)
     window = read_manifest(bundle).forecast.window
     seqserve = Server("seqserve", [sys.executable, "-m", "service.client.cli", "serve", "--models", str(models),
                                    "--port", "0", "--metrics-port", "0", "--poll-interval-s", "0"])
     triton_venv, oip_venv = ROOT / ".venv-triton", ROOT / ".venv-oip"
     client_python = (triton_venv if triton_venv.exists() else oip_venv) / "bin" / "python"
     peer = TritonPeer(triton_venv, bundle) if triton_venv.exists() else None
-    results: dict[str, list[dict[int, dict]]] = {"seqserve.v1": [], "OIP": [], "OIP, tritonclient": []}
+    has_client = client_python.exists()  # tritonclient's venv: bench/triton/setup.sh or tests/oip/setup.sh
+    if not has_client:
+        log.warning("no .venv-triton or .venv-oip: the tritonclient rows are left out")
+    results: dict[str, list[dict[int, dict]]] = {"seqserve.v1": [], "OIP": []}
+    if has_client:
+        results["OIP, tritonclient"] = []
     if peer is not None:
         results["Triton, tritonclient"] = []
     try:
@@ -81,7 +86,7 @@ async def measure(models: Path, rounds: int, duration_s: float) -> dict[str, lis
             results["OIP, tritonclient"].append(await asyncio.to_thread(
                 _tritonclient, client_python, seqserve.address, "forecast-etth1", bundle, duration_s))
 
-        steps = {"seqserve.v1": v1, "OIP": oip, "OIP, tritonclient": oip_triton}
+        steps = {"seqserve.v1": v1, "OIP": oip, **({"OIP, tritonclient": oip_triton} if has_client else {})}
         if peer is not None:
             async def triton(_: int) -> None:
                 results["Triton, tritonclient"].append(await asyncio.to_thread(
@@ -107,7 +112,7 @@ def report(results: dict[str, list[dict[int, dict]]], rounds: int, duration_s: f
     lines += ["", f"- OIP / seqserve.v1, same client harness: p50 at c=1 {p50:.2f}x (target <= 1.1x: "
               f"{'met' if p50 <= 1.1 else 'not met'}), throughput at c=64 {rps:.2f}x (target >= 0.9x: "
               f"{'met' if rps >= 0.9 else 'not met'})."]
-    if "Triton, tritonclient" in results:
+    if "Triton, tritonclient" in results and "OIP, tritonclient" in results:
         t, o = results["Triton, tritonclient"], results["OIP, tritonclient"]
         lines.append(f"- seqserve OIP / Triton, both loaded by tritonclient: throughput at c=1 "
                      f"{_median(o, 1, 'rps') / _median(t, 1, 'rps'):.2f}x, at c=64 {_median(o, 64, 'rps') / _median(t, 64, 'rps'):.2f}x; "

@@ -153,6 +153,7 @@ class ContinuationScore:
     logprob: float  # log P(text | prompt), natural log
     tokens: list[TokenLogprob]  # each token of the continuation with its log-probability
     greedy: bool  # every token was the model's most probable choice
+    unknown_tokens: int = 0  # tokens outside the model's vocabulary
 
 
 @dataclass
@@ -161,6 +162,7 @@ class ScoreResult:
     version: str
     prompt_tokens: int
     scores: list[ContinuationScore]  # one per continuation, in order
+    unknown_prompt_tokens: int = 0  # prompt tokens outside the model's vocabulary
 
     def best(self) -> ContinuationScore:
         """The continuation the model finds most probable."""
@@ -378,7 +380,8 @@ class SeqserveClient:
         request = generate_pb2.ScoreRequest(model=model, version=version, prompt=prompt, continuations=list(continuations))
         r = self._call(self._generator.Score, request, timeout)
         return ScoreResult(r.model, r.version, r.prompt_tokens,
-                           [ContinuationScore(s.text, s.logprob, _logprobs(s.tokens), s.greedy) for s in r.scores])
+                           [ContinuationScore(s.text, s.logprob, _logprobs(s.tokens), s.greedy, s.unknown_tokens)
+                            for s in r.scores], r.unknown_prompt_tokens)
 
     def generate_stream(
         self,

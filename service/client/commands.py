@@ -196,6 +196,11 @@ def run_score(client, args, out: TextIO) -> int:
         print_json(result, out)
         return 0
     best = max(range(len(result.scores)), key=lambda i: result.scores[i].logprob)
+    unknown = [s.text for s in result.scores if s.unknown_tokens]
+    if result.unknown_prompt_tokens or unknown:
+        where = (["the prompt"] if result.unknown_prompt_tokens else []) + [repr(t) for t in unknown]
+        print(f"warning: {', '.join(where)} contain characters {result.model} never saw in training; their "
+              "scores say little", file=sys.stderr)
     out.write(f"# {result.model} v{result.version}; prompt of {result.prompt_tokens} tokens\n")
     out.write("\tcontinuation\tlogprob\tprob\tper token\n")
     for i, s in enumerate(result.scores):

@@ -196,7 +196,11 @@ class Engine:
             raise NotFound("model '' not found; name a model", field="model")
         e = self._repo.find(name, version)
         m = e.manifest
-        return e.name, e.version, m.task if m else "", m.forecast.info() if m and m.forecast else None
+        if m is None or e.state != READY:  # loading, failed or unloading: what a request would get
+            if version:
+                raise Unavailable(f"model {name!r} version {version} is {e.state}", field="version")
+            raise Unavailable(f"model {name!r} has no loaded version (newest, {e.version}, is {e.state})", field="model")
+        return e.name, e.version, m.task, m.forecast.info() if m.forecast else None
 
     def _info(self, e: ModelVersion) -> ModelInfo:
         m = e.manifest

@@ -123,6 +123,7 @@ class ContinuationScore:
     logprob: float  # log P(text | prompt), the sum over its tokens
     tokens: list[TokenLogprob]
     greedy: bool  # every token was the most probable at its position
+    unknown_tokens: int = 0  # tokens outside the vocabulary (scored as the unknown token)
 
 
 @dataclass
@@ -131,6 +132,7 @@ class ScoreResult:
     version: str
     prompt_tokens: int
     scores: list[ContinuationScore]
+    unknown_prompt_tokens: int = 0
 
 
 @dataclass

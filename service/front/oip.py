@@ -96,7 +96,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @handle_errors
     async def ModelMetadata(self, request, context):
-        info = self._model(request.name, request.version)
+        if not request.name:
+            raise InvalidArgument("name is empty; name a model", field="name")
+        info = Route(*self.engine.model_spec(request.name, request.version))
         versions = sorted((m.version for m in self.engine.list_models()
                            if m.name == info.name and m.state == types.READY), key=int)
         inputs, outputs = _tensors(info)
@@ -113,6 +115,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not request.model_name:
             raise InvalidArgument("model_name is empty; name a model (ModelMetadata lists its tensors)", field="model_name")
         info = Route(*self.engine.model_spec(request.model_name, request.model_version))
+        for t in request.inputs:  # before reading any element: a huge batch is refused at once
+            if t.shape:
+                self._rows(t.shape[0], t.name)
         inputs = read_inputs(request)
         names = [n for n, _, _ in TENSORS[info.task][0]]
         required = [n for n in names if n not in OPTIONAL_INPUTS]
@@ -122,6 +127,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                   f"{', '.join(map(repr, required))}" + (f" (and optionally {', '.join(map(repr, optional))})"
                                                                          if optional else ""), field="inputs")
         params = request_parameters(request.parameters, PARAMETERS[info.task])
+        info.asked = request.model_version  # rows resolve what the request named, as seqserve.v1 calls do
         datatype, array = inputs[required[0]]
         deadline = deadline_of(context)
         if "continuation" in inputs:
@@ -141,11 +147,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 add_output(response, name, dt, values, shape)
         return response
 
-    def _model(self, name: str, version: str) -> types.ModelInfo:
-        if not name:
-            raise InvalidArgument("model_name is empty; name a model (ModelMetadata lists its tensors)", field="model_name")
-        return self.engine.get_model(name, version)
-
     def _rows(self, rows: int, name: str) -> int:
         """``rows`` when within 1..max_texts (the rows of one ModelInfer, each a request to the engine)."""
         limit = self.engine.config.max_texts
@@ -156,12 +157,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _translate(self, info, datatype, array, params, deadline):
         texts = _strings(array, datatype, "text")
         self._rows(len(texts), "text")
-        base = dict(model=info.name, version=info.version, beam_size=params.get("beam_size", 1),
-                    max_length=params.get("max_length", 0))
-        results = await _gather(self.engine.translate(types.TranslateRequest(texts=[t], **base), deadline) for t in texts)
+        # One engine request for all rows (each text is still translated on its own): the rows'
+        # sentences then share one set of decoding waves instead of claiming max_texts streams each.
+        req = types.TranslateRequest(model=info.name, version=info.asked, texts=texts,
+                                     beam_size=params.get("beam_size", 1), max_length=params.get("max_length", 0))
+        try:
+            result = await self.engine.translate(req, deadline)
+        except InvalidArgument as err:
+            raise _in_row(err, None, info.task) from None
         shape = list(array.shape)
-        ts = [r.translations[0] for r in results]
-        return results[0].version, [
+        ts = result.translations
+        return result.version, [
             ("translation", "BYTES", [t.text.encode() for t in ts], shape),
             ("score", "FP64", np.array([t.score for t in ts]), shape),
             ("unknown_source_tokens", "INT32", np.array([t.unknown_source_tokens for t in ts]), shape),
@@ -180,9 +186,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                   field="inputs")
         rows = self._rows(array.shape[0], "history")
         history = array.astype(np.float64).reshape(rows, array.shape[1], channels)
-        base = dict(model=info.name, version=info.version, horizon=params.get("horizon", 0),
+        base = dict(model=info.name, version=info.asked, horizon=params.get("horizon", 0),
                     quantiles=params.get("quantiles", []))
-        results = await _gather(self.engine.forecast(types.ForecastRequest(history=h, **base), deadline) for h in history)
+        results = await _gather((self.engine.forecast(types.ForecastRequest(history=h, **base), deadline) for h in history),
+                                info.task)
         target = results[0].target_channel
         point = np.stack([r.forecast[:, target] for r in results])  # (B, H)
         paths = np.stack([r.quantile_paths[:, :, target].T for r in results])  # (B, H, Q)
@@ -193,8 +200,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         prompts = _strings(array, datatype, "prompt")
         self._rows(len(prompts), "prompt")
         stop = [params.pop("stop")] if "stop" in params else []
-        results = await _gather(self.engine.generate(types.GenerateRequest(
-            model=info.name, version=info.version, prompt=p, stop=stop, **params), deadline) for p in prompts)
+        results = await _gather((self.engine.generate(types.GenerateRequest(
+            model=info.name, version=info.asked, prompt=p, stop=stop, **params), deadline) for p in prompts), info.task)
         shape = list(array.shape)
         outputs = [
             ("text", "BYTES", [r.text.encode() for r in results], shape),
@@ -220,8 +227,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise InvalidArgument(f"parameters {sorted(set(params) - {'logprobs'})} are for generating, not for "
                                   "scoring a continuation", field="parameters")
         self._rows(len(prompts), "prompt")
-        results = await _gather(self.engine.score(types.ScoreRequest(
-            model=info.name, version=info.version, prompt=p, continuations=[c]), deadline) for p, c in zip(prompts, texts))
+        results = await _gather((self.engine.score(types.ScoreRequest(
+            model=info.name, version=info.asked, prompt=p, continuations=[c]), deadline)
+            for p, c in zip(prompts, texts)), info.task)
         shape = list(prompt[1].shape)
         return results[0].version, [("logprob", "FP64", np.array([r.scores[0].logprob for r in results]), shape),
                                     ("greedy", "BOOL", np.array([r.scores[0].greedy for r in results]), shape)]
@@ -245,23 +253,25 @@ def _strings(array: np.ndarray, datatype: str, name: str) -> list[str]:
     return out
 
 
-def _tensors(info: types.ModelInfo) -> tuple[list, list]:
+def _tensors(info: "Route") -> tuple[list, list]:
     inputs, outputs = TENSORS[info.task]
     if info.task == "forecast":
         spec = info.forecast or {}
-        channels, q = int(spec.get("channels", 1)), len(spec.get("quantiles", [])) or -1
+        channels = int(spec.get("channels", 1))
         inputs = [("history", "FP32", [-1, -1] if channels == 1 else [-1, -1, channels])]
-        outputs = [("forecast", "FP32", [-1, -1]), ("quantiles", "FP32", [-1, -1, q])]
+        # Q follows the quantiles parameter (the model's levels without it); FP64 in gives FP64 out
+        outputs = [("forecast", "FP32", [-1, -1]), ("quantiles", "FP32", [-1, -1, -1])]
     return inputs, outputs
 
 
 class Route:
     """Where a ModelInfer goes: the version, its task and (forecast) spec."""
 
-    __slots__ = ("name", "version", "task", "forecast")
+    __slots__ = ("name", "version", "task", "forecast", "asked")
 
     def __init__(self, name: str, version: str, task: str, forecast: dict[str, Any] | None) -> None:
         self.name, self.version, self.task, self.forecast = name, version, task, forecast
+        self.asked = version  # the version the request named ("" = the newest ready)
 
 
 # Engine request fields that come from a ModelInfer input: their errors name the input and row.
@@ -269,7 +279,7 @@ _INPUT_FIELDS = {"texts": "text", "history": "history", "channels": "history", "
                  "continuations": "continuation"}
 
 
-async def _gather(calls) -> list:
+async def _gather(calls, task: str) -> list:
     """Run the rows' engine calls together; the first error (after all finished) is the answer, an
     input's naming the input and the row. One row is awaited directly (no task to schedule)."""
     calls = list(calls)
@@ -277,21 +287,26 @@ async def _gather(calls) -> list:
         try:
             return [await calls[0]]
         except InvalidArgument as err:
-            raise _in_row(err, 0) from None
+            raise _in_row(err, 0, task) from None
     results = await asyncio.gather(*calls, return_exceptions=True)
     for row, r in enumerate(results):
         if isinstance(r, InvalidArgument):
-            raise _in_row(r, row) from None
+            raise _in_row(r, row, task) from None
         if isinstance(r, BaseException):
             raise r
     return results
 
 
-def _in_row(err: InvalidArgument, row: int) -> InvalidArgument:
+def _in_row(err: InvalidArgument, row: int | None, task: str) -> InvalidArgument:
+    """An engine error in the protocol's terms: an input's names the input (and the row), a
+    parameter's is put under parameters.NAME."""
+    if (err.field or "") in PARAMETERS[task]:
+        return InvalidArgument(f"parameters.{err.field}: {err.message}", field=f"parameters.{err.field}")
     name = _INPUT_FIELDS.get(err.field or "")
-    if name is None:  # a parameter (beam_size 99 ...): the message names it already
+    if name is None:
         return err
-    return InvalidArgument(f"inputs[{name!r}] row {row}: {err.message}", field="inputs")
+    where = f"inputs[{name!r}]" + ("" if row is None else f" row {row}")
+    return InvalidArgument(f"{where}: {err.message}", field="inputs")
 
 
 def register_inference(server, engine) -> str:

@@ -24,6 +24,7 @@ CONTENTS = {  # datatype -> the InferTensorContents field that carries it typed
     "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }
 DATATYPES = (*DTYPES, "BYTES")
+MAX_DIMENSION = 1 << 31  # a dimension beyond this cannot describe bytes that fit in one message
 _LENGTH = struct.Struct("<I")
 
 
@@ -48,6 +49,9 @@ def read_inputs(request: Any) -> dict[str, tuple[str, np.ndarray]]:
         shape = list(t.shape)
         if any(d < 0 for d in shape):
             raise InvalidArgument(f"{where}.shape {shape} has a negative dimension", field=f"{where}.shape")
+        if any(d > MAX_DIMENSION for d in shape) or len(shape) > 8:
+            raise InvalidArgument(f"{where}.shape {shape} is out of range (at most 8 dimensions of at most "
+                                  f"{MAX_DIMENSION})", field=f"{where}.shape")
         count = math.prod(shape)
         if raw:
             array = _from_raw(raw[k], t.datatype, count, f"raw_input_contents[{k}]", shape)
@@ -69,8 +73,11 @@ def _from_raw(data: bytes, datatype: str, count: int, where: str, shape: list[in
                                       field=where)
             items.append(data[pos + 4 : pos + 4 + n])
             pos += 4 + n
-        if len(items) != count:
-            raise InvalidArgument(f"{where} holds {len(items)} BYTES elements; shape {shape} needs {count}", field=where)
+            if len(items) > count:
+                break  # more elements than the shape holds: said below without reading the rest
+        if len(items) != count or pos < len(data):
+            held = f"{len(items)}" if pos >= len(data) else f"more than {count}"
+            raise InvalidArgument(f"{where} holds {held} BYTES elements; shape {shape} needs {count}", field=where)
         array = np.empty(count, dtype=object)
         array[:] = items
         return array

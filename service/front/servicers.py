@@ -262,7 +262,9 @@ class GeneratorServicer(generate_pb2_grpc.GeneratorServicer):
         return generate_pb2.ScoreResponse(
             model=result.model, version=str(result.version), prompt_tokens=result.prompt_tokens,
             scores=[generate_pb2.ContinuationScore(text=s.text, logprob=s.logprob, tokens=token_logprobs(s.tokens),
-                                                   greedy=s.greedy) for s in result.scores],
+                                                   greedy=s.greedy, unknown_tokens=s.unknown_tokens)
+                    for s in result.scores],
+            unknown_prompt_tokens=result.unknown_prompt_tokens,
         )
 
     @handle_errors

@@ -89,25 +89,29 @@ class ScoreRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., prompt: _Optional[str] = ..., continuations: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ContinuationScore(_message.Message):
-    __slots__ = ("text", "logprob", "tokens", "greedy")
+    __slots__ = ("text", "logprob", "tokens", "greedy", "unknown_tokens")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     LOGPROB_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     GREEDY_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_TOKENS_FIELD_NUMBER: _ClassVar[int]
     text: str
     logprob: float
     tokens: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
     greedy: bool
-    def __init__(self, text: _Optional[str] = ..., logprob: _Optional[float] = ..., tokens: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., greedy: _Optional[bool] = ...) -> None: ...
+    unknown_tokens: int
+    def __init__(self, text: _Optional[str] = ..., logprob: _Optional[float] = ..., tokens: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., greedy: _Optional[bool] = ..., unknown_tokens: _Optional[int] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("model", "version", "prompt_tokens", "scores")
+    __slots__ = ("model", "version", "prompt_tokens", "scores", "unknown_prompt_tokens")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     prompt_tokens: int
     scores: _containers.RepeatedCompositeFieldContainer[ContinuationScore]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., scores: _Optional[_Iterable[_Union[ContinuationScore, _Mapping]]] = ...) -> None: ...
+    unknown_prompt_tokens: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., scores: _Optional[_Iterable[_Union[ContinuationScore, _Mapping]]] = ..., unknown_prompt_tokens: _Optional[int] = ...) -> None: ...

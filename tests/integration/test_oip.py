@@ -114,7 +114,11 @@ async def test_parameters_of_every_kind(served):
     (lambda: request("tiny-translate", "words", "BYTES", [1], framed([b"Ein"])), "inputs", "'text'"),
     (lambda: request("tiny-translate", "text", "BYTES", [1], framed([b"Ein"]), beam_size="4"), "parameters.beam_size",
      "must be an integer"),
-    (lambda: request("tiny-translate", "text", "BYTES", [1], framed([b"Ein"]), beam_size=99), "beam_size", "99"),
+    (lambda: request("tiny-translate", "text", "BYTES", [1], framed([b"Ein"]), beam_size=99), "parameters.beam_size", "99"),
+    (lambda: request("tiny-translate", "text", "BYTES", [1, 1 << 62], b""), "inputs[0].shape", "out of range"),
+    (lambda: request("tiny-translate", "text", "BYTES", [2], framed([b"a"] * 5)), "raw_input_contents[0]", "more than 2"),
+    (lambda: request("tiny-translate", "text", "BYTES", [1], framed([b"Ein"]), max_length=999), "parameters.max_length",
+     "999"),
     (lambda: request("tiny-forecast", "history", "FP32", [1, 40], HISTORY.astype(np.float32).tobytes(),
                      quantiles="low"), "parameters.quantiles", "'low'"),
     (lambda: request("", "text", "BYTES", [1], framed([b"Ein"])), "model_name", "empty"),
@@ -157,6 +161,27 @@ async def test_metadata_readiness_and_metrics(served):
     await served.oip.ModelInfer(request("tiny-forecast", "history", "FP64", [1, 40], HISTORY.tobytes()))
     assert metric_value(served.metrics, "seqserve_request_duration_seconds_count", method="ModelInfer",
                         model="tiny-forecast", version="1", code="OK") == before + 1
+
+
+async def test_a_batch_of_many_sentence_texts_is_served_like_seqserve_v1(served):
+    text = " ".join(f"Ein Mann {i}." for i in range(32)).encode()  # 32 sentences in each of 3 rows
+    reply = await served.oip.ModelInfer(request("tiny-translate", "text", "BYTES", [3], framed([text] * 3)))
+    assert len(output(reply, "translation")) == 3
+
+
+async def test_a_version_that_is_not_loaded_is_unavailable_not_internal(module_models, tmp_path):
+    import shutil
+
+    shutil.copytree(module_models, tmp_path / "models")
+    (tmp_path / "models" / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "models" / "broken" / "1" / "manifest.json").write_text("{not json")
+    async with serving(tmp_path / "models") as s:
+        stub = pb_grpc.GRPCInferenceServiceStub(s.channel)
+        for call in (stub.ModelInfer(request("broken", "text", "BYTES", [1], framed([b"x"]))),
+                     stub.ModelMetadata(pb.ModelMetadataRequest(name="broken"))):
+            err = await rpc_error(call)
+            assert err.code() == grpc.StatusCode.UNAVAILABLE and "FAILED" in err.details(), err.details()
+        assert not (await stub.ModelReady(pb.ModelReadyRequest(name="broken"))).ready
 
 
 async def test_not_ready_until_the_models_load(module_models):

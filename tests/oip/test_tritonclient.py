@@ -47,7 +47,7 @@ def test_health_and_metadata(checked):
     assert models["translate-de-en"]["inputs"] == [["text", "BYTES", [-1]]]
     assert [o[0] for o in models["translate-de-en"]["outputs"]] == ["translation", "score", "unknown_source_tokens"]
     assert models["forecast-etth1"]["inputs"] == [["history", "FP32", [-1, -1]]]
-    assert models["forecast-etth1"]["outputs"] == [["forecast", "FP32", [-1, -1]], ["quantiles", "FP32", [-1, -1, 3]]]
+    assert models["forecast-etth1"]["outputs"] == [["forecast", "FP32", [-1, -1]], ["quantiles", "FP32", [-1, -1, -1]]]
     assert models["generate-shakespeare"]["inputs"] == [["prompt", "BYTES", [-1]], ["continuation", "BYTES", [-1]]]
     assert all(m["versions"] == ["1"] for m in models.values())
     assert set(models) == set(BUNDLES)  # every bundled model answered a row through tritonclient
@@ -78,6 +78,6 @@ def test_errors_keep_the_gRPC_codes_and_messages(checked):
     seen, client = checked
     errors = seen["errors"]
     assert errors["unknown model"].startswith("model 'no-such-model' not found; the models are: forecast-etth1")
-    assert errors["parameter"] == "beam_size 99 must be within 0..8 (0 or 1 = greedy)"
+    assert errors["parameter"] == "parameters.beam_size: beam_size 99 must be within 0..8 (0 or 1 = greedy)"
     assert "sequences (state kept between requests) are not supported" in errors["sequence"]
     assert client.health() == "SERVING"  # and the server kept serving

@@ -126,6 +126,7 @@ class GenerateModel:
         self._codec = bundle.codecs["text"]
         self._bos = m.special_tokens.get("bos")
         self._eos = m.special_tokens.get("eos")
+        self._unk = m.special_tokens.get("unk")
         self._states = tuple(f"state_{s}" for s in m.state_names)
         self._layers, self._hidden = m.num_layers, m.hidden_size
         self._lm = bundle.graphs["lm"]
@@ -256,8 +257,9 @@ class GenerateModel:
                     await item.future
                 finally:
                     self._scheduler.remove(item)
-        scores = continuation_scores(texts, item.future.result(), item.greedy)
-        return ScoreResult(self.name, self.version, len(ids), scores)
+        unk = self._unk
+        scores = continuation_scores(texts, item.future.result(), item.greedy, unk)
+        return ScoreResult(self.name, self.version, len(ids), scores, sum(i == unk for i in ids))
 
     async def stream(self, req: GenerateRequest, deadline: float | None) -> AsyncIterator[GenerateChunk]:
         """Chunks of new text; the last one carries finish_reason. Leaving the iteration (or

@@ -92,6 +92,8 @@ class ContinuationRows(StepItem):
             self.future.set_exception(error)
 
 
-def continuation_scores(texts: list[str], tokens: list[list[TokenLogprob]], greedy: list[bool]) -> list[ContinuationScore]:
-    return [ContinuationScore(text, float(sum(t.logprob for t in toks)), toks, g)
+def continuation_scores(texts: list[str], tokens: list[list[TokenLogprob]], greedy: list[bool],
+                        unknown: int | None) -> list[ContinuationScore]:
+    return [ContinuationScore(text, float(sum(t.logprob for t in toks)), toks, g,
+                              sum(t.token_id == unknown for t in toks))
             for text, toks, g in zip(texts, tokens, greedy, strict=True)]

@@ -133,3 +133,9 @@ async def test_top_logprobs_is_bounded_by_the_server(engine, top):
     with pytest.raises(InvalidArgument) as info:
         await engine.generate(GenerateRequest(prompt="a", top_logprobs=top))
     assert info.value.message == f"top_logprobs {top} must be within 0..20" and info.value.field == "top_logprobs"
+
+
+async def test_unknown_tokens_are_counted_not_hidden(engine):
+    result = await engine.score(ScoreRequest(prompt="First 龘", continuations=["Ci", "龘Æ"]))
+    assert result.unknown_prompt_tokens == 1
+    assert [s.unknown_tokens for s in result.scores] == [0, 2]

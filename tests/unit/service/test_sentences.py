@@ -24,3 +24,11 @@ def test_sentences(language, text, sentences):
 def test_unknown_languages_use_english_rules():
     assert SentenceSplitter("xx").language == "en" and SentenceSplitter("").language == "en"
     assert SentenceSplitter("de").language == "de"
+
+
+@pytest.mark.parametrize("text", ["Ein Mann sagt z.B. Hallo. Die Variable z(b) ist gut.", "Er kam.!? Sie ging."])
+def test_texts_the_rules_cannot_split_stay_whole_and_nothing_is_lost(text):
+    """pysbd 0.3.4 raises re.error on some German abbreviations and drops trailing marks: such texts
+    stay one sentence rather than fail or lose characters."""
+    parts = SentenceSplitter("de").split(text)
+    assert "".join("".join(p.split()) for p in parts) == "".join(text.split())
