@@ -191,15 +191,12 @@ class Engine:
 
     def model_spec(self, name: str, version: str = "") -> tuple[str, str, str, dict[str, Any] | None]:
         """(name, version, task, forecast spec info) of one version, without building a whole
-        ModelInfo: what a front end needs on every request to route it. Raises NotFound."""
+        ModelInfo: what a front end needs on every request to route it. Raises NotFound, or
+        Unavailable (loading, failed, unloading) as a request to that version would."""
         if not name:
             raise NotFound("model '' not found; name a model", field="model")
-        e = self._repo.find(name, version)
+        e = self._repo.find_ready(name, version)
         m = e.manifest
-        if m is None or e.state != READY:  # loading, failed or unloading: what a request would get
-            if version:
-                raise Unavailable(f"model {name!r} version {version} is {e.state}", field="version")
-            raise Unavailable(f"model {name!r} has no loaded version (newest, {e.version}, is {e.state})", field="model")
         return e.name, e.version, m.task, m.forecast.info() if m.forecast else None
 
     def _info(self, e: ModelVersion) -> ModelInfo:

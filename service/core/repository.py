@@ -396,6 +396,16 @@ class ModelRepository:
         ready = [e for e in entries.values() if e.state == READY]
         return max(ready or entries.values(), key=lambda e: e.number)
 
+    def find_ready(self, name: str, version: str = "") -> ModelVersion:
+        """The READY entry for name/version ("" = the newest READY). Raises NotFound (unknown
+        name/version) or Unavailable (loading, failed or unloading)."""
+        entry = self.find(name, version)
+        if entry.state != READY:
+            if version:
+                raise Unavailable(f"model {name!r} version {version} is {entry.state}", field="version")
+            raise Unavailable(f"model {name!r} has no loaded version (newest, {entry.version}, is {entry.state})", field="model")
+        return entry
+
     def resolve(self, task: str, name: str, version: str) -> ModelVersion:
         """The READY version that serves a request. Raises NotFound (unknown name/version),
         Unavailable (nothing loaded) or InvalidArgument (a model of another task)."""
@@ -404,11 +414,7 @@ class ModelRepository:
             if default is None:
                 raise Unavailable(f"no {task} model is loaded")
             name = default
-        entry = self.find(name, version)
-        if entry.state != READY:
-            if version:
-                raise Unavailable(f"model {name!r} version {version} is {entry.state}", field="version")
-            raise Unavailable(f"model {name!r} has no loaded version (newest, {entry.version}, is {entry.state})", field="model")
+        entry = self.find_ready(name, version)
         if entry.task != task:
             raise InvalidArgument(f"model {name!r} is a {entry.task} model, not a {task} model", field="model")
         return entry
