@@ -115,7 +115,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not request.model_name:
             raise InvalidArgument("model_name is empty; name a model (ModelMetadata lists its tensors)", field="model_name")
         info = Route(*self.engine.model_spec(request.model_name, request.model_version))
-        for t in request.inputs:  # before reading any element: a huge batch is refused at once
+        for t in request.inputs:  # the one rows check, before any element is read (a huge batch costs nothing)
             if t.shape:
                 self._rows(t.shape[0], t.name)
         inputs = read_inputs(request)
@@ -147,16 +147,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 add_output(response, name, dt, values, shape)
         return response
 
-    def _rows(self, rows: int, name: str) -> int:
-        """``rows`` when within 1..max_texts (the rows of one ModelInfer, each a request to the engine)."""
+    def _rows(self, rows: int, name: str) -> None:
+        """Refuse a batch outside 1..max_texts rows (the rows of one ModelInfer, each a request to the engine)."""
         limit = self.engine.config.max_texts
         if not 1 <= rows <= limit:
             raise InvalidArgument(f"inputs[{name!r}] has {rows} rows; one ModelInfer takes 1 to {limit}", field="inputs")
-        return rows
 
     async def _translate(self, info, datatype, array, params, deadline):
         texts = _strings(array, datatype, "text")
-        self._rows(len(texts), "text")
         # One engine request for all rows (each text is still translated on its own): the rows'
         # sentences then share one set of decoding waves instead of claiming max_texts streams each.
         req = types.TranslateRequest(model=info.name, version=info.asked, texts=texts,
@@ -184,7 +182,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             want = "[rows, steps]" if channels == 1 else f"[rows, steps, {channels}]"
             raise InvalidArgument(f"inputs['history'] has shape {list(array.shape)}; model {info.name!r} takes {want}",
                                   field="inputs")
-        rows = self._rows(array.shape[0], "history")
+        rows = array.shape[0]
         history = array.astype(np.float64).reshape(rows, array.shape[1], channels)
         base = dict(model=info.name, version=info.asked, horizon=params.get("horizon", 0),
                     quantiles=params.get("quantiles", []))
@@ -198,7 +196,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _generate(self, info, datatype, array, params, deadline):
         prompts = _strings(array, datatype, "prompt")
-        self._rows(len(prompts), "prompt")
         stop = [params.pop("stop")] if "stop" in params else []
         results = await _gather((self.engine.generate(types.GenerateRequest(
             model=info.name, version=info.asked, prompt=p, stop=stop, **params), deadline) for p in prompts), info.task)
@@ -226,7 +223,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if set(params) - {"logprobs"}:
             raise InvalidArgument(f"parameters {sorted(set(params) - {'logprobs'})} are for generating, not for "
                                   "scoring a continuation", field="parameters")
-        self._rows(len(prompts), "prompt")
         results = await _gather((self.engine.score(types.ScoreRequest(
             model=info.name, version=info.asked, prompt=p, continuations=[c]), deadline)
             for p, c in zip(prompts, texts)), info.task)
