@@ -180,12 +180,12 @@ class TranslateModel:
             for k in range(0, len(sentences), width):
                 hyps += await self._decode(sentences[k : k + width], beam, alpha, req, deadline)
         self._ctx.count_tokens(self.name, self.version, sum(len(h.tokens) for h in hyps))
-        unknown = sum(s.unknown(self._unk) for s in sentences)
-        self._ctx.count_source_tokens(self.name, self.version, sum(len(s.ids) for s in sentences), unknown)
         out, k = [], 0
         for text in texts:
             out.append(self._assemble(text, hyps[k : k + len(text)], alpha, req.return_attention))
             k += len(text)
+        self._ctx.count_source_tokens(self.name, self.version, sum(len(t.source_tokens) for t in out),
+                                      sum(t.unknown_source_tokens for t in out))
         return TranslateResult(self.name, self.version, out)
 
     async def _decode(self, sentences: list[Sentence], beam: int, alpha: float, req: TranslateRequest,
