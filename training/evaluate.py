@@ -190,7 +190,14 @@ def _evaluate(
     """Figures of one split; translation decodes with the server's shared decoding (greedy, or beam
     search of width ``beam`` with its default length penalty)."""
     from service.contract import state_names
-    from service.inference.seq2seq import DEFAULT_TOKEN_LIMIT, restore_unknown, translate_ids
+    from service.inference.seq2seq import (
+        DEFAULT_TOKEN_LIMIT,
+        join_pieces,
+        restore_unknown,
+        source_words,
+        translate_ids,
+        word_marker,
+    )
     from training import data as D
 
     cfg = D.DataConfig.from_dict(run_config["data"], task)
@@ -221,12 +228,11 @@ def _evaluate(
                              bos=specials["bos"], eos=specials["eos"], state_names=[f"state_{s}" for s in states],
                              beam=max(beam, 1), max_target_tokens=limits.get("max_target_tokens", DEFAULT_TOKEN_LIMIT))
         hyps, copied = [], 0
-        marker = getattr(tgt_tok.decoder, "replacement", "")
+        marker = word_marker(tgt_tok)
         for (source, _), e, ids, h in zip(pairs, encodings, sources, best):  # unknown words as the server passes them
-            words = [source[a:b].strip() for a, b in e.offsets]
-            pieces, n = restore_unknown(h, specials["unk"], ids, words, lambda t: tgt_tok.id_to_token(t) or "", marker)
-            pieces = [p for p in pieces if p is not None]
-            hyps.append(tgt_tok.decoder.decode(pieces) if tgt_tok.decoder else "".join(pieces))
+            pieces, n = restore_unknown(h, specials["unk"], ids, source_words(source, e.offsets),
+                                        lambda t: tgt_tok.id_to_token(t) or "", marker)
+            hyps.append(join_pieces(tgt_tok, pieces))
             copied += n
         if beam:
             figures["beam"] = beam

@@ -5,6 +5,7 @@ from __future__ import annotations
 from tokenizers import Tokenizer
 
 from service.inference.decoding import StopChecker
+from service.inference.seq2seq import join_pieces, source_words, word_marker
 
 _REPLACEMENT = "\ufffd"  # what a decoder gives for an incomplete UTF-8 byte sequence
 
@@ -16,7 +17,7 @@ class TextCodec:
     def __init__(self, tokenizer: Tokenizer) -> None:
         self._tok = tokenizer
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-        self.word_marker = getattr(tokenizer.decoder, "replacement", "")  # "▁" for Metaspace, else ""
+        self.word_marker = word_marker(tokenizer)
 
     @classmethod
     def from_json(cls, text: str) -> "TextCodec":
@@ -31,12 +32,11 @@ class TextCodec:
         """Ids, token strings and, per token, the piece of ``text`` it came from (spaces stripped):
         an unknown token's piece is the word the model did not know."""
         enc = self._tok.encode(text, add_special_tokens=False)
-        return list(enc.ids), list(enc.tokens), [text[a:b].strip() for a, b in enc.offsets]
+        return list(enc.ids), list(enc.tokens), source_words(text, enc.offsets)
 
     def join(self, pieces: list[str]) -> str:
         """Text of token strings (as ``token`` gives them, or words spliced in with ``word_marker``)."""
-        decoder = self._tok.decoder
-        return decoder.decode(pieces) if decoder is not None else "".join(pieces)
+        return join_pieces(self._tok, pieces)
 
     def decode(self, ids: list[int]) -> str:
         """Text of ``ids``, special tokens skipped."""

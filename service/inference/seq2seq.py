@@ -27,6 +27,23 @@ def target_limit(source_len: int, max_target_tokens: int, max_length: int = 0) -
     return max_length or min(max_target_tokens, 2 * source_len + 10)
 
 
+def source_words(text: str, offsets: Sequence[tuple[int, int]]) -> list[str]:
+    """Per token (its character ``offsets`` in ``text``), the piece of text it came from, spaces
+    stripped: an unknown token's piece is the word the model did not know."""
+    return [text[a:b].strip() for a, b in offsets]
+
+
+def word_marker(tokenizer) -> str:
+    """The word-start mark of an HF tokenizer's decoder ("▁" for Metaspace, else "")."""
+    return getattr(tokenizer.decoder, "replacement", "")
+
+
+def join_pieces(tokenizer, pieces: Sequence[str | None]) -> str:
+    """Text of token pieces through an HF tokenizer's decoder (None: a piece left out)."""
+    kept = [p for p in pieces if p is not None]
+    return tokenizer.decoder.decode(kept) if tokenizer.decoder is not None else "".join(kept)
+
+
 def restore_unknown(hyp: Hypothesis, unk: int, source_ids: Sequence[int], source_words: Sequence[str],
                     piece: Callable[[int], str], marker: str = "") -> tuple[list[str | None], int]:
     """The target pieces of ``hyp`` with unknown words passed through: an unknown-word token whose
