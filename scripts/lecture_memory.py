@@ -20,17 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.client import ClientError, SeqserveClient  # noqa: E402
+from bench.harness import Server, wait_serving  # noqa: E402
+from service.client import SeqserveClient  # noqa: E402
 
 # nationality -> the language words accepted for it (the first is the one shown). All six
 # nationalities (X人) and first language words occur in the training text (the counts are printed).
@@ -72,13 +69,16 @@ def score(client: SeqserveClient, model: str, prompt: str, words: list[str]) -> 
 def training_counts(bundle: Path, words: list[str]) -> dict[str, int] | None:
     """How often each word occurs in the model's training text (None without the training extra or data)."""
     try:
-        from service.contract import read_manifest
         from training import data as D
+    except ImportError as err:
+        print(f"(training-data counts skipped: {err})", file=sys.stderr)
+        return None
+    from service.contract import read_manifest
 
-        m = read_manifest(bundle)
-        cfg = D.DataConfig.from_dict(m.training["run_config"]["data"], "generate")
+    try:
+        cfg = D.DataConfig.from_dict(read_manifest(bundle).training["run_config"]["data"], "generate")
         text = D.lm_text(cfg, "train", None)
-    except (ImportError, OSError, KeyError, ValueError) as err:
+    except (D.DataError, OSError, KeyError, ValueError) as err:
         print(f"(training-data counts skipped: {err})", file=sys.stderr)
         return None
     return {w: text.count(w) for w in words}
@@ -164,12 +164,6 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--address", default="", help="a running server (default: start one over --models)")
@@ -180,28 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     server = None
     address = args.address
-    if not address:
-        port = _free_port()
-        address = f"127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-m", "service.client.cli", "serve", "--models", args.models,
-                                   "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    if not address:  # the benchmarks' way of running a server on a free loopback port, until SERVING
+        server = Server("seqserve", [sys.executable, "-m", "service.client.cli", "serve", "--models", args.models,
+                                     "--port", "0", "--metrics-port", "0"])
+        address = server.address
     try:
+        wait_serving(address)
         with SeqserveClient(address, timeout=60) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    client.get_model(args.model)
-                    break
-                except ClientError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.5)
             report = evaluate(client, args.model)
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(30)
+            server.stop()
     counts = training_counts(Path(args.models) / args.model / "1",
                              [r["nationality"] for r in report["pairs"]] + [r["language"] for r in report["pairs"]])
     report["training_counts"] = counts
