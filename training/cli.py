@@ -23,6 +23,21 @@ DOMAINS = {
 log = logging.getLogger(__name__)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that lines never break at a hyphen (preset names stay whole)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def presets() -> list[str]:
     """Names of the bundled presets (training/presets/*.yaml)."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
@@ -215,7 +230,7 @@ def add_shared(parser: argparse.ArgumentParser, *names: str, **helps: str) -> No
 def build_parser() -> argparse.ArgumentParser:
     preset_list = f"presets: {', '.join(presets())}"
     p = argparse.ArgumentParser(
-        prog="seqserve-train",
+        prog="seqserve-train", formatter_class=HelpFormatter,
         description="Train recurrent models, export them as seqserve bundles, and evaluate checkpoints or bundles.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -295,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
 
     sub.add_parser("gradient-flow", help="gradient-flow report per cell (see gradient-flow --help)", add_help=False)
+    for parser in sub.choices.values():
+        parser.formatter_class = HelpFormatter
     return p
 
 

@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint (PyTorch) or an exported bundle (onnxruntime): MSE/MAE, nats per char, BLEU/chrF."""
+"""Evaluate a checkpoint (PyTorch) or an exported bundle (onnxruntime): MSE/MAE, nats per char, BLEU/chrF, digit accuracy and error rate."""
 
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ def torch_graphs(model) -> dict[str, Graph]:
     from training import export
 
     task, cell = model.task, model.config.cell
+    if task == "recognize":
+        return _torch_speech_graphs(model)
     wrappers = {
         "forecast": {"forecast": export.ForecastGraph},
         "generate": {"lm": export.LMGraph},
@@ -66,7 +68,107 @@ def torch_graphs(model) -> dict[str, Graph]:
     return out
 
 
+def _torch_speech_graphs(model) -> dict[str, Graph]:
+    """The speech graphs in PyTorch: the features graph (onnxruntime, as training computes them), then the model."""
+    import torch
+
+    from service.contract import state_names
+    from training.export_speech import AcousticGraph, AcousticStepGraph
+    from training.features import FeatureExtractor, FeatureSpec
+
+    features = FeatureExtractor(FeatureSpec(**model.config.features))
+    acoustic = AcousticGraph(model).eval()
+    step = AcousticStepGraph(model).eval()
+    names = [f"state_{s}" for s in state_names(model.config.cell)]
+
+    def run_acoustic(feed):
+        with torch.no_grad():
+            lp, frames = acoustic(torch.from_numpy(features(feed["audio"])), torch.from_numpy(feed["audio_len"]))
+        return {"log_probs": lp.numpy(), "frames": frames.numpy()}
+
+    def run_step(feed):
+        with torch.no_grad():
+            res = step(torch.from_numpy(features(feed["audio"], False)), *(torch.from_numpy(feed[n]) for n in names))
+        return {"log_probs": res[0].numpy(), **{f"{n}_out": r.numpy() for n, r in zip(names, res[1:])}}
+
+    graphs = {"acoustic": run_acoustic}
+    if not model.config.bidirectional:
+        graphs["acoustic_step"] = run_step
+    return graphs
+
+
 # ---------------------------------------------------------------- metrics per task
+
+STRINGS_SEED = 2026  # the connected-digit strings of an evaluation split
+STRINGS = 300
+STREAM_CHUNK_MS = 100  # streaming evaluation: the audio arrives in chunks of this length
+
+
+def _recognize_offline(acoustic: Graph, audios: list[np.ndarray], blank: int, batch: int = 16) -> list[list[int]]:
+    """Greedy CTC labels of each signal through the offline graph, batched by length."""
+    from service.inference.ctc import greedy
+    from service.inference.speech import pad_batch
+
+    out: list[list[int]] = [[] for _ in audios]
+    order = sorted(range(len(audios)), key=lambda i: len(audios[i]))
+    for k in range(0, len(order), batch):
+        idx = order[k : k + batch]
+        audio, lens = pad_batch([audios[i] for i in idx])
+        res = acoustic({"audio": audio, "audio_len": lens})
+        for j, i in enumerate(idx):
+            out[i] = list(greedy(res["log_probs"][j, : res["frames"][j]], blank).labels)
+    return out
+
+
+def _recognize_streaming(step: Graph, audios: list[np.ndarray], spec: dict[str, Any], layers: int, hidden: int,
+                         states: tuple[str, ...], chunk: int) -> list[list[int]]:
+    """Greedy CTC labels of each signal sent to the step graph in chunks of ``chunk`` samples, its state
+    carried from chunk to chunk as the server carries it."""
+    from service.inference.ctc import greedy
+    from service.inference.speech import ChunkFramer
+
+    out = []
+    frame = spec["hop"] * spec["stack"]
+    for audio in audios:
+        framer = ChunkFramer(spec["n_fft"] - spec["hop"], frame)
+        state = {f"state_{s}": np.zeros((layers, 1, hidden), np.float32) for s in states}
+        parts = []
+        for i in range(0, len(audio), chunk):
+            framer.push(audio[i : i + chunk])
+            inp = framer.take()
+            if inp is None:
+                continue
+            res = step({"audio": inp[None, :], **state})
+            state = {f"state_{s}": res[f"state_{s}_out"] for s in states}
+            parts.append(res["log_probs"][0])
+        lp = np.concatenate(parts) if parts else np.zeros((0, len(spec["labels"])), np.float32)
+        out.append(list(greedy(lp, spec["blank"]).labels))
+    return out
+
+
+def speech_metrics(graphs: dict[str, Graph], singles: list[tuple[np.ndarray, int]],
+                   strings: list[tuple[np.ndarray, list[int]]], spec: dict[str, Any], layers: int, hidden: int,
+                   states: tuple[str, ...]) -> dict[str, Any]:
+    """Single-recording accuracy and connected-digit error rate, offline and (with a step graph) streaming.
+    Labels are digit + 1 (0 is the blank)."""
+    from training.data.speech import digit_error_rate
+
+    figures: dict[str, Any] = {"recordings": len(singles), "strings": len(strings),
+                               "string_digits": sum(len(d) for _, d in strings)}
+    modes = {"": lambda audios: _recognize_offline(graphs["acoustic"], audios, spec["blank"])}
+    if "acoustic_step" in graphs:
+        chunk = spec["sample_rate"] * STREAM_CHUNK_MS // 1000
+        modes["stream_"] = lambda audios: _recognize_streaming(graphs["acoustic_step"], audios, spec, layers, hidden,
+                                                               states, chunk)
+    for prefix, run in modes.items():
+        got = run([a for a, _ in singles])
+        figures[f"{prefix}accuracy"] = float(np.mean([g == [d + 1] for g, (_, d) in zip(got, singles)])) if singles else 0.0
+        hyps = run([a for a, _ in strings])
+        der, edits, _ = digit_error_rate(hyps, [[d + 1 for d in digits] for _, digits in strings])
+        figures[f"{prefix}der"] = der
+        figures[f"{prefix}string_accuracy"] = float(np.mean([h == [d + 1 for d in r] for h, (_, r) in zip(hyps, strings)]))
+        figures[f"{prefix}digit_edits"] = edits
+    return figures
 
 
 def forecast_metrics(
@@ -185,7 +287,7 @@ def translation_metrics(hyps: list[str], refs: list[str], tgt_lang: str = "en") 
 def _evaluate(
     task: str, graphs: dict[str, Graph], *, run_config: dict[str, Any], tokenizers: dict[str, Any], cell: str,
     num_layers: int, hidden_size: int, specials: dict[str, int], limits: dict[str, int], forecast: dict[str, Any] | None,
-    split: str, data_dir, max_items: int, beam: int = 0,
+    split: str, data_dir, max_items: int, beam: int = 0, speech: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Figures of one split; translation decodes with the server's shared decoding (greedy, or beam
     search of width ``beam`` with its default length penalty)."""
@@ -211,6 +313,16 @@ def _evaluate(
         figures.update(forecast_metrics(graphs["forecast"], series, forecast["window"], forecast["horizon"], forecast["quantiles"]))
         figures["by_horizon"] = horizon_metrics(
             graphs["forecast"], series, forecast["window"], forecast["horizon"], forecast["quantiles"])
+    elif task == "recognize":
+        from training.data.speech import eval_strings
+
+        pool = D.speech_recordings(cfg, split, data_dir)
+        singles = [(r.audio, r.digit) for r in pool]
+        strings = eval_strings(pool, STRINGS, STRINGS_SEED)
+        if max_items:
+            singles, strings = singles[:max_items], strings[:max_items]
+        figures["holdout"] = cfg.holdout
+        figures.update(speech_metrics(graphs, singles, strings, speech, num_layers, hidden_size, states))
     elif task == "generate":
         text = D.lm_text(cfg, split, data_dir)
         if max_items:
@@ -268,7 +380,7 @@ def evaluate_bundle(bundle_dir: str | Path, split: str = "test", data_dir=None, 
         tokenizers={r: Tokenizer.from_file(str(bundle_dir / f)) for r, f in m.tokenizers.items()},
         cell=m.cell, num_layers=m.num_layers, hidden_size=m.hidden_size, specials=m.special_tokens, limits=m.limits,
         forecast=None if m.forecast is None else {"window": m.forecast.window, "horizon": m.forecast.horizon, "quantiles": m.forecast.quantiles},
-        split=split, data_dir=data_dir, max_items=max_items, beam=beam,
+        split=split, data_dir=data_dir, max_items=max_items, beam=beam, speech=m.speech.info() if m.speech else None,
     )
     figures["source"] = "onnxruntime"
     return figures
@@ -287,10 +399,17 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_dir=None, ma
         num_layers=c.num_layers, hidden_size=c.hidden_size, specials=dict(SPECIAL_IDS), limits={},
         forecast={"window": c.window, "horizon": c.horizon, "quantiles": list(c.quantiles)} if model.task == "forecast" else None,
         split=split, data_dir=data_dir, max_items=max_items,
+        speech=_speech_info(c) if model.task == "recognize" else None,
     )
     figures["source"] = "pytorch"
     figures["step"] = ckpt["step"]
     return figures
+
+
+def _speech_info(config) -> dict[str, Any]:
+    from training.export_speech import speech_spec
+
+    return speech_spec(config).info()
 
 
 def write_evaluation(bundle_dir: str | Path, figures: dict[str, Any]) -> Path:

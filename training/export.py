@@ -5,58 +5,42 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import warnings
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 from torch import Tensor, nn
 
 from service.contract import (
     GRAPHS,
-    ONNX_DTYPES,
+    OPTIONAL_GRAPHS,
     TOKENIZERS,
-    BundleError,
     ForecastSpec,
-    Found,
     Manifest,
-    check_graph,
     check_name,
     graph_spec,
     state_names,
     write_manifest,
 )
-from service.inference.sessions import load_session
+from training.export_speech import export_speech, speech_spec
+from training.graphcheck import (
+    OPSET,
+    ExportError,
+    check_graph_file,
+    check_op_types,
+    compare,
+    flat_state,
+    graph_io,
+    random_state,
+    split_state,
+)
 from training.layers import ONNX_OP, export_mode
 from training.models import Forecaster, LanguageModel, Seq2Seq, config_to_dict
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
-PARITY_TOLERANCE = 1e-4  # max abs difference onnxruntime vs PyTorch, per output
-RECURRENT_OPS = ("LSTM", "GRU", "RNN")
-UNROLLED_OPS = ("Loop", "Scan", "If")
-class ExportError(RuntimeError):
-    """An exported graph breaks the bundle contract or disagrees with PyTorch; says which and by how much."""
-
-
-def graph_io(role: str, cell: str) -> tuple[list[str], list[str]]:
-    """Input and output names of graph ``role`` for ``cell``, in the order the bundle contract gives them."""
-    spec = graph_spec(role, cell)
-    return spec.input_names, spec.output_names
-
-
 # ---- graph wrappers: the contract's flat tensor I/O around each model ----------------------------
-
-
-def _split_state(has_c: bool, states: tuple[Tensor, ...]):
-    return (states[0], states[1]) if has_c else states[0]
-
-
-def _flat_state(state) -> tuple[Tensor, ...]:
-    return tuple(state) if isinstance(state, tuple) else (state,)
 
 
 class ForecastGraph(nn.Module):
@@ -75,8 +59,8 @@ class LMGraph(nn.Module):
         self.has_c = model.rnn.has_cell_state
 
     def forward(self, tokens: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
-        logits, state = self.model(tokens, _split_state(self.has_c, states))
-        return (logits, *_flat_state(state))
+        logits, state = self.model(tokens, split_state(self.has_c, states))
+        return (logits, *flat_state(state))
 
 
 class EncoderGraph(nn.Module):
@@ -86,7 +70,7 @@ class EncoderGraph(nn.Module):
 
     def forward(self, src: Tensor, src_len: Tensor) -> tuple[Tensor, ...]:
         memory, memory_keys, state = self.model.encode(src, src_len)
-        return (memory, memory_keys, *_flat_state(state))
+        return (memory, memory_keys, *flat_state(state))
 
 
 class DecoderStepGraph(nn.Module):
@@ -99,71 +83,9 @@ class DecoderStepGraph(nn.Module):
         n = 2 if self.has_c else 1
         states, (memory, memory_keys, src_mask) = rest[:n], rest[n:]
         log_probs, state, attention = self.model.decode_step(
-            prev_token, _split_state(self.has_c, states), memory, memory_keys, src_mask
+            prev_token, split_state(self.has_c, states), memory, memory_keys, src_mask
         )
-        return (log_probs, *_flat_state(state), attention)
-
-
-# ---- checks usable from tests --------------------------------------------------------------------
-
-
-def check_op_types(path: str | Path, expect: str | None = None) -> Counter:
-    """Op-type counts of the graph at ``path``; raises ExportError unless its recurrence is fused
-    LSTM/GRU/RNN ops (all of type ``expect`` when given) with no Loop/Scan/If."""
-    model = onnx.load(str(path), load_external_data=False)
-    ops = Counter(n.op_type for n in model.graph.node)
-    name = Path(path).name
-    bad = sorted(op for op in UNROLLED_OPS if ops[op])
-    if bad:
-        raise ExportError(f"{name}: contains {', '.join(bad)} (recurrence must be fused LSTM/GRU/RNN ops)")
-    found = {op: ops[op] for op in RECURRENT_OPS if ops[op]}
-    if not found:
-        raise ExportError(f"{name}: has no fused recurrent op ({', '.join(RECURRENT_OPS)}); ops are {dict(ops)}")
-    if expect is not None and set(found) != {expect}:
-        raise ExportError(f"{name}: recurrent ops {found}, expected only {expect}")
-    return ops
-
-
-def check_graph_file(path: str | Path, role: str, cell: str) -> None:
-    """Raise ExportError unless the graph at ``path`` has exactly the contract's inputs and outputs
-    for ``role`` and ``cell``, in order, with their dtypes, ranks and symbolic batch/length axes."""
-    model = onnx.load(str(path), load_external_data=False)
-
-    def found(values) -> list[Found]:
-        return [Found(v.name, ONNX_DTYPES.get(v.type.tensor_type.elem_type, f"onnx type {v.type.tensor_type.elem_type}"),
-                      tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                            for d in v.type.tensor_type.shape.dim))
-                for v in values]
-
-    try:
-        check_graph(Path(path).name, graph_spec(role, cell), found(model.graph.input), found(model.graph.output),
-                    ordered=True)
-    except BundleError as err:
-        raise ExportError(str(err)) from None
-
-
-def compare(path: Path, module: nn.Module, inputs: dict[str, Tensor], tolerance: float = PARITY_TOLERANCE) -> float:
-    """Run ``module`` (PyTorch) and the graph at ``path`` (onnxruntime) on ``inputs``; returns the max
-    abs difference over all outputs, raising ExportError naming the graph and output when > tolerance."""
-    with torch.no_grad():
-        want = module(*inputs.values())
-    want = want if isinstance(want, tuple) else (want,)
-    sess = load_session(path)  # built as the server builds it
-    got = sess.run(None, {k: v.numpy() for k, v in inputs.items()})
-    shapes = {k: tuple(v.shape) for k, v in inputs.items()}
-    worst = 0.0
-    for out, g, w in zip(sess.get_outputs(), got, want):
-        w = w.numpy()
-        if g.shape != w.shape:
-            raise ExportError(f"{path.name}: output {out.name} has shape {g.shape}, PyTorch {w.shape} (inputs {shapes})")
-        diff = float(np.abs(g - w).max()) if g.size else 0.0
-        if not diff <= tolerance:
-            raise ExportError(
-                f"{path.name}: output {out.name} differs from PyTorch by max abs {diff:.3g} "
-                f"(tolerance {tolerance:g}) on inputs {shapes}"
-            )
-        worst = max(worst, diff)
-    return worst
+        return (log_probs, *flat_state(state), attention)
 
 
 # ---- export --------------------------------------------------------------------------------------
@@ -184,10 +106,6 @@ def _export_graph(module: nn.Module, args: tuple[Tensor, ...], path: Path, role:
         raise ExportError(f"{path.name}: onnx.checker failed: {err}") from None
     check_graph_file(path, role, cell)
     check_op_types(path, ONNX_OP[cell])
-
-
-def _random_state(rng: torch.Generator, layers: int, batch: int, hidden: int, n: int) -> list[Tensor]:
-    return [0.5 * torch.randn(layers, batch, hidden, generator=rng) for _ in range(n)]
 
 
 def _export_forecast(model: Forecaster, out: Path, rng: torch.Generator) -> dict[str, float]:
@@ -214,7 +132,7 @@ def _export_lm(model: LanguageModel, out: Path, rng: torch.Generator) -> dict[st
 
     def inputs(batch: int, length: int) -> dict[str, Tensor]:
         tokens = torch.randint(0, c.vocab_size, (batch, length), generator=rng)
-        return dict(zip(names[0], [tokens, *_random_state(rng, c.num_layers, batch, c.hidden_size, n_states)]))
+        return dict(zip(names[0], [tokens, *random_state(rng, c.num_layers, batch, c.hidden_size, n_states)]))
 
     _export_graph(graph, tuple(inputs(2, 3).values()), path, "lm", c.cell)
     worst = 0.0
@@ -247,7 +165,7 @@ def _export_translate(model: Seq2Seq, out: Path, rng: torch.Generator) -> dict[s
             memory, keys, _ = model.encode(src, lens)
         batch = src.shape[0]
         prev = torch.randint(0, c.tgt_vocab_size, (batch,), generator=rng)
-        states = _random_state(rng, c.num_layers, batch, c.hidden_size, n_states)
+        states = random_state(rng, c.num_layers, batch, c.hidden_size, n_states)
         mask = model.source_mask(lens, src.shape[1])
         return dict(zip(dec_names[0], [prev, *states, memory, keys, mask]))
 
@@ -312,7 +230,8 @@ def export_bundle(
     was_training = model.training
     model.eval()
     try:
-        exporter = {"forecast": _export_forecast, "generate": _export_lm, "translate": _export_translate}[task]
+        exporter = {"forecast": _export_forecast, "generate": _export_lm, "translate": _export_translate,
+                    "recognize": export_speech}[task]
         parity = exporter(model, out, rng)
     finally:
         model.train(was_training)
@@ -334,7 +253,7 @@ def export_bundle(
         cell=cfg.cell,
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
-        graphs=dict(GRAPHS[task]),
+        graphs={**GRAPHS[task], **{role: f for role, f in OPTIONAL_GRAPHS.get(task, {}).items() if (out / f).is_file()}},
         bidirectional=bool(getattr(cfg, "bidirectional", False)),
         embed_size=int(getattr(cfg, "embed_size", 0)),
         num_parameters=sum(p.numel() for p in model.parameters()),
@@ -344,6 +263,7 @@ def export_bundle(
         limits=dict(limits or {}),
         languages=dict(languages or {}),
         forecast=_forecast_spec(cfg, channel_names, frequency, target_channel) if task == "forecast" else None,
+        speech=speech_spec(cfg) if task == "recognize" else None,
         training=train_info,
         evaluation=dict(evaluation or {}),
         description=description,

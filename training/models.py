@@ -1,4 +1,4 @@
-"""The three served models: seq2seq translation with Bahdanau attention, quantile forecaster, language model."""
+"""The served models: seq2seq translation with Bahdanau attention, quantile forecaster, language model, CTC speech recognizer."""
 
 from __future__ import annotations
 
@@ -320,11 +320,124 @@ class LanguageModel(nn.Module):
         return loss, detach_state(state)
 
 
+# ---- speech recognition --------------------------------------------------------------------------
+
+
+def _default_features() -> dict[str, Any]:
+    from training.features import FeatureSpec
+
+    return FeatureSpec().to_dict()
+
+
+@dataclass
+class SpeechConfig:
+    num_labels: int = 11  # CTC outputs: blank (0) + the labels (digits "0".."9" -> 1..10)
+    features: dict[str, Any] = dataclasses.field(default_factory=_default_features)  # training.features.FeatureSpec
+    stack: int = 2  # feature frames stacked into one model frame (10 ms -> 20 ms at the default hop)
+    cell: str = "lstm"  # one of service.contract.CELLS
+    hidden_size: int = 128  # H per direction
+    num_layers: int = 2
+    bidirectional: bool = True  # False: the model can stream (its state carried across chunks)
+    dropout: float = 0.1  # between recurrent layers and before the head
+    forget_bias: float = 1.0
+    feature_mean: list[float] = dataclasses.field(default_factory=list)  # per mel band, from the training audio
+    feature_std: list[float] = dataclasses.field(default_factory=list)
+    time_masks: int = 2  # SpecAugment in training: masks of up to time_mask_frames feature frames
+    time_mask_frames: int = 10
+    freq_masks: int = 2  # and of up to freq_mask_bands mel bands
+    freq_mask_bands: int = 6
+
+    @property
+    def n_mels(self) -> int:
+        return int(self.features["n_mels"])
+
+    def validate(self) -> "SpeechConfig":
+        from training.features import FeatureSpec
+
+        check_cell(self.cell)
+        _check_positive(self, "num_labels", "stack", "hidden_size", "num_layers")
+        _check_dropout(self)
+        try:
+            FeatureSpec(**self.features)
+        except TypeError as err:
+            raise ValueError(f"SpeechConfig.features: {err}") from None
+        for key in ("feature_mean", "feature_std"):
+            v = getattr(self, key)
+            if v and len(v) != self.n_mels:
+                raise ValueError(f"SpeechConfig.{key} has {len(v)} values for {self.n_mels} mel bands")
+        return self
+
+
+class SpeechRecognizer(nn.Module):
+    """Log-mel features -> normalise -> stack frames -> recurrent encoder -> CTC label log-probabilities."""
+
+    task = "recognize"
+
+    def __init__(self, config: SpeechConfig) -> None:
+        super().__init__()
+        self.config = c = config.validate()
+        M = c.n_mels
+        self.register_buffer("mean", torch.tensor(c.feature_mean or [0.0] * M, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(c.feature_std or [1.0] * M, dtype=torch.float32))
+        self.encoder = Recurrent(c.cell, c.stack * M, c.hidden_size, c.num_layers, c.bidirectional, c.dropout,
+                                 forget_bias=c.forget_bias)
+        self.dropout = nn.Dropout(c.dropout)
+        self.head = nn.Linear(self.encoder.output_size, c.num_labels)
+
+    def frames(self, feat_len: Tensor) -> Tensor:
+        """Model frames of ``feat_len`` feature frames (the tail that fills no whole frame is dropped)."""
+        return torch.div(feat_len, self.config.stack, rounding_mode="floor")
+
+    def _inputs(self, features: Tensor) -> Tensor:
+        """features (B, F, M) -> normalised, masked in training, stacked (B, F // stack, stack * M)."""
+        c = self.config
+        x = (features - self.mean) / self.std
+        if self.training:
+            x = self._spec_augment(x)
+        T = features.shape[1] // c.stack
+        return x[:, : T * c.stack].reshape(x.shape[0], T, c.stack * x.shape[2])
+
+    def _spec_augment(self, x: Tensor) -> Tensor:
+        c = self.config
+        B, F_, M = x.shape
+        keep = torch.ones_like(x)
+        for _ in range(c.time_masks):
+            width = torch.randint(0, c.time_mask_frames + 1, (B, 1))
+            start = (torch.rand(B, 1) * (F_ - width).clamp_min(1)).long()
+            t = torch.arange(F_)[None, :]
+            keep = keep * ~((t >= start) & (t < start + width))[:, :, None]
+        for _ in range(c.freq_masks):
+            width = torch.randint(0, c.freq_mask_bands + 1, (B, 1))
+            start = (torch.rand(B, 1) * (M - width).clamp_min(1)).long()
+            m = torch.arange(M)[None, :]
+            keep = keep * ~((m >= start) & (m < start + width))[:, None, :]
+        return x * keep  # masked values become the mean (0 after normalising)
+
+    def forward(self, features: Tensor, feat_len: Tensor) -> tuple[Tensor, Tensor]:
+        """features (B, F, M), feat_len (B,) -> log-probs (B, F // stack, V), frames (B,)."""
+        frames = self.frames(feat_len)
+        y, _ = self.encoder(self._inputs(features), frames)  # (B, T, D*H)
+        return F.log_softmax(self.head(self.dropout(y)), dim=-1), frames
+
+    def step(self, features: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Streaming (unidirectional): features (B, k * stack, M) of one chunk, state -> log-probs (B, k, V), state."""
+        y, state = self.encoder(self._inputs(features), state=state)
+        return F.log_softmax(self.head(self.dropout(y)), dim=-1), state
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """batch: features (B, F, M), feat_len (B,), labels (B, L) (0-padded), label_len (B,) -> mean CTC loss per label."""
+        log_probs, frames = self(batch["features"], batch["feat_len"])
+        return F.ctc_loss(log_probs.transpose(0, 1), batch["labels"], frames, batch["label_len"], blank=0,
+                          reduction="mean", zero_infinity=True)
+
+
 # ---- construction --------------------------------------------------------------------------------
 
-CONFIGS: dict[str, type] = {"translate": TranslationConfig, "forecast": ForecastConfig, "generate": LMConfig}
-MODELS: dict[str, type[nn.Module]] = {"translate": Seq2Seq, "forecast": Forecaster, "generate": LanguageModel}
-Config = TranslationConfig | ForecastConfig | LMConfig
+CONFIGS: dict[str, type] = {"translate": TranslationConfig, "forecast": ForecastConfig, "generate": LMConfig,
+                             "recognize": SpeechConfig}
+MODELS: dict[str, type[nn.Module]] = {"translate": Seq2Seq, "forecast": Forecaster, "generate": LanguageModel,
+                                     "recognize": SpeechRecognizer}
+Config = TranslationConfig | ForecastConfig | LMConfig | SpeechConfig
 
 
 def _check_task(task: str) -> None:
@@ -360,7 +473,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 
 def build_model(task: str, config: Config | dict[str, Any]) -> nn.Module:
-    """The model of ``task`` ("translate" | "forecast" | "generate") from a config dataclass or dict."""
+    """The model of ``task`` ("translate" | "forecast" | "generate" | "recognize") from a config dataclass or dict."""
     _check_task(task)
     if isinstance(config, dict):
         config = config_from_dict(task, config)

@@ -121,6 +121,8 @@ def prepare_data(run: RunConfig, data_dir=None, rank: int = 0, world_size: int =
             model_fields={"channels": len(series.columns)},
             info=info,
         )
+    if run.task == "recognize":
+        return _speech_data(run, data_dir, rank, info)
     train_text = D.lm_text(cfg, "train", data_dir)
     tok = D.build_tokenizer("char", [train_text], cfg)
     ids = torch.tensor(D.encode(tok, train_text), dtype=torch.int64)
@@ -132,6 +134,31 @@ def prepare_data(run: RunConfig, data_dir=None, rank: int = 0, world_size: int =
         val=D.StreamBatches(val_ids, val_streams, tc.bptt_len, rank, world_size),
         tokenizers={"text": tok},
         model_fields={"vocab_size": tok.get_vocab_size()},
+        info=info,
+    )
+
+
+def _speech_data(run: RunConfig, data_dir, rank: int, info: dict[str, Any]) -> TaskData:
+    """Digit strings built fresh each step from the train split; val: its single recordings and fixed strings."""
+    from training import data as D
+    from training.data import speech as S
+    from training.features import FeatureExtractor, FeatureSpec
+
+    cfg, tc = run.data, run.train
+    spec = FeatureSpec(**run.model["features"]) if "features" in run.model else FeatureSpec()
+    features = FeatureExtractor(spec)
+    train, val = D.speech_recordings(cfg, "train", data_dir), D.speech_recordings(cfg, "val", data_dir)
+    mean, std = S.feature_stats(train, features, seed=cfg.seed)
+    val_items = [(r.audio, [r.digit]) for r in val] + S.eval_strings(val, cfg.val_utterances, seed=cfg.seed + 1)
+    info.update(train_recordings=len(train), val_recordings=len(val), holdout=cfg.holdout,
+                speakers=sorted({r.speaker for r in train}))
+    if cfg.dataset == "fsdd":
+        info["recordings_sha256"] = S.FSDD_TREE_SHA256
+    return TaskData(
+        train=S.SpeechBatches(train, features, tc.batch_size, cfg.steps_per_epoch, seed=tc.seed, rank=rank),
+        val=S.FixedSpeechBatches(val_items, features, tc.batch_size),
+        tokenizers={},
+        model_fields={"features": spec.to_dict(), "num_labels": len(S.LABELS), "feature_mean": mean, "feature_std": std},
         info=info,
     )
 

@@ -19,6 +19,7 @@ from .manifest import (
     GRAPHS,
     LSTM_FAMILY,
     MANIFEST_FILE,
+    OPTIONAL_GRAPHS,
     SCHEMA_VERSION,
     TASKS,
     TOKENIZERS,
@@ -26,6 +27,7 @@ from .manifest import (
     BundleError,
     ForecastSpec,
     Manifest,
+    SpeechSpec,
     check_file_name,
     check_name,
     read_manifest,
@@ -34,8 +36,8 @@ from .manifest import (
 )
 
 __all__ = [
-    "ALLOWED_SUFFIXES", "CELLS", "FLOAT32", "GRAPHS", "INT64", "LSTM_FAMILY", "MANIFEST_FILE", "ONNX_DTYPES",
+    "ALLOWED_SUFFIXES", "CELLS", "FLOAT32", "GRAPHS", "INT64", "LSTM_FAMILY", "MANIFEST_FILE", "ONNX_DTYPES", "OPTIONAL_GRAPHS",
     "ORT_DTYPES", "SCHEMA_VERSION", "TASKS", "TOKENIZERS", "WEIGHT_FORMATS", "BundleError", "ForecastSpec", "Found",
-    "GraphSpec", "Manifest", "TensorSpec", "check_file_name", "check_graph", "check_name", "graph_spec",
+    "GraphSpec", "Manifest", "SpeechSpec", "TensorSpec", "check_file_name", "check_graph", "check_name", "graph_spec",
     "read_manifest", "state_names", "write_manifest",
 ]

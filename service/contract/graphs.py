@@ -31,6 +31,19 @@ translate ``encoder.onnx``
         ``state_h_out`` [, ``state_c_out``]
         ``attention``    float32 (B, S)     attention weights of this step (sum to 1 over real tokens)
 
+recognize ``acoustic.onnx``
+    in  ``audio``        float32 (B, N)     samples at ``speech.sample_rate`` in [-1, 1], right-padded with zeros
+        ``audio_len``    int64   (B,)       true sample counts; padding never changes results
+    out ``log_probs``    float32 (B, T, V)  CTC log-probabilities per model frame (``speech.labels``)
+        ``frames``       int64   (B,)       valid frames: audio_len // (hop * stack)
+          ``acoustic_step.onnx`` (optional: the bundle can stream; unidirectional models only)
+    in  ``audio``        float32 (B, N)     ``speech.context`` samples before the chunk (zeros at the
+                                           start of a stream), then k * hop * stack new samples
+        ``state_h`` [, ``state_c``]        zeros to start, then as returned
+    out ``log_probs``    float32 (B, k, V)
+        ``state_h_out`` [, ``state_c_out``]
+    Log-mel features are computed inside both graphs (ONNX STFT and MelWeightMatrix), the same way.
+
 Batch (B) and length (T, S) axes are dynamic (symbolic) in every graph; training's export writes
 graphs by these specs and checks them, the service checks every graph it loads.
 """
@@ -93,7 +106,7 @@ def _states(cell: str, suffix: str = "") -> tuple[TensorSpec, ...]:
 
 
 def graph_spec(role: str, cell: str) -> GraphSpec:
-    """The contract of graph ``role`` (forecast, lm, encoder, decoder_step) for ``cell``; raises BundleError."""
+    """The contract of graph ``role`` (forecast, lm, encoder, decoder_step, acoustic, acoustic_step) for ``cell``; raises BundleError."""
     if role == "forecast":
         return GraphSpec(role, (_t("window", FLOAT32, "batch time channels", (0, 1)),),
                          (_t("quantiles", FLOAT32, "batch horizon channels levels", (0,)),))
@@ -113,7 +126,13 @@ def graph_spec(role: str, cell: str) -> GraphSpec:
             (_t("log_probs", FLOAT32, "batch vocab", (0,)), *_states(cell, "_out"),
              _t("attention", FLOAT32, "batch src_time", (0, 1))),
         )
-    raise BundleError(f"graph role {role!r} is not one of forecast, lm, encoder, decoder_step")
+    if role == "acoustic":
+        return GraphSpec(role, (_t("audio", FLOAT32, "batch samples", (0, 1)), _t("audio_len", INT64, "batch", (0,))),
+                         (_t("log_probs", FLOAT32, "batch time labels", (0, 1)), _t("frames", INT64, "batch", (0,))))
+    if role == "acoustic_step":
+        return GraphSpec(role, (_t("audio", FLOAT32, "batch samples", (0, 1)), *_states(cell)),
+                         (_t("log_probs", FLOAT32, "batch time labels", (0, 1)), *_states(cell, "_out")))
+    raise BundleError(f"graph role {role!r} is not one of forecast, lm, encoder, decoder_step, acoustic, acoustic_step")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 SCHEMA_VERSION = 1
 WEIGHT_FORMATS = ("float32", "int8")
 MANIFEST_FILE = "manifest.json"
-TASKS = ("translate", "forecast", "generate")
+TASKS = ("translate", "forecast", "generate", "recognize")
 CELLS = ("rnn", "lstm", "gru", "peephole", "coupled")
 LSTM_FAMILY = ("lstm", "peephole", "coupled")
 
@@ -25,12 +25,16 @@ GRAPHS: dict[str, dict[str, str]] = {
     "forecast": {"forecast": "forecast.onnx"},
     "generate": {"lm": "lm.onnx"},
     "translate": {"encoder": "encoder.onnx", "decoder_step": "decoder_step.onnx"},
+    "recognize": {"acoustic": "acoustic.onnx"},
 }
+# Graphs a task may also ship: with them a bundle can do more (a speech bundle with a step graph streams).
+OPTIONAL_GRAPHS: dict[str, dict[str, str]] = {"recognize": {"acoustic_step": "acoustic_step.onnx"}}
 # Tokenizer files (HF `tokenizers` JSON) each task must ship, by role.
 TOKENIZERS: dict[str, tuple[str, ...]] = {
     "forecast": (),
     "generate": ("text",),
     "translate": ("source", "target"),
+    "recognize": (),
 }
 # The only kinds of file a bundle may name; the service refuses anything else.
 ALLOWED_SUFFIXES = (".onnx", ".json")
@@ -116,6 +120,57 @@ class ForecastSpec:
 
 
 @dataclass
+class SpeechSpec:
+    """What a speech bundle hears and emits: the features its graphs compute and its CTC labels."""
+
+    sample_rate: int  # Hz of the audio the graphs take (requests are resampled to it)
+    n_fft: int  # feature window and DFT length, samples
+    hop: int  # samples between feature frames
+    n_mels: int
+    f_min: float
+    f_max: float
+    stack: int  # feature frames per model frame: a model frame is stack * hop samples
+    labels: list[str]  # the text of each CTC output index; labels[blank] is ""
+    blank: int = 0
+    word_separator: str = " "  # joins the labels of a transcript (each label is a word: a digit)
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples per model frame (the streaming graph takes whole frames)."""
+        return self.hop * self.stack
+
+    @property
+    def context(self) -> int:
+        """Samples before a chunk that its first feature frame also reads (the streaming graph's input starts with them)."""
+        return self.n_fft - self.hop
+
+    @property
+    def frame_seconds(self) -> float:
+        return self.frame_samples / self.sample_rate
+
+    def info(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> None:
+        for key in ("sample_rate", "n_fft", "hop", "n_mels", "stack"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise BundleError(f"speech.{key} must be a positive integer, got {v!r}")
+        if self.hop > self.n_fft:
+            raise BundleError(f"speech.hop {self.hop} exceeds speech.n_fft {self.n_fft}")
+        if not 0.0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            raise BundleError(f"speech.f_min {self.f_min} and f_max {self.f_max} must satisfy 0 <= f_min < f_max <= "
+                              f"{self.sample_rate / 2:g} (half the sample rate)")
+        labels = self.labels
+        if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+            raise BundleError(f"speech.labels {labels!r} must be a list of at least 2 strings (blank included)")
+        if not isinstance(self.blank, int) or not 0 <= self.blank < len(labels) or labels[self.blank] != "":
+            raise BundleError(f"speech.blank {self.blank!r} must index the empty label in speech.labels")
+        if any(not x for i, x in enumerate(labels) if i != self.blank):
+            raise BundleError("speech.labels: only the blank may be empty")
+
+
+@dataclass
 class Manifest:
     """``manifest.json`` of a bundle. Unknown keys are kept in ``extra``."""
 
@@ -135,6 +190,7 @@ class Manifest:
     languages: dict[str, str] = field(default_factory=dict)  # tokenizer role -> ISO 639-1 code, e.g. source: de
     limits: dict[str, int] = field(default_factory=dict)  # e.g. max_source_tokens, max_target_tokens
     forecast: ForecastSpec | None = None
+    speech: SpeechSpec | None = None
     training: dict[str, Any] = field(default_factory=dict)  # config, seed, seconds, data sha256 ...
     evaluation: dict[str, Any] = field(default_factory=dict)  # metric -> figure, with split names
     description: str = ""
@@ -168,9 +224,10 @@ class Manifest:
             raise BundleError(f"default {self.default!r} must be true or false")
         if self.weights not in WEIGHT_FORMATS:
             raise BundleError(f"weights {self.weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
-        want = set(GRAPHS[self.task])
-        if set(self.graphs) != want:
-            raise BundleError(f"graphs has roles {sorted(self.graphs)}, task {self.task} needs {sorted(want)}")
+        want, optional = set(GRAPHS[self.task]), set(OPTIONAL_GRAPHS.get(self.task, {}))
+        if not want <= set(self.graphs) <= want | optional:
+            may = f" and may add {sorted(optional)}" if optional else ""
+            raise BundleError(f"graphs has roles {sorted(self.graphs)}, task {self.task} needs {sorted(want)}{may}")
         for role, file in self.graphs.items():
             check_file_name(f"graphs.{role}", file)
             if not file.endswith(".onnx"):
@@ -197,13 +254,18 @@ class Manifest:
             if self.forecast is None:
                 raise BundleError("forecast section is missing (task forecast needs it)")
             self.forecast.validate()
+        if self.task == "recognize":
+            if self.speech is None:
+                raise BundleError("speech section is missing (task recognize needs it)")
+            self.speech.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
-        if d["forecast"] is None:
-            d.pop("forecast")
+        for section in ("forecast", "speech"):
+            if d[section] is None:
+                d.pop(section)
         if not d["default"]:
             d.pop("default")  # written only where it says something
         if not d["languages"]:
@@ -222,14 +284,16 @@ class Manifest:
             raise BundleError(f"manifest is missing required field(s): {', '.join(missing)}")
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["version"] = str(kwargs["version"])
-        fc = kwargs.get("forecast")
-        if fc is not None:
-            if not isinstance(fc, dict):
-                raise BundleError("forecast must be an object")
+        for key, section in (("forecast", ForecastSpec), ("speech", SpeechSpec)):
+            value = kwargs.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise BundleError(f"{key} must be an object")
             try:
-                kwargs["forecast"] = ForecastSpec(**fc)
+                kwargs[key] = section(**value)
             except TypeError as err:
-                raise BundleError(f"forecast section: {err}") from None
+                raise BundleError(f"{key} section: {err}") from None
         try:
             m = cls(**kwargs, extra={k: v for k, v in data.items() if k not in known})
         except TypeError as err:

@@ -107,6 +107,12 @@ class ServeConfig:
     max_stop_chars: int = _opt(64, "characters per stop sequence")
     max_top_logprobs: int = _opt(20, "alternatives per generated token a request may ask for (top_logprobs)")
     max_continuations: int = _opt(16, "continuations per Score request")
+    max_audio_seconds: float = _opt(60.0, "seconds of audio per Recognize request")
+    max_alternatives: int = _opt(10, "recognition alternatives a request may ask for (max_alternatives)")
+    max_speech_streams: int = _opt(
+        512, "StreamingRecognize streams open at once (whole server); beyond it RESOURCE_EXHAUSTED")
+    max_chunk_bytes: int = _opt(64 * 1024, "bytes of audio per StreamingRecognize message")
+    max_stream_seconds: float = _opt(600.0, "seconds of audio per StreamingRecognize stream")
     max_message_bytes: int = _opt(4 * 1024 * 1024, "gRPC send/receive message size")
     length_penalty: float = _opt(DEFAULT_LENGTH_PENALTY, "GNMT alpha for beam search: score / ((5 + len) / 6) ** alpha")
     # Transport security (PEM files; all empty = plaintext). A client CA turns on mutual TLS:
@@ -127,7 +133,8 @@ class ServeConfig:
             "keep_versions", "max_batch_size", "max_queue", "max_streams", "intra_op_threads",
             "inter_op_threads", "max_texts", "max_text_chars", "max_history", "max_quantiles",
             "max_beam", "max_tokens", "default_max_tokens", "max_stop", "max_stop_chars",
-            "max_message_bytes", "max_top_logprobs", "max_continuations",
+            "max_message_bytes", "max_top_logprobs", "max_continuations", "max_alternatives", "max_speech_streams",
+            "max_chunk_bytes",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -140,6 +147,9 @@ class ServeConfig:
                      "inline_idle_graph_ms"):
             if not getattr(self, name) >= 0:  # also rejects NaN
                 raise ValueError(f"{name} {getattr(self, name)!r} must be 0 or more")
+        for name in ("max_audio_seconds", "max_stream_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} {getattr(self, name)!r} must be more than 0")
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} {getattr(self, name)!r} must be within 0..65535")

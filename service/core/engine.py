@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import aclosing, contextmanager
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from typing import Any
 
 from service.contract import TASKS
@@ -32,6 +32,9 @@ from .types import (
     GenerateRequest,
     GenerateResult,
     ModelInfo,
+    RecognitionConfig,
+    RecognizeRequest,
+    RecognizeResult,
     ScoreRequest,
     ScoreResult,
     TokenLogprob,
@@ -77,6 +80,7 @@ class Engine:
         self._ready = {task: False for task in TASKS}
         self._started = False
         self._draining = False
+        self._drain_started = asyncio.Event()  # set when stop() begins: long streams end early on it
         self._idle = asyncio.Event()
         self._idle.set()
         self._frozen: frozenset[tuple[str, str]] | None = None  # READY versions at the last freeze_heap()
@@ -99,6 +103,7 @@ class Engine:
         ``grace_s`` (default config.grace_s) to finish, then unload everything."""
         grace = self.config.grace_s if grace_s is None else grace_s
         self._draining = True
+        self._drain_started.set()
         self._notify_if_changed()
         if self.admission.requests and grace > 0:
             try:
@@ -220,6 +225,8 @@ class Engine:
             evaluation=dict(m.evaluation) if m else {},
             limits=e.model.limits() if e.model is not None else {},
             forecast=m.forecast.info() if m and m.forecast else None,
+            speech={**m.speech.info(), "frame_seconds": m.speech.frame_seconds, "streaming": "acoustic_step" in m.graphs}
+            if m and m.speech else None,
             error=e.error,
             loaded_at=e.loaded_at,
             weights=m.weights if m else "",
@@ -247,6 +254,43 @@ class Engine:
             entry = self._resolve("translate", req.model, req.version)
             with entry.lease() as model:
                 return await model.translate(req, deadline)
+
+    async def recognize(self, req: RecognizeRequest, deadline: float | None = None) -> RecognizeResult:
+        with self._admit(deadline):
+            entry = self._resolve("recognize", req.config.model, req.config.version)
+            with entry.lease() as model:
+                return await model.recognize(req, deadline)
+
+    async def wait_draining(self) -> None:
+        """Returns once the server starts draining (streams that may last minutes end then)."""
+        await self._drain_started.wait()
+
+    def _streaming_default(self) -> str:
+        """The model a stream with an empty model name goes to: the task's default when it can
+        stream, else the first (by name) READY recognition model that can."""
+        default = self._repo.default_name("recognize")
+        streaming = sorted({e.name for e in self._repo.ready("recognize")
+                            if e.manifest is not None and "acoustic_step" in e.manifest.graphs})
+        if default in streaming or not streaming:
+            return default or ""
+        return streaming[0]
+
+    @asynccontextmanager
+    async def recognize_stream(self, config: RecognitionConfig, interim: bool,
+                               deadline: float | None = None) -> AsyncIterator[tuple[str, str, Any]]:
+        """Open a recognition stream: yields (model, version, AudioStream) while it lives; the stream
+        leaves the step loop when the block exits. Raises NotFound, Unavailable, FailedPrecondition
+        (a model that cannot stream), InvalidArgument, ResourceExhausted."""
+        with self._admit(deadline):
+            name = config.model or self._streaming_default()
+            entry = self._resolve("recognize", name, config.version)
+            with entry.lease() as model:
+                stream = model.open_stream(config, interim, deadline)
+                model.streams.add(stream)
+                try:
+                    yield entry.name, entry.version, stream
+                finally:
+                    model.streams.remove(stream)
 
     async def generate(self, req: GenerateRequest, deadline: float | None = None) -> GenerateResult:
         """The whole completion at once (the stream, collected)."""

@@ -30,6 +30,12 @@ class NotFound(ServiceError):
     code = "NOT_FOUND"
 
 
+class FailedPrecondition(ServiceError):
+    """The request cannot work with this model as it is (e.g. streaming from a model that cannot stream)."""
+
+    code = "FAILED_PRECONDITION"
+
+
 class ResourceExhausted(ServiceError):
     """A queue or the stream cap is full; retry later."""
 

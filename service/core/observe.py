@@ -60,6 +60,14 @@ class Sink:
     def count_source_tokens(self, model: str, version: str, n: int, unknown: int) -> None:
         """A translation read ``n`` source tokens, ``unknown`` of them outside the model's vocabulary."""
 
+    def speech_audio(self, model: str, version: str, mode: str, audio_seconds: float, compute_seconds: float) -> None:
+        """``audio_seconds`` of audio were recognised (mode "offline" | "stream") using ``compute_seconds``
+        of graph time (a stream reports per step; its rows share the step's time)."""
+
+    def speech_latency(self, model: str, version: str, kind: str, seconds: float) -> None:
+        """kind "interim": from a chunk's arrival to the interim result that covers it; "final": from
+        the end of a stream's audio (half-close) to its final result."""
+
     def model_loaded(self, model: str, version: str, task: str, cell: str, seconds: float) -> None:
         """``model``/``version`` (a ``task`` model with ``cell`` cells) is serving; loading took ``seconds``."""
 

@@ -136,6 +136,53 @@ class ScoreResult:
 
 
 @dataclass
+class RecognitionConfig:
+    encoding: str = ""  # "LINEAR16" | "WAV" | "" (WAV when the audio starts with a RIFF header)
+    sample_rate_hertz: int = 0  # of the audio; required for LINEAR16
+    max_alternatives: int = 1  # 0 or 1 = one
+    word_time_offsets: bool = False
+    model: str = ""
+    version: str = ""
+
+
+@dataclass
+class RecognizeRequest:
+    config: RecognitionConfig = field(default_factory=RecognitionConfig)
+    audio: bytes = b""
+
+
+@dataclass
+class Word:
+    word: str
+    start: float  # seconds from the start of the audio
+    end: float
+    confidence: float
+
+
+@dataclass
+class SpeechAlternative:
+    transcript: str
+    confidence: float
+    words: list[Word] = field(default_factory=list)  # with word_time_offsets
+
+
+@dataclass
+class SpeechResult:
+    alternatives: list[SpeechAlternative]  # best first, at least one
+    end_time: float  # seconds of audio the result covers
+    is_final: bool = True
+    stability: float = 0.0  # interim results: how likely the transcript is to stay
+
+
+@dataclass
+class RecognizeResult:
+    model: str
+    version: str
+    result: SpeechResult
+    audio_seconds: float  # of the audio as received
+
+
+@dataclass
 class ModelInfo:
     name: str
     version: str
@@ -151,6 +198,7 @@ class ModelInfo:
     evaluation: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)  # effective request limits
     forecast: dict[str, Any] | None = None  # the manifest's forecast section (ForecastSpec.info(): target resolved)
+    speech: dict[str, Any] | None = None  # the manifest's speech section (SpeechSpec.info()) and "streaming"
     error: str = ""  # why a FAILED version failed
     loaded_at: float = 0.0  # time.time() when it became READY; 0 otherwise
     weights: str = ""  # the manifest's weight format (float32 | int8); "" when it did not load

@@ -30,6 +30,7 @@ TASK_SERVICES = {
     "translate": "seqserve.v1.Translator",
     "forecast": "seqserve.v1.Forecaster",
     "generate": "seqserve.v1.Generator",
+    "recognize": "seqserve.v1.Recognizer",
 }
 MODELS_SERVICE = "seqserve.v1.Models"
 INFERENCE_SERVICE = "inference.GRPCInferenceService"  # the Open Inference Protocol: serves every task

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import logging
@@ -11,13 +12,15 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf import message_factory, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, message_factory, struct_pb2, timestamp_pb2
 
 from service.contract import TASKS
 from service.core import types
-from service.core.errors import InvalidArgument
+from service.core.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
+from service.core.observe import label_request
+from service.core.tasks.recognize import deadline_margin
 from service.front.protowire import extend_packed
-from service.front.status import handle_errors, request_decoder
+from service.front.status import UndecodableRequest, handle_errors, request_decoder
 from service.v1 import (
     forecast_pb2,
     forecast_pb2_grpc,
@@ -25,6 +28,8 @@ from service.v1 import (
     generate_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    recognize_pb2,
+    recognize_pb2_grpc,
     translate_pb2,
     translate_pb2_grpc,
 )
@@ -125,6 +130,11 @@ def model_info(info: types.ModelInfo) -> models_pb2.ModelInfo:
         manifest_name=info.manifest_name or "",
         manifest_version=info.manifest_version or "",
     )
+    if info.speech:
+        sp = info.speech
+        out.speech.CopyFrom(models_pb2.SpeechSpec(
+            sample_rate=int(sp["sample_rate"]), labels=[x for x in sp["labels"] if x], frame_seconds=float(sp["frame_seconds"]),
+            streaming=bool(sp["streaming"]), n_fft=int(sp["n_fft"]), hop=int(sp["hop"]), n_mels=int(sp["n_mels"])))
     if info.forecast:
         spec = info.forecast
         channels = int(spec.get("channels", 1))
@@ -167,6 +177,39 @@ def token_logprobs(entries: list[types.TokenLogprob]) -> list[generate_pb2.Token
     """Engine TokenLogprobs as protos (alternatives included)."""
     return [generate_pb2.TokenLogprob(token=e.token, token_id=e.token_id, logprob=e.logprob,
                                       top_logprobs=token_logprobs(e.top_logprobs)) for e in entries]
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(round(seconds * 1e9)))
+    return d
+
+
+_ENCODINGS = {recognize_pb2.RecognitionConfig.LINEAR16: "LINEAR16", recognize_pb2.RecognitionConfig.WAV: "WAV",
+              recognize_pb2.RecognitionConfig.ENCODING_UNSPECIFIED: ""}
+
+
+def recognition_config(config: recognize_pb2.RecognitionConfig, where: str = "config") -> types.RecognitionConfig:
+    """A RecognitionConfig proto as the engine's; an encoding number this server does not know is INVALID_ARGUMENT."""
+    if config.encoding not in _ENCODINGS:
+        raise InvalidArgument(f"{where}.encoding {config.encoding} is not one of LINEAR16 (1), WAV (2)",
+                              field=f"{where}.encoding")
+    return types.RecognitionConfig(
+        encoding=_ENCODINGS[config.encoding], sample_rate_hertz=config.sample_rate_hertz,
+        max_alternatives=config.max_alternatives, word_time_offsets=config.enable_word_time_offsets,
+        model=config.model, version=config.version,
+    )
+
+
+def speech_alternatives(result: types.SpeechResult) -> list[recognize_pb2.SpeechRecognitionAlternative]:
+    return [
+        recognize_pb2.SpeechRecognitionAlternative(
+            transcript=a.transcript, confidence=a.confidence,
+            words=[recognize_pb2.WordInfo(word=w.word, start_time=duration(w.start), end_time=duration(w.end),
+                                          confidence=w.confidence) for w in a.words],
+        )
+        for a in result.alternatives
+    ]
 
 
 # --- servicers ----------------------------------------------------------------------------
@@ -285,6 +328,89 @@ class GeneratorServicer(generate_pb2_grpc.GeneratorServicer):
                 )
 
 
+class RecognizerServicer(recognize_pb2_grpc.RecognizerServicer):
+    """seqserve.v1.Recognizer on an Engine."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    @handle_errors
+    async def Recognize(self, request, context):
+        config = recognition_config(request.config)
+        label_request(model=config.model, version=config.version, for_model=True)
+        result = await self.engine.recognize(types.RecognizeRequest(config, request.audio), deadline_of(context))
+        return recognize_pb2.RecognizeResponse(
+            model=result.model, version=str(result.version),
+            results=[recognize_pb2.SpeechRecognitionResult(alternatives=speech_alternatives(result.result),
+                                                           result_end_time=duration(result.result.end_time))],
+            total_billed_time=duration(result.audio_seconds),
+        )
+
+    @handle_errors
+    async def StreamingRecognize(self, requests, context):
+        messages = requests.__aiter__()
+        try:
+            first = await messages.__anext__()
+        except StopAsyncIteration:
+            raise InvalidArgument("the stream ended before its first message; send streaming_config first",
+                                  field="streaming_config") from None
+        if isinstance(first, UndecodableRequest):
+            raise InvalidArgument(first.message)
+        if first.WhichOneof("streaming_request") != "streaming_config":
+            raise InvalidArgument("message 0 has no streaming_config; the first message must carry it, audio_content "
+                                  "comes after", field="streaming_config")
+        sc = first.streaming_config
+        config = recognition_config(sc.config, "streaming_config.config")
+        label_request(model=config.model, version=config.version, for_model=True)
+        deadline = deadline_of(context)
+        async with self.engine.recognize_stream(config, sc.interim_results, deadline) as (name, version, stream):
+            tasks = [asyncio.create_task(_read_audio(messages, stream)),
+                     asyncio.create_task(_stop_early(self.engine, stream, deadline_margin(deadline)))]
+            try:
+                async for result in stream.updates():
+                    await context.write(recognize_pb2.StreamingRecognizeResponse(
+                        model=name, version=str(version), total_billed_time=duration(stream.received_seconds),
+                        results=[recognize_pb2.StreamingRecognitionResult(
+                            alternatives=speech_alternatives(result), is_final=result.is_final,
+                            stability=result.stability, result_end_time=duration(result.end_time))],
+                    ))
+            finally:
+                for task in tasks:
+                    task.cancel()
+
+
+async def _read_audio(messages, stream) -> None:
+    """Feed a stream's audio_content messages to it; half-close finishes it; bad input fails it."""
+    index = 1
+    try:
+        async for msg in messages:
+            if isinstance(msg, UndecodableRequest):
+                raise InvalidArgument(f"message {index}: {msg.message}")
+            if msg.WhichOneof("streaming_request") == "streaming_config":
+                raise InvalidArgument(f"message {index} carries streaming_config; only the first message may",
+                                      field="streaming_config")
+            stream.push(msg.audio_content, index)
+            index += 1
+        stream.finish()
+    except ServiceError as err:
+        stream.fail(err)
+
+
+async def _stop_early(engine, stream, stop_at: float | None) -> None:
+    """End the stream with what it recognised when the server drains or just before its deadline."""
+    drain = asyncio.ensure_future(engine.wait_draining())
+    try:
+        timeout = None if stop_at is None else max(0.0, stop_at - time.monotonic())
+        done, _ = await asyncio.wait([drain], timeout=timeout)
+        if drain in done:
+            stream.stop(Unavailable("server is draining; the final result covers the audio recognised until now"))
+        else:
+            stream.stop(DeadlineExceeded("the call's deadline is close; the final result covers the audio "
+                                         "recognised until now"))
+    finally:
+        drain.cancel()
+
+
 class ModelsServicer(models_pb2_grpc.ModelsServicer):
     """seqserve.v1.Models on an Engine."""
 
@@ -311,9 +437,12 @@ def register(server: grpc.aio.Server, servicer: Any, module: Any, service: str) 
     descriptor = module.DESCRIPTOR.services_by_name[service]
     handlers = {}
     for method in descriptor.methods:
+        if method.client_streaming and not method.server_streaming:
+            raise TypeError(f"{descriptor.full_name}.{method.name}: client streaming alone is not supported")
         if method.client_streaming:
-            raise TypeError(f"{descriptor.full_name}.{method.name}: client streaming is not supported")
-        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+            make = grpc.stream_stream_rpc_method_handler
+        else:
+            make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=request_decoder(message_factory.GetMessageClass(method.input_type)),
@@ -325,10 +454,11 @@ def register(server: grpc.aio.Server, servicer: Any, module: Any, service: str) 
 
 
 def add_servicers(server: grpc.aio.Server, engine) -> list[str]:
-    """Register the four seqserve.v1 services on ``server``; returns their full names."""
+    """Register the five seqserve.v1 services on ``server``; returns their full names."""
     return [
         register(server, TranslatorServicer(engine), translate_pb2, "Translator"),
         register(server, ForecasterServicer(engine), forecast_pb2, "Forecaster"),
         register(server, GeneratorServicer(engine), generate_pb2, "Generator"),
+        register(server, RecognizerServicer(engine), recognize_pb2, "Recognizer"),
         register(server, ModelsServicer(engine), models_pb2, "Models"),
     ]

@@ -56,8 +56,26 @@ class ForecastSpec(_message.Message):
     frequency: str
     def __init__(self, window: _Optional[int] = ..., min_history: _Optional[int] = ..., horizon: _Optional[int] = ..., channels: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., target_channel: _Optional[int] = ..., channel_names: _Optional[_Iterable[str]] = ..., frequency: _Optional[str] = ...) -> None: ...
 
+class SpeechSpec(_message.Message):
+    __slots__ = ("sample_rate", "labels", "frame_seconds", "streaming", "n_fft", "hop", "n_mels")
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STREAMING_FIELD_NUMBER: _ClassVar[int]
+    N_FFT_FIELD_NUMBER: _ClassVar[int]
+    HOP_FIELD_NUMBER: _ClassVar[int]
+    N_MELS_FIELD_NUMBER: _ClassVar[int]
+    sample_rate: int
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    frame_seconds: float
+    streaming: bool
+    n_fft: int
+    hop: int
+    n_mels: int
+    def __init__(self, sample_rate: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., frame_seconds: _Optional[float] = ..., streaming: _Optional[bool] = ..., n_fft: _Optional[int] = ..., hop: _Optional[int] = ..., n_mels: _Optional[int] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "task", "cell", "num_layers", "hidden_size", "bidirectional", "num_parameters", "state", "is_default", "description", "evaluation", "limits", "forecast", "error", "loaded_at", "weights", "languages", "manifest_name", "manifest_version")
+    __slots__ = ("name", "version", "task", "cell", "num_layers", "hidden_size", "bidirectional", "num_parameters", "state", "is_default", "description", "evaluation", "limits", "forecast", "error", "loaded_at", "weights", "languages", "manifest_name", "manifest_version", "speech")
     class LimitsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +110,7 @@ class ModelInfo(_message.Message):
     LANGUAGES_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_NAME_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     task: str
@@ -112,4 +131,5 @@ class ModelInfo(_message.Message):
     languages: _containers.ScalarMap[str, str]
     manifest_name: str
     manifest_version: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., cell: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., bidirectional: _Optional[bool] = ..., num_parameters: _Optional[int] = ..., state: _Optional[str] = ..., is_default: _Optional[bool] = ..., description: _Optional[str] = ..., evaluation: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., limits: _Optional[_Mapping[str, int]] = ..., forecast: _Optional[_Union[ForecastSpec, _Mapping]] = ..., error: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., weights: _Optional[str] = ..., languages: _Optional[_Mapping[str, str]] = ..., manifest_name: _Optional[str] = ..., manifest_version: _Optional[str] = ...) -> None: ...
+    speech: SpeechSpec
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., cell: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., bidirectional: _Optional[bool] = ..., num_parameters: _Optional[int] = ..., state: _Optional[str] = ..., is_default: _Optional[bool] = ..., description: _Optional[str] = ..., evaluation: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., limits: _Optional[_Mapping[str, int]] = ..., forecast: _Optional[_Union[ForecastSpec, _Mapping]] = ..., error: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., weights: _Optional[str] = ..., languages: _Optional[_Mapping[str, str]] = ..., manifest_name: _Optional[str] = ..., manifest_version: _Optional[str] = ..., speech: _Optional[_Union[SpeechSpec, _Mapping]] = ...) -> None: ...

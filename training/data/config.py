@@ -23,6 +23,7 @@ TASK_DATASETS: dict[str, tuple[str, ...]] = {
     "translate": ("synthetic", "multi30k", "tatoeba"),
     "forecast": ("synthetic", "ETTh1", "ETTm1"),
     "generate": ("synthetic", "shakespeare", "tatoeba-zh"),
+    "recognize": ("synthetic", "fsdd"),
 }
 TOKENIZER_KINDS = ("word", "bpe", "char")
 
@@ -31,7 +32,7 @@ TOKENIZER_KINDS = ("word", "bpe", "char")
 class DataConfig:
     """Which data a run trains on and how it is tokenised / windowed (fields apply per task)."""
 
-    dataset: str = "synthetic"  # translate: synthetic|multi30k|tatoeba; forecast: synthetic|ETTh1|ETTm1; generate: synthetic|shakespeare|tatoeba-zh
+    dataset: str = "synthetic"  # translate: synthetic|multi30k|tatoeba; forecast: synthetic|ETTh1|ETTm1; generate: synthetic|shakespeare|tatoeba-zh; recognize: synthetic|fsdd
     seed: int = 0  # synthetic data and the Tatoeba split (tatoeba-zh: the same split as tatoeba)
     # translate
     src_lang: str = "de"  # multi30k: de|en; tatoeba: zh|en
@@ -56,6 +57,10 @@ class DataConfig:
     noise: float = 0.1
     # generate
     repeats: int = 300  # synthetic text: sentences
+    # recognize
+    holdout: str = ""  # fsdd: a speaker whose every take is the test split (and in neither train nor val)
+    steps_per_epoch: int = 100  # connected-digit batches are built fresh: how many make an epoch
+    val_utterances: int = 300  # val: the val split's single recordings plus this many digit strings
 
     def validate(self, task: str) -> "DataConfig":
         if task not in TASK_DATASETS:
@@ -65,7 +70,8 @@ class DataConfig:
         for key in ("src_tokenizer", "tgt_tokenizer"):
             if getattr(self, key) not in TOKENIZER_KINDS:
                 raise ValueError(f"data.{key} {getattr(self, key)!r} is not one of {', '.join(TOKENIZER_KINDS)}")
-        for key in ("vocab_size", "min_freq", "max_len", "num_examples", "stride", "num_series", "series_length", "channels", "repeats"):
+        for key in ("vocab_size", "min_freq", "max_len", "num_examples", "stride", "num_series", "series_length", "channels",
+                    "repeats", "steps_per_epoch", "val_utterances"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)!r}")
         if not 0.0 <= self.crop_prob <= 1.0:
@@ -121,6 +127,14 @@ def lm_text(cfg: DataConfig, split: str, data_dir: str | os.PathLike | None = No
     if cfg.dataset == "tatoeba-zh":
         return "".join(line + "\n" for line in load_tatoeba_zh(split, data_dir, seed=cfg.seed))
     return split_text(synthetic_text(cfg.repeats, cfg.seed), split)
+
+
+def speech_recordings(cfg: DataConfig, split: str, data_dir: str | os.PathLike | None = None):
+    """The recordings of ``split`` (training.data.speech.Recording), FSDD or synthetic tones."""
+    from training.data.speech import fsdd_split, load_fsdd, synthetic_recordings
+
+    recordings = load_fsdd(data_dir) if cfg.dataset == "fsdd" else synthetic_recordings(cfg.seed)
+    return fsdd_split(recordings, split, cfg.holdout)
 
 
 def build_tokenizer(kind: str, texts: Sequence[str], cfg: DataConfig, language: str = ""):

@@ -83,19 +83,20 @@ def _undocumented(file: descriptor_pb2.FileDescriptorProto) -> list[str]:
 
 def test_every_message_field_and_rpc_is_documented(tmp_path):
     files = [f for f in _descriptor_set(tmp_path).file if f.package == "seqserve.v1"]
-    assert len(files) == 4
+    assert len(files) == 5
     missing = {f.name: _undocumented(f) for f in files}
     assert not any(missing.values()), f"undocumented proto elements: {missing}"
 
 
 def test_services_and_methods_users_depend_on():
-    from service.v1 import forecast_pb2, generate_pb2, models_pb2, translate_pb2
+    from service.v1 import forecast_pb2, generate_pb2, models_pb2, recognize_pb2, translate_pb2
 
     expected = {
         translate_pb2: ("Translator", {"Translate"}),
         forecast_pb2: ("Forecaster", {"Forecast"}),
         generate_pb2: ("Generator", {"Generate", "GenerateStream", "Score"}),
         models_pb2: ("Models", {"ListModels", "GetModel"}),
+        recognize_pb2: ("Recognizer", {"Recognize", "StreamingRecognize"}),
     }
     for module, (name, methods) in expected.items():
         svc = module.DESCRIPTOR.services_by_name[name]
@@ -103,6 +104,8 @@ def test_services_and_methods_users_depend_on():
         assert {m.name for m in svc.methods} == methods
     stream = generate_pb2.DESCRIPTOR.services_by_name["Generator"].methods_by_name["GenerateStream"]
     assert stream.server_streaming and not stream.client_streaming
+    bidi = recognize_pb2.DESCRIPTOR.services_by_name["Recognizer"].methods_by_name["StreamingRecognize"]
+    assert bidi.server_streaming and bidi.client_streaming
 
 
 @pytest.mark.parametrize("field", ["temperature", "top_p", "seed"])

@@ -1,0 +1,455 @@
+"""Recognize task: audio in, CTC transcripts out; offline through the dynamic batcher, streams through a shared step loop.
+
+Offline requests are decoded from their bytes, resampled to the model's rate, padded into one call
+of the acoustic graph with their lengths (padding never changes a result), and decoded by CTC
+prefix beam search. A stream keeps its recurrent state and its not-yet-framed samples here; the
+chunks of every live stream advance through one call of the step graph per scheduler step (rows
+with the same number of new frames share a call), and each stream's posteriorgram grows by its
+rows of the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.contract import BundleError, SpeechSpec
+from service.inference import ctc
+from service.inference.speech import ChunkFramer, pad_batch
+
+from .. import audio as A
+from ..batching import DynamicBatcher
+from ..errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
+from ..observe import GraphMeter, label_request
+from ..repository import Bundle
+from ..runtime import GraphRuntime
+from ..types import RecognitionConfig, RecognizeRequest, RecognizeResult, SpeechAlternative, SpeechResult, Word
+from .context import TaskContext
+
+log = logging.getLogger(__name__)
+
+BEAM = 8  # prefix beam width: alternatives and confidences come from it
+MAX_STEP_FRAMES = 16  # a stream's frames per step call at most (a stream that fell behind catches up in parts)
+STABILITY_FRAMES = 10  # an interim result's stability looks at its last frames
+
+
+def _clip01(x: float) -> float:
+    return float(min(1.0, max(0.0, x)))
+
+
+@dataclass
+class Posteriors:
+    """A growing posteriorgram (T, V) of log-probabilities."""
+
+    parts: list[np.ndarray]
+    frames: int = 0
+
+    def add(self, lp: np.ndarray) -> None:
+        self.parts.append(lp)
+        self.frames += len(lp)
+
+    def array(self, labels: int) -> np.ndarray:
+        if len(self.parts) > 1:
+            self.parts = [np.concatenate(self.parts)]
+        return self.parts[0] if self.parts else np.zeros((0, labels), np.float32)
+
+
+def speech_result(spec: SpeechSpec, log_probs: np.ndarray, max_alternatives: int, words: bool,
+                  end_time: float) -> SpeechResult:
+    """The final result of a posteriorgram (T, V): beam-searched alternatives, their posterior
+    confidences and (``words``) each label's time span and probability."""
+    n = max(1, max_alternatives)
+    alts = ctc.prefix_beam_search(log_probs, beam_size=max(BEAM, n), blank=spec.blank, n_best=n)
+    frame_s = spec.frame_seconds
+    out = []
+    for alt in alts:
+        texts = [spec.labels[i] for i in alt.labels]
+        ws = []
+        if words:
+            for text, label, (first, last) in zip(texts, alt.labels, alt.spans):
+                conf = float(np.exp(log_probs[first : last + 1, label].max()))
+                ws.append(Word(text, round(first * frame_s, 3), round((last + 1) * frame_s, 3), _clip01(conf)))
+        out.append(SpeechAlternative(spec.word_separator.join(texts), _clip01(alt.confidence), ws))
+    return SpeechResult(out, round(end_time, 3))
+
+
+def interim_result(spec: SpeechSpec, log_probs: np.ndarray, end_time: float) -> SpeechResult:
+    """An interim result: the best path so far; stability = how sure the model is of its latest frames
+    (the geometric mean of their best probabilities), where a transcript still changes."""
+    best = ctc.greedy(log_probs, spec.blank)
+    tail = log_probs[-STABILITY_FRAMES:]
+    stability = float(np.exp(tail.max(axis=1).mean())) if len(tail) else 0.0
+    text = spec.word_separator.join(spec.labels[i] for i in best.labels)
+    return SpeechResult([SpeechAlternative(text, _clip01(best.confidence))], round(end_time, 3), is_final=False,
+                        stability=_clip01(stability))
+
+
+class RecognizeModel:
+    """One loaded recognition version: a dynamic batcher in front of ``acoustic.onnx`` and, when
+    the bundle streams, a step loop on ``acoustic_step.onnx``."""
+
+    task = "recognize"
+
+    def __init__(self, bundle: Bundle, ctx: TaskContext) -> None:
+        m = bundle.manifest
+        assert m.speech is not None  # validated by the manifest
+        self.name, self.version, self.spec = m.name, m.version, m.speech
+        self._ctx = ctx
+        self._config = ctx.config
+        self._acoustic = bundle.graphs["acoustic"]
+        self._batcher: DynamicBatcher[np.ndarray, np.ndarray] = ctx.batcher(m.name, m.version, "acoustic",
+                                                                            self._run_batch)
+        self._state_names = [f"state_{s}" for s in m.state_names]
+        self._state_shape = (m.num_layers, m.hidden_size)
+        step = bundle.graphs.get("acoustic_step")
+        self.streams: AudioStepLoop | None = None
+        if step is not None:
+            self.streams = AudioStepLoop(f"model {m.name} version {m.version} (acoustic_step)", step,
+                                         self._state_names, ctx.meter(m.name, m.version, "acoustic_step"))
+
+    @property
+    def streaming(self) -> bool:
+        return self.streams is not None
+
+    def limits(self) -> dict[str, int]:
+        cfg = self._config
+        return {
+            "sample_rate": self.spec.sample_rate,
+            "max_audio_seconds": int(cfg.max_audio_seconds),
+            "max_alternatives": cfg.max_alternatives,
+            "max_chunk_bytes": cfg.max_chunk_bytes,
+            "max_stream_seconds": int(cfg.max_stream_seconds),
+            "max_speech_streams": cfg.max_speech_streams,
+        }
+
+    def start(self) -> None:
+        self._batcher.start()
+        if self.streams is not None:
+            self.streams.start()
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        if self.streams is not None:
+            await self.streams.close()
+
+    async def warmup(self) -> None:
+        """Two padded signals through the acoustic graph, one chunk through the step graph; check shapes."""
+        spec, frame = self.spec, self.spec.frame_samples
+        t = np.arange(40 * frame, dtype=np.float32)
+        audio = np.stack([0.1 * np.sin(t / 7.0), 0.1 * np.sin(t / 5.0) * (t < 25 * frame)]).astype(np.float32)
+        out = await self._acoustic.run({"audio": audio, "audio_len": np.array([40 * frame, 25 * frame], np.int64)})
+        lp, frames = out["log_probs"], out["frames"]
+        if lp.ndim != 3 or lp.shape[0] != 2 or lp.shape[2] != len(spec.labels):
+            raise BundleError(f"{self._acoustic.name}: log_probs have shape {lp.shape}; the manifest has "
+                              f"{len(spec.labels)} labels")
+        if list(frames) != [40, 25]:
+            raise BundleError(f"{self._acoustic.name}: frames are {list(frames)} for 40 and 25 frames of audio; "
+                              f"the manifest's hop {spec.hop} x stack {spec.stack} says 40 and 25")
+        if self.streams is not None:
+            chunk = np.zeros((1, spec.context + 3 * frame), np.float32)
+            states = {n: np.zeros((self._state_shape[0], 1, self._state_shape[1]), np.float32) for n in self._state_names}
+            res = await self.streams.graph.run({"audio": chunk, **states})
+            if res["log_probs"].shape != (1, 3, len(spec.labels)):
+                raise BundleError(f"{self.streams.graph.name}: log_probs have shape {res['log_probs'].shape} for 3 "
+                                  "frames of audio")
+
+    # ---- offline
+
+    def prepare(self, config: RecognitionConfig, data: bytes) -> tuple[np.ndarray, float]:
+        """Validate and decode; returns the samples at the model's rate (float32 (N,)) and the seconds received."""
+        cfg = self._config
+        n = config.max_alternatives
+        if n < 0 or n > cfg.max_alternatives:
+            raise InvalidArgument(f"config.max_alternatives {n} is outside 0..{cfg.max_alternatives}",
+                                  field="config.max_alternatives")
+        encoding = config.encoding or (A.WAV if data[:4] in (b"RIFF", b"RF64") else A.LINEAR16)
+        audio = A.decode(data, encoding, config.sample_rate_hertz, max_seconds=cfg.max_audio_seconds)
+        samples = A.resample(audio.samples, audio.rate, self.spec.sample_rate)
+        if len(samples) < self.spec.frame_samples:
+            ms = 1000.0 * self.spec.frame_samples / self.spec.sample_rate
+            raise InvalidArgument(f"audio is {audio.seconds * 1000:.1f} ms; model {self.name!r} needs at least "
+                                  f"{ms:g} ms (one frame)", field="audio")
+        return samples, audio.seconds
+
+    async def recognize(self, req: RecognizeRequest, deadline: float | None) -> RecognizeResult:
+        samples, seconds = self.prepare(req.config, req.audio)
+        started = time.perf_counter()
+        log_probs = await self._batcher.submit(samples, deadline)  # (T, V)
+        self._ctx.sink.speech_audio(self.name, self.version, "offline", seconds, time.perf_counter() - started)
+        result = speech_result(self.spec, log_probs, req.config.max_alternatives, req.config.word_time_offsets,
+                               len(samples) / self.spec.sample_rate)
+        return RecognizeResult(self.name, self.version, result, seconds)
+
+    async def _run_batch(self, signals: list[np.ndarray]) -> list[np.ndarray]:
+        audio, lengths = pad_batch(signals, self.spec.frame_samples)
+        out = await self._acoustic.run({"audio": audio, "audio_len": lengths})
+        lp, frames = out["log_probs"], out["frames"]
+        return [lp[i, : int(frames[i])] for i in range(len(signals))]
+
+    # ---- streaming
+
+    def open_stream(self, config: RecognitionConfig, interim: bool, deadline: float | None) -> "AudioStream":
+        """A stream of LINEAR16 chunks at config.sample_rate_hertz; raises FailedPrecondition when the
+        model cannot stream, InvalidArgument for a bad config, ResourceExhausted when streams are full."""
+        if self.streams is None:
+            raise FailedPrecondition(f"model {self.name!r} is bidirectional and cannot stream; use a model whose "
+                                     "ModelInfo.speech.streaming is true", field="streaming_config.config.model")
+        cfg = self._config
+        where = "streaming_config.config"
+        n = config.max_alternatives
+        if n < 0 or n > cfg.max_alternatives:
+            raise InvalidArgument(f"{where}.max_alternatives {n} is outside 0..{cfg.max_alternatives}",
+                                  field=f"{where}.max_alternatives")
+        if config.encoding not in ("", A.LINEAR16):
+            raise InvalidArgument(f"{where}.encoding {config.encoding} cannot stream; send LINEAR16 samples",
+                                  field=f"{where}.encoding")
+        rate = config.sample_rate_hertz
+        if not A.MIN_RATE <= rate <= A.MAX_RATE:
+            raise InvalidArgument(f"{where}.sample_rate_hertz {rate} is outside {A.MIN_RATE}..{A.MAX_RATE}",
+                                  field=f"{where}.sample_rate_hertz")
+        if self.streams.open >= cfg.max_speech_streams:
+            label_request(reason="streams_full")
+            raise ResourceExhausted(f"{self.streams.open} of {cfg.max_speech_streams} recognition streams are open "
+                                    "(max_speech_streams); retry later")
+        return AudioStream(self, config, interim, deadline)
+
+
+class AudioStream:
+    """One StreamingRecognize call's state: resampler, framer, recurrent state and posteriorgram.
+
+    ``push`` adds a chunk (the step loop picks its whole frames up); ``updates`` yields interim
+    results as frames are recognised (the newest only, when the reader is slower) and the final
+    result after ``finish``."""
+
+    def __init__(self, model: RecognizeModel, config: RecognitionConfig, interim: bool, deadline: float | None) -> None:
+        self.model, self.config, self.interim, self.deadline = model, config, interim, deadline
+        spec = model.spec
+        self._rate = config.sample_rate_hertz
+        self._resampler = A.StreamResampler(self._rate, spec.sample_rate)
+        self.framer = ChunkFramer(spec.context, spec.frame_samples)
+        layers, hidden = model._state_shape
+        self.state = {n: np.zeros((layers, 1, hidden), np.float32) for n in model._state_names}
+        self.posteriors = Posteriors([])
+        self.received_seconds = 0.0  # audio received, at the client's rate
+        self._pending_times: list[tuple[int, float]] = []  # (frames needed, perf_counter of the chunk's arrival)
+        self._changed = asyncio.Event()
+        self._ended = False  # the client half-closed
+        self._ended_at = 0.0
+        self.error: ServiceError | None = None
+        self._stop: ServiceError | None = None
+        self.cancelled = False
+        self._sent_frames = 0
+        self.serial = 0
+
+    @property
+    def frames_ready(self) -> int:
+        return self.framer.ready
+
+    def push(self, data: bytes, index: int) -> None:
+        """Add one audio_content message (message ``index`` of the stream); raises InvalidArgument."""
+        cfg = self.model._config
+        field = "audio_content"
+        if len(data) > cfg.max_chunk_bytes:
+            raise InvalidArgument(f"{field} of message {index} has {len(data):,} bytes; the limit is "
+                                  f"{cfg.max_chunk_bytes:,} (max_chunk_bytes)", field=field)
+        samples = A.pcm16(data, field)
+        seconds = self.received_seconds + len(samples) / self._rate
+        if seconds > cfg.max_stream_seconds:
+            raise InvalidArgument(f"the stream has {seconds:.1f} s of audio; the limit is {cfg.max_stream_seconds:g} s "
+                                  "(max_stream_seconds)", field=field)
+        self.received_seconds = seconds
+        if not len(samples):
+            return
+        before = self.framer.frames + self.frames_ready
+        self.framer.push(self._resampler.push(samples))
+        after = self.framer.frames + self.frames_ready
+        if after > before:
+            self._pending_times.append((after, time.perf_counter()))
+            self.model.streams.wake()
+
+    def finish(self) -> None:
+        """The client half-closed: flush the resampler; the final result follows the last frames."""
+        if self._ended:
+            return
+        self.framer.push(self._resampler.flush())
+        self._ended = True
+        self._ended_at = time.perf_counter()
+        self.model.streams.wake()
+        self._changed.set()
+
+    def fail(self, error: ServiceError) -> None:
+        """End with ``error`` at once (bad input, a failed graph call)."""
+        self.error = error
+        self._changed.set()
+
+    def stop(self, error: ServiceError) -> None:
+        """End early (deadline, drain): the final result of what was recognised so far, then ``error``."""
+        self._stop = error
+        self._changed.set()
+
+    def advance(self, log_probs: np.ndarray, states: dict[str, np.ndarray]) -> None:
+        """Consume one step's rows: (k, V) log-probs and the new state."""
+        self.posteriors.add(log_probs)
+        self.state = states
+        self._changed.set()
+
+    def _interim_latency(self, sink) -> None:
+        done = self.framer.frames
+        now = time.perf_counter()
+        while self._pending_times and self._pending_times[0][0] <= done:
+            _, arrived = self._pending_times.pop(0)
+            sink.speech_latency(self.model.name, self.model.version, "interim", now - arrived)
+
+    def result_end(self) -> float:
+        return self.posteriors.frames * self.model.spec.frame_seconds
+
+    async def updates(self) -> AsyncIterator[SpeechResult]:
+        """Interim results (when asked for) as frames arrive, then the final result once the input ended."""
+        spec, sink = self.model.spec, self.model._ctx.sink
+        labels = len(spec.labels)
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            if self.error is not None:
+                raise self.error
+            if self._stop is not None:
+                yield self.final_result()
+                raise self._stop
+            if self.posteriors.frames > self._sent_frames:
+                self._interim_latency(sink)
+                if self.interim and not (self._ended and self.frames_ready == 0):
+                    self._sent_frames = self.posteriors.frames
+                    yield interim_result(spec, self.posteriors.array(labels), self.result_end())
+            if self._ended and self.frames_ready == 0:
+                result = self.final_result()
+                sink.speech_latency(self.model.name, self.model.version, "final", time.perf_counter() - self._ended_at)
+                yield result
+                return
+
+    def final_result(self) -> SpeechResult:
+        """The final result of what has been recognised so far."""
+        lp = self.posteriors.array(len(self.model.spec.labels))
+        return speech_result(self.model.spec, lp, self.config.max_alternatives, self.config.word_time_offsets,
+                             self.result_end())
+
+
+class AudioStepLoop:
+    """The step loop of one streaming graph: each step takes every live stream with whole frames
+    waiting, groups them by how many frames they bring (at most MAX_STEP_FRAMES), and runs one graph
+    call per group; each stream's state goes in and comes out as its row."""
+
+    def __init__(self, name: str, graph: GraphRuntime, state_names: list[str], meter: GraphMeter) -> None:
+        self.name, self.graph, self._state_names, self._meter = name, graph, state_names, meter
+        self._streams: list[AudioStream] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self._serial = 0
+
+    @property
+    def open(self) -> int:
+        return len(self._streams)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"audio loop {self.name}")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def add(self, stream: AudioStream) -> None:
+        if self._closed:
+            raise Unavailable(f"{self.name} is shutting down")
+        self._serial += 1
+        stream.serial = self._serial
+        self._streams.append(stream)
+        self._meter.streams(len(self._streams))
+
+    def remove(self, stream: AudioStream) -> None:
+        stream.cancelled = True
+        if stream in self._streams:
+            self._streams.remove(stream)
+        self._meter.streams(len(self._streams))
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for s in list(self._streams):
+            s.fail(Unavailable(f"{self.name} shut down before the stream finished"))
+        self._streams.clear()
+        self._meter.clear()
+
+    async def _loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            groups: dict[int, list[AudioStream]] = {}
+            for s in self._streams:
+                if s.deadline is not None and now >= s.deadline:
+                    continue  # the servicer ends it with its final result
+                k = min(s.frames_ready, MAX_STEP_FRAMES)
+                if k:
+                    groups.setdefault(k, []).append(s)
+            if not groups:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            for k, streams in sorted(groups.items()):
+                await self._step(k, streams)
+
+    async def _step(self, k: int, streams: list[AudioStream]) -> None:
+        audio = np.stack([s.framer.take(k) for s in streams])  # (B, context + k * frame)
+        feeds = {"audio": audio}
+        for n in self._state_names:
+            feeds[n] = np.concatenate([s.state[n] for s in streams], axis=1) if len(streams) > 1 else streams[0].state[n]
+        started = time.perf_counter()
+        try:
+            out = await self.graph.run(feeds)
+        except ServiceError as err:
+            for s in streams:
+                s.fail(err)
+            return
+        except Exception:  # noqa: BLE001 - one broken call must not stop every stream
+            log.exception("%s: step failed", self.name)
+            for s in streams:
+                s.fail(Internal(f"recognition failed in {self.name}"))
+            return
+        seconds = time.perf_counter() - started
+        self._meter.batch(len(streams), seconds)
+        lp = out["log_probs"]
+        frame_s = streams[0].model.spec.frame_seconds
+        sink = streams[0].model._ctx.sink
+        m = streams[0].model
+        sink.speech_audio(m.name, m.version, "stream", len(streams) * k * frame_s, seconds)
+        for i, s in enumerate(streams):
+            if s.cancelled:
+                continue
+            s.advance(lp[i], {n: out[f"{n}_out"][:, i : i + 1] for n in self._state_names})
+
+
+def deadline_margin(deadline: float | None) -> float | None:
+    """When a stream with ``deadline`` should stop and send what it recognised: a little before the
+    deadline, so the final result reaches the client before its call expires."""
+    if deadline is None:
+        return None
+    remaining = deadline - time.monotonic()
+    return deadline - min(0.25, max(0.0, 0.1 * remaining))
+
+
