@@ -21,7 +21,8 @@ from typing import Any
 
 from service.contract import TASKS
 
-DEFAULT_NAMES = {"translate": "tiny-translate", "forecast": "tiny-forecast", "generate": "tiny-generate"}
+DEFAULT_NAMES = {"translate": "tiny-translate", "forecast": "tiny-forecast", "generate": "tiny-generate",
+                 "recognize": "tiny-recognize"}
 
 PAIRS_DE_EN: list[tuple[str, str]] = [
     ("Ein Mann fährt Fahrrad.", "A man rides a bike."),
@@ -55,11 +56,13 @@ TINY: dict[str, dict[str, Any]] = {
     "translate": dict(embed_size=16, hidden_size=16, attention_size=16, num_layers=1, dropout=0.0),
     "forecast": dict(channels=1, window=24, min_history=8, horizon=6, hidden_size=16, num_layers=1),
     "generate": dict(embed_size=16, hidden_size=24, num_layers=2, dropout=0.0),
+    "recognize": dict(hidden_size=16, num_layers=1, bidirectional=False, dropout=0.0),  # streams
 }
 LIMITS: dict[str, dict[str, int]] = {
     "translate": {"max_source_tokens": 64, "max_target_tokens": 48},
     "forecast": {},
     "generate": {"max_prompt_tokens": 512},
+    "recognize": {},
 }
 
 
@@ -123,7 +126,7 @@ def _export(out: Path, task: str, cell: str, seed: int, limits: dict[str, int] |
     import torch
 
     from training.export import export_bundle
-    from training.models import ForecastConfig, LMConfig, TranslationConfig, build_model
+    from training.models import ForecastConfig, LMConfig, SpeechConfig, TranslationConfig, build_model
     from training.vocab import build_bpe_tokenizer, build_char_tokenizer
 
     torch.set_num_threads(1)
@@ -143,6 +146,8 @@ def _export(out: Path, task: str, cell: str, seed: int, limits: dict[str, int] |
         tokenizers = {"text": build_char_tokenizer(TEXT)}
         fields.setdefault("vocab_size", tokenizers["text"].get_vocab_size())
         config = LMConfig(**fields)
+    elif task == "recognize":
+        config = SpeechConfig(**fields)
     else:
         config = ForecastConfig(**fields)
     model = build_model(task, config)

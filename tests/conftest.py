@@ -42,7 +42,7 @@ def bundle_source(tmp_path_factory) -> BundleSource:
 
     models = tmp_path_factory.mktemp("bundles")
     spare = tmp_path_factory.mktemp("spare")
-    for task in ("translate", "forecast", "generate"):
+    for task in ("translate", "forecast", "generate", "recognize"):
         make_bundle(models, task)
     make_bundle(models, "forecast", name="tiny-forecast3", channels=3, seed=3)
     make_bundle(spare, "forecast", version="2", seed=1)

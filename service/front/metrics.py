@@ -26,8 +26,12 @@ Who records what (all durations in seconds, measured with ``time.perf_counter()`
 * token producers (generate, translate decoding): ``TokenTimer`` from ``token_timer(...)``; call
   ``.emitted(n)`` whenever n tokens are produced: time to first token, time between tokens,
   generated tokens.
+* speech recognition: ``speech_audio`` (audio seconds and graph seconds, per Recognize request and
+  per stream step; offline requests also observe their real-time factor) and ``speech_latency``
+  (a stream's interim results, from the chunk's arrival; its final result, from the half-close).
 
-Label names come only from: grpc_* (gRPC layer), method, model, version, code, graph, task, reason.
+Label names come only from: grpc_* (gRPC layer), method, model, version, code, graph, task, reason,
+mode (offline | stream), kind (interim | final).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ DURATION_BUCKETS = (
 # Loading + warming a bundle: tens of milliseconds for a toy model, minutes for a large one.
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+RTF_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 UNKNOWN_MODEL = "unknown"  # label value for a model name the repository never announced
 
 _GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
@@ -137,6 +142,10 @@ class Metrics(Sink):
       generated_tokens      seqserve_generated_tokens_total; model, version
       source_tokens         seqserve_source_tokens_total (translation input); model, version
       unknown_tokens        seqserve_unknown_source_tokens_total (outside the model's vocabulary); model, version
+      audio_seconds         seqserve_audio_seconds_total (speech recognised); model, version, mode
+      speech_compute        seqserve_speech_compute_seconds_total (graph time for it); model, version, mode
+      real_time_factor      seqserve_real_time_factor (histogram, offline requests: compute / audio); model, version
+      speech_result_latency seqserve_speech_result_latency_seconds; model, version, kind (interim | final)
       load_seconds          seqserve_model_load_duration_seconds; model, version
       load_failures         seqserve_model_load_failures_total; model, version, reason
       model_info            seqserve_model_info (gauge, 1 per loaded version); model, version, task, cell
@@ -219,6 +228,23 @@ class Metrics(Sink):
             "seqserve_unknown_source_tokens_total",
             "Source tokens outside the translation model's vocabulary (a rising share: text in another "
             "language or domain).", mv, registry=r)
+
+        mode = ("model", "version", "mode")
+        self.audio_seconds = Counter(
+            "seqserve_audio_seconds_total", "Seconds of audio recognised; mode offline (Recognize) or stream.",
+            mode, registry=r)
+        self.speech_compute = Counter(
+            "seqserve_speech_compute_seconds_total",
+            "Graph time spent recognising that audio (a stream step's rows share its time); divided by "
+            "seqserve_audio_seconds_total it is the real-time factor.", mode, registry=r)
+        self.real_time_factor = hist(
+            "seqserve_real_time_factor",
+            "Per Recognize request: graph time of its batch / seconds of its audio (below 1: faster than real time).",
+            mv, buckets=RTF_BUCKETS)
+        self.speech_result_latency = hist(
+            "seqserve_speech_result_latency_seconds",
+            "kind interim: from an audio chunk's arrival to the interim result that covers it; kind final: "
+            "from a stream's half-close to its final result.", ("model", "version", "kind"))
 
         self.load_seconds = hist(
             "seqserve_model_load_duration_seconds",
@@ -311,6 +337,17 @@ class Metrics(Sink):
         """A translation read ``n`` source tokens, ``unknown`` of them outside the model's vocabulary."""
         self.source_tokens.labels(model, version).inc(n)
         self.unknown_tokens.labels(model, version).inc(unknown)
+
+    def speech_audio(self, model: str, version: str, mode: str, audio_seconds: float, compute_seconds: float) -> None:
+        """``audio_seconds`` of audio recognised in ``compute_seconds`` of graph time (mode offline | stream)."""
+        self.audio_seconds.labels(model, version, mode).inc(audio_seconds)
+        self.speech_compute.labels(model, version, mode).inc(compute_seconds)
+        if mode == "offline" and audio_seconds > 0:
+            self.real_time_factor.labels(model, version).observe(compute_seconds / audio_seconds)
+
+    def speech_latency(self, model: str, version: str, kind: str, seconds: float) -> None:
+        """A stream's interim result (from its chunk's arrival) or final result (from half-close)."""
+        self.speech_result_latency.labels(model, version, kind).observe(seconds)
 
     def token_timer(self, model: str, version: str, start: float | None = None) -> PromTokenTimer:
         """A timer for one sequence; ``start`` is the request's ``perf_counter()`` (default: now)."""

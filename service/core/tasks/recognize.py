@@ -251,11 +251,22 @@ class AudioStream:
         self._stop: ServiceError | None = None
         self.cancelled = False
         self._sent_frames = 0
+        self.in_flight = 0  # frames taken by a step call whose output has not come back yet
         self.serial = 0
 
     @property
     def frames_ready(self) -> int:
         return self.framer.ready
+
+    @property
+    def caught_up(self) -> bool:
+        """Every whole frame received has been recognised (none waiting, none in a running call)."""
+        return self.framer.ready == 0 and self.in_flight == 0
+
+    def take(self, frames: int) -> np.ndarray:
+        """The step graph's input for the next ``frames`` frames; they count as in flight until ``advance``."""
+        self.in_flight += frames
+        return self.framer.take(frames)
 
     def push(self, data: bytes, index: int) -> None:
         """Add one audio_content message (message ``index`` of the stream); raises InvalidArgument."""
@@ -301,6 +312,7 @@ class AudioStream:
 
     def advance(self, log_probs: np.ndarray, states: dict[str, np.ndarray]) -> None:
         """Consume one step's rows: (k, V) log-probs and the new state."""
+        self.in_flight -= len(log_probs)
         self.posteriors.add(log_probs)
         self.state = states
         self._changed.set()
@@ -329,10 +341,10 @@ class AudioStream:
                 raise self._stop
             if self.posteriors.frames > self._sent_frames:
                 self._interim_latency(sink)
-                if self.interim and not (self._ended and self.frames_ready == 0):
+                if self.interim and not (self._ended and self.caught_up):
                     self._sent_frames = self.posteriors.frames
                     yield interim_result(spec, self.posteriors.array(labels), self.result_end())
-            if self._ended and self.frames_ready == 0:
+            if self._ended and self.caught_up:
                 result = self.final_result()
                 sink.speech_latency(self.model.name, self.model.version, "final", time.perf_counter() - self._ended_at)
                 yield result
@@ -415,7 +427,7 @@ class AudioStepLoop:
                 await self._step(k, streams)
 
     async def _step(self, k: int, streams: list[AudioStream]) -> None:
-        audio = np.stack([s.framer.take(k) for s in streams])  # (B, context + k * frame)
+        audio = np.stack([s.take(k) for s in streams])  # (B, context + k * frame)
         feeds = {"audio": audio}
         for n in self._state_names:
             feeds[n] = np.concatenate([s.state[n] for s in streams], axis=1) if len(streams) > 1 else streams[0].state[n]

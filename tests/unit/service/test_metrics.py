@@ -55,7 +55,7 @@ def test_expected_families_and_process_metrics_are_registered(metrics):
 
 
 def test_labels_stay_within_the_allowed_set(metrics):
-    allowed = {"method", "model", "version", "code", "graph", "task", "reason", "cell", "le",
+    allowed = {"method", "model", "version", "code", "graph", "task", "reason", "cell", "le", "mode", "kind",
                "grpc_type", "grpc_service", "grpc_method", "grpc_code"}
     metrics.model_loaded("m", "1", "generate", "gru", 0.1)
     metrics.model_load_failed("m", "2", "onnx")
@@ -70,6 +70,10 @@ def test_labels_stay_within_the_allowed_set(metrics):
     timer.emitted(1)
     timer.emitted(1)
     metrics.count_source_tokens("m", "1", 9, 2)
+    metrics.speech_audio("m", "1", "offline", 2.0, 0.01)
+    metrics.speech_audio("m", "1", "stream", 0.3, 0.002)
+    metrics.speech_latency("m", "1", "interim", 0.02)
+    metrics.speech_latency("m", "1", "final", 0.01)
     families = [f for f in metrics.registry.collect() if f.name.startswith(("seqserve_", "grpc_"))]
     for family in families:
         for sample in family.samples:
@@ -403,3 +407,17 @@ def test_metrics_server_serves_the_injected_registry_on_its_own_port(metrics):
         stop_metrics_server(server)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_speech_metrics_count_audio_and_real_time_factor(metrics):
+    metrics.speech_audio("s", "1", "offline", 4.0, 0.02)
+    metrics.speech_audio("s", "1", "offline", 1.0, 0.01)
+    metrics.speech_audio("s", "1", "stream", 0.3, 0.003)
+    get = metrics.registry.get_sample_value
+    assert get("seqserve_audio_seconds_total", {"model": "s", "version": "1", "mode": "offline"}) == 5.0
+    assert get("seqserve_speech_compute_seconds_total", {"model": "s", "version": "1", "mode": "stream"}) == 0.003
+    # one real-time factor per offline request: 0.005 and 0.01
+    assert get("seqserve_real_time_factor_count", {"model": "s", "version": "1"}) == 2
+    assert get("seqserve_real_time_factor_sum", {"model": "s", "version": "1"}) == pytest.approx(0.015)
+    metrics.speech_latency("s", "1", "final", 0.04)
+    assert get("seqserve_speech_result_latency_seconds_count", {"model": "s", "version": "1", "kind": "final"}) == 1
