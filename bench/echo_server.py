@@ -1,7 +1,7 @@
 """No-op seqserve.v1 server: the floor under ``seqserve bench`` figures, i.e. what gRPC alone costs.
 
-It answers the services ``seqserve serve`` answers (Forecaster, Generator, Translator, Models and
-grpc.health.v1) on ``grpc.aio``, but computes nothing, so a benchmark of it measures the client, the
+It answers the services ``seqserve serve`` answers (Forecaster, Generator, Translator, Recognizer,
+Models and grpc.health.v1) on ``grpc.aio``, but computes nothing, so a benchmark of it measures the client, the
 channel and the server's message handling only:
 
 * Forecast: zeros for the requested horizon (the model's when 0), as the point forecast and as one path
@@ -11,6 +11,9 @@ channel and the server's message handling only:
   per token when streaming, the last with finish_reason "length" and the token counts. prompt_tokens
   counts characters: there is no tokenizer.
 * Translate: each text back unchanged, its tokens split on spaces.
+* Recognize / StreamingRecognize: an empty transcript; the audio's length (LINEAR16 bytes / 2 at the
+  given rate) as total_billed_time and result_end_time; a stream answers every audio message with an
+  interim result and its half-close with the final one.
 * Models: ListModels / GetModel describe the bundles under ``--models`` (manifests only, no graph is
   loaded) or, without it, one made-up model per task, so ``seqserve bench`` finds the forecast shape.
 
@@ -35,7 +38,18 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from service.contract import GRAPHS, TASKS, TOKENIZERS, BundleError, ForecastSpec, Manifest, check_name, read_manifest
+from service.contract import (
+    GRAPHS,
+    OPTIONAL_GRAPHS,
+    TASKS,
+    TOKENIZERS,
+    BundleError,
+    ForecastSpec,
+    Manifest,
+    SpeechSpec,
+    check_name,
+    read_manifest,
+)
 from service.core import types
 from service.core.config import EVENT_LOOPS, ServeConfig
 from service.front.server import MODELS_SERVICE, TASK_SERVICES, describe_loop, event_loop_factory, run_on_loop
@@ -47,6 +61,8 @@ from service.v1 import (
     generate_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    recognize_pb2,
+    recognize_pb2_grpc,
     translate_pb2,
     translate_pb2_grpc,
 )
@@ -60,7 +76,9 @@ GRACE_S = 1.0  # on SIGTERM / SIGINT: how long in-flight calls may finish
 # hourly one (two weeks of history, one day ahead).
 FAKE_FORECAST = ForecastSpec(window=336, min_history=24, horizon=24, channels=1, quantiles=[0.1, 0.5, 0.9],
                              target_channel=0, channel_names=["y"], frequency="1h")
-FAKE_SIZES = {"forecast": (2, 64), "generate": (2, 256), "translate": (1, 192)}  # num_layers, hidden_size
+FAKE_SIZES = {"forecast": (2, 64), "generate": (2, 256), "translate": (1, 192), "recognize": (2, 192)}  # layers, hidden
+FAKE_SPEECH = SpeechSpec(sample_rate=8000, n_fft=256, hop=80, n_mels=40, f_min=20.0, f_max=4000.0, stack=3,
+                         labels=["", *(str(d) for d in range(10))])
 
 
 # -- the model catalogue (shared with bench.torch_server) ---------------------------------------
@@ -139,8 +157,9 @@ class Catalogue:
             layers, hidden = FAKE_SIZES[task]
             manifests.append((Manifest(
                 name=f"echo-{task}", version="1", task=task, cell="lstm", num_layers=layers, hidden_size=hidden,
-                graphs=dict(GRAPHS[task]), tokenizers={role: f"tokenizer_{role}.json" for role in TOKENIZERS[task]},
-                forecast=FAKE_FORECAST if task == "forecast" else None,
+                graphs={**GRAPHS[task], **OPTIONAL_GRAPHS.get(task, {})},
+                tokenizers={role: f"tokenizer_{role}.json" for role in TOKENIZERS[task]},
+                forecast=FAKE_FORECAST if task == "forecast" else None, speech=FAKE_SPEECH if task == "recognize" else None,
                 description=f"made-up {task} model of bench.echo_server (computes nothing)",
             ), None))
         return cls(manifests)
@@ -312,6 +331,55 @@ class EchoTranslator(translate_pb2_grpc.TranslatorServicer):
         return reply
 
 
+def _seconds(value: float):
+    from google.protobuf import duration_pb2
+
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(value * 1e9))
+    return d
+
+
+class EchoRecognizer(recognize_pb2_grpc.RecognizerServicer):
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.catalogue = catalogue
+
+    async def Recognize(self, request: recognize_pb2.RecognizeRequest,
+                        context: grpc.aio.ServicerContext) -> recognize_pb2.RecognizeResponse:
+        try:
+            entry = self.catalogue.resolve("recognize", request.config.model, request.config.version)
+        except RequestError as err:
+            await context.abort(err.code, err.details)
+        seconds = _seconds(len(request.audio) / 2 / (request.config.sample_rate_hertz or 8000))
+        return recognize_pb2.RecognizeResponse(
+            model=entry.name, version=entry.version, total_billed_time=seconds,
+            results=[recognize_pb2.SpeechRecognitionResult(
+                alternatives=[recognize_pb2.SpeechRecognitionAlternative(confidence=1.0)], result_end_time=seconds)])
+
+    async def StreamingRecognize(self, requests, context: grpc.aio.ServicerContext):
+        config, received = None, 0
+        async for msg in requests:
+            if config is None:
+                config = msg.streaming_config.config
+                try:
+                    entry = self.catalogue.resolve("recognize", config.model, config.version)
+                except RequestError as err:
+                    await context.abort(err.code, err.details)
+                continue
+            received += len(msg.audio_content)
+            seconds = _seconds(received / 2 / (config.sample_rate_hertz or 8000))
+            yield recognize_pb2.StreamingRecognizeResponse(
+                model=entry.name, version=entry.version, total_billed_time=seconds,
+                results=[recognize_pb2.StreamingRecognitionResult(
+                    alternatives=[recognize_pb2.SpeechRecognitionAlternative()], result_end_time=seconds)])
+        if config is not None:
+            seconds = _seconds(received / 2 / (config.sample_rate_hertz or 8000))
+            yield recognize_pb2.StreamingRecognizeResponse(
+                model=entry.name, version=entry.version, total_billed_time=seconds,
+                results=[recognize_pb2.StreamingRecognitionResult(
+                    alternatives=[recognize_pb2.SpeechRecognitionAlternative(confidence=1.0)], is_final=True,
+                    result_end_time=seconds)])
+
+
 class AioModels(models_pb2_grpc.ModelsServicer):
     """seqserve.v1.Models on a Catalogue, for grpc.aio servers."""
 
@@ -339,6 +407,7 @@ async def create_server(catalogue: Catalogue, host: str = "127.0.0.1", port: int
     forecast_pb2_grpc.add_ForecasterServicer_to_server(EchoForecaster(catalogue), server)
     generate_pb2_grpc.add_GeneratorServicer_to_server(EchoGenerator(catalogue), server)
     translate_pb2_grpc.add_TranslatorServicer_to_server(EchoTranslator(catalogue), server)
+    recognize_pb2_grpc.add_RecognizerServicer_to_server(EchoRecognizer(catalogue), server)
     models_pb2_grpc.add_ModelsServicer_to_server(AioModels(catalogue), server)
     checker = health.aio.HealthServicer()
     for service, status in health_statuses(catalogue).items():

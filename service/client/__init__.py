@@ -7,17 +7,22 @@ from .client import (
     ForecastResult,
     GenerateChunk,
     GenerateResult,
+    RecognizeResult,
+    RecognizeUpdate,
     ScoreResult,
     SeqserveClient,
+    SpeechAlternative,
+    SpeechResult,
     TokenLogprob,
     TranslateResult,
     Translation,
+    WordInfo,
     channel_credentials,
     read_token_file,
 )
 
 __all__ = [
     "DEFAULT_ADDRESS", "ClientError", "ContinuationScore", "ForecastResult", "GenerateChunk", "GenerateResult",
-    "ScoreResult", "SeqserveClient", "TokenLogprob", "TranslateResult", "Translation", "channel_credentials",
-    "read_token_file",
+    "RecognizeResult", "RecognizeUpdate", "ScoreResult", "SeqserveClient", "SpeechAlternative", "SpeechResult",
+    "TokenLogprob", "TranslateResult", "Translation", "WordInfo", "channel_credentials", "read_token_file",
 ]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .commands import CLIENT_COMMANDS
+from .commands import CLIENT_COMMANDS, DEFAULT_CHUNK_MS
 from .options import (  # noqa: F401 - part of this module's interface
     ADDRESS_ENV,
     DEFAULT_ADDRESS,
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 FLAG_OF_FIELD = {
     "beam_size": "--beam", "max_length": "--max-length", "max_tokens": "--max-tokens", "temperature": "--temperature",
     "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed", "stop": "--stop", "horizon": "--horizon",
-    "quantiles": "--quantiles", "top_logprobs": "--logprobs",
+    "quantiles": "--quantiles", "top_logprobs": "--logprobs", "config.max_alternatives": "--alternatives",
+    "streaming_config.config.max_alternatives": "--alternatives",
 }
 
 
@@ -100,6 +102,16 @@ def _quantile_list(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--quantiles {text!r} must be comma-separated numbers, e.g. 0.1,0.9") from None
+
+
+def _positive_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of milliseconds (e.g. 100)")
+    return value
 
 
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
@@ -193,6 +205,32 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     p.add_argument("continuations", nargs="+", metavar="CONTINUATION", help="a text to score after PROMPT")
 
     p = sub.add_parser(
+        "recognize",
+        parents=[client, model],
+        help="transcribe a WAV file with a speech model",
+        description="Transcribe FILE (a mono WAV file) with a recognition model and print the transcript. Sent whole "
+        "(Recognize) unless --stream is given; with --stream the file's samples go out as 16-bit PCM chunks "
+        "(StreamingRecognize), interim results show on stderr and the final transcript on stdout. The model, "
+        "version and seconds of audio go to stderr. --json prints the response as JSON (with --stream: one object "
+        "per line, interim and final results).",
+    )
+    p.add_argument("file", metavar="FILE",
+                   help="mono WAV file (PCM 8/16/24/32-bit or float 32/64, 8000..48000 Hz); - reads it from standard "
+                        "input")
+    p.add_argument("--stream", action="store_true",
+                   help="stream the audio in chunks and show interim results as they come; the model must stream "
+                        "(ModelInfo.speech.streaming; without --model: the server's default among those that do)")
+    p.add_argument("--chunk-ms", type=_positive_ms, default=None, metavar="MS",
+                   help=f"with --stream: milliseconds of audio per message (default {DEFAULT_CHUNK_MS:g})")
+    p.add_argument("--realtime", action="store_true",
+                   help="with --stream: send each chunk once its time has passed, as a microphone would")
+    p.add_argument("--alternatives", type=int, default=None, metavar="N",
+                   help="also list up to N transcripts, most probable first, with their confidences (at most the "
+                        "server's max_alternatives, 10 by default)")
+    p.add_argument("--words", action="store_true",
+                   help="also list each word of the best transcript with its start and end (seconds) and confidence")
+
+    p = sub.add_parser(
         "models",
         parents=[client],
         help="list the server's models",
@@ -200,7 +238,8 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     )
     p.add_argument("name", nargs="?", default="", metavar="NAME", help="describe only this model")
     p.add_argument("version", nargs="?", default="", metavar="VERSION", help="version of NAME (default: its default)")
-    p.add_argument("--task", default="", choices=("", "translate", "forecast", "generate"), help="only this task")
+    p.add_argument("--task", default="", choices=("", "translate", "forecast", "generate", "recognize"),
+                   help="only this task")
 
     p = sub.add_parser(
         "health",

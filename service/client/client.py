@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from service.v1 import (
     generate_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    recognize_pb2,
+    recognize_pb2_grpc,
     translate_pb2,
     translate_pb2_grpc,
 )
@@ -169,6 +172,74 @@ class ScoreResult:
         return max(self.scores, key=lambda s: s.logprob)
 
 
+@dataclass
+class WordInfo:
+    word: str  # one label of the model, e.g. "7"
+    start_time: float  # seconds from the start of the audio
+    end_time: float  # seconds from the start of the audio
+    confidence: float  # probability of the word at its frames, 0..1
+
+
+@dataclass
+class SpeechAlternative:
+    transcript: str  # the words separated by single spaces; "" when nothing was recognised
+    confidence: float  # posterior probability among the transcripts the beam search kept, 0..1
+    words: list[WordInfo] = field(default_factory=list)  # one per word, with word_time_offsets
+
+
+@dataclass
+class SpeechResult:
+    alternatives: list[SpeechAlternative]  # most probable first; at least one
+    result_end_time: float  # seconds of audio this result covers, from the start
+
+
+@dataclass
+class RecognizeResult:
+    model: str
+    version: str
+    results: list[SpeechResult]  # one for the whole recording
+    total_billed_time: float  # seconds of audio the server received
+
+    @property
+    def transcript(self) -> str:
+        """The most probable transcript ("" when nothing was recognised)."""
+        return " ".join(t for r in self.results if r.alternatives and (t := r.alternatives[0].transcript))
+
+
+@dataclass
+class RecognizeUpdate:
+    """One result of a recognition stream: interim (the best transcript so far) or, once, final."""
+
+    model: str
+    version: str
+    is_final: bool  # the transcript of the whole stream, sent after the audio ended
+    alternatives: list[SpeechAlternative]  # interim: the best one; final: up to max_alternatives, best first
+    stability: float  # interim: how likely the transcript is to stay as it is, 0..1; 0 when final
+    result_end_time: float  # seconds of audio recognised so far
+    total_billed_time: float  # seconds of audio the server has received so far
+
+    @property
+    def transcript(self) -> str:
+        """The most probable transcript so far."""
+        return self.alternatives[0].transcript if self.alternatives else ""
+
+
+# RecognitionConfig.encoding by name ("" = not given: WAV when the audio starts with a RIFF header, else LINEAR16).
+AUDIO_ENCODINGS = {"": recognize_pb2.RecognitionConfig.ENCODING_UNSPECIFIED,
+                   "LINEAR16": recognize_pb2.RecognitionConfig.LINEAR16, "WAV": recognize_pb2.RecognitionConfig.WAV}
+
+
+def _seconds(d) -> float:
+    return d.ToNanoseconds() / 1e9
+
+
+def _alternatives(entries) -> list[SpeechAlternative]:
+    return [SpeechAlternative(a.transcript, a.confidence,
+                              [WordInfo(w.word, _seconds(w.start_time), _seconds(w.end_time), w.confidence)
+                               for w in a.words])
+            for a in entries]
+
+
 def _logprobs(entries) -> list[TokenLogprob]:
     return [TokenLogprob(e.token, e.token_id, e.logprob, _logprobs(e.top_logprobs)) for e in entries]
 
@@ -230,6 +301,7 @@ class SeqserveClient:
         self._translator = translate_pb2_grpc.TranslatorStub(self._channel)
         self._forecaster = forecast_pb2_grpc.ForecasterStub(self._channel)
         self._generator = generate_pb2_grpc.GeneratorStub(self._channel)
+        self._recognizer = recognize_pb2_grpc.RecognizerStub(self._channel)
         self._models = models_pb2_grpc.ModelsStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -415,6 +487,102 @@ class SeqserveClient:
             raise ClientError.from_rpc_error(err) from None
         finally:
             call.cancel()  # a no-op when the stream already ended
+
+    def recognize(
+        self,
+        audio: bytes,
+        *,
+        encoding: str = "",
+        sample_rate_hertz: int = 0,
+        max_alternatives: int = 1,
+        word_time_offsets: bool = False,
+        model: str = "",
+        version: str = "",
+        timeout: float | None = _UNSET,  # type: ignore[assignment]
+    ) -> RecognizeResult:
+        """Transcribe one whole recording with a recognition model.
+
+        ``audio`` is a WAV file's bytes (``encoding`` "WAV", or "" and the RIFF header says so;
+        ``sample_rate_hertz`` 0 or the file's rate) or raw LINEAR16 samples (signed 16-bit
+        little-endian mono; ``sample_rate_hertz`` required, 8000..48000). ``max_alternatives``
+        transcripts come back per result, best first; ``word_time_offsets`` adds each word's start
+        and end (seconds). Raises ValueError for an unknown ``encoding``.
+        """
+        config = self._recognition_config(encoding, sample_rate_hertz, max_alternatives, word_time_offsets, model,
+                                          version)
+        r = self._call(self._recognizer.Recognize, recognize_pb2.RecognizeRequest(config=config, audio=bytes(audio)),
+                       timeout)
+        return RecognizeResult(r.model, r.version,
+                               [SpeechResult(_alternatives(x.alternatives), _seconds(x.result_end_time))
+                                for x in r.results],
+                               _seconds(r.total_billed_time))
+
+    def recognize_stream(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        sample_rate_hertz: int,
+        interim_results: bool = True,
+        max_alternatives: int = 1,
+        word_time_offsets: bool = False,
+        model: str = "",
+        version: str = "",
+        timeout: float | None = _UNSET,  # type: ignore[assignment]
+    ) -> Iterator[RecognizeUpdate]:
+        """Transcribe audio as it arrives: yield interim results (with ``interim_results``) while
+        ``chunks`` are sent, then the final result once ``chunks`` is exhausted.
+
+        ``chunks`` yields LINEAR16 audio (signed 16-bit little-endian mono samples at
+        ``sample_rate_hertz``), each an even number of bytes and at most the server's
+        max_chunk_bytes (64 KiB by default); it is read on gRPC's sending thread, so it may block
+        (a microphone, or pacing at real time). An exception it raises cancels the call and is
+        raised here. Leaving the loop early (break, close(), garbage collection) cancels the call
+        on the server. The model must stream (ModelInfo.speech.streaming); "" = the server's
+        default among those that do.
+        """
+        config = recognize_pb2.StreamingRecognitionConfig(
+            config=self._recognition_config("LINEAR16", sample_rate_hertz, max_alternatives, word_time_offsets, model,
+                                            version),
+            interim_results=interim_results,
+        )
+        started = threading.Event()  # set once ``call`` exists: the sender may need to cancel it
+        failure: list[BaseException] = []
+
+        def requests() -> Iterator[recognize_pb2.StreamingRecognizeRequest]:
+            yield recognize_pb2.StreamingRecognizeRequest(streaming_config=config)
+            try:
+                for chunk in chunks:
+                    yield recognize_pb2.StreamingRecognizeRequest(audio_content=bytes(chunk))
+            except Exception as err:  # noqa: BLE001 - raised again on the reading side
+                # Half-closing would ask for a final result of part of the audio: cancel instead.
+                failure.append(err)
+                started.wait()
+                call.cancel()
+
+        call = self._recognizer.StreamingRecognize(
+            requests(), timeout=self.timeout if timeout is _UNSET else timeout, metadata=self._metadata
+        )
+        started.set()
+        try:
+            for r in call:
+                for x in r.results:
+                    yield RecognizeUpdate(r.model, r.version, x.is_final, _alternatives(x.alternatives), x.stability,
+                                          _seconds(x.result_end_time), _seconds(r.total_billed_time))
+        except grpc.RpcError as err:
+            if failure:
+                raise failure[0] from None
+            raise ClientError.from_rpc_error(err) from None
+        finally:
+            call.cancel()  # a no-op when the stream already ended
+
+    @staticmethod
+    def _recognition_config(encoding, sample_rate_hertz, max_alternatives, word_time_offsets, model, version):
+        if encoding not in AUDIO_ENCODINGS:
+            raise ValueError(f"encoding {encoding!r} is not one of {', '.join(repr(e) for e in AUDIO_ENCODINGS)}")
+        return recognize_pb2.RecognitionConfig(
+            encoding=AUDIO_ENCODINGS[encoding], sample_rate_hertz=sample_rate_hertz, max_alternatives=max_alternatives,
+            enable_word_time_offsets=word_time_offsets, model=model, version=version,
+        )
 
     # -- catalogue and health ------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""The client commands of ``seqserve`` (translate, forecast, generate, models, health): a call
-through SeqserveClient and its answer printed as text or JSON."""
+"""The client commands of ``seqserve`` (translate, forecast, generate, score, recognize, models, health):
+a call through SeqserveClient and its answer printed as text or JSON."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import sys
-from collections.abc import Sequence
-from typing import Any, TextIO
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
 
 from .csvhistory import read_csv_history
 from .options import EXIT_RPC_ERROR, EXIT_USAGE
@@ -209,6 +212,148 @@ def run_score(client, args, out: TextIO) -> int:
     return 0
 
 
+DEFAULT_CHUNK_MS = 100.0
+
+
+def read_audio(path: str, stdin: BinaryIO) -> bytes:
+    """The bytes of FILE (``-`` = standard input); ValueError when it cannot be read or is empty."""
+    if path == "-":
+        data = stdin.read()
+    else:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as err:
+            raise ValueError(f"audio file {path!r} cannot be read: {err.strerror or err}") from None
+    if not data:
+        raise ValueError(f"{'standard input' if path == '-' else repr(path)} is empty; expected a WAV file")
+    return data
+
+
+def wav_to_linear16(data: bytes, name: str) -> tuple[bytes, int]:
+    """A mono WAV file's samples as LINEAR16 bytes (signed 16-bit little-endian) and its rate in Hz,
+    for StreamingRecognize, which takes only LINEAR16.
+
+    The file is read as the server reads a WAV for Recognize (service.core.audio.decode: PCM
+    8/16/24/32-bit or float 32/64, mono, 8000..48000 Hz), so --stream takes every file the offline
+    call takes; 16-bit PCM goes out exactly as stored, other formats rounded to 16 bits. Raises
+    ValueError with the decoder's message (e.g. a stereo file: "the WAV file has 2 channels")."""
+    import numpy as np
+
+    from service.core import audio
+    from service.core.errors import ServiceError
+
+    try:
+        decoded = audio.decode(data, audio.WAV, 0)
+    except ServiceError as err:
+        raise ValueError(f"{name}: {err.message}") from None
+    # decode maps int16 to x / 32768, so this gives 16-bit files back bit for bit.
+    samples = np.clip(np.round(decoded.samples * 32768.0), -32768, 32767).astype("<i2")
+    return samples.tobytes(), decoded.rate
+
+
+def pcm_chunks(pcm: bytes, rate: int, chunk_ms: float, realtime: bool) -> Iterator[bytes]:
+    """LINEAR16 ``pcm`` at ``rate`` Hz in chunks of ``chunk_ms`` (whole samples, at least one);
+    ``realtime`` holds each chunk back until the audio it carries has played, as a microphone would."""
+    step = 2 * max(1, round(rate * chunk_ms / 1000))
+    start = time.monotonic()
+    for offset in range(0, len(pcm), step):
+        chunk = pcm[offset : offset + step]
+        if realtime:
+            wait = start + (offset + len(chunk)) / (2 * rate) - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        yield chunk
+
+
+class InterimLine:
+    """Interim transcripts on ``err``: one line rewritten in place on a terminal, else one line each."""
+
+    def __init__(self, err: TextIO) -> None:
+        self.err = err
+        self.tty = err.isatty()
+        self.shown = False
+
+    def show(self, update) -> None:
+        if self.tty:
+            width = max(10, shutil.get_terminal_size().columns - 1)
+            text = update.transcript
+            if len(text) > width:  # a wrapped line cannot be rewritten: show the newest words
+                text = "…" + text[-(width - 1) :]
+            self.err.write(f"\r\x1b[K{text}")
+            self.shown = True
+        else:
+            self.err.write(f"interim {update.result_end_time:.2f} s (stability {update.stability:.2f}): "
+                           f"{update.transcript}\n")
+        self.err.flush()
+
+    def clear(self) -> None:
+        if self.shown:
+            self.err.write("\r\x1b[K")
+            self.err.flush()
+            self.shown = False
+
+
+def write_recognition(alternatives, args, out: TextIO) -> None:
+    """The best transcript, then (--alternatives) each alternative with its confidence and (--words)
+    each word of the best transcript with its offsets and confidence."""
+    out.write((alternatives[0].transcript if alternatives else "") + "\n")
+    if args.alternatives is not None:
+        out.write("\nalternative\tconfidence\ttranscript\n")
+        for i, a in enumerate(alternatives, start=1):
+            out.write(f"{i}\t{a.confidence:.3f}\t{a.transcript}\n")
+    if args.words:
+        out.write("\nword\tstart\tend\tconfidence\n")
+        for w in alternatives[0].words if alternatives else ():
+            out.write(f"{w.word}\t{w.start_time:.3f}\t{w.end_time:.3f}\t{w.confidence:.3f}\n")
+
+
+def run_recognize(client, args, out: TextIO) -> int:
+    from service.client.client import ClientError
+
+    if not args.stream and (args.realtime or args.chunk_ms is not None):
+        raise ValueError("--chunk-ms and --realtime apply to --stream only")
+    data = read_audio(args.file, sys.stdin.buffer)
+    params = dict(model=args.model, version=args.version, max_alternatives=args.alternatives or 1,
+                  word_time_offsets=args.words)
+    if not args.stream:
+        result = client.recognize(data, encoding="WAV", **params)
+        if args.json:
+            print_json({**dataclasses.asdict(result), "transcript": result.transcript}, out)
+            return 0
+        write_recognition(result.results[0].alternatives if result.results else [], args, out)
+        print(f"[{result.model} v{result.version}, {result.total_billed_time:.2f} s of audio]", file=sys.stderr)
+        return 0
+
+    pcm, rate = wav_to_linear16(data, "standard input" if args.file == "-" else args.file)
+    chunks = pcm_chunks(pcm, rate, args.chunk_ms or DEFAULT_CHUNK_MS, args.realtime)
+    interim, final = InterimLine(sys.stderr), None
+    try:
+        for update in client.recognize_stream(chunks, sample_rate_hertz=rate, interim_results=True, **params):
+            if args.json:
+                out.write(json.dumps({**dataclasses.asdict(update), "transcript": update.transcript}, sort_keys=True,
+                                     ensure_ascii=False) + "\n")
+                out.flush()
+            elif not update.is_final:
+                interim.show(update)
+            if update.is_final:
+                final = update
+    except ClientError as err:
+        interim.clear()
+        if final is not None and not args.json:  # a deadline or a drain: what was heard, then the error
+            write_recognition(final.alternatives, args, out)
+        if err.code == "FAILED_PRECONDITION":
+            raise ClientError(err.code, f"{err.message}; or leave out --stream to recognise the whole file at once",
+                              err.field) from None
+        raise
+    interim.clear()
+    if final is None:
+        raise ClientError("UNKNOWN", "the stream ended without a final result")
+    if not args.json:
+        write_recognition(final.alternatives, args, out)
+        print(f"[{final.model} v{final.version}, {final.total_billed_time:.2f} s of audio, streamed]", file=sys.stderr)
+    return 0
+
+
 def run_models(client, args, out: TextIO) -> int:
     if args.name:
         models = [client.get_model(args.name, args.version)]
@@ -234,7 +379,8 @@ def run_models(client, args, out: TextIO) -> int:
     return 0
 
 
-SERVICES = ("seqserve.v1.Translator", "seqserve.v1.Forecaster", "seqserve.v1.Generator", "seqserve.v1.Models")
+SERVICES = ("seqserve.v1.Translator", "seqserve.v1.Forecaster", "seqserve.v1.Generator", "seqserve.v1.Recognizer",
+            "seqserve.v1.Models")
 
 
 def run_health(client, args, out: TextIO) -> int:
@@ -260,6 +406,7 @@ CLIENT_COMMANDS = {
     "forecast": run_forecast,
     "generate": run_generate,
     "score": run_score,
+    "recognize": run_recognize,
     "models": run_models,
     "health": run_health,
 }

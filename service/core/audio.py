@@ -93,6 +93,27 @@ def decode(data: bytes, encoding: str, sample_rate_hertz: int, *, max_seconds: f
     return Audio(_samples(body, fmt), fmt.rate)
 
 
+def from_samples(samples: np.ndarray, sample_rate_hertz: int, *, max_seconds: float | None = None) -> Audio:
+    """Float samples (N,) in [-1, 1] at ``sample_rate_hertz`` (as the Open Inference Protocol's FP32
+    audio tensors carry them) -> Audio; NaN/inf, values beyond +-1, emptiness, a bad rate and the
+    duration limit are InvalidArgument."""
+    if not MIN_RATE <= sample_rate_hertz <= MAX_RATE:
+        raise InvalidArgument(
+            f"config.sample_rate_hertz {sample_rate_hertz} is outside {MIN_RATE}..{MAX_RATE}; samples need their rate",
+            field="config.sample_rate_hertz",
+        )
+    samples = np.asarray(samples)
+    if samples.ndim != 1 or not len(samples):
+        raise InvalidArgument(f"audio has shape {list(samples.shape)}; it must be a non-empty row of samples",
+                              field="audio")
+    bad = ~np.isfinite(samples) | (np.abs(samples) > 1.0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InvalidArgument(f"audio sample {i} is {samples[i]}; samples must be finite, within -1..1", field="audio")
+    _check_seconds(len(samples) / sample_rate_hertz, max_seconds)
+    return Audio(samples.astype(np.float32), sample_rate_hertz)
+
+
 def pcm16(data: bytes, field: str = "audio") -> np.ndarray:
     """LINEAR16 bytes (little-endian int16) -> float32 (N,) in [-1, 1) as x / 32768; empty gives (0,).
 

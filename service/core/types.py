@@ -148,7 +148,8 @@ class RecognitionConfig:
 @dataclass
 class RecognizeRequest:
     config: RecognitionConfig = field(default_factory=RecognitionConfig)
-    audio: bytes = b""
+    audio: bytes = b""  # encoded as config.encoding says
+    samples: np.ndarray | None = None  # instead of audio: float samples in [-1, 1] at config.sample_rate_hertz
 
 
 @dataclass

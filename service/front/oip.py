@@ -42,6 +42,10 @@ TENSORS = {
                  [("text", "BYTES", [-1]), ("finish_reason", "BYTES", [-1]), ("completion_tokens", "INT32", [-1]),
                   ("cum_logprob", "FP64", [-1]), ("token_logprobs", "FP64", [-1, -1]),
                   ("logprob", "FP64", [-1]), ("greedy", "BOOL", [-1])]),
+    # audio: one encoded recording per row (WAV, or LINEAR16 with parameter sample_rate_hertz), or
+    # FP32/FP64 samples [rows, samples] in -1..1 at sample_rate_hertz
+    "recognize": ([("audio", "BYTES", [-1])],
+                  [("transcript", "BYTES", [-1]), ("confidence", "FP32", [-1]), ("audio_seconds", "FP32", [-1])]),
 }
 # Inputs a model may go without: a generation model given `continuation` scores it after `prompt`
 # (Generator.Score, one continuation per row) instead of generating.
@@ -52,6 +56,7 @@ PARAMETERS = {
     "generate": {"max_tokens": int_parameter, "temperature": float_parameter, "top_k": int_parameter,
                  "top_p": float_parameter, "seed": int_parameter, "stop": string_parameter,
                  "logprobs": bool_parameter},
+    "recognize": {"sample_rate_hertz": int_parameter, "encoding": string_parameter},
 }
 
 
@@ -133,7 +138,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if "continuation" in inputs:
             version, outputs = await self._score(info, inputs["prompt"], inputs["continuation"], params, deadline)
         else:
-            infer = {"translate": self._translate, "forecast": self._forecast, "generate": self._generate}[info.task]
+            infer = {"translate": self._translate, "forecast": self._forecast, "generate": self._generate,
+                     "recognize": self._recognize}[info.task]
             version, outputs = await infer(info, datatype, array, params, deadline)
         wanted = [o.name for o in request.outputs]
         known = [name for name, _, _, _ in outputs]
@@ -213,6 +219,37 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         ("token_logprobs", "FP64", steps, [len(results), steps.shape[1]])]
         return results[0].version, outputs
 
+    async def _recognize(self, info, datatype, array, params, deadline):
+        """Each row: one recording (encoded bytes, or float samples), its best transcript."""
+        encoding = params.get("encoding", "")
+        if encoding not in ("", "LINEAR16", "WAV"):
+            raise InvalidArgument(f"parameters.encoding {encoding!r} is not one of LINEAR16, WAV",
+                                  field="parameters.encoding")
+        config = types.RecognitionConfig(encoding=encoding, sample_rate_hertz=params.get("sample_rate_hertz", 0),
+                                         model=info.name, version=info.asked)
+        if datatype in ("FP32", "FP64"):
+            if array.ndim != 2:
+                raise InvalidArgument(f"inputs['audio'] has shape {list(array.shape)}; samples take [rows, samples]",
+                                      field="inputs")
+            requests = [types.RecognizeRequest(config, samples=row) for row in array]
+        elif datatype == "BYTES":
+            rows = array[:, 0] if array.ndim == 2 and array.shape[1] == 1 else array
+            if rows.ndim != 1:
+                raise InvalidArgument(f"inputs['audio'] has shape {list(array.shape)}; encoded audio takes [rows] or "
+                                      "[rows, 1]", field="inputs")
+            requests = [types.RecognizeRequest(config, audio=bytes(r)) for r in rows]
+        else:
+            raise InvalidArgument(f"inputs['audio'] is {datatype}; it must be BYTES (encoded audio) or FP32/FP64 "
+                                  "(samples)", field="inputs")
+        results = await _gather((self.engine.recognize(r, deadline) for r in requests), info.task)
+        shape = [len(results)]
+        best = [r.result.alternatives[0] for r in results]
+        return results[0].version, [
+            ("transcript", "BYTES", [a.transcript.encode() for a in best], shape),
+            ("confidence", "FP32", np.array([a.confidence for a in best], np.float32), shape),
+            ("audio_seconds", "FP32", np.array([r.audio_seconds for r in results], np.float32), shape),
+        ]
+
     async def _score(self, info, prompt, continuation, params, deadline):
         """Each row: log P(continuation | prompt), as Generator.Score gives it."""
         prompts = _strings(prompt[1], prompt[0], "prompt")
@@ -272,7 +309,7 @@ class Route:
 
 # Engine request fields that come from a ModelInfer input: their errors name the input and row.
 _INPUT_FIELDS = {"texts": "text", "history": "history", "channels": "history", "prompt": "prompt",
-                 "continuations": "continuation"}
+                 "continuations": "continuation", "audio": "audio"}
 
 
 async def _gather(calls, task: str) -> list:
@@ -296,8 +333,9 @@ async def _gather(calls, task: str) -> list:
 def _in_row(err: InvalidArgument, row: int | None, task: str) -> InvalidArgument:
     """An engine error in the protocol's terms: an input's names the input (and the row), a
     parameter's is put under parameters.NAME."""
-    if (err.field or "") in PARAMETERS[task]:
-        return InvalidArgument(f"parameters.{err.field}: {err.message}", field=f"parameters.{err.field}")
+    field = (err.field or "").removeprefix("config.")  # a recognition config's fields are parameters here
+    if field in PARAMETERS[task]:
+        return InvalidArgument(f"parameters.{field}: {err.message}", field=f"parameters.{field}")
     name = _INPUT_FIELDS.get(err.field or "")
     if name is None:
         return err

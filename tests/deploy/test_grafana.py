@@ -48,6 +48,8 @@ def test_dashboard_covers_the_required_views():
         "seqserve_batch_size_bucket", "seqserve_requests_in_flight", "seqserve_queue_depth",
         "seqserve_time_to_first_token_seconds_bucket", "seqserve_time_between_tokens_seconds_bucket",
         "seqserve_generated_tokens_total", "seqserve_model_info", "grpc_server_handled_total",
+        "seqserve_audio_seconds_total", "seqserve_speech_compute_seconds_total", "seqserve_real_time_factor_bucket",
+        "seqserve_speech_result_latency_seconds_bucket",
     ):
         assert name in used, f"no panel shows {name}"
     quantiles = {q.split(",")[0] for _, q in panel_queries() if "seqserve_request_duration_seconds_bucket" in q}

@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
 from service.front.metrics import Metrics, series_names, start_metrics_server, stop_metrics_server
-from service.v1 import forecast_pb2, generate_pb2, models_pb2, translate_pb2
+from service.v1 import forecast_pb2, generate_pb2, models_pb2, recognize_pb2, recognize_pb2_grpc, translate_pb2
 from tests.deploy.conftest import DEPLOY
 from tests.deploy.promql import grafana_to_promql
 from tests.integration.harness import free_port, metric_value, rpc_error, serving, wait_until
@@ -55,6 +56,16 @@ async def drive(served) -> None:
         pass
     await served.models.ListModels(models_pb2.ListModelsRequest())
     await served.models.GetModel(models_pb2.GetModelRequest(name="tiny-forecast"))
+    # Speech: an offline recognition and a stream with interim results.
+    speech = recognize_pb2_grpc.RecognizerStub(served.channel)
+    config = recognize_pb2.RecognitionConfig(encoding=recognize_pb2.RecognitionConfig.LINEAR16, sample_rate_hertz=8000)
+    audio = (np.sin(np.arange(8000) / 3.0) * 8000).astype("<i2").tobytes()
+    await speech.Recognize(recognize_pb2.RecognizeRequest(config=config, audio=audio))
+    stream = [recognize_pb2.StreamingRecognizeRequest(
+        streaming_config=recognize_pb2.StreamingRecognitionConfig(config=config, interim_results=True)),
+        *(recognize_pb2.StreamingRecognizeRequest(audio_content=audio[i : i + 3200]) for i in range(0, len(audio), 3200))]
+    async for _ in speech.StreamingRecognize(iter(stream)):
+        pass
 
     # RESOURCE_EXHAUSTED: more sentences than the server's decoding streams (max_streams=4 below).
     err = await rpc_error(served.translator.Translate(translate_pb2.TranslateRequest(texts=["ka"] * 5)))

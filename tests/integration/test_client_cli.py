@@ -166,7 +166,8 @@ async def test_cli_models_and_health(served, capsys):
     rc, out, _ = await run_cli(capsys, "models", "--address", served.address)
     lines = out.splitlines()
     assert rc == 0 and lines[0].split()[:3] == ["NAME", "VERSION", "TASK"]
-    assert [line.split()[0] for line in lines[1:]] == ["tiny-forecast", "tiny-forecast3", "tiny-generate", "tiny-translate"]
+    assert [line.split()[0] for line in lines[1:]] == ["tiny-forecast", "tiny-forecast3", "tiny-generate", "tiny-recognize",
+                                                   "tiny-translate"]
     assert "WEIGHTS" in lines[0].split() and all(" float32 " in line for line in lines[1:])
     rc, out, _ = await run_cli(capsys, "models", "tiny-generate", "--json", "--address", served.address)
     assert json.loads(out)["task"] == "generate"
@@ -200,7 +201,8 @@ async def test_health_takes_short_service_names_and_lists_the_real_ones(served, 
     rc, out, err = await run_cli(capsys, "health", "--service", "Translater", "--address", served.address)
     assert rc == cli.EXIT_RPC_ERROR and out == ""
     assert err == ("error: NOT_FOUND: the server has no service 'Translater'; it answers for '' (the whole server), "
-                   "seqserve.v1.Translator, seqserve.v1.Forecaster, seqserve.v1.Generator, seqserve.v1.Models\n")
+                   "seqserve.v1.Translator, seqserve.v1.Forecaster, seqserve.v1.Generator, seqserve.v1.Recognizer, "
+                   "seqserve.v1.Models\n")
 
 
 async def test_arguments_that_are_not_utf8_are_refused_in_one_line():

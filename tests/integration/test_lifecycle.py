@@ -35,7 +35,7 @@ async def _status(served, service: str) -> int:
 
 
 async def test_health_follows_loading_and_draining(models_dir):
-    async with serving(models_dir, start_engine=False) as s:
+    async with serving(models_dir, start_engine=False, max_tokens=5000) as s:
         for service in ["", "seqserve.v1.Models", *TASK_SERVICES]:
             assert await _status(s, service) == NOT_SERVING, service
         err = await rpc_error(s.forecaster.Forecast(forecast_pb2.ForecastRequest(history=HISTORY)))
@@ -47,9 +47,10 @@ async def test_health_follows_loading_and_draining(models_dir):
         reply = await s.forecaster.Forecast(forecast_pb2.ForecastRequest(history=HISTORY))
         assert reply.version == "1"
 
-        # A stream in flight when draining starts may finish within the grace period.
+        # A stream in flight when draining starts may finish within the grace period (long enough, at
+        # ~0.3 ms a token, to be still running when the checks below are done).
         in_flight = s.generator.GenerateStream(
-            generate_pb2.GenerateRequest(prompt="First", max_tokens=300, temperature=0.0))
+            generate_pb2.GenerateRequest(prompt="First", max_tokens=5000, temperature=0.0))
         await in_flight.read()
         overall_down = asyncio.create_task(watch_health(s, "", NOT_SERVING))
         draining = asyncio.create_task(s.drain(grace_s=20.0))
@@ -65,7 +66,7 @@ async def test_health_follows_loading_and_draining(models_dir):
         err = await rpc_error(oip.ModelInfer(oip_pb2.ModelInferRequest(model_name="tiny-forecast")))
         assert (err.code(), err.details()) == (grpc.StatusCode.UNAVAILABLE, "server is draining")
         rest = await _read_rest(in_flight)
-        assert rest[-1].finish_reason == "length" and rest[-1].completion_tokens == 300
+        assert rest[-1].finish_reason == "length" and rest[-1].completion_tokens == 5000
         await asyncio.wait_for(draining, timeout=20)
 
         # Drained: the port no longer answers.

@@ -220,3 +220,61 @@ async def test_generation_logprobs_and_scoring_continuations(served):
     scoring.parameters["max_tokens"].int64_param = 3
     err = await rpc_error(served.oip.ModelInfer(scoring))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "for generating" in err.details()
+
+
+async def test_recognition_takes_encoded_audio_or_samples(served):
+    import io
+    import wave
+
+    from service.v1 import recognize_pb2
+
+    rng = np.random.default_rng(3)
+    signals = [(0.2 * np.sin(np.arange(n) / 3.0) + 0.01 * rng.standard_normal(n)).astype(np.float32)
+               for n in (6000, 9000)]
+    pcm = [(x * 32767).astype("<i2").tobytes() for x in signals]
+
+    def wav(data: bytes) -> bytes:
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes(data)
+        return buf.getvalue()
+
+    reply = await served.oip.ModelInfer(request("tiny-recognize", "audio", "BYTES", [2], framed([wav(p) for p in pcm])))
+    assert [o.name for o in reply.outputs] == ["transcript", "confidence", "audio_seconds"]
+    np.testing.assert_allclose(output(reply, "audio_seconds"), [0.75, 1.125])
+    config = recognize_pb2.RecognitionConfig(encoding=recognize_pb2.RecognitionConfig.LINEAR16, sample_rate_hertz=8000)
+    for row, data in enumerate(pcm):  # each row answers as its own Recognize call
+        alone = await recognize_pb2_grpc_stub(served).Recognize(recognize_pb2.RecognizeRequest(config=config, audio=data))
+        assert output(reply, "transcript")[row] == alone.results[0].alternatives[0].transcript.encode()
+        assert output(reply, "confidence")[row] == pytest.approx(alone.results[0].alternatives[0].confidence, abs=1e-6)
+    raw16 = await served.oip.ModelInfer(request("tiny-recognize", "audio", "BYTES", [1], framed(pcm[:1]),
+                                                encoding="LINEAR16", sample_rate_hertz=8000))
+    assert output(raw16, "transcript")[0] == output(reply, "transcript")[0]
+    samples = np.stack([x[:6000] for x in signals])  # FP32 samples at sample_rate_hertz
+    by_samples = await served.oip.ModelInfer(request("tiny-recognize", "audio", "FP32", [2, 6000], samples.tobytes(),
+                                                     sample_rate_hertz=8000))
+    np.testing.assert_allclose(output(by_samples, "audio_seconds"), [0.75, 0.75])
+    meta = await served.oip.ModelMetadata(pb.ModelMetadataRequest(name="tiny-recognize"))
+    assert [(t.name, t.datatype) for t in meta.inputs] == [("audio", "BYTES")]
+    for req, words, field in (
+        (request("tiny-recognize", "audio", "FP32", [1, 100], np.full(100, 2.0, np.float32).tobytes(), sample_rate_hertz=8000),
+         "inputs['audio'] row 0: audio sample 0 is 2.0", "inputs"),
+        (request("tiny-recognize", "audio", "BYTES", [1], framed(pcm[:1]), encoding="LINEAR16"),
+         "parameters.sample_rate_hertz: config.sample_rate_hertz 0 is outside", "parameters.sample_rate_hertz"),
+        (request("tiny-recognize", "audio", "BYTES", [1], framed(pcm[:1]), encoding="MP3"),
+         "parameters.encoding 'MP3' is not one of LINEAR16, WAV", "parameters.encoding"),
+        (request("tiny-recognize", "audio", "INT32", [1, 2], np.zeros(2, np.int32).tobytes()),
+         "inputs['audio'] is INT32", "inputs"),
+    ):
+        err = await rpc_error(served.oip.ModelInfer(req))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and words in err.details(), err.details()
+        assert bad_request_fields(err) == [field]
+
+
+def recognize_pb2_grpc_stub(served):
+    from service.v1 import recognize_pb2_grpc
+
+    return recognize_pb2_grpc.RecognizerStub(served.channel)

@@ -1257,7 +1257,7 @@ def test_regression_long_echoed_names_keep_their_status(live, size):
             assert "characters cut]..." in message
         if code == "INVALID_ARGUMENT":
             assert bad_request_fields(err) == ["task"] and message.endswith(
-                "is not one of translate, forecast, generate"
+                "is not one of translate, forecast, generate, recognize"
             )
         else:
             assert "' not found; the models are: " in message or "has no version" in message

@@ -184,7 +184,7 @@ async def test_bad_streams_are_invalid_argument_naming_the_field(served):
         ([audio], "message 0 has no streaming_config", "streaming_config"),
         ([first(config()), audio, first(config())], "message 2 carries streaming_config", "streaming_config"),
         ([first(config()), recognize_pb2.StreamingRecognizeRequest(audio_content=b"\x01\x02\x03")],
-         "audio_content has 3 bytes; LINEAR16 needs an even number", "audio_content"),
+         "audio_content of message 1 has 3 bytes; LINEAR16 needs an even number", "audio_content"),
         ([first(config()), recognize_pb2.StreamingRecognizeRequest(audio_content=b"\x00" * 8002)],
          "audio_content of message 1 has 8,002 bytes; the limit is 8,000 (max_chunk_bytes)", "audio_content"),
         ([first(config()), *[recognize_pb2.StreamingRecognizeRequest(audio_content=b"\x00" * 8000)] * 9],

@@ -167,15 +167,19 @@ class RecognizeModel:
 
     # ---- offline
 
-    def prepare(self, config: RecognitionConfig, data: bytes) -> tuple[np.ndarray, float]:
-        """Validate and decode; returns the samples at the model's rate (float32 (N,)) and the seconds received."""
+    def prepare(self, config: RecognitionConfig, data: bytes, samples: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """Validate and decode ``data`` (or take ``samples``, floats at config.sample_rate_hertz);
+        returns the samples at the model's rate (float32 (N,)) and the seconds received."""
         cfg = self._config
         n = config.max_alternatives
         if n < 0 or n > cfg.max_alternatives:
             raise InvalidArgument(f"config.max_alternatives {n} is outside 0..{cfg.max_alternatives}",
                                   field="config.max_alternatives")
-        encoding = config.encoding or (A.WAV if data[:4] in (b"RIFF", b"RF64") else A.LINEAR16)
-        audio = A.decode(data, encoding, config.sample_rate_hertz, max_seconds=cfg.max_audio_seconds)
+        if samples is not None:
+            audio = A.from_samples(samples, config.sample_rate_hertz, max_seconds=cfg.max_audio_seconds)
+        else:
+            encoding = config.encoding or (A.WAV if data[:4] in (b"RIFF", b"RF64") else A.LINEAR16)
+            audio = A.decode(data, encoding, config.sample_rate_hertz, max_seconds=cfg.max_audio_seconds)
         samples = A.resample(audio.samples, audio.rate, self.spec.sample_rate)
         if len(samples) < self.spec.frame_samples:
             ms = 1000.0 * self.spec.frame_samples / self.spec.sample_rate
@@ -184,12 +188,13 @@ class RecognizeModel:
         return samples, audio.seconds
 
     async def recognize(self, req: RecognizeRequest, deadline: float | None) -> RecognizeResult:
-        samples, seconds = self.prepare(req.config, req.audio)
+        samples, seconds = self.prepare(req.config, req.audio, req.samples)
         started = time.perf_counter()
         log_probs = await self._batcher.submit(samples, deadline)  # (T, V)
         self._ctx.sink.speech_audio(self.name, self.version, "offline", seconds, time.perf_counter() - started)
+        # result_end_time: the frames recognised (the tail shorter than a frame is not), as a stream's
         result = speech_result(self.spec, log_probs, req.config.max_alternatives, req.config.word_time_offsets,
-                               len(samples) / self.spec.sample_rate)
+                               len(log_probs) * self.spec.frame_seconds)
         return RecognizeResult(self.name, self.version, result, seconds)
 
     async def _run_batch(self, signals: list[np.ndarray]) -> list[np.ndarray]:
@@ -275,7 +280,10 @@ class AudioStream:
         if len(data) > cfg.max_chunk_bytes:
             raise InvalidArgument(f"{field} of message {index} has {len(data):,} bytes; the limit is "
                                   f"{cfg.max_chunk_bytes:,} (max_chunk_bytes)", field=field)
-        samples = A.pcm16(data, field)
+        try:
+            samples = A.pcm16(data, field)
+        except InvalidArgument as err:
+            raise InvalidArgument(err.message.replace(field, f"{field} of message {index}", 1), field=field) from None
         seconds = self.received_seconds + len(samples) / self._rate
         if seconds > cfg.max_stream_seconds:
             raise InvalidArgument(f"the stream has {seconds:.1f} s of audio; the limit is {cfg.max_stream_seconds:g} s "
