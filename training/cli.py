@@ -1,4 +1,4 @@
-"""seqserve-train: train, export, evaluate, quantize, compare and gradient-flow subcommands."""
+"""seqserve-train: train, export, evaluate, quantize, compare, speakers and gradient-flow subcommands."""
 
 from __future__ import annotations
 
@@ -208,6 +208,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_speakers(args: argparse.Namespace) -> int:
+    from training.speakers import cross_speaker
+
+    config = _resolve_config(argparse.Namespace(**{**vars(args), "task": "recognize", "out": None}))
+    speakers = [s.strip() for s in args.speakers.split(",") if s.strip()] if args.speakers else None
+    try:
+        cross_speaker(config, args.out, speakers, data_dir=args.data_dir, max_items=args.max_items)
+    except ValueError as err:
+        raise SystemExit(f"bad config: {err}") from None
+    print((Path(args.out) / "speakers.md").read_text(encoding="utf-8"))
+    print(f"wrote {args.out}/speakers.csv, speakers.md and one run directory per speaker")
+    return 0
+
+
 # Arguments several subcommands take, defined once: name -> (flags, add_argument keywords).
 SHARED_ARGUMENTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "task": (("task",), {"choices": TASKS}),
@@ -308,6 +322,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-items", type=int, default=0, metavar="N", help="evaluate on the first N items only")
     add_shared(c, "set")
     c.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser(
+        "speakers", help="speech: leave-one-speaker-out, one training per held-out FSDD speaker",
+        description="Train a recognize config on FSDD once per held-out speaker (data.holdout), the other five "
+        "speakers' takes 10-49 for training and 5-9 for early stopping, and score each fold on every take of its "
+        "speaker: single-recording accuracy and connected-digit error rate (offline, and streaming for "
+        "unidirectional models). Writes OUT/SPEAKER/ per fold, OUT/speakers.csv and OUT/speakers.md with the mean "
+        "and the worst fold. Folds already scored are skipped; an interrupted fold resumes.",
+        epilog=preset_list,
+    )
+    add_shared(s, "config", "preset")
+    s.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    s.add_argument("--speakers", default="", help="comma-separated speakers (default: all six)")
+    s.add_argument("--max-items", type=int, default=0, metavar="N", help="score each fold on its first N items only")
+    add_shared(s, "seed", "data_dir", "set")
+    s.set_defaults(func=cmd_speakers)
 
     sub.add_parser("gradient-flow", help="gradient-flow report per cell (see gradient-flow --help)", add_help=False)
     for parser in sub.choices.values():

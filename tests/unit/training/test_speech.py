@@ -1,0 +1,131 @@
+"""Speech training: the features graph, FSDD's splits and digit strings, the CTC model, export with the
+features in front, evaluation and the leave-one-speaker-out runner (synthetic tones: no data needed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from service.contract import graph_spec, read_manifest
+from service.inference.speech import ChunkFramer
+from training.data import speech as S
+from training.features import FeatureExtractor, FeatureSpec, feature_graph
+from training.models import SpeechConfig, SpeechRecognizer
+
+SPEC = FeatureSpec()
+
+
+def test_features_of_a_stream_cut_anywhere_equal_the_offline_features():
+    rng = np.random.default_rng(0)
+    audio = (0.2 * rng.standard_normal(4321)).astype(np.float32)
+    offline = FeatureExtractor(SPEC)(audio[None])[0]
+    assert offline.shape == (4321 // SPEC.hop, SPEC.n_mels)
+    step = ort.InferenceSession(feature_graph(SPEC, pad_front=False).SerializeToString())
+    framer, parts = ChunkFramer(SPEC.context, 2 * SPEC.hop), []
+    for a, b in ((0, 7), (7, 1000), (1000, 1001), (1001, 4321)):
+        framer.push(audio[a:b])
+        chunk = framer.take()
+        if chunk is not None:
+            parts.append(step.run(None, {"audio": chunk[None]})[0][0])
+    streamed = np.concatenate(parts)
+    assert framer.pending < 2 * SPEC.hop and len(streamed) == (4321 // 160) * 2  # a tail under one frame waits
+    np.testing.assert_array_equal(streamed, offline[: len(streamed)])
+
+
+def test_log_mel_matches_a_numpy_reference():
+    t = np.arange(8000) / 8000
+    audio = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    feats = FeatureExtractor(SPEC)(audio[None])[0]  # (100, 40)
+    # the 1 kHz tone: the loudest band is the one whose centre is nearest 1 kHz, in every full frame
+    mel = lambda f: 2595 * np.log10(1 + f / 700)  # noqa: E731 - HTK mel scale, as ONNX MelWeightMatrix
+    centres = 700 * (10 ** (np.linspace(mel(SPEC.f_min), mel(SPEC.f_max), SPEC.n_mels + 2)[1:-1] / 2595) - 1)
+    assert set(feats[5:].argmax(axis=1)) <= {int(np.argmin(np.abs(centres - 1000))) + d for d in (-1, 0, 1)}
+    silence = FeatureExtractor(SPEC)(np.zeros((1, 800), np.float32))[0]
+    np.testing.assert_allclose(silence, np.log(1e-6), rtol=1e-5)
+
+
+def test_splits_by_take_and_by_held_out_speaker():
+    recs = S.synthetic_recordings(0, takes=50)
+    assert [len(S.fsdd_split(recs, s)) for s in ("train", "val", "test")] == [2400, 300, 300]
+    test = S.fsdd_split(recs, "test", holdout="theo")
+    assert len(test) == 500 and {r.speaker for r in test} == {"theo"}
+    for split in ("train", "val"):
+        assert "theo" not in {r.speaker for r in S.fsdd_split(recs, split, holdout="theo")}
+    with pytest.raises(ValueError, match="holdout speaker 'bob'"):
+        S.fsdd_split(recs, "test", holdout="bob")
+
+
+def test_digit_strings_are_seeded_and_scored_by_edit_distance():
+    recs = S.fsdd_split(S.synthetic_recordings(0, takes=10), "test")
+    a, b = S.eval_strings(recs, 5, seed=3), S.eval_strings(recs, 5, seed=3)
+    assert all(np.array_equal(x[0], y[0]) and x[1] == y[1] for x, y in zip(a, b))
+    assert all(2 <= len(d) <= 10 for _, d in a)
+    assert S.digit_error_rate([[1, 2, 3], [4]], [[1, 3], [4, 5]]) == (0.5, 2, 4)
+
+
+def test_fsdd_is_verified_before_use(tmp_path):
+    (tmp_path / "fsdd" / "recordings").mkdir(parents=True)
+    (tmp_path / "fsdd" / "recordings" / "0_x_0.wav").write_bytes(b"RIFF")
+    with pytest.raises(S.DataError, match="recordings hash"):
+        S.load_fsdd(tmp_path)
+
+
+def test_the_model_learns_tone_strings():
+    torch.manual_seed(0)
+    recs = S.fsdd_split(S.synthetic_recordings(0, takes=20), "train")
+    features = FeatureExtractor(SPEC)
+    mean, std = S.feature_stats(recs, features, count=40)
+    model = SpeechRecognizer(SpeechConfig(hidden_size=32, num_layers=1, bidirectional=True, feature_mean=mean,
+                                          feature_std=std, dropout=0.0))
+    batches = S.SpeechBatches(recs, features, 16, 40, seed=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for batch in batches.batches(0):
+        loss = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_export_puts_the_features_in_front_and_keeps_parity(tmp_path):
+    from training.export import export_bundle
+
+    torch.manual_seed(1)
+    for bidirectional in (True, False):
+        model = SpeechRecognizer(SpeechConfig(hidden_size=8, num_layers=1, bidirectional=bidirectional))
+        out = tmp_path / str(bidirectional)
+        m = export_bundle(model, out, name="s", version="1")
+        assert set(m.graphs) == ({"acoustic"} if bidirectional else {"acoustic", "acoustic_step"})
+        assert m.speech.labels == S.LABELS and m.speech.frame_samples == 160
+        assert max(m.extra["export_parity"].values()) < 1e-4
+        for role, file in m.graphs.items():
+            sess = ort.InferenceSession(str(out / file))
+            assert [i.name for i in sess.get_inputs()] == graph_spec(role, "lstm").input_names
+        assert read_manifest(out).speech == m.speech
+
+
+def test_evaluation_and_leave_one_speaker_out(tmp_path):
+    from training.cli import main
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(json.dumps({
+        "task": "recognize", "data": {"dataset": "synthetic", "steps_per_epoch": 3, "val_utterances": 4},
+        "model": {"hidden_size": 8, "num_layers": 1, "bidirectional": False, "dropout": 0.0},
+        "train": {"max_epochs": 1, "batch_size": 4, "progress": False},
+    }))
+    out = tmp_path / "loso"
+    assert main(["speakers", "--config", str(cfg), "--out", str(out), "--speakers", "george,theo", "--max-items", "6"]) == 0
+    rows = (out / "speakers.csv").read_text().splitlines()
+    assert rows[0].startswith("speaker,accuracy,der,string_accuracy,stream_accuracy,stream_der")
+    assert [r.split(",")[0] for r in rows[1:]] == ["george", "theo", "mean", "worst"]
+    figures = json.loads((out / "theo" / "figures.json").read_text())
+    assert figures["holdout"] == "theo" and figures["recordings"] == 6 and 0.0 <= figures["der"]
+    stamp = (out / "theo" / "figures.json").stat().st_mtime_ns
+    assert main(["speakers", "--config", str(cfg), "--out", str(out), "--speakers", "theo"]) == 0
+    assert (out / "theo" / "figures.json").stat().st_mtime_ns == stamp  # a scored fold is not trained again
