@@ -22,6 +22,7 @@ from .repository import DECLARED, Bundle, ModelRepository, ModelVersion, TaskMod
 from .runtime import WorkerPool
 from .scheduler import StreamSlots
 from .tasks import TaskContext, build_model
+from .tasks.context import SpeechStreams
 from .types import (
     LOADING,
     READY,
@@ -74,7 +75,7 @@ class Engine:
         self.admission = Admission()  # requests in the server, counted here (_admit)
         self._executor = WorkerPool(max_workers=workers, thread_name_prefix="seqserve-run", admission=self.admission)
         self._slots = StreamSlots(config.max_streams)
-        self._ctx = TaskContext(config, self._slots, self.sink, workers)
+        self._ctx = TaskContext(config, self._slots, self.sink, workers, SpeechStreams(config.max_speech_streams))
         self._repo = ModelRepository(config, self._build, self._executor, self._on_repository_change, self.sink)
         self._listeners: list[Callable[[], None]] = []
         self._ready = {task: False for task in TASKS}

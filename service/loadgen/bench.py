@@ -10,6 +10,11 @@ For each endpoint it runs a series of load levels:
   requests/s, with at most ``--max-outstanding`` requests in flight (arrivals beyond it are dropped
   and counted).
 
+For ``recognize_stream`` a request is a whole stream: audio sent at real-time pace in ``--chunk-ms``
+chunks, so ``--concurrency N`` is N live streams; its report adds each chunk's latency to the
+interim result that covers it and the final result's latency after the half-close, and the run
+ends with the largest level whose p99 chunk-to-interim latency stayed within 100 ms.
+
 Each level first runs ``--warmup`` seconds whose requests are not counted, lets them finish, then
 measures until ``--duration`` seconds have passed and/or ``--requests`` requests were sent, and
 waits for the requests in flight (each bounded by ``--timeout``). With ``--metrics-address`` the
@@ -17,7 +22,8 @@ server's Prometheus histograms are scraped before and after the measured part of
 
 This module is the command line: ``add_parser`` / ``run`` (and ``config_from_args``). The harness is
 split by concern, each module in service/loadgen/: ``config`` (BenchConfig, Load, ENDPOINTS),
-``corpus`` (built-in sentences and prompts), ``series`` (synthetic forecast histories), ``pools``
+``corpus`` (built-in sentences and prompts), ``series`` (synthetic forecast histories), ``speech``
+(connected-digit audio for the recognize endpoints), ``pools``
 (the prepared requests), ``senders`` (one timed gRPC call), ``runners`` (closed and open loop, one
 level, ``benchmark`` (async) for callers and tests), ``server_metrics`` (the server's histograms),
 ``results`` (outcomes, statistics, CSV_COLUMNS) and ``report`` (table, CSV, plot).
@@ -37,11 +43,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from service.client.options import ADDRESS_ENV, DEFAULT_ADDRESS, EXIT_RPC_ERROR, EXIT_USAGE, with_default_port
-from service.loadgen.config import DEFAULT_CONCURRENCY, ENDPOINTS, BenchConfig
+from service.loadgen.config import (
+    ALL_ENDPOINTS,
+    DEFAULT_CHUNK_MS,
+    DEFAULT_CONCURRENCY,
+    ENDPOINTS,
+    STREAM_P99_BOUND_MS,
+    BenchConfig,
+)
 from service.loadgen.corpus import SENTENCES
 from service.loadgen.report import matplotlib_missing, table_header, table_row, write_csv, write_plot
-from service.loadgen.results import LevelResult
+from service.loadgen.results import LevelResult, stream_capacity
 from service.loadgen.runners import benchmark
+from service.loadgen.speech import DATA_ENV
 
 
 def _list_of(kind: type, what: str) -> Callable[[str], list[Any]]:
@@ -74,7 +88,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     group = p.add_argument_group("workload")
     group.add_argument("--endpoint", action="append", default=[], metavar="NAME",
-                       help=f"{'|'.join(ENDPOINTS)}; repeatable or comma-separated (default: all six)")
+                       help=f"{'|'.join(ALL_ENDPOINTS)}; repeatable or comma-separated (default: the first six; "
+                       "the recognize endpoints only when named)")
     group.add_argument("--model", default="", help="model name (default: the server's default model for each task)")
     group.add_argument("--version", default="", help="model version, digits (default: the model's default version)")
     group.add_argument("--texts", metavar="FILE", help="translate: sentences, one per line (default: built-in German)")
@@ -83,6 +98,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        "the model's min_history and window; equal lengths share batches)")
     group.add_argument("--beam", type=int, default=1, help="translate: beam width (default 1 = greedy)")
     group.add_argument("--max-tokens", type=int, default=32, help="generate: tokens per request (default 32)")
+    group.add_argument("--chunk-ms", type=float, default=DEFAULT_CHUNK_MS, metavar="MS",
+                       help=f"recognize_stream: milliseconds of audio per message, sent at real-time pace "
+                       f"(default {DEFAULT_CHUNK_MS:g})")
+    group.add_argument("--digits", type=_list_of(int, "--digits"), default=[], metavar="N[,MAX]",
+                       help="recognize*: digits per utterance, or a range drawn from (default 2,10: the "
+                       "connected-digits test)")
+    group.add_argument("--data-dir", default="", metavar="DIR",
+                       help=f"recognize*: the data directory whose fsdd/recordings give the spoken digits (default "
+                       f"${DATA_ENV}; without the recordings, synthetic tone strings)")
     group.add_argument("--seed", type=int, default=0, help="seed of inputs, generation and arrivals (default 0)")
 
     group = p.add_argument_group("load")
@@ -119,22 +143,23 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         duration_s=args.duration, max_requests=args.requests, warmup_s=args.warmup,
         max_outstanding=args.max_outstanding, seed=args.seed, texts=texts, beam=args.beam,
         max_tokens=args.max_tokens, history_len=args.history_len, timeout_s=args.timeout, channels=args.channels,
+        chunk_ms=args.chunk_ms, data_dir=args.data_dir, digits=args.digits,
     )
     config.validate()
     return config
 
 
 def _printer(as_json: bool, out: TextIO) -> Callable[[LevelResult], None]:
-    printed_header = False
+    header = ""  # the table header printed last: the recognize endpoints have their own columns
 
     def show(result: LevelResult) -> None:
-        nonlocal printed_header
+        nonlocal header
         if as_json:
             out.write(json.dumps({**result.row(), "error_codes": result.errors}, sort_keys=True) + "\n")
         else:
-            if not printed_header:
-                out.write(table_header() + "\n")
-                printed_header = True
+            if (title := table_header(result.endpoint)) != header:
+                out.write(title + "\n")
+                header = title
             out.write(table_row(result) + "\n")
         out.flush()
 
@@ -164,7 +189,9 @@ def run(args: argparse.Namespace) -> int:
         write_csv(Path(args.csv), results)
     if args.plot:
         write_plot(Path(args.plot), results)
-    # The total goes to stderr with --json so that stdout stays one JSON object per line.
+    # The summary and the total go to stderr with --json so that stdout stays one JSON object per line.
+    if summary := stream_capacity(results, STREAM_P99_BOUND_MS):
+        print(summary, file=sys.stderr if args.json else sys.stdout)
     print(f"total {time.perf_counter() - started:.1f} s, {len(results)} levels",
           file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -12,7 +12,16 @@ from google.protobuf.message import Message
 from service.loadgen.config import BenchConfig
 from service.loadgen.corpus import PROMPTS
 from service.loadgen.series import synthetic_series
-from service.v1 import forecast_pb2, generate_pb2, models_pb2, models_pb2_grpc, open_inference_grpc_pb2, translate_pb2
+from service.loadgen.speech import FSDD_RATE, Utterance
+from service.v1 import (
+    forecast_pb2,
+    generate_pb2,
+    models_pb2,
+    models_pb2_grpc,
+    open_inference_grpc_pb2,
+    recognize_pb2,
+    translate_pb2,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +129,59 @@ async def forecast_shape(channel: grpc.aio.Channel, config: BenchConfig) -> Fore
     spec = info.forecast
     return ForecastShape(window=spec.window or 48, min_history=spec.min_history or 1, channels=spec.channels or 1,
                          name=info.name)
+
+
+@dataclass(frozen=True)
+class SpeechShape:
+    """What the recognize workload needs from the model's SpeechSpec."""
+
+    sample_rate: int = FSDD_RATE
+    frame_seconds: float = 0.03  # the bundled models: hop 80 x stack 3 at 8 kHz
+    streaming: bool = True
+    name: str = ""  # the model's name ("" when it could not be read)
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples per model frame: the streaming graph only takes whole frames."""
+        return max(1, round(self.frame_seconds * self.sample_rate))
+
+
+def recognize_requests(config: BenchConfig, utterances: list[Utterance]) -> list[Message]:
+    """One LINEAR16 Recognize request per utterance, at the utterance's (the model's) rate."""
+    return [recognize_pb2.RecognizeRequest(
+        config=recognize_pb2.RecognitionConfig(encoding=recognize_pb2.RecognitionConfig.LINEAR16,
+                                               sample_rate_hertz=u.rate, model=config.model, version=config.version),
+        audio=u.pcm) for u in utterances]
+
+
+async def speech_shape(channel: grpc.aio.Channel, config: BenchConfig, streaming: bool) -> SpeechShape:
+    """The SpeechSpec of the model to load-test: ``--model``, else the model the server picks for an
+    empty name (the default recognition model; for streams, the default when it can stream, else the
+    first READY one by name that can, as the engine's ``_streaming_default``). When it cannot be read
+    a warning is logged and 8 kHz with 30 ms frames is assumed."""
+    stub = models_pb2_grpc.ModelsStub(channel)
+    try:
+        if config.model:
+            reply = await stub.GetModel(models_pb2.GetModelRequest(name=config.model, version=config.version),
+                                        timeout=config.timeout_s)
+            info = reply.model
+        else:
+            listed = await stub.ListModels(models_pb2.ListModelsRequest(task="recognize"), timeout=config.timeout_s)
+            info = next((m for m in listed.models if m.is_default), None)
+            if streaming and (info is None or not info.speech.streaming):
+                ready = sorted((m for m in listed.models if m.speech.streaming and m.state == "READY"),
+                               key=lambda m: (m.name, -int(m.version or 0)))
+                info = ready[0] if ready else info
+            if info is None:
+                log.warning("the server has no default recognition model; assuming 8 kHz audio and 30 ms frames")
+                return SpeechShape()
+    except grpc.aio.AioRpcError as err:
+        log.warning("cannot read the speech spec (%s: %s); assuming 8 kHz audio and 30 ms frames",
+                    err.code().name, err.details())
+        return SpeechShape()
+    spec = info.speech
+    if not spec.sample_rate or not spec.frame_seconds:
+        log.warning("model %s has no speech spec; assuming 8 kHz audio and 30 ms frames", info.name)
+        return SpeechShape(name=info.name)
+    return SpeechShape(sample_rate=spec.sample_rate, frame_seconds=spec.frame_seconds, streaming=spec.streaming,
+                       name=info.name)

@@ -14,19 +14,22 @@ import grpc
 import numpy as np
 
 from service.client.options import ADDRESS_ENV
-from service.loadgen.config import ENDPOINTS, BenchConfig, Load
+from service.loadgen.config import ALL_ENDPOINTS, BenchConfig, Load
 from service.loadgen.pools import (
     POOL_SIZE,
     forecast_requests,
     forecast_shape,
     generate_requests,
     infer_requests,
+    recognize_requests,
     score_requests,
+    speech_shape,
     translate_requests,
 )
 from service.loadgen.results import OK, LevelResult, Outcome, summarize
-from service.loadgen.senders import Sender, stream_sender, unary_sender
+from service.loadgen.senders import Sender, recognize_stream_sender, stream_sender, unary_sender
 from service.loadgen.server_metrics import scrape, server_stats
+from service.loadgen.speech import speech_workload
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +94,10 @@ async def open_loop(send: Sender, rate: float, duration_s: float, max_requests: 
 
 
 async def run_level(send: Sender, load: Load, config: BenchConfig,
-                    rng: np.random.Generator) -> tuple[list[Outcome], float, int, tuple[str, str] | None]:
+                    rng: np.random.Generator) -> tuple[list[Outcome], float, int, tuple[str, str] | None, float | None]:
     """Warm up (not counted, drained), scrape, measure, scrape. Returns outcomes, elapsed seconds,
-    dropped arrivals and the (before, after) expositions (None without a metrics address)."""
+    dropped arrivals, the (before, after) expositions (None without a metrics address) and when the
+    measured part stopped sending new requests (perf_counter; None when only --requests ends it)."""
 
     async def phase(duration_s: float, max_requests: int, first: int) -> tuple[list[Outcome], float, int]:
         if load.mode == "concurrency":
@@ -103,10 +107,11 @@ async def run_level(send: Sender, load: Load, config: BenchConfig,
     if config.warmup_s > 0:
         await phase(config.warmup_s, 0, POOL_SIZE // 2)
     before = await _try_scrape(config.metrics_address)
+    started = time.perf_counter()
     outcomes, elapsed, dropped = await phase(config.duration_s, config.max_requests, 0)
     after = await _try_scrape(config.metrics_address)
     expositions = (before, after) if before is not None and after is not None else None
-    return outcomes, elapsed, dropped, expositions
+    return outcomes, elapsed, dropped, expositions, started + config.duration_s if config.duration_s > 0 else None
 
 
 async def _try_scrape(metrics_address: str) -> str | None:
@@ -119,8 +124,18 @@ async def _try_scrape(metrics_address: str) -> str | None:
         return None
 
 
-async def _sender(endpoint: str, channels: Sequence[grpc.aio.Channel], config: BenchConfig) -> Sender:
-    rng = np.random.default_rng([config.seed, ENDPOINTS.index(endpoint)])
+async def _sender(endpoint: str, channels: Sequence[grpc.aio.Channel], config: BenchConfig) -> tuple[Sender, str | None]:
+    """The endpoint's sender and, for the recognize endpoints, where its audio came from."""
+    rng = np.random.default_rng([config.seed, ALL_ENDPOINTS.index(endpoint)])
+    if endpoint in ("recognize", "recognize_stream"):
+        streaming = endpoint == "recognize_stream"
+        shape = await speech_shape(channels[0], config, streaming)
+        utterances, source = speech_workload(POOL_SIZE, shape.sample_rate, rng, config.data_dir, config.digits)
+        if streaming:
+            return recognize_stream_sender(channels, utterances, shape, config.model, config.version, config.chunk_ms,
+                                           config.timeout_s, rng), source
+        return unary_sender(endpoint, channels, recognize_requests(config, utterances), config.timeout_s,
+                            [u.seconds for u in utterances]), source
     if endpoint == "forecast":
         requests = forecast_requests(config, await forecast_shape(channels[0], config), rng)
     elif endpoint == "translate":
@@ -132,8 +147,8 @@ async def _sender(endpoint: str, channels: Sequence[grpc.aio.Channel], config: B
     else:
         requests = generate_requests(config, rng)
     if endpoint == "generate_stream":
-        return stream_sender(channels, requests, config.timeout_s)
-    return unary_sender(endpoint, channels, requests, config.timeout_s)
+        return stream_sender(channels, requests, config.timeout_s), None
+    return unary_sender(endpoint, channels, requests, config.timeout_s), None
 
 
 CONNECT_TIMEOUT_S = 5.0  # how long to wait for the server to answer at all before giving up
@@ -156,13 +171,13 @@ async def benchmark(config: BenchConfig,
                 f"no gRPC server answers at {config.address} within {connect_s:g} s: is `seqserve serve` running? "
                 f"Point --address (or {ADDRESS_ENV}) at it") from None
         for endpoint in config.endpoints:
-            send = await _sender(endpoint, channels, config)
+            send, audio_source = await _sender(endpoint, channels, config)
             for index, load in enumerate(config.loads()):
-                rng = np.random.default_rng([config.seed, ENDPOINTS.index(endpoint), index])
-                outcomes, elapsed, dropped, expositions = await run_level(send, load, config, rng)
+                rng = np.random.default_rng([config.seed, ALL_ENDPOINTS.index(endpoint), index])
+                outcomes, elapsed, dropped, expositions, until = await run_level(send, load, config, rng)
                 model = next((o.model for o in outcomes if o.code == OK and o.model), config.model)
                 server = server_stats(*expositions, model=model) if expositions else None
-                result = summarize(endpoint, load, outcomes, elapsed, dropped, server)
+                result = summarize(endpoint, load, outcomes, elapsed, dropped, server, audio_source, until)
                 results.append(result)
                 if on_result is not None:
                     on_result(result)

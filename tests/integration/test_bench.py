@@ -213,3 +213,129 @@ def test_history_len_fixes_or_bounds_forecast_histories():
     assert ranged <= set(range(30, 41)) and len(ranged) > 3
     with pytest.raises(ValueError, match="--history-len"):
         bench.config_from_args(_bench_args("--history-len", "24,12"))
+
+
+# ---- the recognize endpoints, against a server with the tiny streaming speech bundle ------------
+
+SPEECH_QUICK = {"endpoints": ["recognize", "recognize_stream"], "rates": [], "warmup_s": 0.0, "timeout_s": 10.0,
+                "digits": [2]}  # two-digit strings: ~0.5-1.5 s, so a stream level lasts about that long
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def speech_target(tmp_path_factory):
+    pytest.importorskip("torch")
+    from tests.bundles import make_bundle
+
+    models = tmp_path_factory.mktemp("speech") / "models"
+    make_bundle(models, "recognize")  # tiny-recognize/1: random weights, unidirectional (streams), 20 ms frames
+    metrics = Metrics(CollectorRegistry(), process_metrics=False)
+    async with serving(models, metrics=metrics) as served:
+        http, port = start_metrics_server(metrics, "127.0.0.1", 0)
+        try:
+            yield Target(served, f"127.0.0.1:{port}")
+        finally:
+            stop_metrics_server(http)
+
+
+def _fsdd_expected() -> str:
+    from service.loadgen.speech import FSDD, SYNTHETIC, fsdd_folder
+
+    return FSDD if fsdd_folder() is not None else SYNTHETIC
+
+
+@on_module_loop
+async def test_recognize_endpoints_report_audio_rate_and_chunk_latencies(speech_target):
+    from service.loadgen.results import stream_capacity
+
+    config = BenchConfig(address=speech_target.address, metrics_address=speech_target.metrics_address,
+                         concurrency=[2, 4], duration_s=0.0, max_requests=4, **SPEECH_QUICK)
+    results = await benchmark(config)
+
+    assert [(r.endpoint, r.load.label) for r in results] == [
+        (e, c) for e in ("recognize", "recognize_stream") for c in ("c=2", "c=4")]
+    for r in results:
+        assert r.ok == r.requests == 4 and r.errors == {}, r
+        assert (r.model, r.version) == ("tiny-recognize", "1")
+        assert r.audio_source == _fsdd_expected()
+        assert r.audio_s > 4 * 0.3  # two digits of at least 0.144 s each, and the gap between them
+        assert r.audio_x_realtime == pytest.approx(r.audio_s / r.elapsed_s)
+        _assert_ordered(r)
+        row = r.row()
+        assert row["audio_s"] > 0 and row["audio_x_realtime"] > 0 and set(CSV_COLUMNS) == set(row)
+    offline = [r for r in results if r.endpoint == "recognize"]
+    for r in offline:  # offline audio goes through the dynamic batcher: queue and compute per request
+        assert r.chunks is None and r.chunk_ms == {"p50": None, "p99": None} and r.final_ms["p50"] is None
+        assert r.server is not None and r.server.compute_ms is not None and r.server.compute_ms > 0
+        assert r.audio_x_realtime > 1  # a 16-unit LSTM is far faster than real time
+    for r in (r for r in results if r.endpoint == "recognize_stream"):
+        # Real-time pace: no stream ends before its audio has been sent, at most one stream's audio per second each.
+        assert r.latency_ms["p50"] > 300 and r.audio_x_realtime <= r.load.level * 1.05
+        assert r.chunks > 0 and 0 < r.chunk_ms["p50"] <= r.chunk_ms["p99"]
+        assert 0 < r.final_ms["p50"] <= r.final_ms["p99"] and r.send_lag_p99_ms >= 0
+        assert r.server.interim_ms > 0 and r.server.final_ms > 0  # the server's own view of the same latencies
+        # Every 100 ms chunk that completes a 20 ms frame is timed (its interim) or left to the final
+        # result: 4 streams of S s of audio have between S/0.1 - 4 and S/0.1 + 4 such chunks.
+        assert abs(r.chunks + r.chunks_at_final - r.audio_s / 0.1) < r.ok
+        assert r.chunks > r.chunks_at_final
+        assert table_row(r).split()[:4] == ["recognize_stream", r.load.label, "4", "0"]
+    summary = stream_capacity(results)
+    assert summary.startswith("recognize_stream: p99 chunk-to-interim <= 100 ms held up to ")
+    assert "(2: " in summary and "; 4: " in summary
+
+
+@on_module_loop
+async def test_recognize_run_prints_the_speech_table_and_csv(speech_target, tmp_path, capsys):
+    table = tmp_path / "speech.csv"
+    args = _bench_args("--address", speech_target.address, "--endpoint", "recognize_stream", "--endpoint", "recognize",
+                       "--concurrency", "2", "--duration", "0", "--requests", "2", "--warmup", "0",
+                       "--chunk-ms", "50", "--digits", "2", "--csv", str(table))
+    assert (args.chunk_ms, args.digits) == (50.0, [2])
+
+    assert await asyncio.to_thread(bench.run, args) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    assert header[:7] == ["ENDPOINT", "LOAD", "OK", "ERR", "REQ/S", "AUDIO_S", "xRT"]
+    assert {"CHK50", "CHK99", "FIN50", "FIN99"} <= set(header)
+    assert [line.split()[:4] for line in lines[1:3]] == [["recognize_stream", "c=2", "2", "0"],
+                                                         ["recognize", "c=2", "2", "0"]]
+    assert lines[3].startswith("recognize_stream: p99 chunk-to-interim <= 100 ms held up to ")
+    assert lines[4].startswith("total ")
+    rows = list(csv.DictReader(io.StringIO(table.read_text(encoding="utf-8"), newline="")))
+    stream, offline = rows
+    assert float(stream["chunk_p50_ms"]) > 0 and int(stream["chunks"]) > 0 and float(stream["final_p99_ms"]) > 0
+    assert offline["chunk_p50_ms"] == "" and float(offline["audio_x_realtime"]) > 0
+    assert stream["audio_source"] == offline["audio_source"] == _fsdd_expected()
+
+
+@on_module_loop
+async def test_recognize_errors_are_counted_by_code(speech_target):
+    config = BenchConfig(address=speech_target.address, model="no-such-model", concurrency=[2], duration_s=0.0,
+                         max_requests=3, **SPEECH_QUICK)
+    results = await benchmark(config)
+
+    assert [r.endpoint for r in results] == ["recognize", "recognize_stream"]
+    for r in results:
+        assert r.ok == 0 and r.errors == {"NOT_FOUND": 3} and r.audio_s == 0 and r.latency_ms["p50"] is None, r
+        assert table_row(r).endswith("[NOT_FOUND:3]")
+    assert results[1].chunks == 0 and results[1].chunk_ms["p99"] is None and not results[1].holds()
+
+
+def test_speech_workload_reads_fsdd_test_takes_or_says_synthetic(tmp_path, caplog):
+    import numpy as np
+
+    from service.loadgen.speech import FSDD, SYNTHETIC, fsdd_folder, speech_workload
+
+    synthetic, source = speech_workload(8, 8000, np.random.default_rng(0), data_dir=str(tmp_path))
+    assert source == SYNTHETIC and "synthetic" in caplog.text
+    assert all(2 <= len(u.digits) <= 10 and u.rate == 8000 and u.seconds > 0.3 for u in synthetic)
+    wide, _ = speech_workload(4, 16000, np.random.default_rng(0), data_dir=str(tmp_path), digits=[3, 4])
+    again, _ = speech_workload(4, 8000, np.random.default_rng(0), data_dir=str(tmp_path), digits=[3, 4])
+    assert [len(u.digits) for u in wide] == [len(u.digits) for u in again] and {3, 4} >= {len(u.digits) for u in wide}
+    assert [u.samples for u in wide] == [2 * u.samples for u in again]  # resampled to the model's rate
+    if fsdd_folder() is None:
+        pytest.skip("no fsdd/recordings under $SEQSERVE_DATA_DIR")
+    spoken, source = speech_workload(8, 8000, np.random.default_rng(0), digits=[5])
+    repeat, _ = speech_workload(8, 8000, np.random.default_rng(0), digits=[5])
+    assert source == FSDD and [u.pcm for u in spoken] == [u.pcm for u in repeat]  # seeded
+    assert all(len(u.digits) == 5 and 5 * 0.144 + 4 * 0.05 <= u.seconds <= 5 * 2.28 + 4 * 0.4 + 0.6 for u in spoken)

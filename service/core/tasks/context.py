@@ -15,6 +15,14 @@ from ..runtime import GraphRuntime
 from ..scheduler import StepScheduler, StreamSlots
 
 
+class SpeechStreams:
+    """The server-wide count of open recognition streams, against max_speech_streams."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.open = 0
+
+
 @dataclass
 class TaskContext:
     """The server's settings, stream cap and sink, shared by every task model."""
@@ -23,6 +31,7 @@ class TaskContext:
     slots: StreamSlots  # the server-wide cap on decoding streams
     sink: Sink = field(default_factory=lambda: NULL_SINK)  # where every event is recorded
     workers: int = 1  # threads running graph calls: how many batches of one graph may run at once
+    speech_streams: SpeechStreams = field(default_factory=lambda: SpeechStreams(1 << 30))  # the server-wide cap
 
     def batcher(self, model: str, version: str, graph: str, run_batch: Callable[[list[Any]], Awaitable[list[Any]]],
                 key: Callable[[Any], Hashable] | None = None) -> DynamicBatcher:

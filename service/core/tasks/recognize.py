@@ -11,6 +11,7 @@ rows of the output.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -85,15 +86,38 @@ def speech_result(spec: SpeechSpec, log_probs: np.ndarray, max_alternatives: int
     return SpeechResult(out, round(end_time, 3))
 
 
-def interim_result(spec: SpeechSpec, log_probs: np.ndarray, end_time: float) -> SpeechResult:
-    """An interim result: the best path so far; stability = how sure the model is of its latest frames
-    (the geometric mean of their best probabilities), where a transcript still changes."""
-    best = ctc.greedy(log_probs, spec.blank)
-    tail = log_probs[-STABILITY_FRAMES:]
-    stability = float(np.exp(tail.max(axis=1).mean())) if len(tail) else 0.0
-    text = spec.word_separator.join(spec.labels[i] for i in best.labels)
-    return SpeechResult([SpeechAlternative(text, _clip01(best.confidence))], round(end_time, 3), is_final=False,
-                        stability=_clip01(stability))
+class BestPath:
+    """The greedy CTC path of a growing posteriorgram, extended frame by frame (an interim result
+    costs the new frames only, not the whole stream so far)."""
+
+    def __init__(self, blank: int) -> None:
+        self.blank = blank
+        self.labels: list[int] = []
+        self._last = blank  # the best label of the previous frame: a repeat of it is the same label
+        self._sum = 0.0  # sum over frames of the best log-probability
+        self.frames = 0
+        self.recent: collections.deque[float] = collections.deque(maxlen=STABILITY_FRAMES)
+
+    def extend(self, log_probs: np.ndarray) -> None:
+        best = log_probs.argmax(axis=1)
+        top = log_probs[np.arange(len(best)), best]
+        for label in best.tolist():
+            if label != self._last and label != self.blank:
+                self.labels.append(label)
+            self._last = label
+        self._sum += float(top.sum())
+        self.frames += len(best)
+        self.recent.extend(top.tolist())
+
+    def result(self, spec: SpeechSpec, end_time: float) -> SpeechResult:
+        """An interim result: the best path so far; confidence the geometric mean of its frames' best
+        probabilities (as ``ctc.greedy`` gives it), stability that of its latest frames, where a
+        transcript still changes."""
+        confidence = float(np.exp(self._sum / self.frames)) if self.frames else 1.0
+        stability = float(np.exp(np.mean(self.recent))) if self.recent else 0.0
+        text = spec.word_separator.join(spec.labels[i] for i in self.labels)
+        return SpeechResult([SpeechAlternative(text, _clip01(confidence))], round(end_time, 3), is_final=False,
+                            stability=_clip01(stability))
 
 
 class RecognizeModel:
@@ -224,9 +248,10 @@ class RecognizeModel:
         if not A.MIN_RATE <= rate <= A.MAX_RATE:
             raise InvalidArgument(f"{where}.sample_rate_hertz {rate} is outside {A.MIN_RATE}..{A.MAX_RATE}",
                                   field=f"{where}.sample_rate_hertz")
-        if self.streams.open >= cfg.max_speech_streams:
+        open_ = self._ctx.speech_streams
+        if open_.open >= open_.capacity:
             label_request(reason="streams_full")
-            raise ResourceExhausted(f"{self.streams.open} of {cfg.max_speech_streams} recognition streams are open "
+            raise ResourceExhausted(f"{open_.open} of {open_.capacity} recognition streams are open "
                                     "(max_speech_streams); retry later")
         return AudioStream(self, config, interim, deadline)
 
@@ -247,6 +272,7 @@ class AudioStream:
         layers, hidden = model._state_shape
         self.state = {n: np.zeros((layers, 1, hidden), np.float32) for n in model._state_names}
         self.posteriors = Posteriors([])
+        self.best = BestPath(spec.blank)
         self.received_seconds = 0.0  # audio received, at the client's rate
         self._pending_times: list[tuple[int, float]] = []  # (frames needed, perf_counter of the chunk's arrival)
         self._changed = asyncio.Event()
@@ -322,6 +348,8 @@ class AudioStream:
         """Consume one step's rows: (k, V) log-probs and the new state."""
         self.in_flight -= len(log_probs)
         self.posteriors.add(log_probs)
+        if self.interim:
+            self.best.extend(log_probs)
         self.state = states
         self._changed.set()
 
@@ -338,7 +366,6 @@ class AudioStream:
     async def updates(self) -> AsyncIterator[SpeechResult]:
         """Interim results (when asked for) as frames arrive, then the final result once the input ended."""
         spec, sink = self.model.spec, self.model._ctx.sink
-        labels = len(spec.labels)
         while True:
             await self._changed.wait()
             self._changed.clear()
@@ -351,7 +378,7 @@ class AudioStream:
                 self._interim_latency(sink)
                 if self.interim and not (self._ended and self.caught_up):
                     self._sent_frames = self.posteriors.frames
-                    yield interim_result(spec, self.posteriors.array(labels), self.result_end())
+                    yield self.best.result(spec, self.result_end())
             if self._ended and self.caught_up:
                 result = self.final_result()
                 sink.speech_latency(self.model.name, self.model.version, "final", time.perf_counter() - self._ended_at)
@@ -390,17 +417,20 @@ class AudioStepLoop:
         self._wake.set()
 
     def add(self, stream: AudioStream) -> None:
+        """Join the loop (and the server-wide count of open streams) until ``remove``."""
         if self._closed:
             raise Unavailable(f"{self.name} is shutting down")
         self._serial += 1
         stream.serial = self._serial
         self._streams.append(stream)
+        stream.model._ctx.speech_streams.open += 1
         self._meter.streams(len(self._streams))
 
     def remove(self, stream: AudioStream) -> None:
         stream.cancelled = True
         if stream in self._streams:
             self._streams.remove(stream)
+            stream.model._ctx.speech_streams.open -= 1
         self._meter.streams(len(self._streams))
 
     async def close(self) -> None:
@@ -414,7 +444,7 @@ class AudioStepLoop:
             self._task = None
         for s in list(self._streams):
             s.fail(Unavailable(f"{self.name} shut down before the stream finished"))
-        self._streams.clear()
+            self.remove(s)
         self._meter.clear()
 
     async def _loop(self) -> None:

@@ -1,0 +1,71 @@
+"""Recognition's host-side pieces: the incremental best path of interim results, final results, chunk framing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.contract import SpeechSpec
+from service.core.tasks.recognize import BestPath, speech_result
+from service.inference import ctc
+from service.inference.speech import ChunkFramer, pad_batch
+
+SPEC = SpeechSpec(sample_rate=8000, n_fft=256, hop=80, n_mels=40, f_min=20.0, f_max=4000.0, stack=2,
+                  labels=["", *(str(d) for d in range(10))])
+
+
+def posteriorgram(frames: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, (frames, 11))
+    logits[:, 0] += 2.0  # mostly blank, as CTC is
+    return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("cuts", [[], [1], [3, 4, 10], list(range(1, 60))])
+def test_the_best_path_grown_in_parts_is_the_greedy_path_of_the_whole(cuts):
+    lp = posteriorgram(60, len(cuts))
+    path = BestPath(blank=0)
+    for a, b in zip([0, *cuts], [*cuts, 60]):
+        path.extend(lp[a:b])
+    whole = ctc.greedy(lp, 0)
+    assert tuple(path.labels) == whole.labels
+    r = path.result(SPEC, 1.2)
+    assert r.alternatives[0].transcript == " ".join(SPEC.labels[i] for i in whole.labels)
+    assert r.alternatives[0].confidence == pytest.approx(whole.confidence, rel=1e-9)
+    assert not r.is_final and r.stability == pytest.approx(float(np.exp(lp[-10:].max(axis=1).mean())))
+
+
+def test_final_results_rank_alternatives_and_place_words():
+    lp = np.full((12, 11), np.log(1e-4))
+    lp[:, 0] = np.log(1 - 10e-4)
+    lp[3, :] = np.log(1e-4)
+    lp[3, 5], lp[3, 0] = np.log(0.7), np.log(0.3 - 9e-4)  # "4" at frame 3, fairly sure
+    lp[8, :] = np.log(1e-4)
+    lp[8, 2], lp[8, 3] = np.log(0.5), np.log(0.5 - 9e-4)  # "1" or "2" at frame 8
+    r = speech_result(SPEC, lp, 3, True, 0.24)
+    texts = [a.transcript for a in r.alternatives]
+    assert texts[:2] == ["4 1", "4 2"] and len(texts) == 3
+    assert [a.confidence for a in r.alternatives] == sorted((a.confidence for a in r.alternatives), reverse=True)
+    assert sum(a.confidence for a in r.alternatives) <= 1.0 + 1e-6
+    words = r.alternatives[0].words
+    assert [(w.word, w.start, w.end) for w in words] == [("4", 0.06, 0.08), ("1", 0.16, 0.18)]
+    assert words[0].confidence == pytest.approx(0.7, rel=1e-6) and r.end_time == 0.24
+    assert speech_result(SPEC, lp, 1, False, 0.24).alternatives[0].words == []
+    empty = speech_result(SPEC, lp[:0], 1, True, 0.0)
+    assert [(a.transcript, a.confidence) for a in empty.alternatives] == [("", 1.0)]
+
+
+def test_framing_hands_out_whole_frames_with_their_context():
+    f = ChunkFramer(context=176, frame_samples=160)
+    f.push(np.arange(100, dtype=np.float32))
+    assert f.take() is None and f.pending == 100
+    f.push(np.arange(100, 500, dtype=np.float32))
+    chunk = f.take(1)
+    assert len(chunk) == 176 + 160 and not chunk[:176].any() and chunk[176] == 0.0 and chunk[-1] == 159.0
+    rest = f.take()
+    # frame 1 starts at sample 160; its context is samples -16..159 (16 zeros from before the stream)
+    assert len(rest) == 176 + 320 and not rest[:16].any()
+    np.testing.assert_array_equal(rest[16:], np.arange(0, 480, dtype=np.float32))
+    assert f.frames == 3 and f.pending == 20 and f.samples == 500
+    audio, lengths = pad_batch([np.ones(3, np.float32), np.ones(5, np.float32)], least=8)
+    assert audio.shape == (2, 8) and list(lengths) == [3, 5] and audio[0, 3:].sum() == 0
