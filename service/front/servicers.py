@@ -18,7 +18,7 @@ from service.contract import TASKS
 from service.core import types
 from service.core.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
 from service.core.observe import label_request
-from service.core.tasks.recognize import deadline_margin
+from service.core.tasks.speech_streams import deadline_margin
 from service.front.protowire import extend_packed
 from service.front.status import UndecodableRequest, handle_errors, request_decoder
 from service.v1 import (

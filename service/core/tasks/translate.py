@@ -26,8 +26,8 @@ from ..batching import DynamicBatcher
 from ..config import effective_limit
 from ..errors import InvalidArgument, ServiceError
 from ..repository import Bundle
-from ..sentences import SentenceSplitter
 from ..scheduler import StepItem
+from ..sentences import SentenceSplitter
 from ..types import TranslateRequest, TranslateResult, Translation
 from .context import TaskContext
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.contract import SpeechSpec
-from service.core.tasks.recognize import BestPath, speech_result
+from service.core.tasks.speech_streams import BestPath, speech_result
 from service.inference import ctc
 from service.inference.speech import ChunkFramer, pad_batch
 
