@@ -18,6 +18,8 @@ DOMAINS = {
                 "other kinds of text translate poorly",
     "tatoeba": "short everyday sentences (Tatoeba); long or technical text translates poorly",
     "shakespeare": "Shakespeare's plays, character by character",
+    "fsdd": "spoken English digits 0-9, single or strung together, from the Free Spoken Digit Dataset (FSDD), "
+            "Zohar Jackson and contributors, CC BY-SA 4.0 (six male speakers, 8 kHz); other words are not recognised",
 }
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,14 @@ def _portable(path) -> str:
         return str(path)
 
 
+FSDD_ATTRIBUTION = ("Free Spoken Digit Dataset (FSDD), Zohar Jackson and contributors, "
+                    "github.com/Jakobovski/free-spoken-digit-dataset")
+
+
+def dataset_of(run: dict[str, Any]) -> str:
+    return str((run.get("data") or {}).get("dataset", ""))
+
+
 def export_checkpoint(checkpoint: str | Path, models_dir: str | Path, name: str, version: str, description: str = ""):
     """Export ``checkpoint`` as the bundle ``models_dir/name/version``; returns the manifest."""
     from training.export import export_bundle
@@ -142,6 +152,8 @@ def export_checkpoint(checkpoint: str | Path, models_dir: str | Path, name: str,
         max_len = int(run["data"]["max_len"])
         kwargs["limits"] = {"max_source_tokens": 2 * max_len, "max_target_tokens": 2 * max_len}
         kwargs["languages"] = {"source": run["data"]["src_lang"], "target": run["data"]["tgt_lang"]}
+    if model.task == "recognize" and dataset_of(run) == "fsdd":
+        kwargs["extra"] = {"data_license": "CC BY-SA 4.0", "data_attribution": FSDD_ATTRIBUTION}
     if model.task == "forecast":
         columns = list(info.get("columns", []))
         kwargs.update(channel_names=columns, frequency=FREQUENCY.get(run["data"]["dataset"], ""),

@@ -203,6 +203,7 @@ def export_bundle(
     frequency: str = "",
     target_channel: int = -1,
     seed: int = 0,
+    extra: dict[str, Any] | None = None,
 ) -> Manifest:
     """Write ``model`` as a bundle into ``out_dir`` (normally <repository>/<name>/<version>/).
 
@@ -268,7 +269,7 @@ def export_bundle(
         evaluation=dict(evaluation or {}),
         description=description,
         seqserve_version=_seqserve_version(),
-        extra={"export_parity": parity, "onnx_opset": OPSET},
+        extra={**(extra or {}), "export_parity": parity, "onnx_opset": OPSET},
     )
     write_manifest(out, manifest)
     return manifest
