@@ -9,8 +9,10 @@ message) so that a suite can say exactly which calls failed, were refused or wer
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import time
+import wave
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,15 +32,19 @@ from service.v1 import (
     models_pb2_grpc,
     open_inference_grpc_pb2,
     open_inference_grpc_pb2_grpc,
+    recognize_pb2,
+    recognize_pb2_grpc,
     translate_pb2,
     translate_pb2_grpc,
 )
 from tests.integration.harness import ServerProcess
 
-RPCS = ("Forecast", "Translate", "Generate", "GenerateStream", "Score", "ModelInfer", "ListModels", "GetModel", "Check")
+RPCS = ("Forecast", "Translate", "Generate", "GenerateStream", "Score", "Recognize", "StreamingRecognize", "ModelInfer",
+        "ListModels", "GetModel", "Check")
 WORDS = ("ein", "mann", "eine", "frau", "hund", "spielt", "auf", "der", "straße", "im", "park",
          "kinder", "laufen", "über", "die", "wiese", "zwei", "rote", "ball", "xylophon", "ßüöä")
 PROMPT_CHARS = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ,.;:!?'\n"
+SPEECH_RATES = (8000, 16000, 22050, 44100, 48000)  # Hz of the recordings; the server resamples them
 
 
 def metric(exposition: str, name: str, **labels: str) -> float:
@@ -91,19 +97,21 @@ class Mix:
 
     def __init__(self, channel: grpc.aio.Channel, *, seed: int = 0, weights: dict[str, float] | None = None,
                  translate: str = "tiny-translate", forecast: str = "tiny-forecast", generate: str = "tiny-generate",
-                 max_tokens: int = 48, timeout_s: float = 30.0):
+                 recognize: str = "tiny-recognize", max_tokens: int = 48, timeout_s: float = 30.0):
         self.rng = np.random.default_rng(seed)
-        weights = weights or {"Forecast": 4, "Translate": 2, "Generate": 2, "GenerateStream": 2, "Score": 1, "ModelInfer": 2,
-                              "ListModels": 0.5, "GetModel": 0.5, "Check": 0.5}
+        weights = weights or {"Forecast": 4, "Translate": 2, "Generate": 2, "GenerateStream": 2, "Score": 1,
+                              "Recognize": 1.5, "StreamingRecognize": 1.5, "ModelInfer": 2, "ListModels": 0.5,
+                              "GetModel": 0.5, "Check": 0.5}
         self.rpcs = list(weights)
         p = np.array([weights[r] for r in self.rpcs], dtype=float)
         self.p = p / p.sum()
-        self.names = {"translate": translate, "forecast": forecast, "generate": generate}
+        self.names = {"translate": translate, "forecast": forecast, "generate": generate, "recognize": recognize}
         self.max_tokens = max_tokens
         self.timeout_s = timeout_s
         self.forecaster = forecast_pb2_grpc.ForecasterStub(channel)
         self.translator = translate_pb2_grpc.TranslatorStub(channel)
         self.generator = generate_pb2_grpc.GeneratorStub(channel)
+        self.recognizer = recognize_pb2_grpc.RecognizerStub(channel)
         self.oip = open_inference_grpc_pb2_grpc.GRPCInferenceServiceStub(channel)
         self.models = models_pb2_grpc.ModelsStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
@@ -130,9 +138,50 @@ class Mix:
             top_p=float(self.rng.choice([1.0, 0.9])), seed=int(self.rng.integers(0, 2**31)),
             logprobs=bool(self.rng.random() < 0.3), top_logprobs=int(self.rng.choice([0, 0, 3])))
 
+    def speech_samples(self, seconds: float, rate: int) -> np.ndarray:
+        """int16 samples: tone bursts with pauses over a little noise (speech-like for the tiny model)."""
+        t = np.arange(int(seconds * rate)) / rate
+        x = 0.005 * self.rng.standard_normal(len(t))
+        for start in np.arange(0.05, seconds, 0.3):
+            burst = (t >= start) & (t < start + 0.18)
+            x[burst] += 0.3 * np.sin(2 * np.pi * self.rng.uniform(300, 3000) * t[burst])
+        return (np.clip(x, -1, 1) * 32767).astype("<i2")
+
+    def recognize_request(self) -> recognize_pb2.RecognizeRequest:
+        """0.2..2 s at a random rate, as LINEAR16 or (a third of the time) a WAV file."""
+        rate = int(self.rng.choice(SPEECH_RATES))
+        samples = self.speech_samples(float(self.rng.uniform(0.2, 2.0)), rate)
+        config = recognize_pb2.RecognitionConfig(
+            encoding=recognize_pb2.RecognitionConfig.LINEAR16, sample_rate_hertz=rate, model=self.names["recognize"],
+            max_alternatives=int(self.rng.integers(0, 4)), enable_word_time_offsets=bool(self.rng.random() < 0.3))
+        audio = samples.tobytes()
+        if self.rng.random() < 1 / 3:
+            buf = io.BytesIO()
+            with wave.open(buf, "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(rate)
+                w.writeframes(audio)
+            audio = buf.getvalue()
+            config.encoding, config.sample_rate_hertz = recognize_pb2.RecognitionConfig.WAV, 0
+        return recognize_pb2.RecognizeRequest(config=config, audio=audio)
+
+    def stream_messages(self, seconds: tuple[float, float] = (0.2, 1.2)) -> list[recognize_pb2.StreamingRecognizeRequest]:
+        """A short StreamingRecognize stream: the config, then ``seconds`` (a range) of LINEAR16 at 8 or 16
+        kHz in chunks of 50..200 ms, sent as fast as the server takes them."""
+        rate = int(self.rng.choice([8000, 16000]))
+        data = self.speech_samples(float(self.rng.uniform(*seconds)), rate).tobytes()
+        chunk = 2 * int(rate * self.rng.choice([0.05, 0.1, 0.2]))
+        config = recognize_pb2.RecognitionConfig(encoding=recognize_pb2.RecognitionConfig.LINEAR16, sample_rate_hertz=rate,
+                                                 model=self.names["recognize"], max_alternatives=int(self.rng.integers(0, 3)))
+        first = recognize_pb2.StreamingRecognizeRequest(streaming_config=recognize_pb2.StreamingRecognitionConfig(
+            config=config, interim_results=bool(self.rng.random() < 0.5)))
+        return [first, *(recognize_pb2.StreamingRecognizeRequest(audio_content=data[i : i + chunk])
+                         for i in range(0, len(data), chunk))]
+
     def request(self, rpc: str) -> Callable[[float | None], Awaitable[bool]]:
         """A coroutine function sending one random ``rpc`` call with a timeout; returns whether a
-        stream was complete (unary calls: True)."""
+        stream was complete (unary calls: True; Recognize: whether it carried a result)."""
         timeout = self.timeout_s
         if rpc == "Forecast":
             spec = self.spec
@@ -156,6 +205,12 @@ class Mix:
             req = generate_pb2.ScoreRequest(model=self.names["generate"], prompt=self._prompt(),
                                             continuations=[self._prompt(1, 12) for _ in range(int(self.rng.integers(1, 6)))])
             return lambda t: _unary(self.generator.Score(req, timeout=t or timeout))
+        if rpc == "Recognize":
+            req = self.recognize_request()
+            return lambda t: _recognized(self.recognizer.Recognize(req, timeout=t or timeout))
+        if rpc == "StreamingRecognize":
+            messages = self.stream_messages()
+            return lambda t: _speech_stream(self.recognizer.StreamingRecognize(iter(messages), timeout=t or timeout))
         if rpc == "ModelInfer":  # the Open Inference Protocol: a batch of forecast rows, raw FP32
             rows = int(self.rng.integers(1, 5))
             length = int(self.rng.integers(self.spec.min_history, 2 * self.spec.window + 1))
@@ -188,6 +243,17 @@ async def _stream(call: Any, max_tokens: int) -> bool:
     async for chunk in call:
         last = chunk
     return last is not None and last.finish_reason in ("length", "stop", "eos") and last.completion_tokens <= max_tokens
+
+
+async def _recognized(call: Awaitable[Any]) -> bool:
+    reply = await call
+    return len(reply.results) == 1 and len(reply.results[0].alternatives) >= 1
+
+
+async def _speech_stream(call: Any) -> bool:
+    """Complete: exactly one final result, the last response."""
+    finals = [r.results[0].is_final async for r in call]
+    return finals.count(True) == 1 and finals[-1]  # (an empty stream: count 0)
 
 
 async def timed(rpc: str, send: Callable[[float | None], Awaitable[bool]], timeout_s: float | None = None) -> Call:

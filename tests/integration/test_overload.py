@@ -6,7 +6,8 @@
   latency they had at capacity.
 - Deadlines: calls whose deadline passes while queued behind the load are not computed (the
   batch-size histogram counts only rows of calls that were answered) and are counted as expired.
-- Cancellation: cancelled streams free their slots while unary load goes on.
+- Cancellation: cancelled streams (generation and recognition) free their slots while unary load
+  goes on; streams past the caps (max_streams, max_speech_streams) are RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import grpc
 import numpy as np
 import pytest
 
-from service.v1 import generate_pb2, generate_pb2_grpc
+from service.v1 import generate_pb2, generate_pb2_grpc, recognize_pb2, recognize_pb2_grpc
 from tests.integration.harness import ServerProcess, wait_until
 from tests.integration.load import (
     Mix,
@@ -211,3 +212,73 @@ async def test_cancelled_streams_free_their_slots_under_load(module_models):
     assert cancelled == 3 * cap
     assert set(load.codes()) == {"OK"}, load.summary()
     assert np.isfinite(pct(load.latencies_ms(), 50))
+
+
+async def test_speech_streams_past_the_cap_are_refused_and_cancelled_ones_free_their_slots_under_load(module_models):
+    """StreamingRecognize as GenerateStream above: beyond --max-speech-streams a stream is refused with
+    RESOURCE_EXHAUSTED (counted as streams_full), and cancelled streams give their slots back while
+    unary load (offline recognition among it) goes on."""
+    cap = 4
+    with ServerProcess(module_models, "--max-speech-streams", str(cap)) as server:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            recognizer = recognize_pb2_grpc.RecognizerStub(channel)
+            mix = Mix(channel, seed=5, weights={"Forecast": 2, "Recognize": 2, "GetModel": 1})
+            await mix.prepare()
+            before = server.scrape()
+            load, stop = Tally(), asyncio.Event()
+            loading = asyncio.create_task(closed_loop(mix, load, 12, 60.0, stop=stop))
+            config = recognize_pb2.RecognitionConfig(encoding=recognize_pb2.RecognitionConfig.LINEAR16,
+                                                     sample_rate_hertz=8000)
+            first = recognize_pb2.StreamingRecognizeRequest(
+                streaming_config=recognize_pb2.StreamingRecognitionConfig(config=config, interim_results=True))
+            audio = recognize_pb2.StreamingRecognizeRequest(audio_content=mix.speech_samples(0.2, 8000).tobytes())
+
+            async def live_stream():
+                """A stream that never half-closes, once it has answered an interim result (admitted)."""
+                call = recognizer.StreamingRecognize()
+                await call.write(first)
+                await call.write(audio)
+                return call
+
+            refusals = []
+            for _ in range(3):
+                streams = [await live_stream() for _ in range(cap)]
+                for stream in streams:
+                    reply = await stream.read()
+                    assert not reply.results[0].is_final
+                refused = await timed("StreamingRecognize",
+                                      lambda t: _drain(recognizer.StreamingRecognize(iter([first, audio]), timeout=t)))
+                refusals.append(refused)
+                assert refused.code == "RESOURCE_EXHAUSTED", refused
+                assert refused.details == (f"{cap} of {cap} recognition streams are open (max_speech_streams); "
+                                           "retry later"), refused
+                for stream in streams:
+                    stream.cancel()
+                await wait_until(lambda: metric(server.scrape(), "seqserve_active_streams", model="tiny-recognize") == 0,
+                                 what="the cancelled speech streams to leave the step loop")
+            # ... and a new stream runs to its final result.
+            responses = [r async for r in recognizer.StreamingRecognize(iter([first, audio]))]
+            assert responses[-1].results[0].is_final
+            stop.set()
+            await loading
+            exposition = server.scrape()
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(exposition, name, **labels) - metric(before, name, **labels)
+
+    cancelled = delta("seqserve_requests_cancelled_total", method="StreamingRecognize")
+    rejected = delta("seqserve_requests_rejected_total", method="StreamingRecognize", reason="streams_full")
+    report("speech_cancellation", rounds=3, streams_cancelled=3 * cap, counted_cancelled=cancelled,
+           refused=len(refusals), counted_refused=rejected, background_calls=len(load.calls),
+           background_codes={rpc: dict(load.codes(rpc)) for rpc in ("Forecast", "Recognize", "GetModel")})
+    assert metric(exposition, "seqserve_active_streams") == 0
+    assert cancelled == 3 * cap
+    assert rejected == 3
+    assert set(load.codes()) == {"OK"}, load.summary()
+    assert load.codes("Recognize")["OK"] > 0 and not load.failures()
+
+
+async def _drain(call) -> bool:
+    async for _ in call:
+        pass
+    return True

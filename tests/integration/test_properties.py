@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import io
 import itertools
 import logging
 import math
 import threading
 import time
+import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import text_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -54,13 +57,15 @@ from service.v1 import (
     generate_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    recognize_pb2,
+    recognize_pb2_grpc,
     translate_pb2,
     translate_pb2_grpc,
 )
 from service.v1 import open_inference_grpc_pb2 as oip_pb2
 from service.v1 import open_inference_grpc_pb2_grpc as oip_grpc
 from tests.bundles import PAIRS_DE_EN, TEXT
-from tests.integration.harness import bad_request_fields, serving
+from tests.integration.harness import bad_request_fields, metric_value, serving
 
 # --- profiles ------------------------------------------------------------------------------------
 
@@ -75,7 +80,7 @@ SOAK_FACTOR = 10
 
 
 def profiles(examples: int) -> list[Any]:
-    """The CI profile (``examples``, derandomized; 3,000 in all, behind the ``heavy`` marker that CI
+    """The CI profile (``examples``, derandomized; 4,100 in all, behind the ``heavy`` marker that CI
     runs as its second step) and a soak profile behind the ``slow`` marker."""
     return [
         pytest.param(settings(max_examples=examples, **COMMON), id="ci", marks=pytest.mark.heavy),
@@ -84,7 +89,8 @@ def profiles(examples: int) -> list[Any]:
 
 
 # Server limits for the storm: small enough that the "just past the limit" cases stay cheap.
-LIMITS = {"max_history": 64, "max_tokens": 64, "default_max_tokens": 16, "max_message_bytes": 1 << 20}
+LIMITS = {"max_history": 64, "max_tokens": 64, "default_max_tokens": 16, "max_message_bytes": 1 << 20,
+          "max_audio_seconds": 4.0, "max_chunk_bytes": 6400, "max_stream_seconds": 1.0}
 CALL_TIMEOUT_S = 20.0  # a hung server fails a call instead of the whole run
 FINISH_REASONS = {"length", "stop", "eos"}
 # The protos also document UNAVAILABLE, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED, but one request at
@@ -96,6 +102,8 @@ VALUE_BOUND = 1e153
 # Examples run per property, written out at the end of the module (see ``live``).
 EXAMPLES: collections.Counter[str] = collections.Counter()
 OUTCOMES: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+# The fields errors named (NOT_FOUND: "model" / "version"), per RPC: see assert_fields.
+NAMED: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
 
 
 # --- the live server -------------------------------------------------------------------------------
@@ -109,6 +117,7 @@ class ModelFacts:
     task: str
     limits: dict[str, int]
     forecast: models_pb2.ForecastSpec | None = None
+    speech: models_pb2.SpeechSpec | None = None
     codecs: dict[str, TextCodec] = field(default_factory=dict)
     languages: dict[str, str] = field(default_factory=dict)
 
@@ -151,6 +160,7 @@ class LiveServer:
         self.translator = translate_pb2_grpc.TranslatorStub(self.channel)
         self.forecaster = forecast_pb2_grpc.ForecasterStub(self.channel)
         self.generator = generate_pb2_grpc.GeneratorStub(self.channel)
+        self.recognizer = recognize_pb2_grpc.RecognizerStub(self.channel)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.oip = oip_grpc.GRPCInferenceServiceStub(self.channel)
@@ -166,6 +176,59 @@ class LiveServer:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(30)
             self.loop.close()
+
+
+# --- speech audio ---------------------------------------------------------------------------------
+
+LINEAR16, WAV = recognize_pb2.RecognitionConfig.LINEAR16, recognize_pb2.RecognitionConfig.WAV
+SIGNALS = ("tones", "tone", "noise", "silence", "full scale")
+
+
+def synth(kind: str, n: int, rate: int, seed: int) -> np.ndarray:
+    """``n`` int16 samples at ``rate`` Hz of a test signal: tone bursts with pauses (speech-like for the
+    random-weight model), one tone, noise, silence, or a full-scale square wave (-32768 and 32767)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / rate
+    if kind == "full scale":
+        return np.where(np.sin(2 * np.pi * 440 * t) >= 0, 32767, -32768).astype("<i2")
+    x = np.zeros(n)
+    if kind == "tones":
+        x = 0.005 * rng.standard_normal(n)
+        for start in np.arange(0.02, max(t[-1] if n else 0.0, 0.0), 0.3):
+            burst = (t >= start) & (t < start + 0.18)
+            x[burst] += 0.3 * np.sin(2 * np.pi * rng.uniform(300, 3000) * t[burst])
+    elif kind == "tone":
+        x = 0.5 * np.sin(2 * np.pi * rng.uniform(200, 3500) * t)
+    elif kind == "noise":
+        x = 0.1 * rng.standard_normal(n)
+    return (np.clip(x, -1, 1) * 32767).astype("<i2")
+
+
+def linear16(samples: np.ndarray) -> bytes:
+    """LINEAR16 bytes that never look like a WAV file (the unspecified encoding would take them as one)."""
+    data = samples.astype("<i2").tobytes()
+    return b"\x00" + data[1:] if data[:4] in (b"RIFF", b"RF64") else data
+
+
+def wav_bytes(samples: np.ndarray, rate: int, channels: int = 1, width: int = 2) -> bytes:
+    """A WAV file (the stdlib's ``wave``) of int16 ``samples`` as ``width``-byte PCM, each sample repeated
+    on ``channels`` channels."""
+    x = np.repeat(samples.astype(np.int32), channels)
+    if width == 1:
+        frames = ((x >> 8) + 128).astype(np.uint8).tobytes()  # 8-bit WAV is unsigned
+    elif width == 3:
+        frames = (x << 8).astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    elif width == 4:
+        frames = (x << 16).astype("<i4").tobytes()
+    else:
+        frames = x.astype("<i2").tobytes()
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(frames)
+    return buf.getvalue()
 
 
 # Recorded before the storm and compared after it (byte for byte).
@@ -188,6 +251,11 @@ BASELINE_REQUESTS = {
         channels=[forecast_pb2.Series(values=[float(np.cos(t / (c + 2.0)) + c) for t in range(20)]) for c in range(3)],
         horizon=4,
     ),
+    "recognize": recognize_pb2.RecognizeRequest(
+        config=recognize_pb2.RecognitionConfig(encoding=LINEAR16, sample_rate_hertz=16000, max_alternatives=3,
+                                               enable_word_time_offsets=True),
+        audio=linear16(synth("tones", 24000, 16000, 7)),
+    ),
 }
 
 
@@ -206,6 +274,8 @@ def _baseline(server: LiveServer) -> dict[str, bytes]:
             reply = server.generator.Generate(req, timeout=CALL_TIMEOUT_S)
         elif key.startswith("translate"):
             reply = server.translator.Translate(req, timeout=CALL_TIMEOUT_S)
+        elif key.startswith("recognize"):
+            reply = server.recognizer.Recognize(req, timeout=CALL_TIMEOUT_S)
         else:
             reply = server.forecaster.Forecast(req, timeout=CALL_TIMEOUT_S)
         out[key] = reply.SerializeToString(deterministic=True)
@@ -225,6 +295,8 @@ def live(module_models, request) -> Iterator[LiveServer]:
             f = ModelFacts(info.name, info.task, dict(info.limits), languages=dict(info.languages))
             if info.task == "forecast":
                 f.forecast = info.forecast
+            if info.task == "recognize":
+                f.speech = info.speech
             for kind in ("text", "source", "target"):
                 path = module_models / info.name / info.version / f"tokenizer_{kind}.json"
                 if path.is_file():
@@ -319,11 +391,12 @@ VERSION_TRAPS = [
 
 def model_names(task: str) -> st.SearchStrategy[str]:
     """Names that reach a model of ``task`` ("" = the default), and traps; task "": GetModel."""
-    others = ["tiny-translate", "tiny-forecast", "tiny-forecast3", "tiny-generate"]
+    others = ["tiny-translate", "tiny-forecast", "tiny-forecast3", "tiny-generate", "tiny-recognize"]
     own = {
         "translate": ["", "tiny-translate"],
         "forecast": ["", "tiny-forecast", "tiny-forecast3"],
         "generate": ["", "tiny-generate"],
+        "recognize": ["", "tiny-recognize"],
         "": others,
     }[task]
     valid = st.sampled_from(own)
@@ -523,8 +596,10 @@ def brief(message: Any, limit: int = 600) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def check_error(err: grpc.RpcError, problems: Problems, request: Any) -> str:
-    """An error answer must be documented and name one of the invalid fields."""
+def check_error(err: grpc.RpcError, problems: Problems, request: Any, unnamed: str = "") -> tuple[str, str]:
+    """An error answer must be documented and name one of the invalid fields (in its BadRequest and its
+    message; ``unnamed``: the one message that may leave the field out, a known server deviation).
+    Returns the code's name and the field named."""
     code = err.code()
     assert code in ALLOWED_ERRORS, f"{code.name}: {brief(err.details())} for {brief(request)}"
     message = err.details() or ""
@@ -533,7 +608,7 @@ def check_error(err: grpc.RpcError, problems: Problems, request: Any) -> str:
         fields = bad_request_fields(err)
         assert len(fields) == 1, f"BadRequest names {fields} for {message!r}"
         named = fields[0]
-        assert named in message, f"the message {message!r} does not name the field {named!r}"
+        assert named in message or message == unnamed, f"the message {message!r} does not name the field {named!r}"
     else:
         named = "version" if "has no version" in message else "model"
         assert named in message, message
@@ -541,7 +616,7 @@ def check_error(err: grpc.RpcError, problems: Problems, request: Any) -> str:
         f"{code.name} naming {named!r} ({message!r}), but the invalid fields are {sorted((c.name, f) for c, f in problems.items)} "
         f"for {brief(request)}"
     )
-    return code.name
+    return code.name, named
 
 
 def assert_mixed(rpc_name: str) -> None:
@@ -559,11 +634,19 @@ def call(rpc, request: Any) -> tuple[Any, grpc.RpcError | None]:
         return None, err
 
 
-def outcome(rpc_name: str, problems: Problems, request: Any, reply: Any, err: grpc.RpcError | None) -> bool:
+def assert_fields(rpc_name: str, fields: set[str]) -> None:
+    """The strategy reached each of these rules: an error named each field."""
+    assert fields <= set(NAMED[rpc_name]), f"{rpc_name}: no error named {sorted(fields - set(NAMED[rpc_name]))}"
+
+
+def outcome(rpc_name: str, problems: Problems, request: Any, reply: Any, err: grpc.RpcError | None,
+            unnamed: str = "") -> bool:
     """Check the error path, or that a valid request succeeded; True when there is a reply to check."""
     EXAMPLES[rpc_name] += 1
     if err is not None:
-        OUTCOMES[rpc_name][check_error(err, problems, request)] += 1
+        code, named = check_error(err, problems, request, unnamed)
+        OUTCOMES[rpc_name][code] += 1
+        NAMED[rpc_name][named] += 1
         return False
     assert not problems, (
         f"succeeded although {sorted((c.name, f) for c, f in problems.items)} are invalid: {brief(request)}"
@@ -879,26 +962,452 @@ def test_score_storm(live, profile):
     assert_mixed("Score")
 
 
+# --- Recognize and StreamingRecognize ------------------------------------------------------------------
+
+RATES = [8000, 16000, 22050, 44100, 48000]
+# Rates no audio of the storm has: outside 8000..48000 (each a config.sample_rate_hertz error).
+RATE_TRAPS = [0, 7999, 48001, -1, 4000, 96000, *INT32]
+ENCODING_TRAPS = [3, 9, -1, *INT32]  # numbers no RecognitionConfig.AudioEncoding has
+ALTERNATIVES_TRAPS = [-1, 11, 12, 1000, *INT32]  # beyond the server's max_alternatives (10)
+
+
+@dataclass(frozen=True)
+class WavFacts:
+    """What the strategy wrote into a WAV file: all the oracle knows of it (no second WAV parser here)."""
+
+    channels: int
+    width: int  # bytes per sample
+    rate: int  # the file's own rate
+    frames: int
+    truncated: bool = False  # cut short: the server must refuse it whatever was cut
+
+
+def resampled_length(n: int, rate: int, target: int) -> int:
+    """Samples soxr makes of ``n`` at ``rate`` Hz at ``target`` Hz: n * target / rate rounded half up
+    (checked against soxr for every rate of the storm, whole signals and streams)."""
+    return (2 * n * target + rate) // (2 * rate)
+
+
+def frame_samples(spec: models_pb2.SpeechSpec) -> int:
+    return round(spec.frame_seconds * spec.sample_rate)
+
+
+def sample_counts(rate: int) -> st.SearchStrategy[int]:
+    """Mostly 0.03..3 s of samples at ``rate``; sometimes none, too few for one frame at any rate, exactly
+    max_audio_seconds or past it."""
+    limit = int(LIMITS["max_audio_seconds"] * rate)
+    usual = st.floats(0.03, 3.0).map(lambda s: int(s * rate))
+    edges = st.sampled_from([0, 1, 7, rate // 100, rate // 60, limit, limit + 1, limit + rate // 2])
+    return mostly(usual, edges, one_in=6)
+
+
+def speech_names() -> tuple[st.SearchStrategy[str], st.SearchStrategy[str]]:
+    """Model and version: the recognition model most of the time, the traps of the other storms less often."""
+    return (mostly(st.sampled_from(["", "tiny-recognize"]), model_names("recognize"), one_in=3),
+            mostly(st.sampled_from(["", "1"]), versions(), one_in=3))
+
+
+@st.composite
+def recognize_requests(draw) -> tuple[recognize_pb2.RecognizeRequest, WavFacts | None]:
+    """Mostly valid recordings (LINEAR16 or WAV files at 8..48 kHz, 0.03..3 s of tones, noise, silence
+    or full scale) so that many succeed, with encodings, rates, alternatives, audio and models that
+    are wrong now and then; and what the strategy wrote into a WAV file (None: no WAV file)."""
+    rate = draw(st.sampled_from(RATES))
+    samples = synth(draw(st.sampled_from(SIGNALS)), draw(sample_counts(rate)), rate, draw(st.integers(0, 2**16)))
+    kind = draw(mostly(st.sampled_from(["linear16", "wav"]),
+                       st.sampled_from(["odd", "junk", "truncated wav", "stereo wav", "wav at a bad rate"]), one_in=6))
+    wav = None
+    if kind == "linear16":
+        audio = linear16(samples)
+    elif kind == "odd":
+        audio = linear16(samples) + b"\x01"
+    elif kind == "junk":  # never a RIFF header: surely no WAV file, and far too short for LINEAR16
+        audio = draw(st.binary(min_size=1, max_size=64).filter(lambda b: b[:4] not in (b"RIFF", b"RF64")))
+    else:
+        channels = 2 if kind == "stereo wav" else 1
+        width = draw(mostly(st.just(2), st.sampled_from([1, 3, 4])))
+        file_rate = draw(st.sampled_from([4000, 7999, 48001, 96000])) if kind == "wav at a bad rate" else rate
+        audio = wav_bytes(samples, file_rate, channels, width)
+        if kind == "truncated wav":
+            audio = audio[: draw(st.integers(0, len(audio) - 1))]
+        wav = WavFacts(channels, width, file_rate, len(samples), truncated=kind == "truncated wav")
+    natural = [WAV, 0] if wav else [LINEAR16, 0]  # 0: WAV when the bytes start with RIFF, else LINEAR16
+    encoding = draw(mostly(st.sampled_from(natural), st.sampled_from([LINEAR16, WAV, *ENCODING_TRAPS]), one_in=8))
+    rates = [0, wav.rate] if wav else [rate]  # a WAV file: 0 or its own rate
+    others = [r for r in RATES if r not in rates]  # valid, but not the audio's (a WAV file: a mismatch)
+    model, version = speech_names()
+    config = recognize_pb2.RecognitionConfig(
+        encoding=encoding,
+        sample_rate_hertz=draw(mostly(st.sampled_from(rates), st.sampled_from(RATE_TRAPS + others), one_in=8)),
+        max_alternatives=draw(mostly(st.integers(0, 10), st.sampled_from(ALTERNATIVES_TRAPS), one_in=8)),
+        enable_word_time_offsets=draw(st.booleans()),
+        model=draw(model),
+        version=draw(version),
+    )
+    return recognize_pb2.RecognizeRequest(config=config, audio=audio), wav
+
+
+def recognize_oracle(
+    live: LiveServer, req: recognize_pb2.RecognizeRequest, wav: WavFacts | None
+) -> tuple[Problems, ModelFacts | None, int, int]:
+    """The one problem the server's validation meets first (RecognizerServicer, then the engine's model
+    resolution, RecognizeModel.prepare and audio.decode, in their order), the model, and the decoded
+    audio's samples and rate."""
+    problems = Problems()
+    cfg, data = req.config, req.audio
+    if cfg.encoding not in (0, LINEAR16, WAV):  # checked before the model is looked up
+        problems.add("config.encoding")
+        return problems, None, 0, 0
+    facts = resolve(live, "recognize", cfg.model, cfg.version, problems)
+    if facts is None:
+        return problems, None, 0, 0
+
+    def first_problem() -> tuple[str, int, int]:
+        if not 0 <= cfg.max_alternatives <= live.config.max_alternatives:
+            return "config.max_alternatives", 0, 0
+        as_wav = cfg.encoding == WAV or (cfg.encoding == 0 and data[:4] in (b"RIFF", b"RF64"))
+        rate = cfg.sample_rate_hertz
+        if not (as_wav and rate == 0) and not 8000 <= rate <= 48000:
+            return "config.sample_rate_hertz", 0, 0
+        if not data:
+            return "audio", 0, 0
+        if as_wav:
+            if wav is None or wav.truncated or wav.channels != 1 or not 8000 <= wav.rate <= 48000:
+                return "audio", 0, 0
+            if rate and rate != wav.rate:
+                return "config.sample_rate_hertz", 0, 0
+            n, rate = wav.frames, wav.rate
+        elif len(data) % 2:
+            return "audio", 0, 0
+        else:
+            n = len(data) // 2
+        if not n or n / rate > live.config.max_audio_seconds:
+            return "audio", 0, 0
+        if resampled_length(n, rate, facts.speech.sample_rate) < frame_samples(facts.speech):
+            return "audio", 0, 0  # not one frame
+        return "", n, rate
+
+    named, n, rate = first_problem()
+    if named:
+        problems.add(named)
+    return problems, facts, n, rate
+
+
+def check_alternatives(spec: models_pb2.SpeechSpec, alternatives, max_alternatives: int, words: bool,
+                       end_ns: int) -> None:
+    """1..max(1, max_alternatives) alternatives, best first, their confidences a distribution's part,
+    transcripts of the model's labels separated by single spaces, and (``words``) one word per label,
+    in order, within the result."""
+    assert 1 <= len(alternatives) <= max(1, max_alternatives), alternatives
+    confidences = [a.confidence for a in alternatives]
+    assert all(0.0 <= c <= 1.0 for c in confidences) and sum(confidences) <= 1.0 + 1e-5, confidences
+    assert confidences == sorted(confidences, reverse=True), confidences
+    transcripts = [a.transcript for a in alternatives]
+    assert len(set(transcripts)) == len(transcripts), transcripts
+    labels = set(spec.labels)
+    for a in alternatives:
+        tokens = a.transcript.split(" ") if a.transcript else []
+        assert all(t in labels for t in tokens), f"{a.transcript!r} is not made of {sorted(labels)}"
+        if not words:
+            assert not a.words
+            continue
+        assert [w.word for w in a.words] == tokens, (a.transcript, a.words)
+        previous_end = 0
+        for w in a.words:
+            start, end = w.start_time.ToNanoseconds(), w.end_time.ToNanoseconds()
+            assert previous_end <= start < end <= end_ns, (a.words, end_ns)
+            assert 0.0 <= w.confidence <= 1.0
+            previous_end = end
+
+
+def recognized_frames(end_time, spec: models_pb2.SpeechSpec) -> int:
+    """The frames a result_end_time covers (a whole number of them)."""
+    frames = round(end_time.ToNanoseconds() / (spec.frame_seconds * 1e9))
+    assert abs(end_time.ToNanoseconds() - frames * spec.frame_seconds * 1e9) < 1e3, end_time
+    return frames
+
+
+def describe_recognize(req: recognize_pb2.RecognizeRequest, wav: WavFacts | None) -> str:
+    config = text_format.MessageToString(req.config, as_one_line=True)
+    return f"config {{{config}}} audio {len(req.audio)} bytes {req.audio[:16]!r}... {wav}"
+
+
+def check_recognize(live: LiveServer, req: recognize_pb2.RecognizeRequest, wav: WavFacts | None) -> None:
+    problems, facts, n, rate = recognize_oracle(live, req, wav)
+    reply, err = call(live.recognizer.Recognize, req)
+    if not outcome("Recognize", problems, describe_recognize(req, wav), reply, err):
+        return
+    spec = facts.speech
+    assert (reply.model, reply.version) == (facts.name, "1")
+    (result,) = reply.results
+    assert reply.total_billed_time.ToNanoseconds() == round(n / rate * 1e9), (reply.total_billed_time, n, rate)
+    # result_end_time: the whole frames of the resampled audio (one sample of slack either way).
+    m = resampled_length(n, rate, spec.sample_rate)
+    assert recognized_frames(result.result_end_time, spec) in {(m + d) // frame_samples(spec) for d in (-1, 0, 1)}
+    check_alternatives(spec, result.alternatives, req.config.max_alternatives, req.config.enable_word_time_offsets,
+                       result.result_end_time.ToNanoseconds())
+
+
+@pytest.mark.parametrize("profile", profiles(300))
+def test_recognize_storm(live, profile):
+    @profile
+    @given(case=recognize_requests())
+    def storm(case):
+        check_recognize(live, *case)
+
+    storm()
+    assert_mixed("Recognize")
+    assert_fields("Recognize", {"model", "version", "config.encoding", "config.sample_rate_hertz",
+                                "config.max_alternatives", "audio"})
+
+
+CONFIG_MESSAGE = -1  # in a stream plan: a second streaming_config where audio belongs
+
+
+@st.composite
+def stream_requests(draw) -> list[recognize_pb2.StreamingRecognizeRequest]:
+    """A stream's messages: a config (mostly valid: LINEAR16 or unspecified at 8..48 kHz), then 0..8
+    chunks of one signal, mostly of even sizes within max_chunk_bytes; now and then a bad config,
+    audio first, an odd or too large chunk, a second config, or more audio than max_stream_seconds."""
+    message = recognize_pb2.StreamingRecognizeRequest
+    model, version = speech_names()
+    # 8 and 16 kHz twice as often: at 48 kHz the chunks hold far less audio.
+    rate = draw(mostly(st.sampled_from([8000, 8000, 16000, *RATES]), st.sampled_from(RATE_TRAPS), one_in=12))
+    config = recognize_pb2.RecognitionConfig(
+        encoding=draw(mostly(st.sampled_from([LINEAR16, 0]), st.sampled_from([WAV, *ENCODING_TRAPS]), one_in=12)),
+        sample_rate_hertz=rate,
+        max_alternatives=draw(mostly(st.integers(0, 10), st.sampled_from(ALTERNATIVES_TRAPS), one_in=12)),
+        enable_word_time_offsets=draw(st.booleans()),
+        model=draw(model),
+        version=draw(version),
+    )
+    limit = LIMITS["max_chunk_bytes"]
+    even = mostly(st.sampled_from([1600, 2400, 3200, 4000, 4800, 6000, limit]),  # 0.1..0.4 s at 8 kHz
+                  st.one_of(st.sampled_from([0, 2, 320]), st.integers(0, limit // 2).map(lambda k: 2 * k)), one_in=3)
+    chunk = mostly(even, st.sampled_from([1, 3, 3201, limit + 1, limit + 2, 2 * limit, CONFIG_MESSAGE]), one_in=20)
+    sizes = [draw(chunk) for _ in range(draw(mostly(st.integers(1, 8), st.just(0), one_in=8)))]
+    data = linear16(synth(draw(st.sampled_from(SIGNALS)), sum(max(s, 0) for s in sizes) // 2 + 1,
+                          rate if 8000 <= rate <= 48000 else 8000, draw(st.integers(0, 2**16))))
+    first = message(streaming_config=recognize_pb2.StreamingRecognitionConfig(
+        config=config, interim_results=draw(st.booleans())))
+    messages, pos = [], 0
+    for size in sizes:
+        if size == CONFIG_MESSAGE:
+            messages.append(first)
+        else:
+            messages.append(message(audio_content=data[pos : pos + size]))
+            pos += size
+    opening = draw(mostly(st.just("config"), st.sampled_from(["audio", "empty message", "nothing"]), one_in=12))
+    if opening == "config":
+        return [first, *messages]
+    if opening == "audio":
+        return [message(audio_content=data[:320]), *messages]
+    if opening == "empty message":
+        return [message(), *messages]
+    return []
+
+
+@dataclass
+class StreamPlan:
+    """What the oracle expects of a stream."""
+
+    problems: Problems
+    facts: ModelFacts | None = None
+    audio: bytes = b""  # every chunk's bytes, in order
+    seconds: float = 0.0  # audio received, summed chunk by chunk as the server sums it
+    unnamed: str = ""  # the error message that may leave its field out (see check_error)
+
+
+def stream_oracle(live: LiveServer, messages: list[recognize_pb2.StreamingRecognizeRequest]) -> StreamPlan:
+    """The first invalid thing in message order: the first message's config (checked when the stream
+    opens: the encoding number, the model, then max_alternatives, encoding and rate), then each later
+    message in turn (a config out of place, a chunk that is odd or over max_chunk_bytes, audio past
+    max_stream_seconds)."""
+    plan = StreamPlan(Problems())
+    if not messages or messages[0].WhichOneof("streaming_request") != "streaming_config":
+        plan.problems.add("streaming_config")
+        return plan
+    cfg, where = messages[0].streaming_config.config, "streaming_config.config"
+    if cfg.encoding not in (0, LINEAR16, WAV):
+        plan.problems.add(f"{where}.encoding")
+        return plan
+    plan.facts = resolve(live, "recognize", cfg.model, cfg.version, plan.problems)
+    if plan.facts is None:
+        return plan
+    limits = live.config
+    if not 0 <= cfg.max_alternatives <= limits.max_alternatives:
+        plan.problems.add(f"{where}.max_alternatives")
+    elif cfg.encoding == WAV:
+        plan.problems.add(f"{where}.encoding")
+    elif not 8000 <= cfg.sample_rate_hertz <= 48000:
+        plan.problems.add(f"{where}.sample_rate_hertz")
+    if plan.problems:
+        return plan
+    audio = bytearray()
+    for msg in messages[1:]:
+        if msg.WhichOneof("streaming_request") == "streaming_config":
+            plan.problems.add("streaming_config")
+            break
+        data = msg.audio_content
+        if len(data) > limits.max_chunk_bytes or len(data) % 2:
+            plan.problems.add("audio_content")
+            break
+        seconds = plan.seconds + len(data) // 2 / cfg.sample_rate_hertz
+        if seconds > limits.max_stream_seconds:
+            plan.problems.add("audio_content")
+            break
+        plan.seconds = seconds
+        audio += data
+    plan.audio = bytes(audio)
+    return plan
+
+
+def describe_stream(messages: list[recognize_pb2.StreamingRecognizeRequest]) -> str:
+    parts = []
+    for msg in messages:
+        if msg.WhichOneof("streaming_request") == "streaming_config":
+            parts.append(f"streaming_config {{{text_format.MessageToString(msg.streaming_config, as_one_line=True)}}}")
+        elif msg.WhichOneof("streaming_request") == "audio_content":
+            parts.append(f"audio_content {len(msg.audio_content)} bytes")
+        else:
+            parts.append("an empty message")
+    return f"a stream of {len(messages)} messages: " + ", ".join(parts)
+
+
+def check_stream(live: LiveServer, messages: list[recognize_pb2.StreamingRecognizeRequest]) -> None:
+    plan = stream_oracle(live, messages)
+    responses: list[recognize_pb2.StreamingRecognizeResponse] = []
+
+    def run(_, timeout):
+        responses.extend(live.recognizer.StreamingRecognize(iter(messages), timeout=timeout))
+        return responses
+
+    _, err = call(run, None)
+    interim = messages and messages[0].streaming_config.interim_results
+    if not outcome("StreamingRecognize", plan.problems, describe_stream(messages), responses, err, plan.unnamed):
+        # What came before the error: interim results only, and only when asked for.
+        assert not any(r.results[0].is_final for r in responses), responses
+        assert interim or not responses, responses
+        return
+    facts, cfg = plan.facts, messages[0].streaming_config.config
+    spec = facts.speech
+    assert responses, "a stream without a result"
+    assert [r.results[0].is_final for r in responses] == [False] * (len(responses) - 1) + [True]
+    if not interim:
+        assert len(responses) == 1
+    ends, billed = [], []
+    for r in responses:
+        assert (r.model, r.version) == (facts.name, "1") and len(r.results) == 1
+        ends.append(r.results[0].result_end_time.ToNanoseconds())
+        billed.append(r.total_billed_time.ToNanoseconds())
+    assert ends == sorted(ends) and billed == sorted(billed), (ends, billed)
+    for r in responses[:-1]:
+        (alt,) = r.results[0].alternatives  # the best path so far
+        check_alternatives(spec, [alt], 1, False, ends[-1])
+        assert 0.0 <= r.results[0].stability <= 1.0
+    final = responses[-1].results[0]
+    assert final.stability == 0.0
+    assert billed[-1] == round(plan.seconds * 1e9), (billed[-1], plan.seconds)
+    check_alternatives(spec, final.alternatives, cfg.max_alternatives, cfg.enable_word_time_offsets, ends[-1])
+    n, rate = len(plan.audio) // 2, cfg.sample_rate_hertz
+    if resampled_length(n, rate, spec.sample_rate) < frame_samples(spec):
+        # Not one frame heard (no audio at all, or less than a frame): an empty transcript, sure of itself.
+        assert [(a.transcript, a.confidence, len(a.words)) for a in final.alternatives] == [("", 1.0, 0)]
+        assert ends[-1] == 0
+        return
+    # The final result is what one offline call on the whole audio recognises.
+    offline = live.recognizer.Recognize(recognize_pb2.RecognizeRequest(
+        config=recognize_pb2.RecognitionConfig(
+            encoding=LINEAR16, sample_rate_hertz=rate, max_alternatives=cfg.max_alternatives,
+            enable_word_time_offsets=cfg.enable_word_time_offsets, model=facts.name),
+        audio=plan.audio), timeout=CALL_TIMEOUT_S).results[0]
+    assert final.result_end_time == offline.result_end_time
+    assert [a.transcript for a in final.alternatives] == [a.transcript for a in offline.alternatives]
+    for got, want in zip(final.alternatives, offline.alternatives):
+        assert got.confidence == pytest.approx(want.confidence, abs=1e-4), (final, offline)
+        assert [(w.word, w.start_time, w.end_time) for w in got.words] == \
+            [(w.word, w.start_time, w.end_time) for w in want.words]
+        assert [w.confidence for w in got.words] == pytest.approx([w.confidence for w in want.words], abs=1e-4)
+
+
+@pytest.mark.parametrize("profile", profiles(200))
+def test_stream_storm(live, profile):
+    @profile
+    @given(messages=stream_requests())
+    def storm(messages):
+        check_stream(live, messages)
+
+    storm()
+    assert_mixed("StreamingRecognize")
+    where = "streaming_config.config"
+    assert_fields("StreamingRecognize", {"model", "streaming_config", f"{where}.encoding", f"{where}.sample_rate_hertz",
+                                         f"{where}.max_alternatives", "audio_content"})
+
+
 # --- ModelInfer (the Open Inference Protocol) ------------------------------------------------------
 
 OIP_DATATYPES = ["BOOL", "UINT8", "INT32", "INT64", "UINT64", "FP16", "FP32", "FP64", "BYTES"]
 OIP_INPUTS = {"translate": [("text", "BYTES")], "forecast": [("history", "FP32"), ("history", "FP64")],
-              "generate": [("prompt", "BYTES")]}
+              "generate": [("prompt", "BYTES")], "recognize": [("audio", "BYTES"), ("audio", "FP32")]}
+OIP_TASKS = {"tiny-translate": "translate", "tiny-generate": "generate", "tiny-recognize": "recognize"}
+
+
+@st.composite
+def oip_recordings(draw, rate: int) -> bytes:
+    """One row of an OIP `audio` BYTES input: mostly LINEAR16 at ``rate`` or a WAV file, 0.03..1 s (at
+    most 8,000 samples: 33 rows stay far below max_message_bytes); sometimes empty, odd, stereo or junk."""
+    n = min(int(draw(st.floats(0.03, 1.0)) * rate), 8000)
+    samples = synth(draw(st.sampled_from(SIGNALS)), n, rate, draw(st.integers(0, 2**16)))
+    kind = draw(mostly(st.sampled_from(["linear16", "wav"]), st.sampled_from(["empty", "odd", "stereo", "junk"])))
+    if kind == "wav":
+        return wav_bytes(samples, rate)
+    if kind == "stereo":
+        return wav_bytes(samples, rate, channels=2)
+    if kind == "empty":
+        return b""
+    if kind == "junk":
+        return draw(st.binary(min_size=1, max_size=64))
+    return linear16(samples) + (b"\x01" if kind == "odd" else b"")
 
 
 @st.composite
 def infer_requests(draw) -> oip_pb2.ModelInferRequest:
     """Mostly well-formed ModelInfer requests for a served model (so that many succeed), with
     wrong names, datatypes, shapes, sizes, parameters and raw/typed mixes mixed in."""
-    model = draw(mostly(st.sampled_from(["tiny-translate", "tiny-forecast", "tiny-forecast3", "tiny-generate"]),
+    model = draw(mostly(st.sampled_from(["tiny-translate", "tiny-forecast", "tiny-forecast3", "tiny-generate",
+                                         "tiny-recognize"]),
                         st.one_of(st.just(""), WILD_TEXT)))
-    task = {"tiny-translate": "translate", "tiny-generate": "generate"}.get(model, "forecast")
+    task = OIP_TASKS.get(model, "forecast")
     req = oip_pb2.ModelInferRequest(model_name=model, id=draw(st.text(max_size=5)))
     name, datatype = draw(st.sampled_from(OIP_INPUTS[task]))
-    name = draw(mostly(st.just(name), st.sampled_from(["text", "history", "prompt", "continuation", "x"])))
+    name = draw(mostly(st.just(name), st.sampled_from(["text", "history", "prompt", "continuation", "audio", "x"])))
     datatype = draw(mostly(st.just(datatype), st.sampled_from(OIP_DATATYPES + ["STRING", ""])))
     rows = draw(mostly(st.integers(1, 3), st.sampled_from([0, 33])))
-    if datatype == "BYTES":
+    rate = draw(mostly(st.sampled_from(RATES), st.sampled_from(RATE_TRAPS)))  # recognize: the audio's rate
+    if datatype == "BYTES" and task == "recognize":
+        items = draw(st.lists(oip_recordings(rate if 8000 <= rate <= 48000 else 8000), min_size=rows, max_size=rows))
+        t = req.inputs.add(name=name, datatype=datatype, shape=draw(mostly(st.just([rows]), st.just([rows, 1]))))
+        if draw(st.booleans()):
+            req.raw_input_contents.append(b"".join(len(b).to_bytes(4, "little") + b for b in items))
+        else:
+            t.contents.bytes_contents.extend(items)
+    elif task == "recognize":  # samples [rows, n] within -1..1 (now and then beyond, or NaN)
+        n = draw(mostly(st.integers(160, 3000), st.integers(0, 200)))  # 33 rows of FP64 stay below 1 MiB
+        shape = draw(mostly(st.just([rows, n]), st.sampled_from([[rows], [rows, n, 1], [n]])))
+        count = int(np.prod(shape))
+        samples = np.sin(np.arange(count) * draw(st.floats(0.01, 3.0))) * draw(st.floats(0.0, 1.0))
+        if count and draw(st.integers(0, 9)) == 0:
+            samples[draw(st.integers(0, count - 1))] = draw(st.sampled_from([1.5, -2.0, NAN, INF]))
+        t = req.inputs.add(name=name, datatype=datatype, shape=shape)
+        dtype = {"FP64": "<f8", "FP16": "<f2", "INT64": "<i8", "UINT64": "<u8", "INT32": "<i4", "UINT8": "<u1",
+                 "BOOL": "?"}.get(datatype, "<f4")
+        if draw(st.booleans()):
+            req.raw_input_contents.append(samples.astype(dtype).tobytes())
+        elif datatype == "FP64":
+            t.contents.fp64_contents.extend(samples.tolist())
+        else:
+            t.contents.fp32_contents.extend(samples.astype(np.float32).tolist())
+    elif datatype == "BYTES":
         items = draw(st.lists(st.one_of(st.sampled_from(["Ein Mann", "First", "All:", ""]), WILD_TEXT).map(
             lambda t: t.encode("utf-8", "surrogatepass")), min_size=rows, max_size=rows))
         shape = draw(mostly(st.just([rows]), st.sampled_from([[rows, 1], [rows, 2], [], [-1]])))
@@ -927,7 +1436,14 @@ def infer_requests(draw) -> oip_pb2.ModelInferRequest:
         if draw(st.integers(0, 9)) == 0:
             t.contents.fp32_contents.append(1.0)  # typed and raw together
     params = {"translate": ["beam_size", "max_length"], "forecast": ["horizon", "quantiles"],
-              "generate": ["max_tokens", "temperature", "top_k", "seed", "stop", "logprobs"]}[task]
+              "generate": ["max_tokens", "temperature", "top_k", "seed", "stop", "logprobs"],
+              "recognize": ["sample_rate_hertz", "encoding"]}[task]
+    if task == "recognize":  # mostly the audio's rate (WAV files carry theirs), and an encoding now and then
+        if draw(mostly(st.just(True), st.just(False), one_in=10)):
+            req.parameters["sample_rate_hertz"].int64_param = rate
+        if draw(st.integers(0, 2)) == 0:
+            req.parameters["encoding"].string_param = draw(mostly(st.sampled_from(["LINEAR16", "WAV", ""]),
+                                                                  st.sampled_from(["linear16", "MP3", "\x00"])))
     for key in draw(mostly(st.just([]), st.lists(st.sampled_from(params + ["sequence_id", "nope"]), max_size=3,
                                                  unique=True), one_in=3)):
         kind = draw(st.sampled_from(["int64_param", "uint64_param", "double_param", "string_param", "bool_param"]))
@@ -935,7 +1451,7 @@ def infer_requests(draw) -> oip_pb2.ModelInferRequest:
                  "string_param": st.sampled_from(["0.1,0.9", "x", "\n", ""]), "bool_param": st.booleans()}[kind]
         setattr(req.parameters[key], kind, draw(value))
     if draw(st.integers(0, 4)) == 0:
-        req.outputs.add(name=draw(st.sampled_from(["translation", "forecast", "text", "nope"])))
+        req.outputs.add(name=draw(st.sampled_from(["translation", "forecast", "text", "transcript", "nope"])))
     return req
 
 
@@ -1033,6 +1549,8 @@ METHODS = {  # path: (request type, response type, server streaming)
     "/seqserve.v1.Generator/Generate": (generate_pb2.GenerateRequest, generate_pb2.GenerateResponse, False),
     "/seqserve.v1.Generator/GenerateStream": (generate_pb2.GenerateRequest, generate_pb2.GenerateChunk, True),
     "/seqserve.v1.Generator/Score": (generate_pb2.ScoreRequest, generate_pb2.ScoreResponse, False),
+    # StreamingRecognize is bidirectional: see test_regression_undecodable_stream_messages_are_invalid_argument.
+    "/seqserve.v1.Recognizer/Recognize": (recognize_pb2.RecognizeRequest, recognize_pb2.RecognizeResponse, False),
     "/inference.GRPCInferenceService/ModelInfer": (oip_pb2.ModelInferRequest, oip_pb2.ModelInferResponse, False),
     "/inference.GRPCInferenceService/ModelMetadata": (oip_pb2.ModelMetadataRequest, oip_pb2.ModelMetadataResponse, False),
     "/seqserve.v1.Models/ListModels": (models_pb2.ListModelsRequest, models_pb2.ListModelsResponse, False),
@@ -1045,6 +1563,10 @@ VALID_BYTES = [
         forecast_pb2.ForecastRequest(history=[float(t % 7) for t in range(12)], quantiles=[0.5]),
         generate_pb2.GenerateRequest(prompt="First", max_tokens=3, seed=1, stop=["x"], logprobs=True, top_logprobs=2),
         generate_pb2.ScoreRequest(prompt="First", continuations=["Citizen", "a"]),
+        recognize_pb2.RecognizeRequest(
+            config=recognize_pb2.RecognitionConfig(encoding=LINEAR16, sample_rate_hertz=8000, max_alternatives=2),
+            audio=linear16(synth("tone", 400, 8000, 1)),
+        ),
         _infer_bytes(),
         models_pb2.GetModelRequest(name="tiny-generate", version="1"),
         models_pb2.ListModelsRequest(task="forecast"),
@@ -1221,6 +1743,61 @@ def test_regression_undecodable_requests_are_invalid_argument(live, method):
     assert handled._value.get() >= before + 1
 
 
+STREAMING_RECOGNIZE = "/seqserve.v1.Recognizer/StreamingRecognize"
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_regression_undecodable_stream_messages_are_invalid_argument(live, position):
+    """StreamingRecognize is bidirectional, so the raw-bytes storm leaves it out; bytes that do not
+    parse as a StreamingRecognizeRequest, first or later in a stream, are INVALID_ARGUMENT naming the
+    message type (and the message's place after the first), never UNKNOWN; the server goes on serving."""
+    handled = live.metrics.grpc_handled.labels("bidi_stream", "seqserve.v1.Recognizer", "StreamingRecognize",
+                                               "INVALID_ARGUMENT")
+    before = handled._value.get()
+    config = recognize_pb2.RecognitionConfig(encoding=LINEAR16, sample_rate_hertz=8000)
+    messages = [
+        recognize_pb2.StreamingRecognizeRequest(
+            streaming_config=recognize_pb2.StreamingRecognitionConfig(config=config, interim_results=True)),
+        recognize_pb2.StreamingRecognizeRequest(audio_content=linear16(synth("tones", 1600, 8000, 3))),
+    ]
+    data = [m.SerializeToString() for m in messages[:position]] + [b"\x0a\xff\xff\xff\xff\x0f"]
+    rpc = live.channel.stream_stream(STREAMING_RECOGNIZE, request_serializer=None, response_deserializer=None)
+    replies = []
+    try:
+        for reply in rpc(iter(data), timeout=CALL_TIMEOUT_S):
+            replies.append(recognize_pb2.StreamingRecognizeResponse.FromString(reply))
+        raise AssertionError(f"the stream succeeded: {replies}")
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
+        prefix = "" if position == 0 else f"message {position}: "
+        assert err.details().startswith(f"{prefix}request is not a valid seqserve.v1.StreamingRecognizeRequest "
+                                        "message"), err.details()
+        assert "Unexpected" not in err.details() and bad_request_fields(err) == []
+    assert not any(r.results[0].is_final for r in replies)  # interim results at most
+    deadline = time.monotonic() + 5
+    while handled._value.get() < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert handled._value.get() >= before + 1
+    # ... and the server keeps serving streams.
+    responses = list(live.recognizer.StreamingRecognize(iter(messages), timeout=CALL_TIMEOUT_S))
+    assert responses[-1].results[0].is_final and responses[-1].results[0].result_end_time.ToMilliseconds() == 200
+    reply = live.health.Check(health_pb2.HealthCheckRequest(service="seqserve.v1.Recognizer"), timeout=CALL_TIMEOUT_S)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_regression_stream_seconds_error_names_audio_content(live):
+    """A stream past max_stream_seconds names audio_content, and the message that crossed the limit,
+    in its message as in its BadRequest (it once said only "the stream has 1.2 s of audio; ...")."""
+    config = recognize_pb2.RecognitionConfig(encoding=LINEAR16, sample_rate_hertz=8000)
+    chunk = recognize_pb2.StreamingRecognizeRequest(audio_content=linear16(synth("tones", 3200, 8000, 5)))
+    messages = [recognize_pb2.StreamingRecognizeRequest(
+        streaming_config=recognize_pb2.StreamingRecognitionConfig(config=config)), chunk, chunk, chunk]  # 1.2 s
+    _, err = call(lambda r, timeout: list(live.recognizer.StreamingRecognize(iter(r), timeout=timeout)), messages)
+    assert err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+    assert bad_request_fields(err) == ["audio_content"]
+    assert err.details() == "audio_content of message 3: the stream has 1.2 s of audio; the limit is 1 s (max_stream_seconds)"
+
+
 @pytest.mark.parametrize("size", [300, 3000, 100_000])
 def test_regression_long_echoed_names_keep_their_status(live, size):
     """Errors echo the requested model / version / task; a long one used to push the trailers past
@@ -1277,6 +1854,7 @@ def test_zz_after_the_storm_the_server_is_healthy_and_unchanged(live, after):
         "seqserve.v1.Translator",
         "seqserve.v1.Forecaster",
         "seqserve.v1.Generator",
+        "seqserve.v1.Recognizer",
         "seqserve.v1.Models",
     ):
         reply = live.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=CALL_TIMEOUT_S)
@@ -1284,6 +1862,7 @@ def test_zz_after_the_storm_the_server_is_healthy_and_unchanged(live, after):
     assert _baseline(live) == live.baseline
     engine = live.served.engine
     assert engine.admission.requests == 0 and engine._slots.in_use == 0  # no call or decoding slot leaked
+    assert metric_value(live.metrics, "seqserve_active_streams") == 0  # no generation or recognition stream left
     assert not live.errors.records, [r.getMessage() for r in live.errors.records]
     assert not live.loop_errors, live.loop_errors
     labels = {

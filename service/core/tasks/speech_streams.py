@@ -165,7 +165,8 @@ class AudioStream:
             raise InvalidArgument(err.message.replace(field, f"{field} of message {index}", 1), field=field) from None
         seconds = self.received_seconds + len(samples) / self._rate
         if seconds > cfg.max_stream_seconds:
-            raise InvalidArgument(f"the stream has {seconds:.1f} s of audio; the limit is {cfg.max_stream_seconds:g} s "
+            raise InvalidArgument(f"{field} of message {index}: the stream has {seconds:.1f} s of audio; the limit is "
+                                  f"{cfg.max_stream_seconds:g} s "
                                   "(max_stream_seconds)", field=field)
         self.received_seconds = seconds
         if not len(samples):
