@@ -113,6 +113,11 @@ class ServeConfig:
         512, "StreamingRecognize streams open at once (whole server); beyond it RESOURCE_EXHAUSTED")
     max_chunk_bytes: int = _opt(64 * 1024, "bytes of audio per StreamingRecognize message")
     max_stream_seconds: float = _opt(600.0, "seconds of audio per StreamingRecognize stream")
+    # Recognition streams: one round of the shared step loop per this many ms at most, so that the
+    # chunks of many streams share graph calls; an idle loop steps as soon as audio arrives.
+    stream_step_ms: float = _opt(
+        20.0, "StreamingRecognize: the shortest time between two rounds of a model's shared step loop; 0 = a "
+        "round whenever audio arrives")
     max_message_bytes: int = _opt(4 * 1024 * 1024, "gRPC send/receive message size")
     length_penalty: float = _opt(DEFAULT_LENGTH_PENALTY, "GNMT alpha for beam search: score / ((5 + len) / 6) ** alpha")
     # Transport security (PEM files; all empty = plaintext). A client CA turns on mutual TLS:
@@ -144,7 +149,7 @@ class ServeConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} {getattr(self, name)!r} must be 0 (automatic) or more")
         for name in ("poll_interval_s", "max_batch_wait_ms", "grace_s", "length_penalty", "inline_graph_ms",
-                     "inline_idle_graph_ms"):
+                     "inline_idle_graph_ms", "stream_step_ms"):
             if not getattr(self, name) >= 0:  # also rejects NaN
                 raise ValueError(f"{name} {getattr(self, name)!r} must be 0 or more")
         for name in ("max_audio_seconds", "max_stream_seconds"):

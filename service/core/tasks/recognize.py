@@ -47,7 +47,8 @@ class RecognizeModel:
         self.streams: AudioStepLoop | None = None
         if step is not None:
             self.streams = AudioStepLoop(f"model {m.name} version {m.version} (acoustic_step)", step,
-                                         self._state_names, ctx.meter(m.name, m.version, "acoustic_step"))
+                                         self._state_names, ctx.meter(m.name, m.version, "acoustic_step"),
+                                         ctx.config.stream_step_ms / 1000.0)
 
     @property
     def streaming(self) -> bool:

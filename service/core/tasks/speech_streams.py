@@ -251,8 +251,10 @@ class AudioStepLoop:
     waiting, groups them by how many frames they bring (at most MAX_STEP_FRAMES), and runs one graph
     call per group; each stream's state goes in and comes out as its row."""
 
-    def __init__(self, name: str, graph: GraphRuntime, state_names: list[str], meter: GraphMeter) -> None:
+    def __init__(self, name: str, graph: GraphRuntime, state_names: list[str], meter: GraphMeter,
+                 step_s: float = 0.0) -> None:
         self.name, self.graph, self._state_names, self._meter = name, graph, state_names, meter
+        self.step_s = step_s  # the shortest time between the starts of two rounds
         self._streams: list[AudioStream] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -315,8 +317,15 @@ class AudioStepLoop:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            started = time.monotonic()
             for k, streams in sorted(groups.items()):
                 await self._step(k, streams)
+            # At most one round per step_s: audio that arrives meanwhile waits for the next round, so
+            # that the streams share calls (a round per chunk would run one small call per message).
+            # An idle loop steps at once when audio comes.
+            rest = self.step_s - (time.monotonic() - started)
+            if rest > 0:
+                await asyncio.sleep(rest)
 
     async def _step(self, k: int, streams: list[AudioStream]) -> None:
         audio = np.stack([s.take(k) for s in streams])  # (B, context + k * frame)
