@@ -346,6 +346,12 @@ class SpeechConfig:
     time_mask_frames: int = 10
     freq_masks: int = 2  # and of up to freq_mask_bands mel bands
     freq_mask_bands: int = 6
+    # Distillation (streaming students): the per-frame CTC posteriors of a bidirectional teacher
+    # checkpoint, shifted distill_delay frames later (a unidirectional model can only name a word
+    # once it has heard it), are a second target: loss = CTC + distill_weight * KL(teacher || model).
+    distill_from: str = ""  # the teacher's checkpoint (a recognize model with the same features and stack)
+    distill_delay: int = 6
+    distill_weight: float = 1.0
 
     @property
     def n_mels(self) -> int:
@@ -356,6 +362,9 @@ class SpeechConfig:
 
         check_cell(self.cell)
         _check_positive(self, "num_labels", "stack", "hidden_size", "num_layers")
+        if self.distill_delay < 0 or self.distill_weight < 0:
+            raise ValueError(f"SpeechConfig.distill_delay {self.distill_delay!r} and distill_weight "
+                             f"{self.distill_weight!r} must be >= 0")
         _check_dropout(self)
         try:
             FeatureSpec(**self.features)
@@ -425,10 +434,18 @@ class SpeechRecognizer(nn.Module):
         return F.log_softmax(self.head(self.dropout(y)), dim=-1), state
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """batch: features (B, F, M), feat_len (B,), labels (B, L) (0-padded), label_len (B,) -> mean CTC loss per label."""
+        """batch: features (B, F, M), feat_len (B,), labels (B, L) (0-padded), label_len (B,) [, teacher
+        (B, T, V) log-probs] -> mean CTC loss per label [+ distill_weight * mean per-frame KL to the teacher]."""
         log_probs, frames = self(batch["features"], batch["feat_len"])
-        return F.ctc_loss(log_probs.transpose(0, 1), batch["labels"], frames, batch["label_len"], blank=0,
+        loss = F.ctc_loss(log_probs.transpose(0, 1), batch["labels"], frames, batch["label_len"], blank=0,
                           reduction="mean", zero_infinity=True)
+        teacher = batch.get("teacher")
+        if teacher is not None and self.config.distill_weight > 0:
+            # the teacher's last distill_delay frames fall past the end: the student's are left to CTC
+            valid = (torch.arange(log_probs.shape[1])[None, :] < (frames - self.config.distill_delay)[:, None]).float()
+            kl = (teacher.exp() * (teacher - log_probs)).sum(-1)  # (B, T)
+            loss = loss + self.config.distill_weight * (kl * valid).sum() / valid.sum().clamp_min(1.0)
+        return loss
 
 
 # ---- construction --------------------------------------------------------------------------------

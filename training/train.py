@@ -152,15 +152,33 @@ def _speech_data(run: RunConfig, data_dir, rank: int, info: dict[str, Any]) -> T
     val_items = [(r.audio, [r.digit]) for r in val] + S.eval_strings(val, cfg.val_utterances, seed=cfg.seed + 1)
     info.update(train_recordings=len(train), val_recordings=len(val), holdout=cfg.holdout,
                 speakers=sorted({r.speaker for r in train}))
+    teacher = None
+    if run.model.get("distill_from"):
+        teacher = _speech_teacher(run.model["distill_from"], spec, run.model, info)
     if cfg.dataset == "fsdd":
         info["recordings_sha256"] = S.FSDD_TREE_SHA256
     return TaskData(
-        train=S.SpeechBatches(train, features, tc.batch_size, cfg.steps_per_epoch, seed=tc.seed, rank=rank),
+        train=S.SpeechBatches(train, features, tc.batch_size, cfg.steps_per_epoch, seed=tc.seed, rank=rank,
+                              teacher=teacher),
         val=S.FixedSpeechBatches(val_items, features, tc.batch_size),
         tokenizers={},
         model_fields={"features": spec.to_dict(), "num_labels": len(S.LABELS), "feature_mean": mean, "feature_std": std},
         info=info,
     )
+
+
+def _speech_teacher(path: str, spec: Any, model_cfg: dict[str, Any], info: dict[str, Any]):
+    """The distillation teacher of a speech run: its checkpoint, checked to hear as the student does."""
+    from training.data import speech as S
+    from training.data.files import file_sha256
+
+    teacher, _ = model_from_checkpoint(path)
+    if teacher.task != "recognize" or dict(teacher.config.features) != spec.to_dict() or \
+            teacher.config.stack != int(model_cfg.get("stack", 2)):
+        raise ValueError(f"model.distill_from {path}: the teacher must be a recognize model with the student's "
+                         "features and stack")
+    info["teacher"] = {"checkpoint": str(path), "sha256": file_sha256(path), "step": load_checkpoint(path)["step"]}
+    return S.Teacher(teacher, int(model_cfg.get("distill_delay", 6)))
 
 
 def _model_config(run: RunConfig, fields_from_data: dict[str, Any]) -> dict[str, Any]:

@@ -247,9 +247,10 @@ class SpeechBatches:
     stateful = False
 
     def __init__(self, pool: Sequence[Recording], features, batch_size: int, steps: int, mix: Mix = TRAIN_MIX,
-                 seed: int = 0, rank: int = 0) -> None:
+                 seed: int = 0, rank: int = 0, teacher=None) -> None:
         self.pool, self.features, self.batch_size, self.steps, self.mix = list(pool), features, batch_size, steps, mix
         self.seed, self.rank = seed, rank
+        self.teacher = teacher  # batch -> (B, T, V) target log-probs (distillation), or None
 
     def __len__(self) -> int:
         return self.steps
@@ -257,7 +258,28 @@ class SpeechBatches:
     def batches(self, epoch: int = 0) -> Iterator[dict[str, Tensor]]:
         for step in range(self.steps):
             rng = np.random.default_rng([self.seed, epoch, step, self.rank])
-            yield collate_audio([make_utterance(self.pool, rng, self.mix) for _ in range(self.batch_size)], self.features)
+            batch = collate_audio([make_utterance(self.pool, rng, self.mix) for _ in range(self.batch_size)],
+                                  self.features)
+            if self.teacher is not None:
+                batch["teacher"] = self.teacher(batch)
+            yield batch
+
+
+class Teacher:
+    """A trained recognizer's per-frame log-probabilities of a batch, ``delay`` frames later (the first
+    frames: certain blank): the targets a streaming student is distilled towards."""
+
+    def __init__(self, model, delay: int) -> None:
+        self.model, self.delay = model.eval(), delay
+
+    def __call__(self, batch: dict[str, Tensor]) -> Tensor:
+        with torch.no_grad():
+            lp, _ = self.model(batch["features"], batch["feat_len"])  # (B, T, V)
+        if self.delay:
+            blank = torch.full_like(lp[:, : self.delay], -1e4)
+            blank[..., 0] = 0.0
+            lp = torch.cat([blank, lp[:, : lp.shape[1] - self.delay]], dim=1)[:, : lp.shape[1]]
+        return lp
 
 
 class FixedSpeechBatches:

@@ -129,3 +129,23 @@ def test_evaluation_and_leave_one_speaker_out(tmp_path):
     stamp = (out / "theo" / "figures.json").stat().st_mtime_ns
     assert main(["speakers", "--config", str(cfg), "--out", str(out), "--speakers", "theo"]) == 0
     assert (out / "theo" / "figures.json").stat().st_mtime_ns == stamp  # a scored fold is not trained again
+
+
+def test_distillation_targets_are_the_teachers_posteriors_later():
+    torch.manual_seed(2)
+    teacher = SpeechRecognizer(SpeechConfig(hidden_size=8, num_layers=1, bidirectional=True)).eval()
+    batch = S.collate_audio(S.eval_strings(S.fsdd_split(S.synthetic_recordings(0, takes=10), "test"), 3, seed=1),
+                            FeatureExtractor(SPEC))
+    with torch.no_grad():
+        direct, frames = teacher(batch["features"], batch["feat_len"])
+    shifted = S.Teacher(teacher, delay=4)(batch)
+    assert shifted.shape == direct.shape
+    torch.testing.assert_close(shifted[:, 4:], direct[:, :-4])
+    assert torch.all(shifted[:, :4].argmax(-1) == 0) and torch.allclose(shifted[:, :4].exp().sum(-1), torch.ones(3, 4))
+    student = SpeechRecognizer(SpeechConfig(hidden_size=8, num_layers=1, bidirectional=False, distill_delay=4))
+    student.eval()
+    plain = student.loss(batch)
+    with_teacher = student.loss({**batch, "teacher": shifted})
+    assert with_teacher > plain  # + KL(teacher || student) over the frames the teacher covers
+    itself = {**batch, "teacher": student(batch["features"], batch["feat_len"])[0].detach()}
+    torch.testing.assert_close(student.loss(itself), plain)  # KL to itself is 0
