@@ -155,8 +155,8 @@ def _speech_data(run: RunConfig, data_dir, rank: int, info: dict[str, Any]) -> T
     teacher = None
     if run.model.get("distill_from"):
         teacher = _speech_teacher(run.model["distill_from"], spec, run.model, info)
-    if cfg.dataset == "fsdd":
-        info["recordings_sha256"] = S.FSDD_TREE_SHA256
+    if cfg.dataset == "fsdd":  # the README's hash of the whole recordings folder, checked by load_fsdd
+        info["files"] = {S.FSDD_DIR: S.FSDD_TREE_SHA256}
     return TaskData(
         train=S.SpeechBatches(train, features, tc.batch_size, cfg.steps_per_epoch, seed=tc.seed, rank=rank,
                               teacher=teacher),

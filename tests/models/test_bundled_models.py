@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,8 @@ MODELS = REPO / "models"
 BUNDLES = sorted(p.parent for p in MODELS.glob("*/*/manifest.json"))
 SIZE_LIMIT = 30 * 1000 * 1000  # "under 30 MB"
 # The figures `seqserve-train evaluate --write-manifest` stored that must reproduce within 1%.
-KEY_FIGURES = {"translate": ("bleu", "chrf", "bleu_lc"), "forecast": ("mse", "mae"), "generate": ("nats_per_char",)}
+KEY_FIGURES = {"translate": ("bleu", "chrf", "bleu_lc"), "forecast": ("mse", "mae"), "generate": ("nats_per_char",),
+               "recognize": ("accuracy", "der")}
 
 pytestmark = pytest.mark.skipif(not BUNDLES, reason="models/ holds no bundles")
 
@@ -103,6 +105,31 @@ def test_seqserve_serve_with_no_arguments_serves_every_bundled_model():
             if "generate" in tasks:
                 out = client.generate("ROMEO:", max_tokens=60, seed=1, temperature=0.8)
                 assert out.completion_tokens == 60 and len(out.text) > 20
+            recordings = Path(os.environ["SEQSERVE_DATA_DIR"]) / "fsdd" / "recordings"  # set by tests/conftest.py
+            if "recognize" in tasks and recordings.is_dir():  # two test takes, as a phone number is spoken
+                audio = _joined([recordings / "7_theo_0.wav", recordings / "3_george_1.wav"])
+                assert client.recognize(audio).transcript == "7 3"
+                streamed = list(client.recognize_stream((audio[44:][i : i + 1600] for i in range(0, len(audio) - 44, 1600)),
+                                                        sample_rate_hertz=8000))
+                assert streamed[-1].is_final and streamed[-1].transcript == "7 3"
+
+
+def _joined(paths: list[Path]) -> bytes:
+    """One 8 kHz WAV file: the recordings, with 200 ms of silence between them."""
+    import io
+    import wave
+
+    pcm = b""
+    for path in paths:
+        with wave.open(str(path), "rb") as w:
+            pcm += w.readframes(w.getnframes()) + b"\x00\x00" * 1600
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(pcm)
+    return out.getvalue()
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda b: f"{b.parent.name}/{b.name}")
