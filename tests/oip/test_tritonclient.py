@@ -51,7 +51,8 @@ def test_health_and_metadata(checked):
     assert models["generate-shakespeare"]["inputs"] == [["prompt", "BYTES", [-1]], ["continuation", "BYTES", [-1]]]
     assert all(m["versions"] == ["1"] for m in models.values())
     assert set(models) == set(BUNDLES)  # every bundled model answered a row through tritonclient
-    assert {tuple(m["answered"][:1]) for m in models.values()} <= {("translation",), ("forecast",), ("text",)}
+    assert {tuple(m["answered"][:1]) for m in models.values()} <= {("translation",), ("forecast",), ("text",),
+                                                                    ("transcript",)}
 
 
 def test_a_batch_of_rows_answers_as_separate_calls(checked):

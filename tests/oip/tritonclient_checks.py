@@ -13,7 +13,7 @@ import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from inputs import HISTORY, PROMPTS, SAMPLE, TEXTS  # this script runs as a file: its folder is on sys.path
+from inputs import HISTORY, PROMPTS, SAMPLE, TEXTS, tone_wav  # this script runs as a file: its folder is on sys.path
 
 
 def expect_error(call, code: str, words: str) -> str:
@@ -40,7 +40,10 @@ def main(address: str) -> None:
                                "inputs": [(t.name, t.datatype, list(t.shape)) for t in m.inputs],
                                "outputs": [(t.name, t.datatype, list(t.shape)) for t in m.outputs]}
         first = m.inputs[0]  # every model answers one row through the client
-        if first.datatype == "BYTES":
+        if first.name == "audio":  # a speech model: one WAV file per row
+            row = triton.InferInput(first.name, [1], "BYTES")
+            row.set_data_from_numpy(np.array([tone_wav()], dtype=np.object_))
+        elif first.datatype == "BYTES":
             row = triton.InferInput(first.name, [1], "BYTES")
             row.set_data_from_numpy(np.array([SAMPLE.get(name, "Ein Mann").encode()], dtype=np.object_))
         else:
