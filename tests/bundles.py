@@ -56,7 +56,7 @@ TINY: dict[str, dict[str, Any]] = {
     "translate": dict(embed_size=16, hidden_size=16, attention_size=16, num_layers=1, dropout=0.0),
     "forecast": dict(channels=1, window=24, min_history=8, horizon=6, hidden_size=16, num_layers=1),
     "generate": dict(embed_size=16, hidden_size=24, num_layers=2, dropout=0.0),
-    "recognize": dict(hidden_size=16, num_layers=1, bidirectional=False, dropout=0.0),  # streams
+    "recognize": dict(hidden_size=16, num_layers=1, bidirectional=False, dropout=0.0, tail_ms=100),  # streams
 }
 LIMITS: dict[str, dict[str, int]] = {
     "translate": {"max_source_tokens": 64, "max_target_tokens": 48},

@@ -121,7 +121,7 @@ def _recognize_offline(acoustic: Graph, audios: list[np.ndarray], blank: int, ba
 
 
 def _recognize_streaming(step: Graph, audios: list[np.ndarray], spec: dict[str, Any], layers: int, hidden: int,
-                         states: tuple[str, ...], chunk: int) -> list[list[int]]:
+                         states: tuple[str, ...], chunk: int, tail: int = 0) -> list[list[int]]:
     """Greedy CTC labels of each signal sent to the step graph in chunks of ``chunk`` samples, its state
     carried from chunk to chunk as the server carries it."""
     from service.inference.ctc import greedy
@@ -133,8 +133,9 @@ def _recognize_streaming(step: Graph, audios: list[np.ndarray], spec: dict[str, 
         framer = ChunkFramer(spec["n_fft"] - spec["hop"], frame)
         state = {f"state_{s}": np.zeros((layers, 1, hidden), np.float32) for s in states}
         parts = []
-        for i in range(0, len(audio), chunk):
-            framer.push(audio[i : i + chunk])
+        pieces = [audio[i : i + chunk] for i in range(0, len(audio), chunk)]
+        for piece in pieces + ([np.zeros(tail, np.float32)] if tail else []):  # the half-close appends the tail
+            framer.push(piece)
             inp = framer.take()
             if inp is None:
                 continue
@@ -155,11 +156,16 @@ def speech_metrics(graphs: dict[str, Graph], singles: list[tuple[np.ndarray, int
 
     figures: dict[str, Any] = {"recordings": len(singles), "strings": len(strings),
                                "string_digits": sum(len(d) for _, d in strings)}
-    modes = {"": lambda audios: _recognize_offline(graphs["acoustic"], audios, spec["blank"])}
+    from service.contract import SpeechSpec
+    from service.inference.speech import with_tail
+
+    tail = SpeechSpec(**spec).tail_samples  # the end-of-recording silence the server appends
+    modes = {"": lambda audios: _recognize_offline(graphs["acoustic"], [with_tail(a, tail) for a in audios],
+                                                   spec["blank"])}
     if "acoustic_step" in graphs:
         chunk = spec["sample_rate"] * STREAM_CHUNK_MS // 1000
         modes["stream_"] = lambda audios: _recognize_streaming(graphs["acoustic_step"], audios, spec, layers, hidden,
-                                                               states, chunk)
+                                                               states, chunk, tail)
     for prefix, run in modes.items():
         got = run([a for a, _ in singles])
         figures[f"{prefix}accuracy"] = float(np.mean([g == [d + 1] for g, (_, d) in zip(got, singles)])) if singles else 0.0

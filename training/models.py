@@ -349,6 +349,7 @@ class SpeechConfig:
     # Distillation (streaming students): the per-frame CTC posteriors of a bidirectional teacher
     # checkpoint, shifted distill_delay frames later (a unidirectional model can only name a word
     # once it has heard it), are a second target: loss = CTC + distill_weight * KL(teacher || model).
+    tail_ms: int = 0  # silence after every recording, in training and in serving (SpeechSpec.tail_ms)
     distill_from: str = ""  # the teacher's checkpoint (a recognize model with the same features and stack)
     distill_delay: int = 6
     distill_weight: float = 1.0

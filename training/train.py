@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -149,7 +151,10 @@ def _speech_data(run: RunConfig, data_dir, rank: int, info: dict[str, Any]) -> T
     features = FeatureExtractor(spec)
     train, val = D.speech_recordings(cfg, "train", data_dir), D.speech_recordings(cfg, "val", data_dir)
     mean, std = S.feature_stats(train, features, seed=cfg.seed)
-    val_items = [(r.audio, [r.digit]) for r in val] + S.eval_strings(val, cfg.val_utterances, seed=cfg.seed + 1)
+    tail_ms = int(run.model.get("tail_ms", 0))
+    tail = np.zeros(tail_ms * spec.sample_rate // 1000, np.float32)
+    val_items = [(np.concatenate([r.audio, tail]), [r.digit]) for r in val] + S.eval_strings(
+        val, cfg.val_utterances, seed=cfg.seed + 1, mix=dataclasses.replace(S.EVAL_MIX, tail_ms=tail_ms))
     info.update(train_recordings=len(train), val_recordings=len(val), holdout=cfg.holdout,
                 speakers=sorted({r.speaker for r in train}))
     teacher = None
@@ -158,7 +163,8 @@ def _speech_data(run: RunConfig, data_dir, rank: int, info: dict[str, Any]) -> T
     if cfg.dataset == "fsdd":  # the README's hash of the whole recordings folder, checked by load_fsdd
         info["files"] = {S.FSDD_DIR: S.FSDD_TREE_SHA256}
     return TaskData(
-        train=S.SpeechBatches(train, features, tc.batch_size, cfg.steps_per_epoch, seed=tc.seed, rank=rank,
+        train=S.SpeechBatches(train, features, tc.batch_size, cfg.steps_per_epoch,
+                              mix=dataclasses.replace(S.TRAIN_MIX, tail_ms=tail_ms), seed=tc.seed, rank=rank,
                               teacher=teacher),
         val=S.FixedSpeechBatches(val_items, features, tc.batch_size),
         tokenizers={},

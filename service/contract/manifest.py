@@ -133,6 +133,16 @@ class SpeechSpec:
     labels: list[str]  # the text of each CTC output index; labels[blank] is ""
     blank: int = 0
     word_separator: str = " "  # joins the labels of a transcript (each label is a word: a digit)
+    # Silence appended to the end of every recording (and stream) before its last frames are
+    # recognised: a unidirectional model names a word only after it has heard it, so audio cut right
+    # after the last word needs frames to name it in. Trained with the same silence; 0 = none.
+    tail_ms: int = 0
+
+    @property
+    def tail_samples(self) -> int:
+        """tail_ms of silence in whole frames, at the model's rate."""
+        frames = -(-self.tail_ms * self.sample_rate // 1000 // self.frame_samples)
+        return frames * self.frame_samples
 
     @property
     def frame_samples(self) -> int:
@@ -168,6 +178,8 @@ class SpeechSpec:
             raise BundleError(f"speech.blank {self.blank!r} must index the empty label in speech.labels")
         if any(not x for i, x in enumerate(labels) if i != self.blank):
             raise BundleError("speech.labels: only the blank may be empty")
+        if not isinstance(self.tail_ms, int) or isinstance(self.tail_ms, bool) or not 0 <= self.tail_ms <= 5000:
+            raise BundleError(f"speech.tail_ms {self.tail_ms!r} must be an integer within 0..5000")
 
 
 @dataclass

@@ -56,3 +56,10 @@ def pad_batch(audios: Sequence[np.ndarray], least: int = 1) -> tuple[np.ndarray,
     for i, a in enumerate(audios):
         out[i, : len(a)] = a
     return out, lengths
+
+
+def with_tail(audio: np.ndarray, tail_samples: int) -> np.ndarray:
+    """``audio`` followed by ``tail_samples`` zeros (a model's end-of-recording silence, SpeechSpec.tail_samples)."""
+    if not tail_samples:
+        return audio
+    return np.concatenate([np.asarray(audio, np.float32), np.zeros(tail_samples, np.float32)])

@@ -156,6 +156,7 @@ class Mix:
     speed: tuple[float, float] = (1.0, 1.0)  # per-recording speed factor (resampled), 1 = none
     gain_db: tuple[float, float] = (0.0, 0.0)  # per-utterance gain
     digit_gain_db: float = 0.0  # per-recording gain spread (+-)
+    tail_ms: int = 0  # pure silence after the end (and after the noise): a model's SpeechSpec.tail_ms
 
 
 # Training strings stay shorter than the test's (2-7 digits: a recurrent model carries over to longer
@@ -194,7 +195,10 @@ def make_utterance(pool: Sequence[Recording], rng: np.random.Generator, mix: Mix
     if rng.random() < mix.noise_share:
         sigma = speech_rms * gain * 10 ** (-rng.uniform(*mix.snr_db) / 20)
         audio = audio + rng.normal(0.0, sigma, len(audio)).astype(np.float32)
-    return np.clip(audio, -1.0, 1.0).astype(np.float32), [r.digit for r in picks]
+    audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
+    if mix.tail_ms:
+        audio = np.concatenate([audio, np.zeros(int(mix.tail_ms * rate), np.float32)])
+    return audio, [r.digit for r in picks]
 
 
 def eval_strings(pool: Sequence[Recording], count: int, seed: int, mix: Mix = EVAL_MIX) -> list[tuple[np.ndarray, list[int]]]:

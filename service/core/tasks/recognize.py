@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from service.contract import BundleError
-from service.inference.speech import pad_batch
+from service.inference.speech import pad_batch, with_tail
 
 from .. import audio as A
 from ..batching import DynamicBatcher
@@ -121,11 +121,12 @@ class RecognizeModel:
     async def recognize(self, req: RecognizeRequest, deadline: float | None) -> RecognizeResult:
         samples, seconds = self.prepare(req.config, req.audio, req.samples)
         started = time.perf_counter()
-        log_probs = await self._batcher.submit(samples, deadline)  # (T, V)
+        log_probs = await self._batcher.submit(with_tail(samples, self.spec.tail_samples), deadline)  # (T, V)
         self._ctx.sink.speech_audio(self.name, self.version, "offline", seconds, time.perf_counter() - started)
-        # result_end_time: the frames recognised (the tail shorter than a frame is not), as a stream's
+        # result_end_time: the whole frames of the audio (not the appended silence, nor a last part
+        # shorter than a frame), as a stream's
         result = speech_result(self.spec, log_probs, req.config.max_alternatives, req.config.word_time_offsets,
-                               len(log_probs) * self.spec.frame_seconds)
+                               len(samples) // self.spec.frame_samples * self.spec.frame_seconds)
         return RecognizeResult(self.name, self.version, result, seconds)
 
     async def _run_batch(self, signals: list[np.ndarray]) -> list[np.ndarray]:

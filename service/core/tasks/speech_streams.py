@@ -68,9 +68,15 @@ def speech_result(spec: SpeechSpec, log_probs: np.ndarray, max_alternatives: int
         texts = [spec.labels[i] for i in alt.labels]
         ws = []
         if words:
+            prev_end = 0.0
             for text, label, (first, last) in zip(texts, alt.labels, alt.spans):
                 conf = float(np.exp(log_probs[first : last + 1, label].max()))
-                ws.append(Word(text, round(first * frame_s, 3), round((last + 1) * frame_s, 3), _clip01(conf)))
+                # A word named in the appended silence (SpeechSpec.tail_ms) is placed at the end of the
+                # audio; words stay in order.
+                end = max(min((last + 1) * frame_s, end_time), prev_end)
+                start = min(max(first * frame_s, prev_end), max(end - frame_s, prev_end))
+                ws.append(Word(text, round(start, 3), round(end, 3), _clip01(conf)))
+                prev_end = end
         out.append(SpeechAlternative(spec.word_separator.join(texts), _clip01(alt.confidence), ws))
     return SpeechResult(out, round(end_time, 3))
 
@@ -127,6 +133,7 @@ class AudioStream:
         self.posteriors = Posteriors([])
         self.best = BestPath(spec.blank)
         self.received_seconds = 0.0  # audio received, at the client's rate
+        self._samples = 0  # audio received, at the model's rate (the appended tail not counted)
         self._pending_times: list[tuple[int, float]] = []  # (frames needed, perf_counter of the chunk's arrival)
         self._changed = asyncio.Event()
         self._ended = False  # the client half-closed
@@ -172,7 +179,9 @@ class AudioStream:
         if not len(samples):
             return
         before = self.framer.frames + self.frames_ready
-        self.framer.push(self._resampler.push(samples))
+        resampled = self._resampler.push(samples)
+        self._samples += len(resampled)
+        self.framer.push(resampled)
         after = self.framer.frames + self.frames_ready
         if after > before:
             self._pending_times.append((after, time.perf_counter()))
@@ -182,7 +191,12 @@ class AudioStream:
         """The client half-closed: flush the resampler; the final result follows the last frames."""
         if self._ended:
             return
-        self.framer.push(self._resampler.flush())
+        rest = self._resampler.flush()
+        self._samples += len(rest)
+        self.framer.push(rest)
+        spec = self.model.spec
+        if spec.tail_samples:  # the silence the model needs after the last word, as in training
+            self.framer.push(np.zeros(spec.tail_samples, np.float32))  # the frames of audio + tail, as offline
         self._ended = True
         self._ended_at = time.perf_counter()
         self.model.streams.wake()
@@ -214,8 +228,15 @@ class AudioStream:
             _, arrived = self._pending_times.pop(0)
             sink.speech_latency(self.model.name, self.model.version, "interim", now - arrived)
 
+    @property
+    def audio_frames(self) -> int:
+        """Whole frames of the audio received (the appended tail not counted)."""
+        return self._samples // self.model.spec.frame_samples
+
     def result_end(self) -> float:
-        return self.posteriors.frames * self.model.spec.frame_seconds
+        """Seconds of audio recognised: whole frames of what was received (the appended tail not counted)."""
+        spec = self.model.spec
+        return min(self.posteriors.frames, self._samples // spec.frame_samples) * spec.frame_seconds
 
     async def updates(self) -> AsyncIterator[SpeechResult]:
         """Interim results (when asked for) as frames arrive, then the final result once the input ended."""
@@ -350,7 +371,8 @@ class AudioStepLoop:
         frame_s = streams[0].model.spec.frame_seconds
         sink = streams[0].model._ctx.sink
         m = streams[0].model
-        sink.speech_audio(m.name, m.version, "stream", len(streams) * k * frame_s, seconds)
+        real = sum(max(0, min(k, s.audio_frames - s.posteriors.frames)) for s in streams)  # not the tails
+        sink.speech_audio(m.name, m.version, "stream", real * frame_s, seconds)
         for i, s in enumerate(streams):
             if s.cancelled:
                 continue
