@@ -164,7 +164,8 @@ def _speech_data(run: RunConfig, data_dir, rank: int, info: dict[str, Any]) -> T
         info["files"] = {S.FSDD_DIR: S.FSDD_TREE_SHA256}
     return TaskData(
         train=S.SpeechBatches(train, features, tc.batch_size, cfg.steps_per_epoch,
-                              mix=dataclasses.replace(S.TRAIN_MIX, tail_ms=tail_ms), seed=tc.seed, rank=rank,
+                              mix=dataclasses.replace(S.TRAIN_MIX, tail_ms=tail_ms, single_share=cfg.single_share),
+                              seed=tc.seed, rank=rank,
                               teacher=teacher),
         val=S.FixedSpeechBatches(val_items, features, tc.batch_size),
         tokenizers={},

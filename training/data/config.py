@@ -59,6 +59,7 @@ class DataConfig:
     repeats: int = 300  # synthetic text: sentences
     # recognize
     holdout: str = ""  # fsdd: a speaker whose every take is the test split (and in neither train nor val)
+    single_share: float = 0.3  # share of training utterances that are one recording (the rest: digit strings)
     steps_per_epoch: int = 100  # connected-digit batches are built fresh: how many make an epoch
     val_utterances: int = 300  # val: the val split's single recordings plus this many digit strings
 
@@ -76,7 +77,7 @@ class DataConfig:
                 raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)!r}")
         if not 0.0 <= self.crop_prob <= 1.0:
             raise ValueError(f"data.crop_prob must be within [0, 1], got {self.crop_prob!r}")
-        for key in ("concat_pairs", "concat_comma"):
+        for key in ("concat_pairs", "concat_comma", "single_share"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"data.{key} must be within [0, 1], got {getattr(self, key)!r}")
         return self
