@@ -107,7 +107,7 @@ STREAM_CHUNK_MS = 100  # streaming evaluation: the audio arrives in chunks of th
 def _recognize_offline(acoustic: Graph, audios: list[np.ndarray], blank: int, batch: int = 16) -> list[list[int]]:
     """Greedy CTC labels of each signal through the offline graph, batched by length."""
     from service.inference.ctc import greedy
-    from service.inference.speech import pad_batch
+    from service.inference.speech import blank_first_frame, pad_batch
 
     out: list[list[int]] = [[] for _ in audios]
     order = sorted(range(len(audios)), key=lambda i: len(audios[i]))
@@ -116,7 +116,7 @@ def _recognize_offline(acoustic: Graph, audios: list[np.ndarray], blank: int, ba
         audio, lens = pad_batch([audios[i] for i in idx])
         res = acoustic({"audio": audio, "audio_len": lens})
         for j, i in enumerate(idx):
-            out[i] = list(greedy(res["log_probs"][j, : res["frames"][j]], blank).labels)
+            out[i] = list(greedy(blank_first_frame(res["log_probs"][j, : res["frames"][j]], blank), blank).labels)
     return out
 
 
@@ -125,7 +125,7 @@ def _recognize_streaming(step: Graph, audios: list[np.ndarray], spec: dict[str, 
     """Greedy CTC labels of each signal sent to the step graph in chunks of ``chunk`` samples, its state
     carried from chunk to chunk as the server carries it."""
     from service.inference.ctc import greedy
-    from service.inference.speech import ChunkFramer
+    from service.inference.speech import ChunkFramer, blank_first_frame
 
     out = []
     frame = spec["hop"] * spec["stack"]
@@ -143,7 +143,7 @@ def _recognize_streaming(step: Graph, audios: list[np.ndarray], spec: dict[str, 
             state = {f"state_{s}": res[f"state_{s}_out"] for s in states}
             parts.append(res["log_probs"][0])
         lp = np.concatenate(parts) if parts else np.zeros((0, len(spec["labels"])), np.float32)
-        out.append(list(greedy(lp, spec["blank"]).labels))
+        out.append(list(greedy(blank_first_frame(lp, spec["blank"]), spec["blank"]).labels))
     return out
 
 

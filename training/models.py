@@ -438,12 +438,17 @@ class SpeechRecognizer(nn.Module):
         """batch: features (B, F, M), feat_len (B,), labels (B, L) (0-padded), label_len (B,) [, teacher
         (B, T, V) log-probs] -> mean CTC loss per label [+ distill_weight * mean per-frame KL to the teacher]."""
         log_probs, frames = self(batch["features"], batch["feat_len"])
+        # frame 0 is a certain blank, as the server reads it (service.inference.speech.blank_first_frame)
+        first = torch.full_like(log_probs[:, :1], -1e4)
+        first[..., 0] = 0.0
+        log_probs = torch.cat([first, log_probs[:, 1:]], dim=1)
         loss = F.ctc_loss(log_probs.transpose(0, 1), batch["labels"], frames, batch["label_len"], blank=0,
                           reduction="mean", zero_infinity=True)
         teacher = batch.get("teacher")
         if teacher is not None and self.config.distill_weight > 0:
             # the teacher's last distill_delay frames fall past the end: the student's are left to CTC
-            valid = (torch.arange(log_probs.shape[1])[None, :] < (frames - self.config.distill_delay)[:, None]).float()
+            t = torch.arange(log_probs.shape[1])[None, :]
+            valid = ((t >= 1) & (t < (frames - self.config.distill_delay)[:, None])).float()
             kl = (teacher.exp() * (teacher - log_probs)).sum(-1)  # (B, T)
             loss = loss + self.config.distill_weight * (kl * valid).sum() / valid.sum().clamp_min(1.0)
         return loss

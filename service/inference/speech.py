@@ -63,3 +63,21 @@ def with_tail(audio: np.ndarray, tail_samples: int) -> np.ndarray:
     if not tail_samples:
         return audio
     return np.concatenate([np.asarray(audio, np.float32), np.zeros(tail_samples, np.float32)])
+
+
+def blank_first_frame(log_probs: np.ndarray, blank: int) -> np.ndarray:
+    """``log_probs`` (T, V) of a recording's or stream's first frames, with frame 0 made a certain blank.
+
+    Frame 0 hears the zero padding in front and the first few milliseconds: no word can be in it. A
+    unidirectional model, which knows it is at frame 0 (its state is zero), otherwise learns to put
+    a blind guess of the first word there instead of naming it once heard; training masks frame 0
+    the same way."""
+    if not len(log_probs):
+        return log_probs
+    out = np.array(log_probs, dtype=np.float32, copy=True)
+    out[0] = BLANK_FLOOR
+    out[0, blank] = 0.0
+    return out
+
+
+BLANK_FLOOR = -1e4  # log-probability of every other label in a masked frame

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from service.contract import BundleError
-from service.inference.speech import pad_batch, with_tail
+from service.inference.speech import blank_first_frame, pad_batch, with_tail
 
 from .. import audio as A
 from ..batching import DynamicBatcher
@@ -133,7 +133,7 @@ class RecognizeModel:
         audio, lengths = pad_batch(signals, self.spec.frame_samples)
         out = await self._acoustic.run({"audio": audio, "audio_len": lengths})
         lp, frames = out["log_probs"], out["frames"]
-        return [lp[i, : int(frames[i])] for i in range(len(signals))]
+        return [blank_first_frame(lp[i, : int(frames[i])], self.spec.blank) for i in range(len(signals))]
 
     # ---- streaming
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from service.contract import SpeechSpec
 from service.inference import ctc
-from service.inference.speech import ChunkFramer
+from service.inference.speech import ChunkFramer, blank_first_frame
 
 from .. import audio as A
 from ..errors import Internal, InvalidArgument, ServiceError, Unavailable
@@ -215,6 +215,8 @@ class AudioStream:
     def advance(self, log_probs: np.ndarray, states: dict[str, np.ndarray]) -> None:
         """Consume one step's rows: (k, V) log-probs and the new state."""
         self.in_flight -= len(log_probs)
+        if not self.posteriors.frames:
+            log_probs = blank_first_frame(log_probs, self.model.spec.blank)
         self.posteriors.add(log_probs)
         if self.interim:
             self.best.extend(log_probs)

@@ -69,3 +69,15 @@ def test_framing_hands_out_whole_frames_with_their_context():
     assert f.frames == 3 and f.pending == 20 and f.samples == 500
     audio, lengths = pad_batch([np.ones(3, np.float32), np.ones(5, np.float32)], least=8)
     assert audio.shape == (2, 8) and list(lengths) == [3, 5] and audio[0, 3:].sum() == 0
+
+
+def test_frame_zero_never_carries_a_word():
+    from service.inference.speech import blank_first_frame
+
+    lp = posteriorgram(5, 3)
+    lp[0] = np.log(np.full(11, 1e-6))
+    lp[0, 7] = 0.0  # a confident guess at frame 0
+    masked = blank_first_frame(lp, 0)
+    assert masked[0].argmax() == 0 and np.array_equal(masked[1:], lp[1:].astype(np.float32))
+    assert ctc.greedy(masked, 0).labels == ctc.greedy(lp[1:], 0).labels
+    assert len(blank_first_frame(lp[:0], 0)) == 0
