@@ -348,7 +348,8 @@ class SpeechConfig:
     freq_mask_bands: int = 6
     # Distillation (streaming students): the per-frame CTC posteriors of a bidirectional teacher
     # checkpoint, shifted distill_delay frames later (a unidirectional model can only name a word
-    # once it has heard it), are a second target: loss = CTC + distill_weight * KL(teacher || model).
+    # once it has heard it), are a second target: loss = CTC + distill_weight * KL(teacher || model),
+    # both per label.
     tail_ms: int = 0  # silence after every recording, in training and in serving (SpeechSpec.tail_ms)
     distill_from: str = ""  # the teacher's checkpoint (a recognize model with the same features and stack)
     distill_delay: int = 6
@@ -450,7 +451,9 @@ class SpeechRecognizer(nn.Module):
             t = torch.arange(log_probs.shape[1])[None, :]
             valid = ((t >= 1) & (t < (frames - self.config.distill_delay)[:, None])).float()
             kl = (teacher.exp() * (teacher - log_probs)).sum(-1)  # (B, T)
-            loss = loss + self.config.distill_weight * (kl * valid).sum() / valid.sum().clamp_min(1.0)
+            # per label, as the CTC loss is (a per-frame mean would drown the few frames that carry words)
+            per_label = (kl * valid).sum(1) / batch["label_len"].clamp_min(1)
+            loss = loss + self.config.distill_weight * per_label.mean()
         return loss
 
 
