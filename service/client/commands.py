@@ -321,6 +321,7 @@ def run_recognize(client, args, out: TextIO) -> int:
             print_json({**dataclasses.asdict(result), "transcript": result.transcript}, out)
             return 0
         write_recognition(result.results[0].alternatives if result.results else [], args, out)
+        out.flush()  # the transcript before the note on stderr, where both go to one terminal
         print(f"[{result.model} v{result.version}, {result.total_billed_time:.2f} s of audio]", file=sys.stderr)
         return 0
 
