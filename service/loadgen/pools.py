@@ -105,23 +105,28 @@ def score_requests(config: BenchConfig, rng: np.random.Generator) -> list[Messag
     return out
 
 
+async def _model_info(channel: grpc.aio.Channel, config: BenchConfig, task: str):
+    """(the named model's ModelInfo, [it]) with ``--model``; else (the task's default model or None,
+    every model of the task). Raises grpc.aio.AioRpcError."""
+    stub = models_pb2_grpc.ModelsStub(channel)
+    if config.model:
+        reply = await stub.GetModel(models_pb2.GetModelRequest(name=config.model, version=config.version),
+                                    timeout=config.timeout_s)
+        return reply.model, [reply.model]
+    listed = await stub.ListModels(models_pb2.ListModelsRequest(task=task), timeout=config.timeout_s)
+    return next((m for m in listed.models if m.is_default), None), list(listed.models)
+
+
 async def forecast_shape(channel: grpc.aio.Channel, config: BenchConfig) -> ForecastShape:
     """The ForecastSpec of the model to load-test (the default forecast model when none is named).
 
     When it cannot be read (unknown model, ...) a warning is logged and a generic shape is used, so
     the requests themselves fail and are counted by code."""
-    stub = models_pb2_grpc.ModelsStub(channel)
     try:
-        if config.model:
-            reply = await stub.GetModel(models_pb2.GetModelRequest(name=config.model, version=config.version),
-                                        timeout=config.timeout_s)
-            info = reply.model
-        else:
-            listed = await stub.ListModels(models_pb2.ListModelsRequest(task="forecast"), timeout=config.timeout_s)
-            info = next((m for m in listed.models if m.is_default), None)
-            if info is None:
-                log.warning("the server has no default forecast model; using a generic history shape")
-                return ForecastShape()
+        info, _ = await _model_info(channel, config, "forecast")
+        if info is None:
+            log.warning("the server has no default forecast model; using a generic history shape")
+            return ForecastShape()
     except grpc.aio.AioRpcError as err:
         log.warning("cannot read the forecast spec (%s: %s); using a generic history shape",
                     err.code().name, err.details())
@@ -159,17 +164,11 @@ async def speech_shape(channel: grpc.aio.Channel, config: BenchConfig, streaming
     empty name (the default recognition model; for streams, the default when it can stream, else the
     first READY one by name that can, as the engine's ``_streaming_default``). When it cannot be read
     a warning is logged and 8 kHz with 30 ms frames is assumed."""
-    stub = models_pb2_grpc.ModelsStub(channel)
     try:
-        if config.model:
-            reply = await stub.GetModel(models_pb2.GetModelRequest(name=config.model, version=config.version),
-                                        timeout=config.timeout_s)
-            info = reply.model
-        else:
-            listed = await stub.ListModels(models_pb2.ListModelsRequest(task="recognize"), timeout=config.timeout_s)
-            info = next((m for m in listed.models if m.is_default), None)
+        info, models = await _model_info(channel, config, "recognize")
+        if not config.model:
             if streaming and (info is None or not info.speech.streaming):
-                ready = sorted((m for m in listed.models if m.speech.streaming and m.state == "READY"),
+                ready = sorted((m for m in models if m.speech.streaming and m.state == "READY"),
                                key=lambda m: (m.name, -int(m.version or 0)))
                 info = ready[0] if ready else info
             if info is None:

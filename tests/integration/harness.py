@@ -120,6 +120,16 @@ def bad_request_fields(err: grpc.aio.AioRpcError) -> list[str]:
     return fields
 
 
+async def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run ``seqserve ARGV`` in a thread (the server shares this event loop); (exit code, stdout, stderr)."""
+    from service.client import cli
+
+    capsys.readouterr()
+    rc = await asyncio.to_thread(cli.main, list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def free_port() -> int:
     """A loopback port nothing listens on now (bound and released)."""
     with socket.socket() as sock:

@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 
 from service.client import ClientError, SeqserveClient, cli
-from tests.integration.harness import free_port, serving
+from tests.integration.harness import free_port, run_cli, serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -20,14 +20,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 async def served(module_models):
     async with serving(module_models) as s:
         yield s
-
-
-async def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run ``seqserve ARGV`` in a thread (the server shares this event loop)."""
-    capsys.readouterr()
-    rc = await asyncio.to_thread(cli.main, list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 # -- client --------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest_asyncio
 
 from service.client import ClientError, SeqserveClient, cli
 from tests.bundles import make_bundle
-from tests.integration.harness import serving
+from tests.integration.harness import run_cli, serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 STREAMING, BIDIRECTIONAL = "tiny-recognize", "tiny-recognize-bi"
@@ -59,14 +59,6 @@ async def served(tmp_path_factory):
     make_bundle(models, "recognize", name=BIDIRECTIONAL, bidirectional=True, hidden_size=8, seed=2)
     async with serving(models) as s:
         yield s
-
-
-async def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run ``seqserve ARGV`` in a thread (the server shares this event loop)."""
-    capsys.readouterr()
-    rc = await asyncio.to_thread(cli.main, list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def offline(address: str, audio: bytes, **kw):
