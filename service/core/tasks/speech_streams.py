@@ -195,7 +195,9 @@ class AudioStream:
         self._samples += len(rest)
         self.framer.push(rest)
         spec = self.model.spec
-        if spec.tail_samples:  # the silence the model needs after the last word, as in training
+        # the silence the model needs after the last word, as in training (not after less than a frame
+        # of audio: offline, that is refused; a stream that heard nothing says nothing)
+        if spec.tail_samples and self.audio_frames:
             self.framer.push(np.zeros(spec.tail_samples, np.float32))  # the frames of audio + tail, as offline
         self._ended = True
         self._ended_at = time.perf_counter()
