@@ -53,7 +53,7 @@ from service.contract import (
 from service.core import types
 from service.core.config import EVENT_LOOPS, ServeConfig
 from service.front.server import MODELS_SERVICE, TASK_SERVICES, describe_loop, event_loop_factory, run_on_loop
-from service.front.servicers import model_info
+from service.front.servicers import duration, model_info
 from service.v1 import (
     forecast_pb2,
     forecast_pb2_grpc,
@@ -331,14 +331,6 @@ class EchoTranslator(translate_pb2_grpc.TranslatorServicer):
         return reply
 
 
-def _seconds(value: float):
-    from google.protobuf import duration_pb2
-
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(value * 1e9))
-    return d
-
-
 class EchoRecognizer(recognize_pb2_grpc.RecognizerServicer):
     def __init__(self, catalogue: Catalogue) -> None:
         self.catalogue = catalogue
@@ -349,7 +341,7 @@ class EchoRecognizer(recognize_pb2_grpc.RecognizerServicer):
             entry = self.catalogue.resolve("recognize", request.config.model, request.config.version)
         except RequestError as err:
             await context.abort(err.code, err.details)
-        seconds = _seconds(len(request.audio) / 2 / (request.config.sample_rate_hertz or 8000))
+        seconds = duration(len(request.audio) / 2 / (request.config.sample_rate_hertz or 8000))
         return recognize_pb2.RecognizeResponse(
             model=entry.name, version=entry.version, total_billed_time=seconds,
             results=[recognize_pb2.SpeechRecognitionResult(
@@ -366,13 +358,13 @@ class EchoRecognizer(recognize_pb2_grpc.RecognizerServicer):
                     await context.abort(err.code, err.details)
                 continue
             received += len(msg.audio_content)
-            seconds = _seconds(received / 2 / (config.sample_rate_hertz or 8000))
+            seconds = duration(received / 2 / (config.sample_rate_hertz or 8000))
             yield recognize_pb2.StreamingRecognizeResponse(
                 model=entry.name, version=entry.version, total_billed_time=seconds,
                 results=[recognize_pb2.StreamingRecognitionResult(
                     alternatives=[recognize_pb2.SpeechRecognitionAlternative()], result_end_time=seconds)])
         if config is not None:
-            seconds = _seconds(received / 2 / (config.sample_rate_hertz or 8000))
+            seconds = duration(received / 2 / (config.sample_rate_hertz or 8000))
             yield recognize_pb2.StreamingRecognizeResponse(
                 model=entry.name, version=entry.version, total_billed_time=seconds,
                 results=[recognize_pb2.StreamingRecognitionResult(

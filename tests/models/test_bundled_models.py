@@ -106,12 +106,14 @@ def test_seqserve_serve_with_no_arguments_serves_every_bundled_model():
                 out = client.generate("ROMEO:", max_tokens=60, seed=1, temperature=0.8)
                 assert out.completion_tokens == 60 and len(out.text) > 20
             recordings = Path(os.environ["SEQSERVE_DATA_DIR"]) / "fsdd" / "recordings"  # set by tests/conftest.py
-            if "recognize" in tasks and recordings.is_dir():  # ten test takes, as a phone number is spoken
+            if "recognize" in tasks and recordings.is_dir():
+                from training.data.speech import digit_error_rate  # edit distance over words
+  # ten test takes, as a phone number is spoken
                 speakers = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
                 digits = [4, 1, 5, 5, 0, 9, 2, 6, 8, 3]
                 audio = _joined([recordings / f"{d}_{speakers[i % 6]}_1.wav" for i, d in enumerate(digits)])
                 said = client.recognize(audio).transcript.split()
-                assert _edits(said, [str(d) for d in digits]) <= 2, said
+                assert digit_error_rate([said], [[str(d) for d in digits]])[1] <= 2, said
                 streaming = [m["name"] for m in listed.values() if m.get("speech", {}).get("streaming")]
                 if streaming:  # a stream's final result is the streaming model's offline answer
                     pcm = audio[44:]
@@ -119,17 +121,7 @@ def test_seqserve_serve_with_no_arguments_serves_every_bundled_model():
                     final = list(client.recognize_stream(chunks, sample_rate_hertz=8000, model=streaming[0]))[-1]
                     offline = client.recognize(audio, model=streaming[0]).transcript
                     assert final.is_final and final.transcript == offline
-                    assert _edits(offline.split(), [str(d) for d in digits]) <= 3, offline
-
-
-def _edits(a: list[str], b: list[str]) -> int:
-    """Levenshtein distance between two word lists."""
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
+                    assert digit_error_rate([offline.split()], [[str(d) for d in digits]])[1] <= 3, offline
 
 
 def _joined(paths: list[Path]) -> bytes:

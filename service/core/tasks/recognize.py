@@ -102,10 +102,7 @@ class RecognizeModel:
         """Validate and decode ``data`` (or take ``samples``, floats at config.sample_rate_hertz);
         returns the samples at the model's rate (float32 (N,)) and the seconds received."""
         cfg = self._config
-        n = config.max_alternatives
-        if n < 0 or n > cfg.max_alternatives:
-            raise InvalidArgument(f"config.max_alternatives {n} is outside 0..{cfg.max_alternatives}",
-                                  field="config.max_alternatives")
+        self._check_alternatives(config, "config")
         if samples is not None:
             audio = A.from_samples(samples, config.sample_rate_hertz, max_seconds=cfg.max_audio_seconds)
         else:
@@ -117,6 +114,11 @@ class RecognizeModel:
             raise InvalidArgument(f"audio is {audio.seconds * 1000:.1f} ms; model {self.name!r} needs at least "
                                   f"{ms:g} ms (one frame)", field="audio")
         return samples, audio.seconds
+
+    def _check_alternatives(self, config: RecognitionConfig, where: str) -> None:
+        n, limit = config.max_alternatives, self._config.max_alternatives
+        if n < 0 or n > limit:
+            raise InvalidArgument(f"{where}.max_alternatives {n} is outside 0..{limit}", field=f"{where}.max_alternatives")
 
     async def recognize(self, req: RecognizeRequest, deadline: float | None) -> RecognizeResult:
         samples, seconds = self.prepare(req.config, req.audio, req.samples)
@@ -143,12 +145,8 @@ class RecognizeModel:
         if self.streams is None:
             raise FailedPrecondition(f"model {self.name!r} is bidirectional and cannot stream; use a model whose "
                                      "ModelInfo.speech.streaming is true", field="streaming_config.config.model")
-        cfg = self._config
         where = "streaming_config.config"
-        n = config.max_alternatives
-        if n < 0 or n > cfg.max_alternatives:
-            raise InvalidArgument(f"{where}.max_alternatives {n} is outside 0..{cfg.max_alternatives}",
-                                  field=f"{where}.max_alternatives")
+        self._check_alternatives(config, where)
         if config.encoding not in ("", A.LINEAR16):
             raise InvalidArgument(f"{where}.encoding {config.encoding} cannot stream; send LINEAR16 samples",
                                   field=f"{where}.encoding")
