@@ -1,4 +1,4 @@
-"""seqserve-train: train, export, evaluate, quantize, compare, speakers and gradient-flow subcommands."""
+"""seqserve-train: train, build, export, evaluate, quantize, compare, speakers and gradient-flow subcommands."""
 
 from __future__ import annotations
 
@@ -11,17 +11,6 @@ from typing import Any, Sequence
 from service.contract import TASKS
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-FREQUENCY = {"ETTh1": "1h", "ETTm1": "15min"}
-# What each dataset's text is like: the model's domain, stated in its manifest's description.
-DOMAINS = {
-    "multi30k": "image captions (one-sentence descriptions of photos of people, animals and scenes); "
-                "other kinds of text translate poorly",
-    "tatoeba": "short everyday sentences (Tatoeba); long or technical text translates poorly",
-    "shakespeare": "Shakespeare's plays, character by character",
-    "fsdd": "spoken English digits 0-9, single or strung together, from the Free Spoken Digit Dataset (FSDD), "
-            "Zohar Jackson and contributors, CC BY-SA 4.0 (six male speakers, 8 kHz); other words are not recognised",
-}
-
 log = logging.getLogger(__name__)
 
 
@@ -115,58 +104,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _portable(path) -> str:
-    """``path`` relative to the working directory when it lies under it (a manifest should not carry
-    the build machine's absolute paths), else as given."""
-    resolved = Path(path).resolve()
-    try:
-        return str(resolved.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-FSDD_ATTRIBUTION = ("Free Spoken Digit Dataset (FSDD), Zohar Jackson and contributors, "
-                    "github.com/Jakobovski/free-spoken-digit-dataset")
-
-
-def dataset_of(run: dict[str, Any]) -> str:
-    return str((run.get("data") or {}).get("dataset", ""))
-
-
-def export_checkpoint(checkpoint: str | Path, models_dir: str | Path, name: str, version: str, description: str = ""):
-    """Export ``checkpoint`` as the bundle ``models_dir/name/version``; returns the manifest."""
-    from training.export import export_bundle
-    from training.rundir import load_checkpoint
-    from training.train import model_from_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    model, tokenizers = model_from_checkpoint(ckpt)
-    run, info = ckpt["run_config"], ckpt.get("data_info", {})
-    training = {
-        "run_config": run, "data": info, "checkpoint": _portable(checkpoint), "step": ckpt["step"],
-        "best_step": ckpt["best_step"], "best_val_loss": ckpt["best_val"], "seconds": round(ckpt["seconds"], 1),
-        "seed": run["train"]["seed"], "world_size": ckpt["world_size"],
-    }
-    kwargs: dict[str, Any] = {}
-    if model.task == "translate":
-        max_len = int(run["data"]["max_len"])
-        kwargs["limits"] = {"max_source_tokens": 2 * max_len, "max_target_tokens": 2 * max_len}
-        kwargs["languages"] = {"source": run["data"]["src_lang"], "target": run["data"]["tgt_lang"]}
-    if model.task == "recognize" and dataset_of(run) == "fsdd":
-        kwargs["extra"] = {"data_license": "CC BY-SA 4.0", "data_attribution": FSDD_ATTRIBUTION}
-    if model.task == "forecast":
-        columns = list(info.get("columns", []))
-        kwargs.update(channel_names=columns, frequency=FREQUENCY.get(run["data"]["dataset"], ""),
-                      target_channel=columns.index("OT") if "OT" in columns else -1)
-    dataset = run["data"]["dataset"]
-    description = description or f"{model.task} {model.config.cell} trained on {dataset}" + (
-        f": {DOMAINS[dataset]}" if dataset in DOMAINS else "")
-    out = Path(models_dir) / name / str(version)
-    return export_bundle(model, out, name=name, version=str(version), tokenizers=tokenizers, training=training,
-                         description=description, **kwargs)
-
-
 def cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_checkpoint
+
     manifest = export_checkpoint(args.checkpoint, args.models, args.name, args.version, args.description)
     print(f"exported {manifest.task} bundle to {Path(args.models) / args.name / args.version}")
     return 0
@@ -231,6 +171,17 @@ def cmd_speakers(args: argparse.Namespace) -> int:
         raise SystemExit(f"bad config: {err}") from None
     print((Path(args.out) / "speakers.md").read_text(encoding="utf-8"))
     print(f"wrote {args.out}/speakers.csv, speakers.md and one run directory per speaker")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from training.build import build, summary
+
+    preset = args.preset or (None if args.config else f"files-{args.task}")
+    config = _resolve_config(argparse.Namespace(**{**vars(args), "preset": preset, "out": None, "seed": None}))
+    result = build(args.task, args.data, args.name, args.models, config=config, out_dir=args.out,
+                   int8=not args.float32, threads=args.threads, description=args.description)
+    print(summary(result))
     return 0
 
 
@@ -350,6 +301,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-items", type=int, default=0, metavar="N", help="score each fold on its first N items only")
     add_shared(s, "seed", "data_dir", "set")
     s.set_defaults(func=cmd_speakers)
+
+    b = sub.add_parser(
+        "build", help="your own data -> a served bundle: check, train, export, evaluate, int8, next version",
+        description="Read and check your files (every problem named with its file, line or row, column and value, "
+        "before training starts), split them, train (progress bar), export with the parity check, evaluate the "
+        "held-out test part against the task's baselines into the manifest, store int8 weights where every figure "
+        "holds within 1%%, and move the bundle into MODELS/NAME/ as its next version, where a running server "
+        "loads it. A failed or interrupted build leaves nothing in MODELS. Data: forecast: CSV/TSV/Parquet tables, "
+        "long (unique_id/ds/y, item_id/timestamp/target, or --set data.id_column=... time_column value_column) or "
+        "wide (a time column, one column per series); translate: two line-aligned text files (source, target) or "
+        "one table with the two columns; generate: text files. Settings: --set data.KEY=VALUE, see the preset.",
+        epilog=f"default preset: files-TASK; {preset_list}",
+    )
+    b.add_argument("--task", required=True, choices=("forecast", "translate", "generate"))
+    b.add_argument("--data", required=True, action="append", metavar="PATH", help="a data file (repeatable)")
+    b.add_argument("--name", required=True, help="model name (letters, digits, . _ -)")
+    b.add_argument("--models", default="models", metavar="DIR", help="model repository (default %(default)s)")
+    add_shared(b, "config", "preset", "set")
+    b.add_argument("--out", metavar="DIR", help="training run directory (default runs/build-NAME-VERSION)")
+    b.add_argument("--threads", type=int, default=2, help="onnxruntime threads for the evaluation (default 2)")
+    b.add_argument("--float32", action="store_true", help="keep float32 weights (skip the int8 step)")
+    b.add_argument("--description", default="", help="free text stored in the manifest")
+    b.set_defaults(func=cmd_build)
 
     sub.add_parser("gradient-flow", help="gradient-flow report per cell (see gradient-flow --help)", add_help=False)
     for parser in sub.choices.values():

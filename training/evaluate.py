@@ -178,10 +178,13 @@ def speech_metrics(graphs: dict[str, Graph], singles: list[tuple[np.ndarray, int
 
 
 def forecast_metrics(
-    run: Graph, series: list[np.ndarray], window: int, horizon: int, quantiles: list[float], batch_size: int = 256
+    run: Graph, series: list[np.ndarray], window: int, horizon: int, quantiles: list[float], batch_size: int = 256,
+    season: int = 0,
 ) -> dict[str, Any]:
     """MSE/MAE of the median (on the given, train-standardised scale), per prefix horizon, interval
-    coverage, and the same errors of the repeat-last-value baseline on the same windows (``naive_*``)."""
+    coverage, and the same errors of the repeat-last-value baseline on the same windows (``naive_*``).
+    With ``season`` m (<= window): seasonal naive's (each step repeats the value one season earlier)
+    MAE and MSE (``snaive_*``) and ``relative_mae`` = MAE / seasonal naive's MAE (< 1: better)."""
     from training.data import WindowDataset
 
     ds = WindowDataset(series, window, horizon)
@@ -193,6 +196,10 @@ def forecast_metrics(
     ab = np.zeros(horizon)
     naive_sq = np.zeros(horizon)  # the same for "tomorrow equals today": the window's last value
     naive_ab = np.zeros(horizon)
+    snaive_sq = snaive_ab = 0.0
+    season = season if 0 < season <= window else 0
+    if season:
+        repeat = window - season + np.arange(horizon) % season  # the window's index each step repeats
     inside, count = 0, 0
     for i in range(0, len(ds), batch_size):
         items = [ds[j] for j in range(i, min(i + batch_size, len(ds)))]
@@ -205,6 +212,10 @@ def forecast_metrics(
         naive = x[:, -1:, :] - y
         naive_sq += (naive**2).sum(axis=(0, 2))
         naive_ab += np.abs(naive).sum(axis=(0, 2))
+        if season:
+            snaive = x[:, repeat, :] - y
+            snaive_sq += float((snaive**2).sum())
+            snaive_ab += float(np.abs(snaive).sum())
         inside += int(((pred[..., lo] <= y) & (y <= pred[..., hi])).sum())
         count += y.size
     per_step = count / horizon
@@ -220,6 +231,9 @@ def forecast_metrics(
         if h < horizon:
             out[f"naive_mse@{h}"] = float(naive_sq[:h].sum() / (per_step * h))
             out[f"naive_mae@{h}"] = float(naive_ab[:h].sum() / (per_step * h))
+    if season:
+        out.update(season=season, snaive_mse=snaive_sq / count, snaive_mae=snaive_ab / count,
+                   relative_mae=float(ab.sum() / snaive_ab) if snaive_ab else float("nan"))
     return out
 
 
@@ -287,6 +301,25 @@ def translation_metrics(hyps: list[str], refs: list[str], tgt_lang: str = "en") 
     }
 
 
+def unigram_bits_per_char(train: str, text: str) -> float:
+    """The baseline a language model must beat: bits per character of ``text`` under the training text's
+    character frequencies (add-one smoothed over the characters of both)."""
+    from collections import Counter
+
+    counts = Counter(train)
+    vocab = set(counts) | set(text)
+    total = len(train) + len(vocab)
+    return float(-sum(math.log2((counts[c] + 1) / total) for c in text) / max(1, len(text)))
+
+
+def copy_bleu(pairs: list[tuple[str, str]], tgt_lang: str = "") -> float:
+    """BLEU of the sources taken as their own translations: what names, numbers and shared words give."""
+    import sacrebleu
+
+    return sacrebleu.corpus_bleu([s for s, _ in pairs], [[t for _, t in pairs]],
+                                 tokenize="zh" if tgt_lang == "zh" else "13a").score
+
+
 # ---------------------------------------------------------------- entry points
 
 
@@ -313,10 +346,12 @@ def _evaluate(
     t0 = time.perf_counter()
     figures: dict[str, Any] = {"task": task, "dataset": cfg.dataset, "split": split}
     if task == "forecast":
-        series = D.forecast_series(cfg, forecast["window"], data_dir).split(split)
+        splits = D.forecast_series(cfg, forecast["window"], data_dir, forecast["horizon"], forecast["min_history"])
+        series = splits.split(split)
         if max_items:
             series = [s[: forecast["window"] + forecast["horizon"] + max_items - 1] for s in series]
-        figures.update(forecast_metrics(graphs["forecast"], series, forecast["window"], forecast["horizon"], forecast["quantiles"]))
+        figures.update(forecast_metrics(graphs["forecast"], series, forecast["window"], forecast["horizon"],
+                                        forecast["quantiles"], season=D.season_length(cfg, splits.freq)))
         figures["by_horizon"] = horizon_metrics(
             graphs["forecast"], series, forecast["window"], forecast["horizon"], forecast["quantiles"])
     elif task == "recognize":
@@ -335,6 +370,7 @@ def _evaluate(
             text = text[:max_items]
         ids = np.array(D.encode(tokenizers["text"], text), np.int64)
         figures.update(lm_metrics(graphs["lm"], ids, len(text), (num_layers, hidden_size), states))
+        figures["unigram_bits_per_char"] = unigram_bits_per_char(D.lm_text(cfg, "train", data_dir), text)
     else:
         pairs = D.translation_pairs(cfg, split, data_dir)
         if max_items:
@@ -357,6 +393,7 @@ def _evaluate(
         figures["unknown_source_tokens"] = sum(i == specials["unk"] for ids in sources for i in ids)
         figures["copied_words"] = copied
         figures.update(translation_metrics(hyps, [t for _, t in pairs], cfg.tgt_lang))
+        figures["copy_bleu"] = copy_bleu(pairs, cfg.tgt_lang)
         figures["examples"] = [{"source": s, "reference": t, "output": h} for (s, t), h in list(zip(pairs, hyps))[:3]]
     figures["seconds"] = round(time.perf_counter() - t0, 3)
     return figures
@@ -385,7 +422,8 @@ def evaluate_bundle(bundle_dir: str | Path, split: str = "test", data_dir=None, 
         m.task, ort_graphs(bundle_dir, m.graphs, threads, m.weights == "int8"), run_config=run_config,
         tokenizers={r: Tokenizer.from_file(str(bundle_dir / f)) for r, f in m.tokenizers.items()},
         cell=m.cell, num_layers=m.num_layers, hidden_size=m.hidden_size, specials=m.special_tokens, limits=m.limits,
-        forecast=None if m.forecast is None else {"window": m.forecast.window, "horizon": m.forecast.horizon, "quantiles": m.forecast.quantiles},
+        forecast=None if m.forecast is None else {"window": m.forecast.window, "horizon": m.forecast.horizon,
+                                                  "min_history": m.forecast.min_history, "quantiles": m.forecast.quantiles},
         split=split, data_dir=data_dir, max_items=max_items, beam=beam, speech=m.speech.info() if m.speech else None,
     )
     figures["source"] = "onnxruntime"
@@ -403,7 +441,8 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_dir=None, ma
     figures = _evaluate(
         model.task, torch_graphs(model), run_config=ckpt["run_config"], tokenizers=tokenizers, cell=c.cell,
         num_layers=c.num_layers, hidden_size=c.hidden_size, specials=dict(SPECIAL_IDS), limits={},
-        forecast={"window": c.window, "horizon": c.horizon, "quantiles": list(c.quantiles)} if model.task == "forecast" else None,
+        forecast={"window": c.window, "horizon": c.horizon, "min_history": c.min_history, "quantiles": list(c.quantiles)}
+        if model.task == "forecast" else None,
         split=split, data_dir=data_dir, max_items=max_items,
         speech=_speech_info(c) if model.task == "recognize" else None,
     )

@@ -318,3 +318,68 @@ def _forecast_spec(cfg: Any, channel_names: list[str] | None, frequency: str, ta
         quantiles=[float(q) for q in cfg.quantiles], target_channel=target_channel,
         channel_names=names, frequency=frequency,
     )
+
+
+# ---------------------------------------------------------------- checkpoint -> bundle
+
+FREQUENCY = {"ETTh1": "1h", "ETTm1": "15min"}
+# What each dataset's text is like: the model's domain, stated in its manifest's description.
+DOMAINS = {
+    "multi30k": "image captions (one-sentence descriptions of photos of people, animals and scenes); "
+                "other kinds of text translate poorly",
+    "tatoeba": "short everyday sentences (Tatoeba); long or technical text translates poorly",
+    "shakespeare": "Shakespeare's plays, character by character",
+    "fsdd": "spoken English digits 0-9, single or strung together, from the Free Spoken Digit Dataset (FSDD), "
+            "Zohar Jackson and contributors, CC BY-SA 4.0 (six male speakers, 8 kHz); other words are not recognised",
+}
+
+
+def portable(path) -> str:
+    """``path`` relative to the working directory when it lies under it (a manifest should not carry
+    the build machine's absolute paths), else absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
+FSDD_ATTRIBUTION = ("Free Spoken Digit Dataset (FSDD), Zohar Jackson and contributors, "
+                    "github.com/Jakobovski/free-spoken-digit-dataset")
+
+
+def dataset_of(run: dict[str, Any]) -> str:
+    return str((run.get("data") or {}).get("dataset", ""))
+
+
+def export_checkpoint(checkpoint: str | Path, models_dir: str | Path, name: str, version: str, description: str = "",
+                      bundle_dir: str | Path | None = None):
+    """Export ``checkpoint`` as the bundle ``models_dir/name/version`` (or into ``bundle_dir``); returns the manifest."""
+    from training.rundir import load_checkpoint
+    from training.train import model_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    model, tokenizers = model_from_checkpoint(ckpt)
+    run, info = ckpt["run_config"], ckpt.get("data_info", {})
+    training = {
+        "run_config": run, "data": info, "checkpoint": portable(checkpoint), "step": ckpt["step"],
+        "best_step": ckpt["best_step"], "best_val_loss": ckpt["best_val"], "seconds": round(ckpt["seconds"], 1),
+        "seed": run["train"]["seed"], "world_size": ckpt["world_size"],
+    }
+    kwargs: dict[str, Any] = {}
+    if model.task == "translate":
+        max_len = int(run["data"]["max_len"])
+        kwargs["limits"] = {"max_source_tokens": 2 * max_len, "max_target_tokens": 2 * max_len}
+        kwargs["languages"] = {"source": run["data"]["src_lang"], "target": run["data"]["tgt_lang"]}
+    if model.task == "recognize" and dataset_of(run) == "fsdd":
+        kwargs["extra"] = {"data_license": "CC BY-SA 4.0", "data_attribution": FSDD_ATTRIBUTION}
+    if model.task == "forecast":
+        columns = list(info.get("columns", []))
+        kwargs.update(channel_names=columns, frequency=info.get("freq") or FREQUENCY.get(run["data"]["dataset"], ""),
+                      target_channel=columns.index("OT") if "OT" in columns else -1)
+    dataset = run["data"]["dataset"]
+    description = description or f"{model.task} {model.config.cell} trained on {dataset}" + (
+        f": {DOMAINS[dataset]}" if dataset in DOMAINS else "")
+    out = Path(bundle_dir) if bundle_dir is not None else Path(models_dir) / name / str(version)
+    return export_bundle(model, out, name=name, version=str(version), tokenizers=tokenizers, training=training,
+                         description=description, **kwargs)

@@ -71,6 +71,10 @@ def prepare_data(run: RunConfig, data_dir=None, rank: int = 0, world_size: int =
 
     cfg, tc = run.data, run.train
     info: dict[str, Any] = {"dataset": cfg.dataset, "files": D.data_hashes(cfg.files(), data_dir)}
+    if cfg.dataset == "files":
+        from training.data import user
+
+        info["files"] = user.file_hashes(cfg.paths)
     if run.task == "translate":
         from training.vocab import SPECIAL_IDS
 
@@ -109,7 +113,12 @@ def prepare_data(run: RunConfig, data_dir=None, rank: int = 0, world_size: int =
         window = int(run.model.get("window", ForecastConfig.window))
         horizon = int(run.model.get("horizon", ForecastConfig.horizon))
         min_history = int(run.model.get("min_history", ForecastConfig.min_history))
-        series = D.forecast_series(cfg, window, data_dir)
+        series = D.forecast_series(cfg, window, data_dir, horizon, min_history)
+        if cfg.dataset == "files":
+            from training.data import user
+
+            info.update(series=series.names, freq=series.freq,
+                        season_length=cfg.season_length or user.seasonality(series.freq))
         train_ds = D.WindowDataset(series.train, window, horizon, cfg.stride)
         val_ds = D.WindowDataset(series.val, window, horizon)
         info.update(scaler=asdict(series.scaler), columns=series.columns, lead=series.lead, train_windows=len(train_ds))

@@ -17,6 +17,7 @@ from training.data.config import (
     encode,
     forecast_series,
     lm_text,
+    season_length,
     speech_recordings,
     translation_pairs,
 )
@@ -74,5 +75,5 @@ __all__ = [
     "batchify", "build_tokenizer", "check_split", "chinese_normalizer", "collate_windows", "concat_pairs", "data_file", "data_hashes",
     "default_data_dir", "encode", "ett_borders", "fetch", "file_sha256", "forecast_series", "lm_text",
     "load_ett", "load_multi30k", "load_shakespeare", "load_tatoeba", "load_tatoeba_zh", "make_collate_pairs", "multi30k_files",
-    "speech_recordings", "split_text", "synthetic_forecast", "synthetic_pairs", "synthetic_series", "synthetic_text", "translation_pairs",
+    "season_length", "speech_recordings", "split_text", "synthetic_forecast", "synthetic_pairs", "synthetic_series", "synthetic_text", "translation_pairs",
 ]

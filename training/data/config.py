@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from training.data.files import SPLITS, check_split
@@ -20,9 +20,9 @@ from training.data.text import (
 from training.data.translation import TATOEBA_FILE, load_multi30k, load_tatoeba, multi30k_files, synthetic_pairs
 
 TASK_DATASETS: dict[str, tuple[str, ...]] = {
-    "translate": ("synthetic", "multi30k", "tatoeba"),
-    "forecast": ("synthetic", "ETTh1", "ETTm1"),
-    "generate": ("synthetic", "shakespeare", "tatoeba-zh"),
+    "translate": ("synthetic", "multi30k", "tatoeba", "files"),
+    "forecast": ("synthetic", "ETTh1", "ETTm1", "files"),
+    "generate": ("synthetic", "shakespeare", "tatoeba-zh", "files"),
     "recognize": ("synthetic", "fsdd"),
 }
 TOKENIZER_KINDS = ("word", "bpe", "char")
@@ -62,6 +62,18 @@ class DataConfig:
     single_share: float = 0.3  # share of training utterances that are one recording (the rest: digit strings)
     steps_per_epoch: int = 100  # connected-digit batches are built fresh: how many make an epoch
     val_utterances: int = 300  # val: the val split's single recordings plus this many digit strings
+    # files: a user's own data (training.data.user; seqserve-train build)
+    paths: list[str] = field(default_factory=list)  # forecast: tables; translate: 2 text files or 1 table; generate: text files
+    layout: str = "auto"  # forecast tables: auto | long (id, time, value columns) | wide (time column + one per series)
+    id_column: str = ""  # long tables; "" = unique_id (Nixtla) or item_id (GluonTS)
+    time_column: str = ""  # "" = ds / timestamp (long), the first column (wide)
+    value_column: str = ""  # "" = y / target
+    freq: str = ""  # pandas alias (h, 30min, D, W, MS, QS, YS); "" = inferred from the timestamps
+    season_length: int = 0  # seasonal naive's period; 0 = from the frequency (GluonTS's seasonality)
+    src_column: str = ""  # translate tables; "" = the first column
+    tgt_column: str = ""  # "" = the second column
+    val_share: float = 0.1  # of each series' rows (at least a horizon), of the distinct targets, of the text
+    test_share: float = 0.1
 
     def validate(self, task: str) -> "DataConfig":
         if task not in TASK_DATASETS:
@@ -77,6 +89,13 @@ class DataConfig:
                 raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)!r}")
         if not 0.0 <= self.crop_prob <= 1.0:
             raise ValueError(f"data.crop_prob must be within [0, 1], got {self.crop_prob!r}")
+        if self.dataset == "files" and not self.paths:
+            raise ValueError("data.dataset 'files' needs data.paths (the files to train on)")
+        if not (0.0 < self.val_share < 1.0 and 0.0 < self.test_share < 1.0 and self.val_share + self.test_share < 1.0):
+            raise ValueError(f"data.val_share {self.val_share!r} and data.test_share {self.test_share!r} must be in "
+                             "(0, 1) and leave a training part")
+        if self.season_length < 0:
+            raise ValueError(f"data.season_length must be >= 0, got {self.season_length!r}")
         for key in ("concat_pairs", "concat_comma", "single_share"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"data.{key} must be within [0, 1], got {getattr(self, key)!r}")
@@ -88,6 +107,8 @@ class DataConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown data setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        if isinstance(d.get("paths"), str):
+            d = {**d, "paths": [d["paths"]]}
         return cls(**d).validate(task)
 
     def files(self) -> list[str]:
@@ -109,16 +130,39 @@ def translation_pairs(cfg: DataConfig, split: str, data_dir: str | os.PathLike |
         return load_multi30k(split, cfg.src_lang, cfg.tgt_lang, data_dir)
     if cfg.dataset == "tatoeba":
         return load_tatoeba(split, cfg.src_lang, cfg.tgt_lang, data_dir, seed=cfg.seed)
+    if cfg.dataset == "files":
+        from training.data import user
+
+        pairs = user.read_pairs(cfg.paths, cfg.src_column, cfg.tgt_column)
+        return user.split_pairs(pairs, split, cfg.seed, cfg.val_share, cfg.test_share)
     n = {"train": cfg.num_examples, "val": max(8, cfg.num_examples // 10), "test": max(8, cfg.num_examples // 10)}
     offset = {"train": 0, "val": 1, "test": 2}[check_split(split)]
     return synthetic_pairs(n[split], seed=cfg.seed * 3 + offset)
 
 
-def forecast_series(cfg: DataConfig, seq_len: int, data_dir: str | os.PathLike | None = None) -> SeriesSplits:
+def forecast_series(cfg: DataConfig, seq_len: int, data_dir: str | os.PathLike | None = None,
+                    horizon: int = 24, min_history: int = 0) -> SeriesSplits:
     """All splits of the forecasting data, standardised with training statistics."""
+    if cfg.dataset == "files":
+        from training.data.series import user_forecast
+
+        return user_forecast(cfg, seq_len, horizon, min_history or seq_len)
     if cfg.dataset in ETT_ROWS_PER_DAY:
         return load_ett(cfg.dataset, cfg.features, seq_len, data_dir)
     return synthetic_forecast(cfg.num_series, cfg.series_length, cfg.channels, cfg.seed, cfg.noise)
+
+
+def season_length(cfg: DataConfig, freq: str = "") -> int:
+    """Seasonal naive's period for this data: data.season_length, else from the frequency (ETT: a day)."""
+    if cfg.season_length:
+        return cfg.season_length
+    if cfg.dataset in ETT_ROWS_PER_DAY:
+        return ETT_ROWS_PER_DAY[cfg.dataset]
+    if freq:
+        from training.data.user import seasonality
+
+        return seasonality(freq)
+    return 0
 
 
 def lm_text(cfg: DataConfig, split: str, data_dir: str | os.PathLike | None = None) -> str:
@@ -127,6 +171,10 @@ def lm_text(cfg: DataConfig, split: str, data_dir: str | os.PathLike | None = No
         return load_shakespeare(split, data_dir)
     if cfg.dataset == "tatoeba-zh":
         return "".join(line + "\n" for line in load_tatoeba_zh(split, data_dir, seed=cfg.seed))
+    if cfg.dataset == "files":
+        from training.data import user
+
+        return user.split_corpus(user.read_corpus(cfg.paths), split, cfg.val_share, cfg.test_share)
     return split_text(synthetic_text(cfg.repeats, cfg.seed), split)
 
 

@@ -48,6 +48,8 @@ class SeriesSplits:
     columns: list[str]
     lead: int = 0  # rows of history prepended to val/test
     files: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # one per series (a user's files)
+    freq: str = ""  # pandas alias, when known
 
     def split(self, name: str) -> list[np.ndarray]:
         return getattr(self, check_split(name))
@@ -124,6 +126,27 @@ def synthetic_forecast(
         train=z[:n_train], val=z[n_train : n_train + n_val], test=z[n_train + n_val :],
         scaler=Scaler([0.0] * channels, [1.0] * channels), columns=[f"x{i}" for i in range(channels)],
     )
+
+
+def user_forecast(cfg, window: int, horizon: int, min_history: int) -> SeriesSplits:
+    """A user's series (training.data.user.load_series_files), each split by time and standardised
+    with its own training part (the forecaster normalises every window itself, so a served model takes
+    raw values; this keeps the figures of series of any scale on one). The scaler recorded is the identity."""
+    from training.data import user
+
+    found = user.load_series_files(cfg.paths, cfg.layout, cfg.id_column, cfg.time_column, cfg.value_column, cfg.freq)
+    user.check_lengths(found, window, min_history, horizon, cfg.val_share, cfg.test_share)
+    splits: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for v in found.values:
+        n_val, n_test = user.split_rows(len(v), horizon, cfg.val_share, cfg.test_share)
+        a, b = len(v) - n_val - n_test, len(v) - n_test
+        std = v[:a].std()
+        z = ((v - v[:a].mean()) / (std if std > 0 else 1.0)).astype(np.float32)[:, None]
+        splits["train"].append(z[:a])
+        splits["val"].append(z[max(0, a - window) : b])
+        splits["test"].append(z[max(0, b - window) :])
+    return SeriesSplits(**splits, scaler=Scaler([0.0], [1.0]), columns=["y"], lead=window, files=found.files,
+                        names=found.names, freq=found.freq)
 
 
 class WindowDataset(Dataset):

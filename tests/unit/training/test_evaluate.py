@@ -99,6 +99,35 @@ def test_forecast_metrics_report_the_repeat_last_value_baseline():
     assert f["naive_mse@1"] == pytest.approx(float(((xs[:, -1, :] - ys[:, 0, :]) ** 2).mean()), rel=1e-6)
 
 
+def test_forecast_metrics_report_seasonal_naive_and_the_ratio_to_it():
+    series, window, horizon, m = _series(), 8, 5, 3
+    ds = data.WindowDataset(series, window, horizon)
+    xs = np.stack([ds[i]["window"].numpy() for i in range(len(ds))])
+    ys = np.stack([ds[i]["target"].numpy() for i in range(len(ds))])
+
+    def seasonal(feed):  # step h repeats the value m steps before it (h >= m: 2m before...)
+        x = feed["window"]
+        steps = [x[:, window - m + (h % m)] for h in range(horizon)]
+        y = np.stack(steps, axis=1)
+        return {"quantiles": np.stack([y - 1, y, y + 1], axis=-1)}
+
+    f = evaluate.forecast_metrics(seasonal, series, window, horizon, [0.1, 0.5, 0.9], batch_size=4, season=m)
+    by_hand = np.stack([xs[:, window - m + (h % m)] for h in range(horizon)], axis=1)
+    assert f["season"] == m and f["snaive_mae"] == pytest.approx(float(np.abs(by_hand - ys).mean()), rel=1e-6)
+    assert f["snaive_mse"] == pytest.approx(float(((by_hand - ys) ** 2).mean()), rel=1e-6)
+    assert f["relative_mae"] == pytest.approx(1.0, rel=1e-6)  # the model is seasonal naive
+    assert "snaive_mae" not in evaluate.forecast_metrics(seasonal, series, window, horizon, [0.1, 0.5, 0.9])
+    assert "snaive_mae" not in evaluate.forecast_metrics(seasonal, series, window, horizon, [0.1, 0.5, 0.9],
+                                                         season=window + 1)  # a season longer than the window
+
+
+def test_text_baselines():
+    assert evaluate.unigram_bits_per_char("abab", "ab") == pytest.approx(-math.log2(3 / 6))
+    assert evaluate.unigram_bits_per_char("aaab", "c") == pytest.approx(-math.log2(1 / 7))  # unseen: add-one
+    assert evaluate.copy_bleu([("all of these words are the same", "all of these words are the same")]) == pytest.approx(100.0)
+    assert evaluate.copy_bleu([("ganz andere Wörter hier", "completely different words there")]) == 0.0
+
+
 def test_horizon_metrics_use_each_horizons_own_windows():
     series, window = _series(), 8
     ds = {h: data.WindowDataset(series, window, h) for h in (2, 4)}
