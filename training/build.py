@@ -60,7 +60,8 @@ def forecast_shape(config: dict[str, Any]) -> dict[str, Any]:
     from training.data import DataConfig, DataError, user
 
     cfg = DataConfig.from_dict(config.get("data") or {}, "forecast")
-    found = user.load_series_files(cfg.paths, cfg.layout, cfg.id_column, cfg.time_column, cfg.value_column, cfg.freq)
+    found = user.load_series_files(cfg.paths, cfg.layout, cfg.id_column, cfg.time_column, cfg.value_column, cfg.freq,
+                                   cfg.missing)
     model = config.setdefault("model", {})
     season = cfg.season_length or user.seasonality(found.freq)
     horizon = int(model.get("horizon") or default_horizon(found.freq))
@@ -77,7 +78,8 @@ def forecast_shape(config: dict[str, Any]) -> dict[str, Any]:
     parts = [user.split_rows(len(v), horizon, cfg.val_share, cfg.test_share) for v in found.values]
     rows = {"train": sum(len(v) - a - b for v, (a, b) in zip(found.values, parts)),
             "val": sum(a for a, _ in parts), "test": sum(b for _, b in parts)}
-    return {"series": len(found.names), "points": int(sum(len(v) for v in found.values)), "rows": rows,
+    return {"series": len(found.names), "points": int(sum(len(v) for v in found.values)),
+            **({"interpolated": found.filled} if found.filled else {}), "rows": rows,
             "freq": found.freq, "season_length": season, "files": found.files}
 
 

@@ -117,7 +117,7 @@ def prepare_data(run: RunConfig, data_dir=None, rank: int = 0, world_size: int =
         if cfg.dataset == "files":
             from training.data import user
 
-            info.update(series=series.names, freq=series.freq,
+            info.update(series=series.names, freq=series.freq, interpolated=series.filled,
                         season_length=cfg.season_length or user.seasonality(series.freq))
         train_ds = D.WindowDataset(series.train, window, horizon, cfg.stride)
         val_ds = D.WindowDataset(series.val, window, horizon)

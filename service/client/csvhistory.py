@@ -72,6 +72,18 @@ def parse_time(text: str) -> datetime | None:
     return None
 
 
+def _compact_time(text: str) -> datetime | None:
+    """A named time column's compact dates: 20240131 (YYYYMMDD) or 202401 (YYYYMM)."""
+    cell = text.strip()
+    for fmt, width in (("%Y%m%d", 8), ("%Y%m", 6)):
+        if len(cell) == width and cell.isdigit():
+            try:
+                return datetime.strptime(cell, fmt)
+            except ValueError:
+                return None
+    return None
+
+
 def _decode(data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
@@ -169,6 +181,6 @@ def read_csv_history(path: str, columns: Sequence[str] = (), stdin: TextIO | Non
         rows.append(row)
     times = None
     if time_col is not None:
-        parsed = [parse_time(c) for c in cells(time_col)]
+        parsed = [parse_time(c) or _compact_time(c) for c in cells(time_col)]
         times = parsed if all(t is not None for t in parsed) else None
     return CsvHistory([names[i] for i in chosen], rows, times, names[time_col] if time_col is not None else "", notes)

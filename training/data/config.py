@@ -69,6 +69,7 @@ class DataConfig:
     time_column: str = ""  # "" = ds / timestamp (long), the first column (wide)
     value_column: str = ""  # "" = y / target
     freq: str = ""  # pandas alias (h, 30min, D, W, MS, QS, YS); "" = inferred from the timestamps
+    missing: str = "error"  # forecast: a missing value is bad input (error), or filled linearly in time (interpolate)
     season_length: int = 0  # seasonal naive's period; 0 = from the frequency (GluonTS's seasonality)
     src_column: str = ""  # translate tables; "" = the first column
     tgt_column: str = ""  # "" = the second column

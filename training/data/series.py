@@ -50,6 +50,7 @@ class SeriesSplits:
     files: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)  # one per series (a user's files)
     freq: str = ""  # pandas alias, when known
+    filled: int = 0  # missing values interpolated
 
     def split(self, name: str) -> list[np.ndarray]:
         return getattr(self, check_split(name))
@@ -134,7 +135,8 @@ def user_forecast(cfg, window: int, horizon: int, min_history: int) -> SeriesSpl
     raw values; this keeps the figures of series of any scale on one). The scaler recorded is the identity."""
     from training.data import user
 
-    found = user.load_series_files(cfg.paths, cfg.layout, cfg.id_column, cfg.time_column, cfg.value_column, cfg.freq)
+    found = user.load_series_files(cfg.paths, cfg.layout, cfg.id_column, cfg.time_column, cfg.value_column, cfg.freq,
+                                   cfg.missing)
     user.check_lengths(found, window, min_history, horizon, cfg.val_share, cfg.test_share)
     splits: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for v in found.values:
@@ -146,7 +148,7 @@ def user_forecast(cfg, window: int, horizon: int, min_history: int) -> SeriesSpl
         splits["val"].append(z[max(0, a - window) : b])
         splits["test"].append(z[max(0, b - window) :])
     return SeriesSplits(**splits, scaler=Scaler([0.0], [1.0]), columns=["y"], lead=window, files=found.files,
-                        names=found.names, freq=found.freq)
+                        names=found.names, freq=found.freq, filled=found.filled)
 
 
 class WindowDataset(Dataset):

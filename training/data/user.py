@@ -29,6 +29,7 @@ from training.data.files import DataError, check_split, file_sha256
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".parquet": None, ".pq": None}
 LONG_SCHEMAS = (("unique_id", "ds", "y"), ("item_id", "timestamp", "target"))
 LAYOUTS = ("auto", "long", "wide")
+MISSING = ("error", "interpolate")
 
 
 def file_hashes(paths: Sequence[str]) -> dict[str, str]:
@@ -109,22 +110,40 @@ def read_table(path: Path) -> Table:
     return Table(path, frame, parquet=False)
 
 
-def _numbers(table: Table, column: str, series: str = "") -> np.ndarray:
-    """The column as float64; a missing or non-numeric cell raises DataError naming it."""
+def _is_missing(cell: Any) -> bool:
+    return cell is None or (isinstance(cell, float) and math.isnan(cell)) or str(cell).strip() in ("", "NA", "NaN", "nan")
+
+
+def _numbers(table: Table, column: str, series: str = "", missing: str = "error") -> np.ndarray:
+    """The column as float64 (missing cells NaN when ``missing`` is "interpolate"); a non-numeric cell, or
+    a missing one otherwise, raises DataError naming it."""
     import pandas as pd
 
     raw = table.column(column)
     values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(values))
+    if missing == "interpolate":
+        bad = np.array([i for i in bad if not _is_missing(raw.iloc[i])], dtype=np.int64)
     if len(bad):
         i = int(bad[0])
         cell = raw.iloc[i]
-        what = "missing" if cell is None or (isinstance(cell, float) and math.isnan(cell)) or str(cell).strip() == "" \
-            else f"{cell!r} is not a number"
+        what = "missing" if _is_missing(cell) else f"{cell!r} is not a number"
         of = f" (series {series!r})" if series else ""
+        hint = "; or --set data.missing=interpolate" if _is_missing(cell) else ""
         raise DataError(f"{table.where(i)}, column {column!r}{of}: value {what}; expected a finite number "
-                        f"({len(bad)} such cell{'s' if len(bad) > 1 else ''} in the column)")
-    return values
+                        f"({len(bad)} such cell{'s' if len(bad) > 1 else ''} in the column{hint})")
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+def _interpolate(values: np.ndarray, name: str, path: Path) -> tuple[np.ndarray, int]:
+    """Missing values (NaN) filled linearly between their neighbours (the ends: the nearest value)."""
+    gaps = np.isnan(values)
+    if not gaps.any():
+        return values, 0
+    if gaps.all():
+        raise DataError(f"{path}: every value of series {name!r} is missing")
+    at = np.arange(len(values))
+    return np.interp(at, at[~gaps], values[~gaps]), int(gaps.sum())
 
 
 def _times(table: Table, column: str) -> Any:
@@ -146,12 +165,13 @@ def _times(table: Table, column: str) -> Any:
 
 def seasonality(freq: str) -> int:
     """The seasonal period of a pandas frequency as GluonTS defines it (gluonts.time_feature.get_seasonality):
-    minutes -> a day, hours -> a day, business days 5, months 12, quarters 4; days, weeks, years 1."""
+    minutes -> a day, hours -> a day, business days 5, months 12, quarters 4; seconds, days, weeks,
+    years 1; a multiple that does not divide the period: 1."""
     from pandas.tseries.frequencies import to_offset
 
     offset = to_offset(freq)
     base = offset.rule_code.split("-")[0].upper()
-    periods = {"S": 3600, "MIN": 1440, "T": 1440, "H": 24, "B": 5, "M": 12, "MS": 12, "ME": 12,
+    periods = {"MIN": 1440, "T": 1440, "H": 24, "B": 5, "M": 12, "MS": 12, "ME": 12,
                "Q": 4, "QS": 4, "QE": 4}
     period = periods.get(base, 1)
     n = max(1, int(offset.n))
@@ -165,14 +185,19 @@ class UserSeries:
     starts: list[str]  # first timestamp of each series (ISO)
     freq: str  # pandas alias
     files: list[str] = field(default_factory=list)
+    filled: int = 0  # missing values interpolated (data.missing: interpolate)
 
 
 def _infer_freq(index: Any) -> str:
     import pandas as pd
 
-    with pd.option_context("future.infer_freq_returns_offset", True):
-        offset = pd.infer_freq(index)
-    return offset.freqstr if offset is not None else ""
+    import warnings
+
+    with warnings.catch_warnings():  # pandas 3 warns that infer_freq will return an offset
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        found = pd.infer_freq(index)
+    return "" if found is None else str(getattr(found, "freqstr", found))
 
 
 def _spacing(table: Table, rows: np.ndarray, stamps: Any, name: str, freq: str) -> str:
@@ -235,9 +260,12 @@ def _layout(table: Table, layout: str, id_col: str, time_col: str, value_col: st
 
 
 def load_series_files(paths: Sequence[str], layout: str = "auto", id_column: str = "", time_column: str = "",
-                      value_column: str = "", freq: str = "") -> UserSeries:
-    """Every series of every table in ``paths``, checked; one frequency for all."""
-    names, values, starts, freqs = [], [], [], {}
+                      value_column: str = "", freq: str = "", missing: str = "error") -> UserSeries:
+    """Every series of every table in ``paths``, checked; one frequency for all. ``missing``: "error"
+    (a missing value is bad input) or "interpolate" (filled linearly in time)."""
+    if missing not in MISSING:
+        raise DataError(f"data.missing {missing!r} is not one of {', '.join(MISSING)}")
+    names, values, starts, freqs, filled = [], [], [], {}, 0
     for path in _existing(paths, "time-series tables"):
         table = read_table(path)
         if table.frame.empty:
@@ -246,20 +274,23 @@ def load_series_files(paths: Sequence[str], layout: str = "auto", id_column: str
         stamps = _times(table, time_col)
         if kind == "long":
             ids = table.column(id_col).astype(str).to_numpy()
-            y = _numbers(table, value_col)
+            y = _numbers(table, value_col, missing=missing)
             groups: dict[str, list[int]] = {}
             for i, key in enumerate(ids):
                 groups.setdefault(key, []).append(i)
             parts = [(key, np.asarray(rows), y[rows]) for key, rows in groups.items()]
         else:
             rows = np.arange(len(table.frame))
-            parts = [(str(c), rows, _numbers(table, str(c), str(c))) for c in table.frame.columns if str(c) != time_col]
+            parts = [(str(c), rows, _numbers(table, str(c), str(c), missing)) for c in table.frame.columns
+                     if str(c) != time_col]
         for key, rows, series in parts:
             s = stamps.iloc[rows]
             f = _spacing(table, rows, s, key, freq)
             name = key if len(paths) == 1 else f"{path.stem}/{key}"
             if name in names:
                 raise DataError(f"{path}: series {name!r} appears twice")
+            series, n = _interpolate(series, name, path)
+            filled += n
             names.append(name)
             values.append(series)
             starts.append(s.iloc[0].isoformat())
@@ -268,7 +299,7 @@ def load_series_files(paths: Sequence[str], layout: str = "auto", id_column: str
         shown = ", ".join(f"{f} ({n!r})" for f, n in freqs.items())
         raise DataError(f"the series have different frequencies: {shown}; one model serves one frequency "
                         "(build one per frequency, or give data.freq)")
-    return UserSeries(names, values, starts, next(iter(freqs)), [str(p) for p in paths])
+    return UserSeries(names, values, starts, next(iter(freqs)), [str(p) for p in paths], filled)
 
 
 def split_rows(n: int, horizon: int, val_share: float, test_share: float) -> tuple[int, int]:

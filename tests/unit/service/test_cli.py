@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import datetime
 import subprocess
 import sys
 
@@ -123,6 +124,8 @@ def test_csv_files_as_people_have_them(tmp_path):
                                              "2,2024-01-03,\"29,750\"\n"))
     assert (indexed.names, indexed.rows) == (["sales"], [[30000.0], [31500.0], [29750.0]])
     assert any("using 'sales'" in n for n in indexed.notes)
+    compact = read_csv_history(_csv(tmp_path, "date,co2\n20011215,371.2\n20011222,371.3\n20011229,371.5\n"))
+    assert compact.names == ["co2"] and compact.next_times(1) == [datetime(2002, 1, 5)]  # YYYYMMDD, weekly
 
 
 def test_forecast_digits_show_the_movement_at_any_offset():
