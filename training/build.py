@@ -23,7 +23,7 @@ from service.contract import check_name
 
 log = logging.getLogger(__name__)
 
-BUILD_TASKS = ("forecast", "translate", "generate")
+BUILD_TASKS = ("forecast", "translate", "generate", "recognize")
 # The M4 competition's forecast horizons per frequency (minutes: a day's steps, at most 96).
 HORIZONS = {"H": 48, "B": 10, "D": 14, "W": 13, "M": 18, "MS": 18, "ME": 18, "Q": 8, "QS": 8, "QE": 8,
             "Y": 6, "YS": 6, "YE": 6, "A": 6, "AS": 6}
@@ -101,6 +101,19 @@ def check_data(run) -> dict[str, Any]:
     if run.task == "generate":
         sizes = {s: len(D.lm_text(cfg, s)) for s in ("train", "val", "test")}
         return {"characters": sizes}
+    if run.task == "recognize":
+        from training.data import user_speech as U
+        from training.features import FeatureSpec
+
+        rate = FeatureSpec(**run.model.get("features", {})).sample_rate
+        every = U.read_utterances(cfg.paths, rate, cfg.file_column, cfg.text_column, cfg.lowercase)
+        parts = {s: U.split_utterances(every, s, cfg.seed, cfg.val_share, cfg.test_share) for s in ("train", "val", "test")}
+        labels = U.char_labels(parts["train"])
+        for split in ("val", "test"):
+            U.check_labels(parts[split], labels, split)
+        seconds = {s: round(sum(len(u.audio) for u in p) / rate, 1) for s, p in parts.items()}
+        return {"recordings": {s: len(p) for s, p in parts.items()}, "seconds of audio": seconds,
+                "labels": f"{len(labels) - 1} characters {''.join(labels[1:])!r}"}
     m = run.model
     D.forecast_series(cfg, int(m["window"]), None, int(m["horizon"]), int(m["min_history"]))  # lengths checked
     return {}
@@ -220,5 +233,11 @@ def _figure_rows(task: str, f: dict[str, Any]) -> list[tuple[str, str]]:
         out = [("test BLEU", f"{f['bleu']:.2f} greedy (chrF {f['chrf']:.2f}; copying the source: {f['copy_bleu']:.2f})")]
         if "beam4" in f:
             out.append(("test BLEU beam 4", f"{f['beam4']['bleu']:.2f} (chrF {f['beam4']['chrf']:.2f})"))
+        return out
+    if task == "recognize":
+        out = [("test CER", f"{f['cer']:.4f} (character error rate; WER {f['wer']:.4f}, "
+                            f"{f['sentence_accuracy']:.1%} of recordings exactly right)")]
+        if "stream_cer" in f:
+            out.append(("test CER streaming", f"{f['stream_cer']:.4f} (WER {f['stream_wer']:.4f}, 100 ms chunks)"))
         return out
     return [("test bits/char", f"{f['bits_per_char']:.3f} (character frequencies alone: {f['unigram_bits_per_char']:.3f})")]

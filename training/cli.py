@@ -185,6 +185,27 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zero_shot(args: argparse.Namespace) -> int:
+    from training import zeroshot as Z
+
+    kinds = {"ets": "AutoETS", "theta": "AutoTheta", "arima": "AutoARIMA"}
+    wanted = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    unknown = [b for b in wanted if b not in kinds]
+    if unknown:
+        raise SystemExit(f"--baselines {', '.join(unknown)}: not one of {', '.join(kinds)}")
+    forecasters: dict[str, Any] = {}
+    for bundle in args.bundle or []:
+        name, run = Z.bundle_model(bundle, args.threads)
+        forecasters[name] = run
+    forecasters.update({kinds[b]: Z.statsforecast_model(kinds[b]) for b in wanted})
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    report = Z.run_benchmark(forecasters, datasets, args.max_series)
+    paths = Z.write(report, args.out)
+    print(Z.markdown(report))
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
 # Arguments several subcommands take, defined once: name -> (flags, add_argument keywords).
 SHARED_ARGUMENTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "task": (("task",), {"choices": TASKS}),
@@ -311,10 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
         "loads it. A failed or interrupted build leaves nothing in MODELS. Data: forecast: CSV/TSV/Parquet tables, "
         "long (unique_id/ds/y, item_id/timestamp/target, or --set data.id_column=... time_column value_column) or "
         "wide (a time column, one column per series); translate: two line-aligned text files (source, target) or "
-        "one table with the two columns; generate: text files. Settings: --set data.KEY=VALUE, see the preset.",
+        "one table with the two columns; generate: text files; recognize: a folder of WAV files and a CSV of file and "
+        "transcript (a character-level model). Settings: --set data.KEY=VALUE, see the preset.",
         epilog=f"default preset: files-TASK; {preset_list}",
     )
-    b.add_argument("--task", required=True, choices=("forecast", "translate", "generate"))
+    b.add_argument("--task", required=True, choices=("forecast", "translate", "generate", "recognize"))
     b.add_argument("--data", required=True, action="append", metavar="PATH", help="a data file (repeatable)")
     b.add_argument("--name", required=True, help="model name (letters, digits, . _ -)")
     b.add_argument("--models", default="models", metavar="DIR", help="model repository (default %(default)s)")
@@ -324,6 +346,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--float32", action="store_true", help="keep float32 weights (skip the int8 step)")
     b.add_argument("--description", default="", help="free text stored in the manifest")
     b.set_defaults(func=cmd_build)
+
+    z = sub.add_parser(
+        "zero-shot", help="forecasters on series they never saw, scored as Chronos's Benchmark II",
+        description="Forecast the last horizons of real series from fpp2/fpp3/forecast (hourly, daily, weekly, "
+        "monthly, quarterly, yearly; held out of every training corpus) with each --bundle, seasonal naive and "
+        "statsforecast's AutoETS, AutoTheta and AutoARIMA; score MASE of the median and WQL over quantiles "
+        "0.1-0.9, each divided by seasonal naive's, geometric mean over datasets, overall and per frequency "
+        "group. Writes OUT/zeroshot.md, zeroshot.csv and zeroshot.png.",
+    )
+    z.add_argument("--bundle", action="append", metavar="DIR", help="a forecast bundle (repeatable)")
+    z.add_argument("--baselines", default="ets,theta,arima",
+                   help="statsforecast models among ets, theta, arima (default %(default)s; '' for none)")
+    z.add_argument("--datasets", default="", help="comma-separated benchmark datasets (default: all)")
+    z.add_argument("--max-series", type=int, default=0, metavar="N", help="the first N series of each dataset only")
+    z.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
+    z.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    z.set_defaults(func=cmd_zero_shot)
 
     sub.add_parser("gradient-flow", help="gradient-flow report per cell (see gradient-flow --help)", add_help=False)
     for parser in sub.choices.values():

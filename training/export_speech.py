@@ -140,5 +140,5 @@ def speech_spec(cfg: Any) -> SpeechSpec:
 
     f = cfg.features
     return SpeechSpec(sample_rate=int(f["sample_rate"]), n_fft=int(f["n_fft"]), hop=int(f["hop"]), n_mels=int(f["n_mels"]),
-                      f_min=float(f["f_min"]), f_max=float(f["f_max"]), stack=cfg.stack, labels=list(LABELS), blank=0,
-                      tail_ms=int(cfg.tail_ms))
+                      f_min=float(f["f_min"]), f_max=float(f["f_max"]), stack=cfg.stack, labels=list(cfg.labels or LABELS),
+                      blank=0, word_separator=cfg.word_separator, tail_ms=int(cfg.tail_ms))

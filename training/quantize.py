@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-HIGHER_IS_BETTER = ("bleu", "bleu_lc", "chrf", "accuracy", "string_accuracy", "stream_accuracy", "stream_string_accuracy")
-LOWER_IS_BETTER = ("mse", "mae", "nats_per_char", "der", "stream_der")
+HIGHER_IS_BETTER = ("bleu", "bleu_lc", "chrf", "accuracy", "string_accuracy", "stream_accuracy", "stream_string_accuracy",
+                    "sentence_accuracy", "stream_sentence_accuracy")
+LOWER_IS_BETTER = ("mse", "mae", "nats_per_char", "der", "stream_der", "cer", "wer", "stream_cer", "stream_wer")
 MIN_ELEMENTS = 4096  # smaller tensors (biases, scales of tiny layers) stay float32: nothing to gain
 SCHEME = "int8 symmetric, one scale per row, DequantizeLinear folded to float32 at load"
 MATMUL_SCHEME = "onnxruntime dynamic quantisation of MatMul and Gemm (MatMulInteger, int8 weights per tensor)"

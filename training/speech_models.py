@@ -24,6 +24,8 @@ def _default_features() -> dict[str, Any]:
 @dataclass
 class SpeechConfig:
     num_labels: int = 11  # CTC outputs: blank (0) + the labels (digits "0".."9" -> 1..10)
+    labels: list[str] = dataclasses.field(default_factory=list)  # the text of each output; [] = blank + digits
+    word_separator: str = " "  # SpeechSpec.word_separator: " " each label a word; "" labels are characters
     features: dict[str, Any] = dataclasses.field(default_factory=_default_features)  # training.features.FeatureSpec
     stack: int = 2  # feature frames stacked into one model frame (10 ms -> 20 ms at the default hop)
     cell: str = "lstm"  # one of service.contract.CELLS
@@ -60,6 +62,9 @@ class SpeechConfig:
             raise ValueError(f"SpeechConfig.distill_delay {self.distill_delay!r} and distill_weight "
                              f"{self.distill_weight!r} must be >= 0")
         _check_dropout(self)
+        if self.labels and (len(self.labels) != self.num_labels or self.labels[0] != ""):
+            raise ValueError(f"SpeechConfig.labels has {len(self.labels)} labels for num_labels {self.num_labels} "
+                             "(the first, the blank, must be '')")
         try:
             FeatureSpec(**self.features)
         except TypeError as err:

@@ -158,6 +158,8 @@ def _speech_data(run: RunConfig, data_dir, rank: int, info: dict[str, Any]) -> T
     cfg, tc = run.data, run.train
     spec = FeatureSpec(**run.model["features"]) if "features" in run.model else FeatureSpec()
     features = FeatureExtractor(spec)
+    if cfg.dataset == "files":
+        return _user_speech_data(run, spec, features, rank, info)
     train, val = D.speech_recordings(cfg, "train", data_dir), D.speech_recordings(cfg, "val", data_dir)
     mean, std = S.feature_stats(train, features, seed=cfg.seed)
     tail_ms = int(run.model.get("tail_ms", 0))
@@ -179,6 +181,33 @@ def _speech_data(run: RunConfig, data_dir, rank: int, info: dict[str, Any]) -> T
         val=S.FixedSpeechBatches(val_items, features, tc.batch_size),
         tokenizers={},
         model_fields={"features": spec.to_dict(), "num_labels": len(S.LABELS), "feature_mean": mean, "feature_std": std},
+        info=info,
+    )
+
+
+def _user_speech_data(run: RunConfig, spec: Any, features: Any, rank: int, info: dict[str, Any]) -> TaskData:
+    """A user's recordings and transcripts: a character model over the training transcripts' characters."""
+    from training.data import speech as S
+    from training.data import user_speech as U
+
+    cfg, tc = run.data, run.train
+    every = U.read_utterances(cfg.paths, spec.sample_rate, cfg.file_column, cfg.text_column, cfg.lowercase)
+    train, val = (U.split_utterances(every, s, cfg.seed, cfg.val_share, cfg.test_share) for s in ("train", "val"))
+    labels = U.char_labels(train)
+    U.check_labels(val, labels, "val")
+    mean, std = U.utterance_stats(train, features, seed=cfg.seed)
+    tail = int(run.model.get("tail_ms", 0)) * spec.sample_rate // 1000
+    pad = np.zeros(tail, np.float32)
+    info.update(train_recordings=len(train), val_recordings=len(val), labels=labels,
+                train_seconds=round(sum(len(u.audio) for u in train) / spec.sample_rate, 1))
+    return TaskData(
+        train=U.UtteranceBatches(train, labels, features, tc.batch_size, cfg.steps_per_epoch, seed=tc.seed, rank=rank,
+                                 tail=tail),
+        val=S.FixedSpeechBatches([(np.concatenate([u.audio, pad]), U.encode(u.text, labels)) for u in val], features,
+                                 tc.batch_size, offset=0),
+        tokenizers={},
+        model_fields={"features": spec.to_dict(), "num_labels": len(labels), "labels": labels, "word_separator": "",
+                      "feature_mean": mean, "feature_std": std},
         info=info,
     )
 

@@ -15,6 +15,7 @@ DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 TRAINING_COMMANDS = {
     "train": "train a model from a preset or config (delegates to training.cli)",
     "build": "your own data files -> trained, evaluated, served bundle in one command (delegates to training.cli)",
+    "zero-shot": "score forecasters on series they never saw against statistical baselines (delegates to training.cli)",
     "export": "export a trained checkpoint to an ONNX model bundle (delegates to training.cli)",
     "evaluate": "evaluate a checkpoint or bundle on held-out data (delegates to training.cli)",
     "quantize": "store a bundle's weights as int8 if its figures hold within 1%% (delegates to training.cli)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,9 @@ class SpeechSpec:
     stack: int  # feature frames per model frame: a model frame is stack * hop samples
     labels: list[str]  # the text of each CTC output index; labels[blank] is ""
     blank: int = 0
-    word_separator: str = " "  # joins the labels of a transcript (each label is a word: a digit)
+    # " " (or any text): each label is a word, and this joins them (digits); "": the labels are
+    # characters, joined as they are, and the label " " separates words.
+    word_separator: str = " "
     # Silence appended to the end of every recording (and stream) before its last frames are
     # recognised: a unidirectional model names a word only after it has heard it, so audio cut right
     # after the last word needs frames to name it in. Trained with the same silence; 0 = none.
@@ -161,6 +164,23 @@ class SpeechSpec:
     def info(self) -> dict[str, Any]:
         return asdict(self)
 
+    def words(self, labels: Sequence[int]) -> list[tuple[str, list[int]]]:
+        """The words of a label sequence, each with the positions (in ``labels``) of its labels."""
+        if self.word_separator:
+            return [(self.labels[k], [i]) for i, k in enumerate(labels)]
+        out: list[tuple[str, list[int]]] = []
+        current: list[int] = []
+        for i, k in enumerate([*labels, -1]):
+            if k >= 0 and not self.labels[k].isspace():
+                current.append(i)
+            elif current:
+                out.append(("".join(self.labels[labels[j]] for j in current), current))
+                current = []
+        return out
+
+    def transcript(self, labels: Sequence[int]) -> str:
+        return (self.word_separator or " ").join(w for w, _ in self.words(labels))
+
     def validate(self) -> None:
         for key in ("sample_rate", "n_fft", "hop", "n_mels", "stack"):
             v = getattr(self, key)
@@ -178,6 +198,8 @@ class SpeechSpec:
             raise BundleError(f"speech.blank {self.blank!r} must index the empty label in speech.labels")
         if any(not x for i, x in enumerate(labels) if i != self.blank):
             raise BundleError("speech.labels: only the blank may be empty")
+        if not isinstance(self.word_separator, str):
+            raise BundleError(f"speech.word_separator {self.word_separator!r} must be a string")
         if not isinstance(self.tail_ms, int) or isinstance(self.tail_ms, bool) or not 0 <= self.tail_ms <= 5000:
             raise BundleError(f"speech.tail_ms {self.tail_ms!r} must be an integer within 0..5000")
 

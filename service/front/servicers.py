@@ -134,7 +134,8 @@ def model_info(info: types.ModelInfo) -> models_pb2.ModelInfo:
         sp = info.speech
         out.speech.CopyFrom(models_pb2.SpeechSpec(
             sample_rate=int(sp["sample_rate"]), labels=[x for x in sp["labels"] if x], frame_seconds=float(sp["frame_seconds"]),
-            streaming=bool(sp["streaming"]), n_fft=int(sp["n_fft"]), hop=int(sp["hop"]), n_mels=int(sp["n_mels"])))
+            streaming=bool(sp["streaming"]), n_fft=int(sp["n_fft"]), hop=int(sp["hop"]), n_mels=int(sp["n_mels"]),
+            word_separator=str(sp.get("word_separator", " "))))
     if info.forecast:
         spec = info.forecast
         channels = int(spec.get("channels", 1))

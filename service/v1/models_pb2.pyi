@@ -57,7 +57,7 @@ class ForecastSpec(_message.Message):
     def __init__(self, window: _Optional[int] = ..., min_history: _Optional[int] = ..., horizon: _Optional[int] = ..., channels: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., target_channel: _Optional[int] = ..., channel_names: _Optional[_Iterable[str]] = ..., frequency: _Optional[str] = ...) -> None: ...
 
 class SpeechSpec(_message.Message):
-    __slots__ = ("sample_rate", "labels", "frame_seconds", "streaming", "n_fft", "hop", "n_mels")
+    __slots__ = ("sample_rate", "labels", "frame_seconds", "streaming", "n_fft", "hop", "n_mels", "word_separator")
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     FRAME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class SpeechSpec(_message.Message):
     N_FFT_FIELD_NUMBER: _ClassVar[int]
     HOP_FIELD_NUMBER: _ClassVar[int]
     N_MELS_FIELD_NUMBER: _ClassVar[int]
+    WORD_SEPARATOR_FIELD_NUMBER: _ClassVar[int]
     sample_rate: int
     labels: _containers.RepeatedScalarFieldContainer[str]
     frame_seconds: float
@@ -72,7 +73,8 @@ class SpeechSpec(_message.Message):
     n_fft: int
     hop: int
     n_mels: int
-    def __init__(self, sample_rate: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., frame_seconds: _Optional[float] = ..., streaming: _Optional[bool] = ..., n_fft: _Optional[int] = ..., hop: _Optional[int] = ..., n_mels: _Optional[int] = ...) -> None: ...
+    word_separator: str
+    def __init__(self, sample_rate: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., frame_seconds: _Optional[float] = ..., streaming: _Optional[bool] = ..., n_fft: _Optional[int] = ..., hop: _Optional[int] = ..., n_mels: _Optional[int] = ..., word_separator: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "task", "cell", "num_layers", "hidden_size", "bidirectional", "num_parameters", "state", "is_default", "description", "evaluation", "limits", "forecast", "error", "loaded_at", "weights", "languages", "manifest_name", "manifest_version", "speech")

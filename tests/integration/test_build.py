@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -128,3 +129,46 @@ async def test_translate_and_generate_builds_serve(tmp_path, capsys):
         assert reply.model == "notes"
         manifest = json.loads((models / "de-en" / "1" / "manifest.json").read_text())
         assert {"test", "test_beam4"} <= set(manifest["evaluation"]) and "copy_bleu" in manifest["evaluation"]["test"]
+
+
+async def test_a_recognize_build_from_recordings_and_transcripts_serves_offline_and_streaming(tmp_path, capsys,
+                                                                                              data_dir):
+    """FSDD files as a user's recordings with word transcripts: a character model, served with its labels."""
+    from service.v1 import recognize_pb2, recognize_pb2_grpc
+    from tests.integration.test_speech import first
+
+    recordings = data_dir / "fsdd" / "recordings"
+    words = "zero one two three four five six seven eight nine".split()
+    table = tmp_path / "transcripts.csv"
+    table.write_text("file,transcript\n" + "".join(f"{d}_theo_{t}.wav,{words[d]}\n" for d in range(10) for t in range(6)))
+    models = tmp_path / "models"
+    models.mkdir()
+    async with serving(models, poll_interval_s=0.05) as s:
+        rc, out, err = await build(capsys, "--task", "recognize", "--data", str(recordings), "--data", str(table),
+                                   "--name", "words", "--models", str(models), "--out", str(tmp_path / "run"),
+                                   "--set", "model.bidirectional=false", "--set", "train.batch_size=4", *QUICK)
+        assert rc == 0, err
+        assert "test CER" in out and "test CER streaming" in out and re.search(r"labels +\d+ characters '[a-z]+'", out)
+
+        async def ready() -> bool:
+            listed = await s.models.ListModels(models_pb2.ListModelsRequest())
+            return ("words", "READY") in {(m.name, m.state) for m in listed.models}
+
+        await wait_until(ready, what="the speech bundle to load")
+        info = (await s.models.GetModel(models_pb2.GetModelRequest(name="words"))).model
+        labels = "".join(info.speech.labels)  # the training transcripts' characters, sorted
+        assert info.speech.word_separator == "" and labels == "".join(sorted(set(labels) & set("".join(words))))
+        assert f"'{labels}'" in out and len(labels) >= 12
+        assert info.speech.streaming and info.speech.sample_rate == 16000
+        audio = (recordings / "3_theo_7.wav").read_bytes()  # 8 kHz: resampled to the model's 16
+        stub = recognize_pb2_grpc.RecognizerStub(s.channel)
+        wav_config = recognize_pb2.RecognitionConfig(encoding=recognize_pb2.RecognitionConfig.WAV, model="words")
+        offline = await stub.Recognize(recognize_pb2.RecognizeRequest(config=wav_config, audio=audio))
+        assert offline.results[0].alternatives and offline.total_billed_time.ToMilliseconds() > 0
+        pcm = audio[44:]  # FSDD's WAVs: a 44-byte header, then 16-bit mono samples
+        config = recognize_pb2.RecognitionConfig(encoding=recognize_pb2.RecognitionConfig.LINEAR16,
+                                                 sample_rate_hertz=8000, model="words")
+        requests = [first(config, interim=False)] + [recognize_pb2.StreamingRecognizeRequest(audio_content=pcm[i : i + 1600])
+                                                     for i in range(0, len(pcm), 1600)]
+        finals = [r async for r in stub.StreamingRecognize(iter(requests)) if r.results and r.results[0].is_final]
+        assert finals[-1].results[0].alternatives[0].transcript == offline.results[0].alternatives[0].transcript

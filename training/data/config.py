@@ -23,7 +23,7 @@ TASK_DATASETS: dict[str, tuple[str, ...]] = {
     "translate": ("synthetic", "multi30k", "tatoeba", "files"),
     "forecast": ("synthetic", "ETTh1", "ETTm1", "files"),
     "generate": ("synthetic", "shakespeare", "tatoeba-zh", "files"),
-    "recognize": ("synthetic", "fsdd"),
+    "recognize": ("synthetic", "fsdd", "files"),
 }
 TOKENIZER_KINDS = ("word", "bpe", "char")
 
@@ -41,7 +41,7 @@ class DataConfig:
     tgt_tokenizer: str = "word"
     vocab_size: int = 8000  # bpe: vocabulary size per side
     min_freq: int = 2  # word: keep words seen at least this often
-    lowercase: bool = False  # word: lowercase before building the vocabulary
+    lowercase: bool = False  # word: lowercase before building the vocabulary; recognize files: lowercase the transcripts
     simplify_chinese: bool = False  # word, zh side / char: traditional -> simplified characters (OpenCC table)
     max_len: int = 50  # drop training pairs with a side longer than this (tokens)
     concat_pairs: float = 0.0  # translate: add this share of extra training pairs, each two random pairs joined end to end
@@ -63,7 +63,7 @@ class DataConfig:
     steps_per_epoch: int = 100  # connected-digit batches are built fresh: how many make an epoch
     val_utterances: int = 300  # val: the val split's single recordings plus this many digit strings
     # files: a user's own data (training.data.user; seqserve-train build)
-    paths: list[str] = field(default_factory=list)  # forecast: tables; translate: 2 text files or 1 table; generate: text files
+    paths: list[str] = field(default_factory=list)  # forecast: tables; translate: 2 text files or 1 table; generate: text files; recognize: folder + CSV
     layout: str = "auto"  # forecast tables: auto | long (id, time, value columns) | wide (time column + one per series)
     id_column: str = ""  # long tables; "" = unique_id (Nixtla) or item_id (GluonTS)
     time_column: str = ""  # "" = ds / timestamp (long), the first column (wide)
@@ -71,6 +71,8 @@ class DataConfig:
     freq: str = ""  # pandas alias (h, 30min, D, W, MS, QS, YS); "" = inferred from the timestamps
     missing: str = "error"  # forecast: a missing value is bad input (error), or filled linearly in time (interpolate)
     season_length: int = 0  # seasonal naive's period; 0 = from the frequency (GluonTS's seasonality)
+    file_column: str = ""  # recognize: the transcript table's audio-file column; "" = file, path, audio, ...
+    text_column: str = ""  # and its transcript column; "" = transcript, text, sentence, ...
     src_column: str = ""  # translate tables; "" = the first column
     tgt_column: str = ""  # "" = the second column
     val_share: float = 0.1  # of each series' rows (at least a horizon), of the distinct targets, of the text

@@ -224,8 +224,9 @@ def digit_error_rate(hyps: Sequence[Sequence[int]], refs: Sequence[Sequence[int]
 # ---- batches -------------------------------------------------------------------------------------
 
 
-def collate_audio(items: Sequence[tuple[np.ndarray, list[int]]], features) -> dict[str, Tensor]:
-    """(audio, digits) items -> features (B, F, M), feat_len (B,), labels (B, L) (digit + 1, 0-padded), label_len (B,)."""
+def collate_audio(items: Sequence[tuple[np.ndarray, list[int]]], features, offset: int = 1) -> dict[str, Tensor]:
+    """(audio, digits) items -> features (B, F, M), feat_len (B,), labels (B, L) (digit + ``offset``, 0-padded),
+    label_len (B,). ``offset`` 0: the items carry label ids already."""
     lengths = [len(a) for a, _ in items]
     hop = features.spec.hop
     width = max(max(lengths), hop)
@@ -236,7 +237,7 @@ def collate_audio(items: Sequence[tuple[np.ndarray, list[int]]], features) -> di
     L = max(len(d) for _, d in items)
     labels = torch.zeros(len(items), L, dtype=torch.int64)
     for i, (_, d) in enumerate(items):
-        labels[i, : len(d)] = torch.tensor(d) + 1
+        labels[i, : len(d)] = torch.tensor(d, dtype=torch.int64) + offset
     return {
         "features": torch.from_numpy(feats),
         "feat_len": torch.tensor([n // hop for n in lengths], dtype=torch.int64),
@@ -291,9 +292,9 @@ class FixedSpeechBatches:
 
     stateful = False
 
-    def __init__(self, items: Sequence[tuple[np.ndarray, list[int]]], features, batch_size: int) -> None:
+    def __init__(self, items: Sequence[tuple[np.ndarray, list[int]]], features, batch_size: int, offset: int = 1) -> None:
         order = sorted(range(len(items)), key=lambda i: len(items[i][0]))  # similar lengths share a batch
-        self._batches = [collate_audio([items[j] for j in order[i : i + batch_size]], features)
+        self._batches = [collate_audio([items[j] for j in order[i : i + batch_size]], features, offset)
                          for i in range(0, len(order), batch_size)]
 
     def __len__(self) -> int:

@@ -363,18 +363,24 @@ def read_pairs(paths: Sequence[str], src_column: str = "", tgt_column: str = "")
     return out
 
 
+def seeded_part(keys: Sequence[Any], split: str, seed: int, val_share: float, test_share: float, what: str) -> list[Any]:
+    """``split``'s part of a seeded shuffle of ``keys`` (test first, then val, the rest train)."""
+    check_split(split)
+    order = list(keys)
+    random.Random(seed).shuffle(order)
+    n_val, n_test = round(len(order) * val_share), round(len(order) * test_share)
+    if n_val < 1 or n_test < 1 or len(order) - n_val - n_test < 1:
+        raise DataError(f"{len(order)} {what} are too few to split (val_share {val_share}, test_share {test_share}: "
+                        "every split needs at least one)")
+    lo, hi = {"test": (0, n_test), "val": (n_test, n_test + n_val), "train": (n_test + n_val, len(order))}[split]
+    return order[lo:hi]
+
+
 def split_pairs(pairs: Sequence[tuple[str, str]], split: str, seed: int, val_share: float,
                 test_share: float) -> list[tuple[str, str]]:
     """``split`` of a seeded shuffle of the distinct targets: a sentence's translations share one split."""
-    check_split(split)
-    targets = sorted({t for _, t in pairs})
-    random.Random(seed).shuffle(targets)
-    n_val, n_test = round(len(targets) * val_share), round(len(targets) * test_share)
-    if n_val < 1 or n_test < 1 or len(targets) - n_val - n_test < 1:
-        raise DataError(f"{len(targets)} distinct target sentences are too few to split (val_share {val_share}, "
-                        f"test_share {test_share}: every split needs at least one)")
-    lo, hi = {"test": (0, n_test), "val": (n_test, n_test + n_val), "train": (n_test + n_val, len(targets))}[split]
-    chosen = set(targets[lo:hi])
+    chosen = set(seeded_part(sorted({t for _, t in pairs}), split, seed, val_share, test_share,
+                             "distinct target sentences"))
     return [p for p in pairs if p[1] in chosen]
 
 

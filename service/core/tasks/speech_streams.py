@@ -65,19 +65,21 @@ def speech_result(spec: SpeechSpec, log_probs: np.ndarray, max_alternatives: int
     frame_s = spec.frame_seconds
     out = []
     for alt in alts:
-        texts = [spec.labels[i] for i in alt.labels]
         ws = []
         if words:
             prev_end = 0.0
-            for text, label, (first, last) in zip(texts, alt.labels, alt.spans):
-                conf = float(np.exp(log_probs[first : last + 1, label].max()))
+            for text, at in spec.words(alt.labels):
+                first, last = alt.spans[at[0]][0], alt.spans[at[-1]][1]
+                # a word's confidence: its least certain label's peak probability
+                conf = min(float(np.exp(log_probs[alt.spans[i][0] : alt.spans[i][1] + 1, alt.labels[i]].max()))
+                           for i in at)
                 # A word named in the appended silence (SpeechSpec.tail_ms) is placed at the end of the
                 # audio; words stay in order.
                 end = max(min((last + 1) * frame_s, end_time), prev_end)
                 start = min(max(first * frame_s, prev_end), max(end - frame_s, prev_end))
                 ws.append(Word(text, round(start, 3), round(end, 3), _clip01(conf)))
                 prev_end = end
-        out.append(SpeechAlternative(spec.word_separator.join(texts), _clip01(alt.confidence), ws))
+        out.append(SpeechAlternative(spec.transcript(alt.labels), _clip01(alt.confidence), ws))
     return SpeechResult(out, round(end_time, 3))
 
 
@@ -110,7 +112,7 @@ class BestPath:
         transcript still changes."""
         confidence = float(np.exp(self._sum / self.frames)) if self.frames else 1.0
         stability = float(np.exp(np.mean(self.recent))) if self.recent else 0.0
-        text = spec.word_separator.join(spec.labels[i] for i in self.labels)
+        text = spec.transcript(self.labels)
         return SpeechResult([SpeechAlternative(text, _clip01(confidence))], round(end_time, 3), is_final=False,
                             stability=_clip01(stability))
 

@@ -55,6 +55,31 @@ def test_final_results_rank_alternatives_and_place_words():
     assert [(a.transcript, a.confidence) for a in empty.alternatives] == [("", 1.0)]
 
 
+CHARS = SpeechSpec(sample_rate=8000, n_fft=256, hop=80, n_mels=40, f_min=20.0, f_max=4000.0, stack=2,
+                   labels=["", " ", "a", "b", "c"], word_separator="")
+
+
+def test_character_models_join_labels_into_words():
+    assert CHARS.transcript([2, 3, 1, 4]) == "ab c"
+    assert CHARS.words([1, 2, 3, 1, 1, 4, 1]) == [("ab", [1, 2]), ("c", [5])]  # spaces at the ends and doubled
+    assert CHARS.transcript([1, 2, 1, 1, 3, 1]) == "a b" and CHARS.transcript([1]) == "" and CHARS.words([]) == []
+    assert SPEC.transcript([5, 2]) == "4 1" and SPEC.words([5, 2]) == [("4", [0]), ("1", [1])]
+    # frames: a@2, b@4, space@6, c@9 (each fairly sure); the word "ab" spans a's frame to b's
+    lp = np.full((12, 5), np.log(1e-4))
+    lp[:, 0] = np.log(1 - 4e-4)
+    for frame, label, p in ((2, 2, 0.9), (4, 3, 0.6), (6, 1, 0.9), (9, 4, 0.8)):
+        lp[frame, :] = np.log(1e-4)
+        lp[frame, label], lp[frame, 0] = np.log(p), np.log(1 - p - 3e-4)
+    r = speech_result(CHARS, lp, 1, True, 0.24)
+    assert r.alternatives[0].transcript == "ab c"
+    words = r.alternatives[0].words
+    assert [(w.word, w.start, w.end) for w in words] == [("ab", 0.04, 0.1), ("c", 0.18, 0.2)]
+    assert words[0].confidence == pytest.approx(0.6, rel=1e-6)  # its least certain character
+    path = BestPath(blank=0)
+    path.extend(lp)
+    assert path.result(CHARS, 0.24).alternatives[0].transcript == "ab c"
+
+
 def test_framing_hands_out_whole_frames_with_their_context():
     f = ChunkFramer(context=176, frame_samples=160)
     f.push(np.arange(100, dtype=np.float32))

@@ -170,5 +170,64 @@ def test_files_config_needs_paths_and_sane_shares():
         DataConfig.from_dict({"dataset": "files"}, "forecast")
     with pytest.raises(ValueError, match="leave a training part"):
         DataConfig.from_dict({"dataset": "files", "paths": ["x"], "val_share": 0.5, "test_share": 0.5}, "generate")
-    with pytest.raises(ValueError, match="not one of synthetic, fsdd"):
-        DataConfig.from_dict({"dataset": "files", "paths": ["x"]}, "recognize")
+    assert DataConfig.from_dict({"dataset": "files", "paths": "x.csv"}, "recognize").paths == ["x.csv"]
+    with pytest.raises(ValueError, match="not one of synthetic, fsdd, files"):
+        DataConfig.from_dict({"dataset": "mine", "paths": ["x"]}, "recognize")
+
+
+def wav(path: Path, samples: np.ndarray, rate: int = 8000, channels: int = 1) -> Path:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def test_recordings_and_transcripts_are_read_checked_and_split(tmp_path):
+    from training.data import user_speech as U
+
+    tone = np.sin(np.arange(1600) * 0.3).astype(np.float32) * 0.5
+    for i in range(10):
+        wav(tmp_path / f"r{i}.wav", tone, rate=16000 if i % 2 else 8000)
+    rows = "".join(f"r{i}.wav,Hello  world {i % 3}\n" for i in range(10))
+    (tmp_path / "t.csv").write_text("path,text\n" + rows, encoding="utf-8")
+    items = U.read_utterances([str(tmp_path / "t.csv")], 8000)
+    assert [u.text for u in items[:2]] == ["Hello world 0", "Hello world 1"]  # spaces collapsed
+    assert len(items[0].audio) == 1600 and abs(len(items[1].audio) - 800) <= 1  # 16 kHz resampled to 8
+    parts = {s: U.split_utterances(items, s, 0, 0.2, 0.2) for s in ("train", "val", "test")}
+    assert [len(p) for p in parts.values()] == [6, 2, 2] and U.split_utterances(items, "test", 0, 0.2, 0.2) == parts["test"]
+    labels = U.char_labels(parts["train"])
+    assert labels[0] == "" and " " in labels and U.encode("He", labels) == [labels.index("H"), labels.index("e")]
+    assert U.error_rates(["hello word", "a b"], ["hello world", "a b"]) == {
+        "cer": pytest.approx(1 / 14), "wer": pytest.approx(1 / 4), "sentence_accuracy": 0.5}
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ("file,transcript\nr0.wav,one\nr0.wav,two\n", "t.csv line 3, column 'file': 'r0.wav' is listed twice (first at"),
+    ("file,transcript\nr0.wav,\n", "t.csv line 2, column 'transcript': the transcript of 'r0.wav' is empty"),
+    ("file,transcript\nmissing.wav,one\n", "t.csv line 2, column 'file': 'missing.wav' is not a file in"),
+    ("file,transcript\nstereo.wav,one\n", "t.csv line 2: " + "{dir}/stereo.wav: the WAV file has 2 channels; only mono"),
+    ("file,transcript\nnot.wav,one\n", "t.csv line 2: {dir}/not.wav: not a PCM WAV file"),
+    ("name,words\nr0.wav,one\n", "no audio file column (looked for file, path"),
+])
+def test_bad_recordings_and_transcripts_are_named(tmp_path, rows, expected):
+    from training.data import user_speech as U
+
+    wav(tmp_path / "r0.wav", np.zeros(800))
+    wav(tmp_path / "stereo.wav", np.zeros(1600), channels=2)
+    (tmp_path / "not.wav").write_bytes(b"RIFF....WAVEjunk")
+    (tmp_path / "t.csv").write_text(rows)
+    with pytest.raises(DataError) as err:
+        U.read_utterances([str(tmp_path / "t.csv")], 8000)
+    assert expected.format(dir=tmp_path) in str(err.value), str(err.value)
+
+
+def test_a_character_only_the_test_part_has_is_named():
+    from training.data import user_speech as U
+
+    items = [U.Utterance(np.zeros(10, np.float32), "café", "t.csv line 9")]
+    with pytest.raises(DataError, match="t.csv line 9: the test transcript 'café' has 'é', which no training"):
+        U.check_labels(items, ["", "a", "c", "f"], "test")
