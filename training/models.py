@@ -171,6 +171,7 @@ class ForecastConfig:
     forget_bias: float = 1.0  # initial forget (GRU: update) gate bias of the gated cells; ignored by rnn
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)  # ascending, must contain 0.5 (the point forecast)
     scale_floor: float = 1e-5  # smallest per-window std used to normalise (flat windows)
+    relative_scale_floor: float = 0.0  # and at least this share of the window's mean |value| (0 = off)
 
     def validate(self) -> "ForecastConfig":
         check_cell(self.cell)
@@ -183,6 +184,8 @@ class ForecastConfig:
             raise ValueError(f"ForecastConfig.quantiles {q!r} must be distinct, ascending, in (0, 1) and contain 0.5")
         if not self.scale_floor > 0.0:
             raise ValueError(f"ForecastConfig.scale_floor {self.scale_floor!r} must be > 0")
+        if not 0.0 <= self.relative_scale_floor < 1.0:
+            raise ValueError(f"ForecastConfig.relative_scale_floor {self.relative_scale_floor!r} must be in [0, 1)")
         return self
 
 
@@ -206,6 +209,8 @@ class Forecaster(nn.Module):
         """window (B, T, C) -> normalised window, mean (B, 1, C), scale (B, 1, C) (std, floored)."""
         mean = window.mean(dim=1, keepdim=True)
         scale = (window - mean).pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(self.config.scale_floor)
+        if self.config.relative_scale_floor:  # a flat window of large values: its std says nothing of the next steps
+            scale = torch.maximum(scale, self.config.relative_scale_floor * window.abs().mean(dim=1, keepdim=True))
         return (window - mean) / scale, mean, scale
 
     def forward_normalised(self, window: Tensor) -> tuple[Tensor, Tensor, Tensor]:

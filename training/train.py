@@ -113,6 +113,8 @@ def prepare_data(run: RunConfig, data_dir=None, rank: int = 0, world_size: int =
         window = int(run.model.get("window", ForecastConfig.window))
         horizon = int(run.model.get("horizon", ForecastConfig.horizon))
         min_history = int(run.model.get("min_history", ForecastConfig.min_history))
+        if cfg.dataset == "corpus":
+            return _corpus_data(run, window, min_history, horizon, data_dir, info)
         series = D.forecast_series(cfg, window, data_dir, horizon, min_history)
         if cfg.dataset == "files":
             from training.data import user
@@ -147,6 +149,26 @@ def prepare_data(run: RunConfig, data_dir=None, rank: int = 0, world_size: int =
         model_fields={"vocab_size": tok.get_vocab_size()},
         info=info,
     )
+
+
+def _corpus_data(run: RunConfig, window: int, min_history: int, horizon: int, data_dir, info: dict[str, Any]) -> TaskData:
+    """forecast-global: windows drawn afresh from real series, KernelSynth and TSMixup; val: the real series' ends."""
+    from training import data as D
+    from training.data import corpus as C
+
+    cfg, tc = run.data, run.train
+    splits = C.corpus_splits(cfg, window, horizon, data_dir)
+    synthetic = C.kernel_synth(cfg.synthetic_series, 512, seed=cfg.seed)
+    train = C.CorpusBatches([s[:, 0] for s in splits.train], [s.values for s in synthetic], window, min_history, horizon,
+                            tc.batch_size, cfg.steps_per_epoch, seed=tc.seed, real_share=cfg.real_share,
+                            mix_share=cfg.mix_share)
+    info.update(series=splits.names, synthetic={"generator": "KernelSynth", "series": cfg.synthetic_series, "length": 512,
+                                                "seed": cfg.seed},
+                real_points=int(sum(len(s) for s in splits.train)),
+                files=D.data_hashes(["ETDataset/ETTh1.csv", "ETDataset/ETTm1.csv"], data_dir))
+    return TaskData(train=train, val=C.FixedBatches(C.fixed_windows([s[:, 0] for s in splits.val], window, horizon,
+                                                                     tc.batch_size)),
+                    tokenizers={}, model_fields={"channels": 1}, info=info)
 
 
 def _speech_data(run: RunConfig, data_dir, rank: int, info: dict[str, Any]) -> TaskData:

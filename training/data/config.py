@@ -21,7 +21,7 @@ from training.data.translation import TATOEBA_FILE, load_multi30k, load_tatoeba,
 
 TASK_DATASETS: dict[str, tuple[str, ...]] = {
     "translate": ("synthetic", "multi30k", "tatoeba", "files"),
-    "forecast": ("synthetic", "ETTh1", "ETTm1", "files"),
+    "forecast": ("synthetic", "ETTh1", "ETTm1", "files", "corpus"),
     "generate": ("synthetic", "shakespeare", "tatoeba-zh", "files"),
     "recognize": ("synthetic", "fsdd", "files"),
 }
@@ -60,7 +60,7 @@ class DataConfig:
     # recognize
     holdout: str = ""  # fsdd: a speaker whose every take is the test split (and in neither train nor val)
     single_share: float = 0.3  # share of training utterances that are one recording (the rest: digit strings)
-    steps_per_epoch: int = 100  # connected-digit batches are built fresh: how many make an epoch
+    steps_per_epoch: int = 100  # recognize / corpus: batches are built fresh: how many make an epoch
     val_utterances: int = 300  # val: the val split's single recordings plus this many digit strings
     # files: a user's own data (training.data.user; seqserve-train build)
     paths: list[str] = field(default_factory=list)  # forecast: tables; translate: 2 text files or 1 table; generate: text files; recognize: folder + CSV
@@ -75,6 +75,9 @@ class DataConfig:
     text_column: str = ""  # and its transcript column; "" = transcript, text, sentence, ...
     src_column: str = ""  # translate tables; "" = the first column
     tgt_column: str = ""  # "" = the second column
+    synthetic_series: int = 400  # corpus: KernelSynth series (512 steps each) beside the real ones
+    real_share: float = 0.5  # corpus: share of training rows cut from real series
+    mix_share: float = 0.2  # corpus: share that are TSMixup mixes of real windows (the rest: synthetic)
     val_share: float = 0.1  # of each series' rows (at least a horizon), of the distinct targets, of the text
     test_share: float = 0.1
 
@@ -146,6 +149,10 @@ def translation_pairs(cfg: DataConfig, split: str, data_dir: str | os.PathLike |
 def forecast_series(cfg: DataConfig, seq_len: int, data_dir: str | os.PathLike | None = None,
                     horizon: int = 24, min_history: int = 0) -> SeriesSplits:
     """All splits of the forecasting data, standardised with training statistics."""
+    if cfg.dataset == "corpus":
+        from training.data.corpus import corpus_splits
+
+        return corpus_splits(cfg, seq_len, horizon, data_dir)
     if cfg.dataset == "files":
         from training.data.series import user_forecast
 
