@@ -158,11 +158,12 @@ def _corpus_data(run: RunConfig, window: int, min_history: int, horizon: int, da
 
     cfg, tc = run.data, run.train
     splits = C.corpus_splits(cfg, window, horizon, data_dir)
-    synthetic = C.kernel_synth(cfg.synthetic_series, 512, seed=cfg.seed)
+    length = max(512, window + horizon)  # every context length the batches draw must fit a synthetic series
+    synthetic = C.kernel_synth(cfg.synthetic_series, length, seed=cfg.seed)
     train = C.CorpusBatches([s[:, 0] for s in splits.train], [s.values for s in synthetic], window, min_history, horizon,
                             tc.batch_size, cfg.steps_per_epoch, seed=tc.seed, real_share=cfg.real_share,
                             mix_share=cfg.mix_share)
-    info.update(series=splits.names, synthetic={"generator": "KernelSynth", "series": cfg.synthetic_series, "length": 512,
+    info.update(series=splits.names, synthetic={"generator": "KernelSynth", "series": cfg.synthetic_series, "length": length,
                                                 "seed": cfg.seed},
                 real_points=int(sum(len(s) for s in splits.train)),
                 files=D.data_hashes(["ETDataset/ETTh1.csv", "ETDataset/ETTm1.csv"], data_dir))

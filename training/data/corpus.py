@@ -213,8 +213,11 @@ class CorpusBatches:
                 w = rng.dirichlet(np.ones(len(parts)))
                 return sum(wi * p for wi, p in zip(w, parts))
         pool = self.real if u < self.mix_share + self.real_share else self.synthetic
-        row = self._cut(rng, pool, length)
-        return row if row is not None else self._cut(rng, self.synthetic, length)
+        for candidates in (pool, self.real, self.synthetic):  # too short everywhere in its pool: any that fits
+            row = self._cut(rng, candidates, length)
+            if row is not None:
+                return row
+        raise ValueError(f"no corpus series holds {length} steps (a context and the horizon)")
 
     def batches(self, epoch: int = 0) -> Iterator[dict[str, Tensor]]:
         for step in range(self.steps):

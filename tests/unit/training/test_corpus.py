@@ -36,6 +36,12 @@ def test_corpus_batches_cut_contexts_and_horizons_from_every_source():
     assert np.abs(synth["window"].numpy()).max() <= 1.0  # the sine
     mixed = next(iter(C.CorpusBatches(real, synthetic, 64, 8, 6, 5, 1, seed=1, mix_share=1.0).batches(0)))
     assert np.allclose(np.abs(mixed["window"].numpy()).mean(), 1.0, atol=0.6)  # mixes of mean-scaled windows
+    short = C.CorpusBatches([np.arange(20.0)], [np.zeros(30)], window=64, min_history=40, horizon=6, batch_size=3,
+                            steps=2, seed=0, real_share=0.0, mix_share=1.0)
+    with pytest.raises(ValueError, match="no corpus series holds"):
+        next(iter(short.batches(0)))
+    fallback = C.CorpusBatches([np.arange(200.0)], [np.zeros(30)], 64, 40, 6, 3, 2, seed=0, real_share=0.0, mix_share=0.0)
+    assert next(iter(fallback.batches(0)))["window"][0, -1, 0] > 0  # synthetic ones too short: a real one
     again = list(C.CorpusBatches(real, synthetic, 64, 8, 6, 5, 20, seed=1, real_share=1.0, mix_share=0.0).batches(0))
     assert all(torch.equal(x["window"], y["window"]) for x, y in zip(seen, again))
 
