@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser("evaluate", help="evaluate a bundle (onnxruntime) or a checkpoint (PyTorch)",
-                       description="Forecast: MSE/MAE on train-standardised values and 10-90%% coverage; "
+                       description="Forecast: MSE/MAE on train-standardised values and 10-90% coverage; "
                        "generate: nats per character; translate: greedy decoding (or the server's beam search with "
                        "--beam N) scored with sacreBLEU (BLEU, chrF, lowercased BLEU).")
     src = v.add_mutually_exclusive_group(required=True)
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read and check your files (every problem named with its file, line or row, column and value, "
         "before training starts), split them, train (progress bar), export with the parity check, evaluate the "
         "held-out test part against the task's baselines into the manifest, store int8 weights where every figure "
-        "holds within 1%%, and move the bundle into MODELS/NAME/ as its next version, where a running server "
+        "holds within 1%, and move the bundle into MODELS/NAME/ as its next version, where a running server "
         "loads it. A failed or interrupted build leaves nothing in MODELS. Data: forecast: CSV/TSV/Parquet tables, "
         "long (unique_id/ds/y, item_id/timestamp/target, or --set data.id_column=... time_column value_column) or "
         "wide (a time column, one column per series); translate: two line-aligned text files (source, target) or "
@@ -337,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"default preset: files-TASK; {preset_list}",
     )
     b.add_argument("--task", required=True, choices=("forecast", "translate", "generate", "recognize"))
-    b.add_argument("--data", required=True, action="append", metavar="PATH", help="a data file (repeatable)")
+    b.add_argument("--data", required=True, action="append", metavar="PATH",
+                   help="a data file, or for recognize the recordings' folder (repeatable)")
     b.add_argument("--name", required=True, help="model name (letters, digits, . _ -)")
     b.add_argument("--models", default="models", metavar="DIR", help="model repository (default %(default)s)")
     add_shared(b, "config", "preset", "set")
