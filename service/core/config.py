@@ -67,6 +67,14 @@ class ServeConfig:
         "streams sharing one decoding-step call; 0 = all active ones (continuous batching), 1 = batching "
         "off",
     )
+    # Multi-step decoding: while only generation streams share a step loop, each round decodes this
+    # many tokens per stream on a worker thread (graph, sampling, graph, ...) before the event loop
+    # turns them into text and messages: the Python around each token is paid once per round.
+    decode_steps: int = _opt(
+        8,
+        "tokens each generation stream decodes per round of the step loop (graph and sampling on a worker "
+        "thread); 1 = one token per round",
+    )
     # onnxruntime session options (per graph).
     intra_op_threads: int = _opt(1, "threads inside one operator")
     inter_op_threads: int = _opt(1, "threads across operators (>1 switches to parallel execution mode)")
@@ -139,7 +147,7 @@ class ServeConfig:
             "inter_op_threads", "max_texts", "max_text_chars", "max_history", "max_quantiles",
             "max_beam", "max_tokens", "default_max_tokens", "max_stop", "max_stop_chars",
             "max_message_bytes", "max_top_logprobs", "max_continuations", "max_alternatives", "max_speech_streams",
-            "max_chunk_bytes",
+            "max_chunk_bytes", "decode_steps",
         )
         for name in positive:
             if getattr(self, name) < 1:

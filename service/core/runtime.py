@@ -107,24 +107,64 @@ class GraphRuntime:
                 pass
         return dict(zip(self.outputs, values))
 
+    def _inline(self, feeds: dict[str, np.ndarray]) -> bool:
+        pool = self._pool
+        return min(self._recent) < self._inline_s or (
+            pool is not None and pool.alone() and self._by_shape.get(_shapes(feeds), math.inf) < self._inline_idle_s)
+
+    def _failed(self, feeds: dict[str, np.ndarray], err: BaseException) -> Internal:
+        shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+        log.error("graph %s failed on inputs %s", self.name, shapes, exc_info=err)
+        return Internal(f"model graph {self.name} failed to run")
+
+    def _submit(self, feeds: dict[str, np.ndarray], work: Callable | None = None) -> Future:
+        args = (self.run_sync, feeds) if work is None else (work, self.run_sync, feeds)
+        if self._pool is None:
+            return self._executor.submit(*args)
+        return self._pool.submit_counted(*args)
+
     async def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph in the thread pool. Raises Internal (traceback logged) if it fails."""
-        loop = asyncio.get_running_loop()
         try:
-            pool = self._pool
-            if min(self._recent) < self._inline_s or (
-                pool is not None and pool.alone() and self._by_shape.get(_shapes(feeds), math.inf) < self._inline_idle_s
-            ):
+            if self._inline(feeds):
                 out = self.run_sync(feeds)
                 await asyncio.sleep(0)  # still yield: callers loop on run()
                 return out
-            if pool is None:
-                return await loop.run_in_executor(self._executor, self.run_sync, feeds)
-            return await asyncio.wrap_future(pool.submit_counted(self.run_sync, feeds))
+            return await asyncio.wrap_future(self._submit(feeds))
         except Exception as err:
-            shapes = {k: tuple(v.shape) for k, v in feeds.items()}
-            log.error("graph %s failed on inputs %s", self.name, shapes, exc_info=err)
-            raise Internal(f"model graph {self.name} failed to run") from err
+            raise self._failed(feeds, err) from err
+
+    def start(self, feeds: dict[str, np.ndarray], work: Callable[[Callable, dict[str, np.ndarray]], T] | None = None,
+              ) -> asyncio.Future:
+        """``run``, begun before this returns: on a worker thread (or already done, when inline),
+        so the caller can work while the graph runs. ``work(run_sync, feeds)``, when given, runs
+        instead, always on a worker thread (several graph calls and what goes between them). The
+        future fails with Internal."""
+        out: asyncio.Future = asyncio.get_running_loop().create_future()
+        try:
+            if work is not None:
+                inner = asyncio.wrap_future(self._submit(feeds, work))
+            elif self._inline(feeds):
+                out.set_result(self.run_sync(feeds))
+                return out
+            else:
+                inner = asyncio.wrap_future(self._submit(feeds))
+        except Exception as err:
+            out.set_exception(self._failed(feeds, err))
+            return out
+
+        def settle(f: asyncio.Future) -> None:
+            if out.done():  # the caller cancelled it
+                return
+            if f.cancelled():
+                out.cancel()
+            elif (err := f.exception()) is not None:
+                out.set_exception(self._failed(feeds, err))
+            else:
+                out.set_result(f.result())
+
+        inner.add_done_callback(settle)
+        return out
 
 
 def _shapes(feeds: dict[str, np.ndarray]) -> tuple:

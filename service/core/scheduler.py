@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 
@@ -76,6 +77,7 @@ class StepItem:
     deadline: float | None = None  # time.monotonic() value
     cancelled: bool = False  # set by the owner; the loop drops the item before the next step
     serial: int = 0  # set by StepScheduler.add; unique per scheduler (ids of dead objects get reused)
+    multi_step: bool = False  # the class decodes several steps per round with run_steps
 
     def step_feeds(self) -> dict[str, np.ndarray]:
         """Per-step inputs: state tensors (L, rows, H), everything else (rows, ...)."""
@@ -89,6 +91,37 @@ class StepItem:
     def advance(self, outputs: dict[str, np.ndarray]) -> bool:
         """Consume this item's rows of one call's outputs; return True when finished."""
         raise NotImplementedError
+
+    @classmethod
+    def advance_many(cls, items: list["StepItem"], bounds: list[tuple[int, int]], outputs: dict[str, np.ndarray],
+                     layout: StepLayout) -> list[bool | Exception]:
+        """Advance ``items`` (all of this class) with their rows ``bounds`` of one call's outputs:
+        per item, finished or the exception it raised. Subclasses override it to work on all their
+        rows at once (one vectorised sampling pass per step)."""
+        results: list[bool | Exception] = []
+        for it, (lo, hi) in zip(items, bounds):
+            try:
+                results.append(it.advance(layout.split(outputs, lo, hi)))
+            except Exception as err:  # noqa: BLE001 - one broken item must not stop the others
+                results.append(err)
+        return results
+
+    @classmethod
+    def run_steps(cls, items: list["StepItem"], feeds: dict[str, np.ndarray], steps: int,
+                  run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+                  layout: StepLayout) -> list[dict[str, np.ndarray]]:
+        """``steps`` steps of ``items`` at once, on a worker thread (classes with ``multi_step``):
+        each step's outputs, with what ``advance_many`` needs to replay the step without choosing
+        again. Must not touch the event loop."""
+        raise NotImplementedError
+
+    @classmethod
+    def settle_many(cls, items: list["StepItem"]) -> list[bool | Exception]:
+        """What is left of the last ``advance_many`` that the next step's inputs do not need
+        (detokenising, queueing text): the loop calls it once the next call is running. Per item,
+        finished (an item may finish here and still be part of that call: its rows are ignored)
+        or the exception it raised."""
+        return [False] * len(items)
 
     def fail(self, error: ServiceError) -> None:
         """Finish with an error (deadline, shutdown, graph failure)."""
@@ -106,9 +139,11 @@ class StepScheduler:
         layout: StepLayout,
         meter: GraphMeter = NULL_METER,
         max_streams_per_step: int = 0,
+        decode_steps: int = 1,
     ) -> None:
         self.name = name
         self.max_streams_per_step = max_streams_per_step  # 0 = all active streams share each call
+        self.decode_steps = decode_steps  # steps per round where every item's class has run_steps
         self._meter = meter
         self._runtime = runtime
         self._layout = layout
@@ -201,44 +236,120 @@ class StepScheduler:
         return list(live)
 
     async def _loop(self) -> None:
+        call: _Call | None = None
         while True:
-            items = self._admit()
-            if not items:
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
+            if self.max_streams_per_step:
+                # Groups of at most that many streams, one call after the other (1 = batching off).
+                items = self._admit()
+                if not items:
+                    await self._sleep()
+                    continue
+                group = self.max_streams_per_step
+                for k in range(0, len(items), group):
+                    self._settle(await self._finish(self._launch(items[k : k + group])))
                 continue
-            # Continuous batching: every stream advances through one shared call; with
-            # max_streams_per_step they go in groups of at most that many (1 = batching off).
-            group = self.max_streams_per_step or len(items)
-            for k in range(0, len(items), group):
-                await self._step(items[k : k + group])
+            # Continuous batching: every stream advances through one shared call. Once a step's
+            # tokens are chosen the next call starts, and the step's text is produced while it runs
+            # (onnxruntime releases the GIL), as vLLM's asynchronous output processing does.
+            if call is None:
+                items = self._admit()
+                if not items:
+                    await self._sleep()
+                    continue
+                call = self._launch(items)
+            advanced = await self._finish(call)
+            if call.inline:  # nothing would run beside the text: produce it first, as it came
+                self._settle(advanced)
+                items = self._admit()
+                call = self._launch(items) if items else None
+            else:
+                items = self._admit()
+                call = self._launch(items) if items else None
+                self._settle(advanced)
 
-    async def _step(self, items: list[StepItem]) -> None:
-        """One decoder call for ``items``; each advances (or fails) with its rows of the outputs."""
+    async def _sleep(self) -> None:
+        self._idle.set()
+        self._wake.clear()
+        await self._wake.wait()
+
+    def _launch(self, items: list[StepItem]) -> "_Call":
+        """Start one decoder call for ``items`` (fixing each item's rows of it)."""
         bounds = []
         start = 0
         for it in items:  # rows may change in advance(): fix the slices first
             bounds.append((start, start + it.rows))
             start += it.rows
         started = time.monotonic()
+        feeds = self._stack(items)
+        kind = type(items[0])
+        if self.decode_steps > 1 and kind.multi_step and all(type(it) is kind for it in items):
+            steps, layout = self.decode_steps, self._layout
+            task = self._runtime.start(feeds, lambda run, f: kind.run_steps(items, f, steps, run, layout))
+        else:
+            task = self._runtime.start(feeds)
+        return _Call(items, bounds, task, started, task.done())
+
+    async def _finish(self, call: "_Call") -> list[tuple[type[StepItem], list[StepItem]]]:
+        """Wait for ``call``; every item still in the loop advances (or fails) with its rows of the
+        outputs. Returns the items that advanced, by class, for ``_settle``."""
         try:
-            outputs = await self._runtime.run(self._stack(items))
+            if call.task.done():  # ran inline: still let the streams' consumers run
+                await asyncio.sleep(0)
+            outputs = await call.task
         except ServiceError as err:
-            for it in items:
+            for it in call.items:
                 if not it.cancelled:
                     it.fail(err)
                 self.remove(it)
-            return
-        self._meter.batch(start, time.monotonic() - started)
-        for it, (lo, hi) in zip(items, bounds):
-            if it.cancelled:  # left while the call ran
-                continue
+            return []
+        rounds = outputs if isinstance(outputs, list) else [outputs]  # one per step decoded
+        took = (time.monotonic() - call.started) / len(rounds)
+        for _ in rounds:
+            self._meter.batch(call.bounds[-1][1], took)
+        advanced = []
+        for step in rounds:
+            groups: dict[type[StepItem], list[int]] = {}  # items still here, by class (one pass each)
+            for i, it in enumerate(call.items):
+                if not it.cancelled:  # left while the call ran (or finished at an earlier step)
+                    groups.setdefault(type(it), []).append(i)
+            for cls, members in groups.items():
+                group = [call.items[i] for i in members]
+                try:
+                    results = cls.advance_many(group, [call.bounds[i] for i in members], step, self._layout)
+                except Exception as err:  # noqa: BLE001 - a failed pass fails its items, not the loop
+                    results = [err] * len(group)
+                advanced.append((cls, self._conclude(group, results)))
+        return advanced
+
+    def _settle(self, advanced: list[tuple[type[StepItem], list[StepItem]]]) -> None:
+        for cls, group in advanced:
             try:
-                done = it.advance(self._layout.split(outputs, lo, hi))
-            except Exception as err:  # noqa: BLE001 - one broken item must not stop the loop
-                log.error("%s: decoding step failed", self.name, exc_info=err)
+                results = cls.settle_many(group)
+            except Exception as err:  # noqa: BLE001
+                results = [err] * len(group)
+            self._conclude(group, results)
+
+    def _conclude(self, items: list[StepItem], results: list[bool | Exception]) -> list[StepItem]:
+        """Remove the items that finished, failing those that raised; returns the rest that
+        advanced without error."""
+        ok = []
+        for it, done in zip(items, results):
+            if isinstance(done, Exception):
+                log.error("%s: decoding step failed", self.name, exc_info=done)
                 it.fail(Internal(f"decoding failed in {self.name}"))
-                done = True
+                self.remove(it)
+                continue
+            ok.append(it)
             if done:
                 self.remove(it)
+        return ok
+
+
+class _Call(NamedTuple):
+    """One decoder call in flight: its items, their rows, the graph run, when it started."""
+
+    items: list[StepItem]
+    bounds: list[tuple[int, int]]
+    task: asyncio.Future
+    started: float
+    inline: bool  # it ran in the event loop's thread, done before start() returned

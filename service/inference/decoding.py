@@ -9,11 +9,7 @@ import numpy as np
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Probabilities of (V,) logits in float64 (-inf entries get 0)."""
-    return _softmax_in_place(logits.astype(np.float64))
-
-
-def _softmax_in_place(z: np.ndarray) -> np.ndarray:
-    """softmax of a float64 array the caller owns, computed in it (no temporaries per token)."""
+    z = logits.astype(np.float64)
     z -= np.max(z)
     np.exp(z, out=z)
     z /= z.sum()
@@ -28,13 +24,20 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
-    """(V,) bool: the k largest logits (all when k <= 0 or k >= V)."""
+    """(V,) bool: the logits at least as large as the k-th largest (all when k <= 0 or k >= V)."""
+    return _top_k_rows(np.asarray(logits)[None], np.array([k]))[0]
+
+
+def _top_k_rows(logits: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """(B, V) bool: per row, the logits at least as large as its k-th largest (ties at the k-th all
+    kept, as in Hugging Face's top-k); every entry of a row whose k is <= 0 or >= V."""
     v = logits.shape[-1]
-    if k <= 0 or k >= v:
-        return np.ones(v, dtype=bool)
-    keep = np.zeros(v, dtype=bool)
-    keep[np.argpartition(-logits, k - 1)[:k]] = True
-    return keep
+    ks = np.where((ks > 0) & (ks < v), ks, v)  # v: keep the whole row
+    if ks.min() == ks.max():  # the usual case: one k for the step
+        k = int(ks[0])
+        return logits >= -np.partition(-logits, k - 1, axis=1)[:, k - 1 : k]
+    kth = -np.sort(-logits, axis=1)[np.arange(len(ks)), ks - 1]
+    return logits >= kth[:, None]
 
 
 def top_p_mask(probs: np.ndarray, p: float) -> np.ndarray:
@@ -42,12 +45,16 @@ def top_p_mask(probs: np.ndarray, p: float) -> np.ndarray:
     (nucleus; always at least the most probable token)."""
     if p >= 1.0:
         return probs > 0
-    order = np.argsort(-probs, kind="stable")
-    cum = np.cumsum(probs[order])
-    n = int(np.searchsorted(cum, p * cum[-1], side="left")) + 1  # first index where cum >= p
-    keep = np.zeros(probs.shape[-1], dtype=bool)
-    keep[order[: min(n, len(order))]] = True
-    return keep
+    return _top_p_rows(np.asarray(probs, dtype=np.float64)[None], np.array([p]))[0]
+
+
+def _top_p_rows(probs: np.ndarray, ps: np.ndarray) -> np.ndarray:
+    """(B, V) bool: ``top_p_mask`` of every row with its own p (< 1): the most probable tokens up to
+    the first whose cumulative probability reaches p (ties with that one kept too)."""
+    ranked = -np.sort(-probs, axis=1)
+    cum = np.cumsum(ranked, axis=1)
+    n = (cum < (ps * cum[:, -1])[:, None]).sum(axis=1)  # index of the first where cum >= p
+    return probs >= ranked[np.arange(len(ps)), np.minimum(n, probs.shape[1] - 1)][:, None]
 
 
 def top_indices(values: np.ndarray, n: int) -> np.ndarray:
@@ -74,7 +81,8 @@ def top_indices(values: np.ndarray, n: int) -> np.ndarray:
 class Sampler:
     """Chooses the next token from (V,) logits: greedy at temperature 0, otherwise temperature,
     then top-k, then top-p, then one draw from the request's own RNG (inverse CDF, so the same
-    seed and logits always give the same token)."""
+    seed and logits always give the same token). ``sample_rows`` does it for a whole step's rows
+    at once, each with its own sampler, and gives every row what it would get alone."""
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, rng: np.random.Generator | None = None) -> None:
         self.temperature = temperature
@@ -89,22 +97,63 @@ class Sampler:
             p = np.zeros_like(logits)
             p[int(np.argmax(logits))] = 1.0
             return p
-        z = logits / self.temperature
-        if self.top_k > 0:
-            z = np.where(top_k_mask(z, self.top_k), z, -np.inf)
-        probs = _softmax_in_place(z)  # z is a fresh array here
-        if self.top_p < 1.0:
-            probs = np.where(top_p_mask(probs, self.top_p), probs, 0.0)
-            probs /= probs.sum()
-        return probs
+        return _probabilities(logits[None], [self])[0]
 
     def sample(self, logits: np.ndarray) -> int:
-        if self.temperature == 0:
-            return int(np.argmax(logits))
-        probs = self.probabilities(logits)
-        cum = np.cumsum(probs)
-        i = int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
-        return min(i, len(probs) - 1)
+        return int(sample_rows(np.asarray(logits)[None], [self])[0])
+
+
+def _probabilities(logits: np.ndarray, samplers: list[Sampler]) -> np.ndarray:
+    """(B, V) float64 distributions of (B, V) logits, row i shaped by samplers[i] (temperature > 0).
+    Every operation works along rows, so a row's result does not depend on the others."""
+    z = logits.astype(np.float64)
+    temperatures = [s.temperature for s in samplers]
+    if min(temperatures) == max(temperatures):  # x / t is the same number either way
+        if temperatures[0] != 1.0:
+            z /= temperatures[0]
+    else:
+        z /= np.array(temperatures)[:, None]
+    ks = [s.top_k for s in samplers]
+    if any(ks):
+        np.copyto(z, -np.inf, where=~_top_k_rows(z, np.array(ks)))
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    ps = [s.top_p for s in samplers]
+    if min(ps) < 1.0:
+        nucleus = [i for i, p in enumerate(ps) if p < 1.0]
+        if len(nucleus) == len(ps):  # every row (and the one of a single stream)
+            np.copyto(z, 0.0, where=~_top_p_rows(z, np.array(ps)))
+            z /= z.sum(axis=1, keepdims=True)
+        else:
+            part = z[nucleus]
+            np.copyto(part, 0.0, where=~_top_p_rows(part, np.array([ps[i] for i in nucleus])))
+            part /= part.sum(axis=1, keepdims=True)
+            z[nucleus] = part
+    return z
+
+
+def sample_rows(logits: np.ndarray, samplers: list[Sampler]) -> np.ndarray:
+    """(B,) int64: the next token of every row of (B, V) logits, row i drawn with samplers[i] (and
+    one number from its RNG unless greedy): one vectorised pass for a decoding step's rows, the
+    same tokens as each sampler alone."""
+    hot = [i for i, s in enumerate(samplers) if s.temperature != 0]
+    if len(hot) < len(samplers):
+        tokens = np.argmax(logits, axis=1)
+    else:
+        tokens = np.empty(len(samplers), dtype=np.int64)
+    if hot:
+        every = len(hot) == len(samplers)
+        chosen = samplers if every else [samplers[i] for i in hot]
+        cum = np.cumsum(_probabilities(logits if every else logits[hot], chosen), axis=1)
+        u = np.array([s.rng.random() for s in chosen])
+        u *= cum[:, -1]
+        drawn = (cum <= u[:, None]).sum(axis=1)  # searchsorted(side="right") per row
+        np.minimum(drawn, logits.shape[1] - 1, out=drawn)
+        if every:
+            return drawn
+        tokens[hot] = drawn
+    return tokens
 
 
 class StopChecker:

@@ -53,7 +53,8 @@ class TaskContext:
                        layout: StepLayout) -> StepScheduler:
         """The step loop of ``graph`` (a decoder step or LM): every stream of the version shares its calls."""
         return StepScheduler(f"model {model} version {version} ({graph})", runtime, layout,
-                             self.meter(model, version, graph), max_streams_per_step=self.config.max_streams_per_step)
+                             self.meter(model, version, graph), max_streams_per_step=self.config.max_streams_per_step,
+                             decode_steps=self.config.decode_steps)
 
     def meter(self, model: str, version: str, graph: str) -> GraphMeter:
         """Where a batcher or step scheduler of ``graph`` records queue depth, batches and streams."""

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import numpy as np
 
 from service.contract import BundleError
-from service.inference.decoding import Sampler, StopChecker
+from service.inference.decoding import Sampler, StopChecker, sample_rows
 from service.inference.steps import StepLayout
 
 from ..config import effective_limit
@@ -24,12 +26,14 @@ from .context import TaskContext
 from .scoring import ContinuationRows, Logprobs, continuation_scores
 
 DEFAULT_PROMPT_TOKENS = 1024
+CHOSEN = "chosen tokens"  # run_steps' sampled tokens among a step's outputs (no graph output is named so)
 
 
 class GenerationStream(StepItem):
     """One request in the LM's step loop: its state (L, 1, H), sampler, RNG and decoder."""
 
     rows = 1
+    multi_step = True
 
     def __init__(
         self,
@@ -54,12 +58,30 @@ class GenerationStream(StepItem):
         self._names = state_names
         self._states: dict[str, np.ndarray] = {}
         self._next = 0
+        self._chosen: deque[tuple[int, np.ndarray]] = deque()  # tokens (and their logits) to settle
         self.completion_tokens = 0
+        self._finished = False
 
     def accept(self, logits: np.ndarray, states: dict[str, np.ndarray]) -> bool:
         """Sample the next token from (V,) logits; queue the text it makes final. True when done."""
-        token = self._sampler.sample(logits)
+        return self.choose(self._sampler.sample(logits), logits, states) | self.settle()
+
+    def choose(self, token: int, logits: np.ndarray, states: dict[str, np.ndarray]) -> bool:
+        """``token``, sampled from (V,) ``logits``, is the next one; the next step feeds it with
+        ``states``. True when it ends the stream (EOS, max_tokens); ``settle`` makes its text."""
         self.completion_tokens += 1
+        self._next = token
+        self._states = states
+        self._chosen.append((token, logits))
+        return (self._eos is not None and token == self._eos) or self.completion_tokens >= self._max_tokens
+
+    def settle(self) -> bool:
+        """Queue the text the oldest chosen token not yet settled makes final. True when the stream
+        is done."""
+        token, logits = self._chosen.popleft()
+        if self._finished:  # a stop string ended it at an earlier step of the round
+            return True
+        count = self.completion_tokens - len(self._chosen)  # this token's place in the completion
         if self._logprobs is not None:
             self._reported.append(self._logprobs.of(logits, token))
         finish = ""
@@ -69,21 +91,57 @@ class GenerationStream(StepItem):
             text = self._decoder.push(token)
             if self._decoder.stopped:
                 finish = "stop"
-            elif self.completion_tokens >= self._max_tokens:
+            elif count >= self._max_tokens:
                 text, finish = text + self._decoder.finish(), "length"
         if text or finish:
-            self.queue.put_nowait(GenerateChunk(text, finish, self._prompt_tokens, self.completion_tokens, self._reported))
+            self.queue.put_nowait(GenerateChunk(text, finish, self._prompt_tokens, count, self._reported))
             self._reported = []
-        self._next = token
-        self._states = states
-        return bool(finish)
+        self._finished = bool(finish)
+        return self._finished
 
     def step_feeds(self) -> dict[str, np.ndarray]:
         return {"tokens": np.array([[self._next]], dtype=np.int64), **self._states}
 
-    def advance(self, outputs: dict[str, np.ndarray]) -> bool:
-        states = {n: outputs[n + "_out"] for n in self._names}
-        return self.accept(outputs["logits"][0, -1], states)
+    @classmethod
+    def advance_many(cls, items: list[StepItem], bounds: list[tuple[int, int]], outputs: dict[str, np.ndarray],
+                     layout: StepLayout) -> list[bool | Exception]:
+        """Every stream's next token in one vectorised sampling pass (each row with its own
+        sampler and RNG: the same tokens as alone); their text waits for ``settle_many``."""
+        streams = cast(list[GenerationStream], items)
+        rows = [lo for lo, _ in bounds]  # one row per stream
+        logits = outputs["logits"][rows, -1]
+        chosen = outputs.get(CHOSEN)  # run_steps sampled them already
+        tokens = (sample_rows(logits, [st._sampler for st in streams]) if chosen is None else chosen[rows]).tolist()
+        states = [outputs[n] for n in layout.state_outputs]
+        return [st.choose(token, row_logits, {n: s[:, row : row + 1] for n, s in zip(st._names, states)})
+                for st, row, token, row_logits in zip(streams, rows, tokens, logits)]
+
+    @classmethod
+    def run_steps(cls, items: list[StepItem], feeds: dict[str, np.ndarray], steps: int,
+                  run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+                  layout: StepLayout) -> list[dict[str, np.ndarray]]:
+        """``steps`` tokens of every stream: graph, sampling (each row's own sampler, as
+        ``advance_many`` would), graph, ... Each step's outputs carry its tokens under CHOSEN. A
+        stream that ends on the way (EOS, max_tokens, a stop string) ignores the tokens after."""
+        samplers = [st._sampler for st in cast(list[GenerationStream], items)]
+        pairs = list(zip(layout.state_inputs, layout.state_outputs))
+        outputs = []
+        for _ in range(steps):
+            out = run(feeds)
+            out[CHOSEN] = sample_rows(out["logits"][:, -1], samplers)
+            outputs.append(out)
+            feeds = {"tokens": out[CHOSEN][:, None], **{i: out[o] for i, o in pairs}}
+        return outputs
+
+    @classmethod
+    def settle_many(cls, items: list[StepItem]) -> list[bool | Exception]:
+        results: list[bool | Exception] = []
+        for st in cast(list[GenerationStream], items):
+            try:
+                results.append(st.settle())
+            except Exception as err:  # noqa: BLE001 - one broken stream must not stop the others
+                results.append(err)
+        return results
 
     def fail(self, error: ServiceError) -> None:
         self.queue.put_nowait(error)

@@ -188,3 +188,48 @@ def test_coalesce_merges_queued_chunks_and_keeps_an_error_behind_them():
     assert isinstance(error, Internal)
     last, error = coalesce(GenerateChunk("x", "length", 4, 10), queue)  # a final chunk takes nothing more
     assert (last.text, error, queue.qsize()) == ("x", None, 1)
+
+
+async def _chunks(engine, req: GenerateRequest) -> list[tuple[str, str, int, list]]:
+    return [(c.text, c.finish_reason, c.completion_tokens, [(t.token_id, round(t.logprob, 5)) for t in c.logprobs])
+            async for c in engine.generate_stream(req)]
+
+
+@pytest.mark.parametrize("steps", [3, 8])
+async def test_several_tokens_per_round_decode_what_one_per_round_does(tmp_path, add_bundle, make_engine, steps):
+    """--decode-steps k runs k graph calls and samplings per round on a worker thread. Texts, token
+    counts, finish reasons and logprobs are those of one token per round, alone and under load,
+    whatever k: max_tokens that are no multiple of k, a stop string met inside a round (the
+    tokens sampled after it are dropped), EOS, streams joining and leaving between rounds."""
+    add_bundle(tmp_path, "tiny-generate")
+    one = await make_engine(tmp_path, decode_steps=1)
+    many = await make_engine(tmp_path, decode_steps=steps)
+    requests = _requests(12, top_k=20, top_p=0.95)
+    requests += [GenerateRequest(prompt=p, max_tokens=40, seed=7 + i, stop=["e", "th"], logprobs=True, top_logprobs=2)
+                 for i, p in enumerate(PROMPTS)]
+    want = [await _chunks(one, r) for r in requests]
+    alone = [await _chunks(many, r) for r in requests]
+    calls_before = step_calls(many, "lm")
+    together = await asyncio.gather(*(_chunks(many, r) for r in requests))
+    steps_run, rows = (now - before for now, before in zip(step_calls(many, "lm"), calls_before))
+
+    def whole(chunks):  # how a stream is coalesced into messages may differ; what it says may not
+        return ("".join(c[0] for c in chunks), chunks[-1][1], chunks[-1][2], [t for c in chunks for t in c[3]])
+
+    assert [whole(c) for c in alone] == [whole(c) for c in want]
+    assert [whole(c) for c in together] == [whole(c) for c in want]
+    finishes = {whole(c)[1] for c in want}
+    assert "stop" in finishes and "length" in finishes  # both endings were exercised
+    assert any(whole(c)[2] % steps for c in want)  # and counts that are no multiple of k
+    assert rows / steps_run > 4  # the streams shared their calls
+
+
+async def test_a_stream_cancelled_mid_round_leaves_at_the_round_and_frees_its_slot(repo, make_engine):
+    engine = await make_engine(repo, decode_steps=8, max_streams=2)
+    req = GenerateRequest(prompt="First", max_tokens=500, seed=3, temperature=0.9)
+    async with aclosing(engine.generate_stream(req)) as stream:
+        first = await anext(stream)
+        assert first.completion_tokens >= 1
+    # The slot is back at once; the loop drops the stream before its next round.
+    done = await asyncio.gather(*(engine.generate(GenerateRequest(prompt="F", max_tokens=20, seed=s)) for s in (1, 2)))
+    assert all(r.completion_tokens >= 1 for r in done)
