@@ -186,7 +186,13 @@ class ModelRepository:
         self._config = config
         self._build = build
         self._run_executor = run_executor
-        self._on_change = on_change
+        self._defaults: dict[str, str | None] = {}  # default_name per task, until a version changes state
+
+        def changed() -> None:
+            self._defaults.clear()
+            on_change()
+
+        self._on_change = changed
         self._options = RuntimeOptions(
             intra_op_threads=config.intra_op_threads, inter_op_threads=config.inter_op_threads,
             graph_optimization=config.graph_optimization, inline_ms=config.inline_graph_ms,
@@ -369,7 +375,14 @@ class ModelRepository:
 
     def default_name(self, task: str) -> str | None:
         """The model that answers requests with an empty name: the one whose newest version's
-        manifest has ``"default": true`` (``Manifest.default``; alphabetically first if several), else the first name."""
+        manifest has ``"default": true`` (``Manifest.default``; alphabetically first if several), else the first name.
+        Remembered until a version becomes or stops being READY (every such change calls ``_on_change``)."""
+        if task in self._defaults:
+            return self._defaults[task]
+        self._defaults[task] = name = self._default_name(task)
+        return name
+
+    def _default_name(self, task: str) -> str | None:
         newest: dict[str, ModelVersion] = {}
         for e in self.ready(task):
             newest[e.name] = e  # versions() is sorted, so the last one wins

@@ -13,7 +13,9 @@ import grpc
 
 from service.core.observe import begin_request
 
-from .metrics import Metrics
+from .metrics import Metrics, RpcSeries
+
+_MAX_WRAPPED = 256  # methods whose wrapped handler is kept (only registered methods get here)
 
 
 def split_method(full_method: str | bytes) -> tuple[str, str]:
@@ -44,30 +46,30 @@ def final_code(context: Any, error: BaseException | None) -> grpc.StatusCode:
 class _Rpc:
     """Bookkeeping of one intercepted RPC."""
 
-    def __init__(self, metrics: Metrics, rpc_type: str, service: str, method: str):
+    def __init__(self, metrics: Metrics, series: RpcSeries, method: str):
         self.m = metrics
-        self.key = (rpc_type, service, method)
+        self.series = series
         self.method = method
         self.labels = begin_request()
         self.start = time.perf_counter()
-        metrics.grpc_started.labels(*self.key).inc()
-        metrics.in_flight.labels(method).inc()
+        series.started.inc()
+        series.in_flight.inc()
 
     def received(self) -> None:
-        self.m.grpc_msg_received.labels(*self.key).inc()
+        self.series.received.inc()
 
     def sent(self) -> None:
-        self.m.grpc_msg_sent.labels(*self.key).inc()
+        self.series.sent.inc()
 
     def finish(self, context: Any, error: BaseException | None) -> None:
         seconds = time.perf_counter() - self.start
         code = final_code(context, error).name
-        m = self.m
-        m.grpc_handled.labels(*self.key, code).inc()
-        m.grpc_handling_seconds.labels(*self.key).observe(seconds)
-        m.in_flight.labels(self.method).dec()
+        series = self.series
+        series.handled(code).inc()
+        series.handling.observe(seconds)
+        series.in_flight.dec()
         lb = self.labels
-        m.observe_request(self.method, lb.model, lb.version, code, seconds, lb.reason, lb.for_model)
+        self.m.observe_request(self.method, lb.model, lb.version, code, seconds, lb.reason, lb.for_model)
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -80,6 +82,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: Metrics):
         self._m = metrics
+        # The wrapped handler of each method, made once: the next layer hands back the same
+        # handler object for a method every time (a new one, e.g. a refusal, is wrapped anew).
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -89,7 +94,16 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        service, method = split_method(handler_call_details.method)
+        known = self._wrapped.get(handler_call_details.method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler_call_details.method, handler)
+        if len(self._wrapped) < _MAX_WRAPPED:
+            self._wrapped[handler_call_details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        service, method = split_method(full_method)
         codec = dict(request_deserializer=handler.request_deserializer,
                      response_serializer=handler.response_serializer)
         m = self._m
@@ -123,7 +137,7 @@ def _count_requests(rpc: _Rpc, requests: Any) -> Any:
 
 
 def _start(m: Metrics, key: tuple[str, str, str], request: Any, streaming_in: bool) -> tuple[_Rpc, Any]:
-    rpc = _Rpc(m, *key)
+    rpc = _Rpc(m, m.rpc_series(key), key[2])
     if streaming_in:
         return rpc, _count_requests(rpc, request)
     rpc.received()

@@ -153,6 +153,7 @@ class Metrics(Sink):
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process_metrics: bool = True):
         self.registry = CollectorRegistry() if registry is None else registry
+        self._rpc_series: dict[tuple[str, str, str], RpcSeries] = {}
         r = self.registry
         if process_metrics:
             ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
@@ -293,6 +294,14 @@ class Metrics(Sink):
         return model, (version if version in versions else UNKNOWN_MODEL)
 
     # -- requests (interceptor) ---------------------------------------------------------------
+    def rpc_series(self, key: tuple[str, str, str]) -> "RpcSeries":
+        """The go-grpc-prometheus series of one (grpc_type, grpc_service, grpc_method), looked up
+        once: ``labels()`` validates and locks on every call, a few microseconds per series."""
+        series = self._rpc_series.get(key)
+        if series is None:
+            series = self._rpc_series[key] = RpcSeries(self, key)
+        return series
+
     def observe_request(self, method: str, model: str, version: str, code: str, seconds: float,
                         reason: str = "", for_model: bool = True) -> None:
         """Record one finished request; RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED / CANCELLED also
@@ -352,6 +361,26 @@ class Metrics(Sink):
     def token_timer(self, model: str, version: str, start: float | None = None) -> PromTokenTimer:
         """A timer for one sequence; ``start`` is the request's ``perf_counter()`` (default: now)."""
         return PromTokenTimer(self, model, version, time.perf_counter() if start is None else start)
+
+
+class RpcSeries:
+    """The children of one RPC method's grpc_server_* series and its in-flight gauge."""
+
+    def __init__(self, metrics: Metrics, key: tuple[str, str, str]) -> None:
+        self._metrics = metrics
+        self._key = key
+        self.started = metrics.grpc_started.labels(*key)
+        self.handling = metrics.grpc_handling_seconds.labels(*key)
+        self.received = metrics.grpc_msg_received.labels(*key)
+        self.sent = metrics.grpc_msg_sent.labels(*key)
+        self.in_flight = metrics.in_flight.labels(key[2])
+        self._handled: dict[str, Any] = {}
+
+    def handled(self, code: str) -> Any:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = self._metrics.grpc_handled.labels(*self._key, code)
+        return child
 
 
 class PromTokenTimer(TokenTimer):

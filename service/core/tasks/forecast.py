@@ -68,6 +68,7 @@ class ForecastModel:
         self._graph = bundle.graphs["forecast"]
         self._levels = np.asarray(self.spec.quantiles, dtype=np.float64)
         self._median = int(np.argmin(np.abs(self._levels - 0.5)))
+        self._bound = max_abs_value(self.spec.window)
         self._batcher: DynamicBatcher[np.ndarray, np.ndarray] = ctx.batcher(
             m.name, m.version, "forecast", self._run_batch, key=lambda window: window.shape[0])
 
@@ -134,7 +135,7 @@ class ForecastModel:
         if not finite.all():
             t, c = (int(i) for i in np.argwhere(~finite)[0])
             raise InvalidArgument(f"{value_at(t, c)}; every value must be finite", field=where)
-        bound = max_abs_value(spec.window)
+        bound = self._bound
         beyond = np.abs(history) > bound
         if beyond.any():
             t, c = (int(i) for i in np.argwhere(beyond)[0])
@@ -171,7 +172,10 @@ class ForecastModel:
                 f"model {self.name!r} cannot forecast this {where}: its arithmetic overflows "
                 "(rescale the series)", field=where,
             )
-        wanted = interpolate_levels(paths, self._levels, levels)  # (Q, H, C)
+        if levels == self.spec.quantiles:  # the model's own levels (the default): no interpolation
+            wanted = np.moveaxis(paths, -1, 0)  # (Q, H, C)
+        else:
+            wanted = interpolate_levels(paths, self._levels, levels)
         return ForecastResult(self.name, self.version, paths[..., self._median].copy(), levels, wanted,
                               self.spec.target_index)
 
