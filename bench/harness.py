@@ -69,6 +69,29 @@ class Server:
                 self.proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and every process below it (Triton's server and
+    backend stubs run as children of its launcher)."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))  # fields[1]: the parent
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += times.get(p, 0.0)
+        todo.extend(children.get(p, []))
+    return total
+
+
 def wait_serving(address: str, timeout_s: float = 120.0) -> None:
     """Poll grpc.health.v1 Check("") until SERVING."""
     end = time.monotonic() + timeout_s
@@ -94,14 +117,19 @@ class TritonPeer:
     """Triton over ``bundle`` from ``venv``, up across rounds; each ``levels`` call loads it with
     bench/triton/load.py (its own client, in Triton's venv) and returns the JSON rows."""
 
+    # Batches of up to 32 (seqserve's default), no added wait, two model instances: the settings
+    # issue 19's measurement found best (instances 1-2, queue delay 0-500 us).
+    SETTINGS = {"max_batch_size": 32, "queue_delay_us": 0, "instances": 2}
+
     def __init__(self, venv: Path, bundle: Path) -> None:
         self.python = venv / "bin" / "python"
         self.bundle = bundle
         grpc_port, http_port = free_port(), free_port()
-        # The same batching settings as seqserve's defaults: batches of up to 32, no added wait.
+        s = self.SETTINGS
         self.server = Server("triton", [str(self.python), "bench/triton/server.py", "--bundle", str(bundle), "--grpc-port",
-                                        str(grpc_port), "--http-port", str(http_port), "--max-batch-size", "32",
-                                        "--queue-delay-us", "0"], timeout_s=180)
+                                        str(grpc_port), "--http-port", str(http_port), "--max-batch-size",
+                                        str(s["max_batch_size"]), "--queue-delay-us", str(s["queue_delay_us"]),
+                                        "--instances", str(s["instances"])], timeout_s=180)
 
     def levels(self, levels: tuple[int, ...], duration_s: float) -> list[dict[str, Any]]:
         out = subprocess.run(

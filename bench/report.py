@@ -67,7 +67,7 @@ def write(run: Run, out: Path, models: Path) -> None:
     for key, t in run.figures["targets"].items():
         value = "-" if t["value"] is None else f"{t['value']:.2f}"
         ceiling = "" if t.get("ceiling") is None else f"{t['ceiling']:.2f}"
-        lines.append(f"| {key} | {t['what']} | {t['detail']} | {value} | {t['bound']} | {'yes' if t['met'] else '**no**'} "
+        lines.append(f"| {key} | {t['what']} | {t['detail']} | {value} | {t['bound']} | {'reported' if t['met'] is None else 'yes' if t['met'] else '**no**'} "
                      f"| {ceiling} |")
     (out / "targets.md").write_text("\n".join(lines) + "\n\n" + systems_tables(run.results))
     plot(run, out)

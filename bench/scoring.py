@@ -86,31 +86,40 @@ def targets(run: Run, forecast: dict[str, list[Any]], generation: dict[str, list
                     "met": s1 <= 1.3 * floor, "detail": f"{s1:.2f} ms vs {f['ort_forecast_p50_ms']:.2f} + {echo1:.2f} ms"}
     s64, off64 = rps(middle(forecast["seqserve"], 64, rps)), rps(middle(forecast["seqserve-nobatch"], 64, rps))
     ratio_off = _ratio(s64, off64)
-    out["2a"] = {"what": "forecast c=64 throughput / batching off", "value": ratio_off, "bound": ">= 4", "met": ratio_off >= 4,
+    # Issue 19 replaced the bounds of 2a and 5 (what the graphs themselves gain from batching, which no
+    # server changes): their ratios stay in the table, as reported figures.
+    out["2a"] = {"what": "forecast c=64 throughput / batching off", "value": ratio_off, "bound": "reported", "met": None,
                      "detail": f"{s64:.0f} vs {off64:.0f} req/s",
                      "ceiling": _ratio(64 * f["ort_forecast_p50_ms"], f["ort_forecast64_p50_ms"])}
     if forecast.get("triton"):
         t64, t99 = rps(middle(forecast["triton"], 64, rps)), p99(middle(forecast["triton"], 64, p99))
         s99 = p99(middle(forecast["seqserve"], 64, p99))
-        out["2b"] = {"what": "forecast c=64 throughput / Triton's", "value": _ratio(s64, t64), "bound": ">= 1", "met": s64 >= t64,
-                         "detail": f"{s64:.0f} vs {t64:.0f} req/s"}
+        out["2b"] = {"what": "forecast c=64 throughput / Triton's", "value": _ratio(s64, t64), "bound": ">= 1.3",
+                     "met": s64 >= 1.3 * t64, "detail": f"{s64:.0f} vs {t64:.0f} req/s"}
         out["2c"] = {"what": "forecast c=64 p99 / Triton's", "value": _ratio(s99, t99), "bound": "<= 1", "met": s99 <= t99,
-                         "detail": f"{s99:.1f} vs {t99:.1f} ms"}
+                     "detail": f"{s99:.1f} vs {t99:.1f} ms"}
+    cpu = f.get("cpu_ms_per_forecast", {})
+    if "seqserve" in cpu:
+        peer = f" (Triton {cpu['triton']:.2f} ms)" if "triton" in cpu else ""
+        out["2d"] = {"what": "server CPU per forecast at c=64 (ms, all of the server's threads and processes)",
+                     "value": cpu["seqserve"], "bound": "<= 1.0", "met": cpu["seqserve"] <= 1.0,
+                     "detail": f"{cpu['seqserve']:.2f} ms{peer}"}
     g1, g32 = tokens(middle(generation["seqserve"], 1, tokens)), tokens(middle(generation["seqserve"], 32, tokens))
-    out["3a"] = {"what": "generation: tokens/s of 32 streams / of one", "value": _ratio(g32, g1),
-                     "bound": ">= 8", "met": g32 >= 8 * g1, "detail": f"{g32:.0f} vs {g1:.0f} tokens/s",
-                     "ceiling": _ratio(32 * f["ort_step_p50_ms"], f["ort_step32_p50_ms"])}
+    ceiling32 = 32 / f["ort_step32_p50_ms"] * 1e3  # tokens/s were the 32-row step all it cost
+    out["3a"] = {"what": "generation, 32 streams: tokens/s / graph-only ceiling (32 rows per in-process 32-row step)",
+                 "value": _ratio(g32, ceiling32), "bound": ">= 0.4", "met": g32 >= 0.4 * ceiling32,
+                 "detail": f"{g32:.0f} vs {ceiling32:.0f} tokens/s ({g32 / g1:.2f}x one stream's {g1:.0f})"}
     one = per_token(middle(generation["seqserve"], 1, per_token))
     out["3b"] = {"what": "one stream's time per token, c=1 (stream time after the first token / 63) / raw ORT step p50",
-                     "value": _ratio(one, f["ort_step_p50_ms"]), "bound": "<= 1.3",
-                     "met": one <= 1.3 * f["ort_step_p50_ms"], "detail": f"{one:.3f} ms vs {f['ort_step_p50_ms']:.3f} ms"}
+                 "value": _ratio(one, f["ort_step_p50_ms"]), "bound": "<= 2",
+                 "met": one <= 2 * f["ort_step_p50_ms"], "detail": f"{one:.3f} ms vs {f['ort_step_p50_ms']:.3f} ms"}
     early, late = f["token_ms_early"], f["token_ms_late"]
     out["4"] = {"what": f"time per token at 500..{500 + TOKEN_SPAN} / at 10..{10 + TOKEN_SPAN} (single greedy stream)",
                     "value": late / early, "bound": "<= 1.2",
                     "met": late <= 1.2 * early, "detail": f"{late:.3f} vs {early:.3f} ms"}
     t_on, t_off = rps(middle(translation["seqserve"], 16, rps)), rps(middle(translation["seqserve-nobatch"], 16, rps))
     out["5"] = {"what": "translation beam 4, c=16: sentences/s / batching off",
-                    "value": _ratio(t_on, t_off), "bound": ">= 3", "met": t_on >= 3 * t_off,
+                    "value": _ratio(t_on, t_off), "bound": "reported", "met": None,
                     "detail": f"{t_on:.1f} vs {t_off:.1f} sentences/s",
                     "ceiling": _ratio(16 * f.get("ort_translate_step4_p50_ms", 0), f.get("ort_translate_step64_p50_ms"))}
     torch64, torch32 = rps(middle(forecast["torch"], 64, rps)), tokens(middle(generation["torch"], 32, tokens))

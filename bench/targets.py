@@ -48,9 +48,9 @@ import grpc
 import numpy as np
 
 from bench import inprocess
-from bench.harness import ROOT, Server, TritonPeer, interleaved, wait_serving
+from bench.harness import ROOT, Server, TritonPeer, cpu_seconds, interleaved, wait_serving
 from bench.report import write
-from bench.scoring import FORECAST_LEVELS, MAX_TOKENS, TOKEN_SPAN, Run, per_token_ms, targets
+from bench.scoring import FORECAST_LEVELS, MAX_TOKENS, TOKEN_SPAN, Run, per_token_ms, rps, targets
 from service.contract import read_manifest
 from service.loadgen.config import BenchConfig
 from service.loadgen.results import LevelResult
@@ -88,14 +88,20 @@ async def token_arrivals(address: str, model: str, tokens: int, streams: int) ->
 
 async def measure(models: Path, duration_s: float, triton_venv: Path | None, rounds: int = 3) -> Run:
     run = Run(duration_s, rounds)
-    names = {read_manifest(p.parent).task: p.parent.parent.name for p in sorted(models.glob("*/*/manifest.json"))}
+    # Each task's default model, as the server picks it (the one marked default, else the first
+    # name): what the drives below reach without naming a model, and what the floors must measure.
+    names: dict[str, str] = {}
+    for path in sorted(models.glob("*/*/manifest.json")):
+        manifest = read_manifest(path.parent)
+        if manifest.task not in names or manifest.default:
+            names[manifest.task] = path.parent.parent.name
     if (models / "translate-de-en").is_dir():  # the model bench's German sentences go to
         names["translate"] = "translate-de-en"
     forecast_bundle = max((models / names["forecast"]).iterdir())
     lm_bundle = max((models / names["generate"]).iterdir())
     window = read_manifest(forecast_bundle).forecast.window
     serve = [sys.executable, "-m", "service.client.cli", "serve", "--models", str(models), "--port", "0", "--metrics-port", "0",
-             "--poll-interval-s", "0"]
+             "--poll-interval-s", "0", "--workers", "1"]  # one process: the harness's clients open one channel
 
     # 7: start-up to SERVING, from the launch of the process (imports and model loading included).
     launched = time.perf_counter()
@@ -175,6 +181,31 @@ async def measure(models: Path, duration_s: float, triton_venv: Path | None, rou
             forecast_steps["triton"] = triton_step
         try:
             await interleaved("forecast", rounds, {**forecast_steps, "in-process": forecast_floor})
+            # Server CPU per forecast at c=64: the CPU seconds of the server's processes over one
+            # level (its warm-up second included) over the requests answered in that time (the
+            # measured rate over warm-up and measurement).
+            cpu: dict[str, list[float]] = {}
+
+            def cpu_step(name: str, pid: int, level: Callable[[], Awaitable[float]]) -> Callable[[int], Awaitable[None]]:
+                async def step(_round: int) -> None:
+                    before = cpu_seconds(pid)
+                    rate = await level()
+                    cpu.setdefault(name, []).append((cpu_seconds(pid) - before) * 1e3 / (rate * (duration_s + 1.0)))
+                return step
+
+            async def seqserve_64() -> float:
+                return rps((await drive(seqserve.address, "forecast", (64,), duration_s, history_len=[window]))[0])
+
+            cpu_steps = {"seqserve": cpu_step("seqserve", seqserve.proc.pid, seqserve_64)}
+            if triton is not None:
+                async def triton_64() -> float:
+                    return rps(triton.levels((64,), duration_s)[0])
+
+                cpu_steps["triton"] = cpu_step("triton", triton.server.proc.pid, triton_64)
+                run.figures["triton_settings"] = TritonPeer.SETTINGS
+            await interleaved("server CPU per forecast at c=64", rounds, cpu_steps)
+            run.figures["cpu_ms_per_forecast"] = {name: sorted(v)[(len(v) - 1) // 2] for name, v in cpu.items()}
+            run.figures["cpu_ms_per_forecast_rounds"] = cpu
         finally:
             if triton is not None:
                 triton.stop()

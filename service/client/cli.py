@@ -263,17 +263,19 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
 # -- commands ----------------------------------------------------------------------------------
 
 
-def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+def _run_serve(args: argparse.Namespace, environ: Mapping[str, str], argv: list[str]) -> int:
     from service.core import config as serve_config
+    from service.front.workers import Supervisor, resolved_workers, worker_slot
 
     try:
         config = serve_config.config_from_args(args, environ)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    slot = worker_slot(environ)
     logging.basicConfig(
         level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s " + (f"worker {slot.index} " if slot else "") + "%(name)s: %(message)s",
     )
     from service.front.server import StartupError, event_loop_factory, run_on_loop, serve
 
@@ -291,6 +293,9 @@ def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                     "is copied in%s", config.models,
                     f" (looked for every {config.poll_interval_s:g} s)" if config.poll_interval_s > 0 else
                     " (and --poll-interval-s 0 never looks again)")
+    workers = resolved_workers(config)
+    if slot is None and workers > 1:
+        return Supervisor(config, argv, workers, environ).run()
     try:
         run_on_loop(serve(config, reflection_enabled=not args.no_reflection), factory)
     except StartupError as err:
@@ -357,7 +362,7 @@ def _main(argv: list[str], environ: Mapping[str, str]) -> int:
         return _run_training(argv)
     args = build_parser(environ).parse_args(argv)
     if args.command == "serve":
-        return _run_serve(args, environ)
+        return _run_serve(args, environ, argv)
     if args.command == "bench":
         return args.func(args)
 

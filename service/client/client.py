@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -10,23 +12,19 @@ from typing import Any
 import grpc
 import numpy as np
 from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
 from service.v1 import (
     forecast_pb2,
-    forecast_pb2_grpc,
     generate_pb2,
-    generate_pb2_grpc,
     models_pb2,
-    models_pb2_grpc,
     recognize_pb2,
-    recognize_pb2_grpc,
     translate_pb2,
-    translate_pb2_grpc,
 )
 
 from .options import DEFAULT_ADDRESS, with_default_port
+from .stubs import Stubs
 from .results import (  # noqa: F401 - re-exported: the client's return types
     AUDIO_ENCODINGS,
     ContinuationScore,
@@ -120,6 +118,10 @@ class SeqserveClient:
     carry (tests, or addressing a server by IP). ``token`` is sent on every call as
     ``authorization: Bearer <token>`` metadata. A ``channel`` passed in is used as it is (only
     ``token`` applies to it). Raises ValueError for unreadable files or a cert without its key.
+
+    ``channels`` > 1 opens that many connections and sends each call on the next one: a server run
+    as several worker processes (``seqserve serve --workers N``) spreads connections over its
+    workers, not calls, so a client that calls from several threads should open at least N.
     """
 
     def __init__(
@@ -135,30 +137,44 @@ class SeqserveClient:
         tls_key: str | Path | None = None,
         tls_server_name: str | None = None,
         token: str | None = None,
+        channels: int = 1,
     ) -> None:
+        if channels < 1:
+            raise ValueError(f"channels {channels} must be at least 1")
         address = with_default_port(address)
         self.address = address
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        opened = [channel] if channel is not None else []
         if channel is None:
             options: list[tuple[str, Any]] = [
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
             ]
+            if channels > 1:  # each its own connection (equal channels share one by default)
+                options.append(("grpc.use_local_subchannel_pool", 1))
             if tls or tls_ca or tls_cert or tls_key:
                 if tls_server_name:
                     options.append(("grpc.ssl_target_name_override", tls_server_name))
                 credentials = channel_credentials(tls_ca, tls_cert, tls_key)
-                channel = grpc.secure_channel(address, credentials, options=options)
+                opened = [grpc.secure_channel(address, credentials, options=options) for _ in range(channels)]
             else:
-                channel = grpc.insecure_channel(address, options=options)
-        self._channel = channel
-        self._translator = translate_pb2_grpc.TranslatorStub(self._channel)
-        self._forecaster = forecast_pb2_grpc.ForecasterStub(self._channel)
-        self._generator = generate_pb2_grpc.GeneratorStub(self._channel)
-        self._recognizer = recognize_pb2_grpc.RecognizerStub(self._channel)
-        self._models = models_pb2_grpc.ModelsStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+                opened = [grpc.insecure_channel(address, options=options) for _ in range(channels)]
+        self._channels = opened
+        self._channel = opened[0]
+        self._stubs = [Stubs(c) for c in opened]
+        self._turn = itertools.count()  # next(): atomic under the GIL, so threads may share the client
+
+    def _next(self) -> Stubs:
+        return self._stubs[next(self._turn) % len(self._stubs)]
+
+    # Each call takes the stub of the next channel.
+    _translator = property(lambda self: self._next().translator)
+    _forecaster = property(lambda self: self._next().forecaster)
+    _generator = property(lambda self: self._next().generator)
+    _recognizer = property(lambda self: self._next().recognizer)
+    _models = property(lambda self: self._next().models)
+    _health = property(lambda self: self._next().health)
 
     def __enter__(self) -> SeqserveClient:
         return self
@@ -167,7 +183,8 @@ class SeqserveClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels:
+            channel.close()
 
     def _call(self, rpc, request, timeout):
         try:

@@ -44,6 +44,13 @@ class ServeConfig:
     metrics_port: int = _opt(9464, "Prometheus /metrics port; 0 picks a free one")
     poll_interval_s: float = _opt(5.0, "how often to look for new/removed versions; 0 = only at start")
     keep_versions: int = _opt(1, "version policy: serve the latest N loadable versions of each model")
+    # Serving processes behind the one address (SO_REUSEPORT): each runs its own event loop, engine
+    # and models; a supervisor restarts one that dies and merges their /metrics.
+    workers: int = _opt(
+        0,
+        "serving processes behind the one address (SO_REUSEPORT spreads connections, not calls: clients "
+        "open several channels); 0 = one per two cores",
+    )
     # Dynamic batching (forecast windows, translation encoder calls).
     max_batch_size: int = _opt(32, "requests stacked into one graph call")
     # How long the first request of a batch waits for company. 0 = greedy: a batch is whatever queued
@@ -152,7 +159,7 @@ class ServeConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)!r} must be at least 1")
-        for name in ("worker_threads", "max_source_tokens", "max_target_tokens", "max_prompt_tokens",
+        for name in ("workers", "worker_threads", "max_source_tokens", "max_target_tokens", "max_prompt_tokens",
                      "max_streams_per_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} {getattr(self, name)!r} must be 0 (automatic) or more")

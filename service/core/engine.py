@@ -21,6 +21,7 @@ from .observe import NULL_SINK, Sink, label_request
 from .repository import DECLARED, Bundle, ModelRepository, ModelVersion, TaskModel
 from .runtime import WorkerPool
 from .scheduler import StreamSlots
+from .shared import SharedCounts
 from .tasks import TaskContext, build_model
 from .tasks.context import SpeechStreams
 from .types import (
@@ -68,14 +69,16 @@ class Engine:
     method raises ServiceError subclasses only (anything else is a bug: the caller maps it to
     INTERNAL). Empty model name = the task's default model; empty version = newest loaded."""
 
-    def __init__(self, config: ServeConfig, metrics: Sink | None = None) -> None:
+    def __init__(self, config: ServeConfig, metrics: Sink | None = None, shared: SharedCounts | None = None) -> None:
+        """``shared``: the counts of a server run as several worker processes (service.core.shared),
+        which its whole-server limits are checked against."""
         self.config = config.validate()
         self.sink = metrics if metrics is not None else NULL_SINK  # every event of the core goes here
         workers = config.worker_threads or os.cpu_count() or 1
         self.admission = Admission()  # requests in the server, counted here (_admit)
         self._executor = WorkerPool(max_workers=workers, thread_name_prefix="seqserve-run", admission=self.admission)
-        self._slots = StreamSlots(config.max_streams)
-        self._ctx = TaskContext(config, self._slots, self.sink, workers, SpeechStreams(config.max_speech_streams))
+        self._slots = StreamSlots(config.max_streams, shared)
+        self._ctx = TaskContext(config, self._slots, self.sink, workers, SpeechStreams(config.max_speech_streams, shared))
         self._repo = ModelRepository(config, self._build, self._executor, self._on_repository_change, self.sink)
         self._listeners: list[Callable[[], None]] = []
         self._ready = {task: False for task in TASKS}

@@ -22,6 +22,7 @@ from .errors import (
     Unavailable,
 )
 from .observe import NULL_METER, GraphMeter, label_request
+from .shared import SharedCounts
 from .runtime import GraphRuntime
 
 log = logging.getLogger(__name__)
@@ -29,23 +30,40 @@ log = logging.getLogger(__name__)
 
 class StreamSlots:
     """The server-wide cap on concurrently admitted generation streams and translation beam
-    searches (one slot per sentence, whatever its beam). Full -> ResourceExhausted at once."""
+    searches (one slot per sentence, whatever its beam). Full -> ResourceExhausted at once. With
+    ``shared`` (``serve --workers N``) the count is every worker process's together."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, shared: SharedCounts | None = None) -> None:
         self.capacity = capacity
-        self.in_use = 0
+        self._shared = shared
+        self._in_use = 0
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use if self._shared is None else self._shared.total("streams")
 
     def acquire(self, n: int = 1) -> "SlotLease":
         """Take ``n`` slots now or raise ResourceExhausted; release them with the lease."""
-        if self.in_use + n > self.capacity:
+        if self._shared is None:
+            refused = self._in_use if self._in_use + n > self.capacity else None
+        else:
+            refused = self._shared.try_add("streams", n, self.capacity)
+        if refused is not None:
             label_request(reason="streams_full")
             if n > self.capacity:
                 raise ResourceExhausted(f"request needs {n} decoding streams; the server admits at most {self.capacity}")
             raise ResourceExhausted(
-                f"{self.in_use} of {self.capacity} decoding streams are in use; {n} more requested; retry later"
+                f"{refused} of {self.capacity} decoding streams are in use; {n} more requested; retry later"
             )
-        self.in_use += n
+        if self._shared is None:
+            self._in_use += n
         return SlotLease(self, n)
+
+    def _release(self, n: int) -> None:
+        if self._shared is None:
+            self._in_use -= n
+        else:
+            self._shared.add("streams", -n)
 
     @contextmanager
     def hold(self, n: int = 1) -> Iterator[None]:
@@ -65,7 +83,7 @@ class SlotLease:
 
     def release(self) -> None:
         if self._n:
-            self._slots.in_use -= self._n
+            self._slots._release(self._n)
             self._n = 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -20,6 +21,7 @@ from service.front.metrics import Metrics, start_metrics_server, stop_metrics_se
 from service.front.security import auth_interceptor, describe, server_credentials
 from service.front.oip import register_inference
 from service.front.servicers import add_servicers
+from service.front.workers import WorkerSlot, worker_slot
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,7 @@ async def create_server(
     metrics: Metrics | None = None,
     reflection_enabled: bool = True,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int, Engine]:
     """Build (not start) the server bound to ``config.host:config.port``; port 0 picks a free one.
 
@@ -161,7 +164,9 @@ async def create_server(
     options = [
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+        # A second server on the same port must fail, not share it; the workers of one server
+        # (service.front.workers) share it on purpose.
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
     # Metrics first so that it also records calls the token check turns away (UNAUTHENTICATED).
     chain = [
@@ -224,6 +229,10 @@ async def serve(config: ServeConfig, *, reflection_enabled: bool = True) -> None
     """Serve gRPC and /metrics until SIGTERM or SIGINT, then drain within ``config.grace_s``."""
     health = ServingHealth()
     metrics = Metrics()
+    slot = worker_slot()
+    if slot is not None:
+        await _serve_as_worker(config, slot, health, metrics, reflection_enabled)
+        return
     server, port, engine = await create_server(
         config, health=health, metrics=metrics, reflection_enabled=reflection_enabled
     )
@@ -261,3 +270,57 @@ async def serve(config: ServeConfig, *, reflection_enabled: bool = True) -> None
         await asyncio.gather(starting, stopping, return_exceptions=True)
         await drain(server, engine, health, config.grace_s)
         stop_metrics_server(http)
+
+
+async def _serve_as_worker(config: ServeConfig, slot: WorkerSlot, health: ServingHealth, metrics: Metrics,
+                           reflection_enabled: bool) -> None:
+    """One of ``seqserve serve --workers N``'s processes (service.front.workers): loads its models
+    first and only then binds the shared port, so that no connection lands on a worker still
+    loading; its /metrics is private (the supervisor merges them); it drains like a server."""
+    die_with_parent()
+    engine = Engine(config, metrics=metrics, shared=slot.counts())
+    http, metrics_port = start_metrics_server(metrics, "127.0.0.1", 0)
+    slot.announce_metrics(metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = None
+    starting = asyncio.create_task(engine.start())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # re-raise a failed start
+            server, port, _ = await create_server(config, engine, health=health, metrics=metrics,
+                                                  reflection_enabled=reflection_enabled, reuse_port=True)
+            await server.start()
+            slot.announce_ready()
+            log.info("worker %d of %d ready: gRPC on %s:%d (event loop: %s)", slot.index, slot.count, config.host, port,
+                     describe_loop(loop))
+            await stopping
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        for task in (starting, stopping):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(starting, stopping, return_exceptions=True)
+        if server is not None:
+            await drain(server, engine, health, config.grace_s)
+        else:
+            await engine.stop(0)
+        stop_metrics_server(http)
+
+
+def die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the supervisor dies (so that a killed supervisor leaves no
+    workers serving on its own); elsewhere a no-op."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # it died before that took hold
+        raise SystemExit("the supervisor is gone")

@@ -83,7 +83,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     group.add_argument("--metrics-address", default="", metavar="HOST:PORT",
                        help="the server's Prometheus endpoint, e.g. 127.0.0.1:9464: adds server-side "
                             "queue/compute/time-to-first-token means (default: off)")
-    group.add_argument("--channels", type=int, default=1, help="gRPC channels (connections) to spread over (default 1)")
+    group.add_argument("--channels", type=int, default=1, help="gRPC channels, each its own connection, to spread over (default 1; against "
+                       "`serve --workers N` use at least N: connections, not calls, are spread over workers)")
     group.add_argument("--timeout", type=float, default=30.0, help="deadline per request in seconds (default 30)")
 
     group = p.add_argument_group("workload")

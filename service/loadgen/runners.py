@@ -160,7 +160,10 @@ async def benchmark(config: BenchConfig,
     with each level's report as soon as it is done. Raises ValueError on a bad config and
     ConnectionError when the server cannot be reached within ``timeout_s``."""
     config.validate()
-    channels = [grpc.aio.insecure_channel(config.address) for _ in range(config.channels)]
+    # Each channel its own connection: channels with equal arguments would otherwise share one
+    # (gRPC's global subchannel pool), and `serve --workers` spreads connections, not calls.
+    channels = [grpc.aio.insecure_channel(config.address, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(config.channels)]
     results: list[LevelResult] = []
     try:
         connect_s = min(config.timeout_s, CONNECT_TIMEOUT_S)

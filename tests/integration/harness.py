@@ -197,7 +197,7 @@ class ServerProcess:
     def __init__(self, models: Path | None, *args: str, env: dict[str, str | None] | None = None,
                  cwd: Path | str | None = None, ready: str | None = ENGINE_STARTED, start_timeout_s: float = 120.0,
                  command: tuple[str, ...] = ("-m", "service.client.cli", "serve"),
-                 server_flags: tuple[str, ...] = ("--metrics-port", "0", "--intra-op-threads", "1")):
+                 server_flags: tuple[str, ...] = ("--metrics-port", "0", "--intra-op-threads", "1", "--workers", "1")):
         environ = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if models is not None:
             environ["SEQSERVE_MODELS"] = str(models)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import urllib.request
 
+import pytest
+
 from service.client import SeqserveClient
 from tests.integration.harness import SERVING_LINE, ServerProcess
 
@@ -46,18 +48,24 @@ def _taken_port():
     return sock, sock.getsockname()[1]
 
 
-def test_a_grpc_port_in_use_is_one_line_naming_the_flag(module_models):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_grpc_port_in_use_is_one_line_naming_the_flag(module_models, workers):
+    """Also with --workers 2, whose workers share the port among themselves (SO_REUSEPORT) but
+    never with another server."""
     sock, port = _taken_port()
     with sock:
-        code, err = _serve_exits("--models", str(module_models), "--port", str(port), "--metrics-port", "0")
+        code, err = _serve_exits("--models", str(module_models), "--port", str(port), "--metrics-port", "0",
+                                 "--workers", workers)
     assert code == 1 and "Traceback" not in err, err
     assert f"error: --port {port} / --host 127.0.0.1 (SEQSERVE_PORT, SEQSERVE_HOST): cannot bind gRPC to 127.0.0.1:{port}" in err
 
 
-def test_a_metrics_port_in_use_is_one_line_naming_the_flag(module_models):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_metrics_port_in_use_is_one_line_naming_the_flag(module_models, workers):
     sock, port = _taken_port()
     with sock:
-        code, err = _serve_exits("--models", str(module_models), "--port", "0", "--metrics-port", str(port))
+        code, err = _serve_exits("--models", str(module_models), "--port", "0", "--metrics-port", str(port),
+                                 "--workers", workers)
     assert code == 1 and "Traceback" not in err, err
     assert f"error: --metrics-port {port} / --metrics-host 127.0.0.1 (SEQSERVE_METRICS_PORT, SEQSERVE_METRICS_HOST): " \
            f"cannot serve /metrics on 127.0.0.1:{port}: Address already in use" in err

@@ -13,14 +13,27 @@ from ..config import ServeConfig
 from ..observe import NULL_SINK, GraphMeter, Sink, TokenTimer
 from ..runtime import GraphRuntime
 from ..scheduler import StepScheduler, StreamSlots
+from ..shared import SharedCounts
 
 
 class SpeechStreams:
-    """The server-wide count of open recognition streams, against max_speech_streams."""
+    """The server-wide count of open recognition streams, against max_speech_streams (every worker
+    process's together with ``shared``)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, shared: SharedCounts | None = None) -> None:
         self.capacity = capacity
-        self.open = 0
+        self._shared = shared
+        self._open = 0
+
+    @property
+    def open(self) -> int:
+        return self._open if self._shared is None else self._shared.total("speech_streams")
+
+    def change(self, n: int) -> None:
+        if self._shared is None:
+            self._open += n
+        else:
+            self._shared.add("speech_streams", n)
 
 
 @dataclass

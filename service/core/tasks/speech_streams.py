@@ -306,14 +306,14 @@ class AudioStepLoop:
         self._serial += 1
         stream.serial = self._serial
         self._streams.append(stream)
-        stream.model._ctx.speech_streams.open += 1
+        stream.model._ctx.speech_streams.change(1)
         self._meter.streams(len(self._streams))
 
     def remove(self, stream: AudioStream) -> None:
         stream.cancelled = True
         if stream in self._streams:
             self._streams.remove(stream)
-            stream.model._ctx.speech_streams.open -= 1
+            stream.model._ctx.speech_streams.change(-1)
         self._meter.streams(len(self._streams))
 
     async def close(self) -> None:
