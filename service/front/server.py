@@ -262,12 +262,7 @@ async def serve(config: ServeConfig, *, reflection_enabled: bool = True) -> None
             starting.result()  # re-raise a failed start
             await stopping
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        for task in (starting, stopping):
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(starting, stopping, return_exceptions=True)
+        await _stop_waiting(loop, starting, stopping)
         await drain(server, engine, health, config.grace_s)
         stop_metrics_server(http)
 
@@ -300,17 +295,22 @@ async def _serve_as_worker(config: ServeConfig, slot: WorkerSlot, health: Servin
                      describe_loop(loop))
             await stopping
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        for task in (starting, stopping):
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(starting, stopping, return_exceptions=True)
+        await _stop_waiting(loop, starting, stopping)
         if server is not None:
             await drain(server, engine, health, config.grace_s)
         else:
             await engine.stop(0)
         stop_metrics_server(http)
+
+
+async def _stop_waiting(loop: asyncio.AbstractEventLoop, *tasks: asyncio.Task) -> None:
+    """Signals go back to their defaults; the model loading and signal waiting tasks end."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def die_with_parent() -> None:
