@@ -175,6 +175,47 @@ def translate_step_latency(bundle_dir: str | Path, rows: Sequence[int] = (4, 64)
     return result
 
 
+def translation_ceiling(bundle_dir: str | Path, beam: int = 4, batch: int = 16, rounds: int = 3,
+                        texts: Sequence[str] = SENTENCES) -> float:
+    """The graph-only ceiling of translation: sentences per second of graph time when ``batch``
+    sentences share every call, as the server shares them (one encoder call, then one stacked
+    ``decoder_step`` call per step for every sentence still decoding: the server's own decoding,
+    service.inference.seq2seq.translate_ids). Only the ``session.run`` calls are timed; the beam
+    search between them is not. ``texts`` (``seqserve bench``'s German sentences) are repeated to
+    fill ``rounds`` batches; the fastest round counts."""
+    from service.inference.seq2seq import translate_ids
+
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    if manifest.task != "translate":
+        raise ValueError(f"{bundle_dir} is a {manifest.task} bundle, not a translate one")
+    codec = TextCodec.from_json((bundle_dir / manifest.tokenizers["source"]).read_text(encoding="utf-8"))
+    sessions = {role: session(bundle_dir, manifest, role) for role in ("encoder", "decoder_step")}
+    spent = [0.0]
+
+    def timed(role: str) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        sess = sessions[role]
+        names = [o.name for o in sess.get_outputs()]
+
+        def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            start = time.perf_counter()
+            out = sess.run(names, feeds)
+            spent[0] += time.perf_counter() - start
+            return dict(zip(names, out))
+        return run
+
+    sources = [codec.encode(texts[i % len(texts)])[0] for i in range(batch)]
+    specials = manifest.special_tokens
+    best = 0.0
+    for _ in range(rounds + 1):  # the first warms up
+        spent[0] = 0.0
+        translate_ids(timed("encoder"), timed("decoder_step"), sources, pad=specials["pad"], bos=specials["bos"],
+                      eos=specials["eos"], state_names=[f"state_{s}" for s in manifest.state_names], beam=beam,
+                      batch_size=batch)
+        best = max(best, batch / spent[0])
+    return best
+
+
 def bundles(models: Path) -> list[Path]:
     """The bundle folders models/NAME/VERSION/, by name then version number."""
     found = [p for p in models.glob("*/*/") if (p / "manifest.json").is_file() and p.name.isdigit()]

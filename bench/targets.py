@@ -148,6 +148,8 @@ async def measure(models: Path, duration_s: float, triton_venv: Path | None, rou
                 steps = inprocess.translate_step_latency(max((models / names["translate"]).iterdir()), (4, 64), n=300)
                 floor("ort_translate_step4_p50_ms", steps[4].p50_ms)
                 floor("ort_translate_step64_p50_ms", steps[64].p50_ms)
+                floor("ort_translate_sentences_per_s", inprocess.translation_ceiling(
+                    max((models / names["translate"]).iterdir()), beam=4, batch=16))
 
         def driven(results: dict[str, list[Any]], name: str, endpoint: str, levels: tuple[int, ...],
                    **workload: Any) -> Callable[[int], Awaitable[None]]:

@@ -183,6 +183,16 @@ class StepScheduler:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"scheduler {self.name}")
+            self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """The loop only ends when close() cancels it: anything else is a bug, said loudly."""
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("%s: the step loop died; its streams fail", self.name, exc_info=task.exception())
+            for item in self._pending + self._active:
+                item.fail(Internal(f"decoding failed in {self.name}"))
+            self._pending.clear()
+            self._active.clear()
 
     def add(self, item: StepItem) -> None:
         """Join the loop before its next step. Raises Unavailable after close()."""
@@ -264,7 +274,8 @@ class StepScheduler:
                     continue
                 group = self.max_streams_per_step
                 for k in range(0, len(items), group):
-                    self._settle(await self._finish(self._launch(items[k : k + group])))
+                    if (grouped := self._launch(items[k : k + group])) is not None:
+                        self._settle(await self._finish(grouped))
                 continue
             # Continuous batching: every stream advances through one shared call. Once a step's
             # tokens are chosen the next call starts, and the step's text is produced while it runs
@@ -275,6 +286,8 @@ class StepScheduler:
                     await self._sleep()
                     continue
                 call = self._launch(items)
+                if call is None:
+                    continue
             advanced = await self._finish(call)
             if call.inline:  # nothing would run beside the text: produce it first, as it came
                 self._settle(advanced)
@@ -290,8 +303,19 @@ class StepScheduler:
         self._wake.clear()
         await self._wake.wait()
 
-    def _launch(self, items: list[StepItem]) -> "_Call":
-        """Start one decoder call for ``items`` (fixing each item's rows of it)."""
+    def _launch(self, items: list[StepItem]) -> "_Call | None":
+        """Start one decoder call for ``items`` (fixing each item's rows of it); None when their
+        inputs could not be put together (each item then failed, the loop goes on)."""
+        try:
+            return self._start_call(items)
+        except Exception as err:  # noqa: BLE001 - a bug in one item's feeds must not stop the loop
+            log.error("%s: could not stack a decoding step", self.name, exc_info=err)
+            for it in items:
+                it.fail(Internal(f"decoding failed in {self.name}"))
+                self.remove(it)
+            return None
+
+    def _start_call(self, items: list[StepItem]) -> "_Call":
         bounds = []
         start = 0
         for it in items:  # rows may change in advance(): fix the slices first

@@ -272,20 +272,22 @@ async def _serve_as_worker(config: ServeConfig, slot: WorkerSlot, health: Servin
     """One of ``seqserve serve --workers N``'s processes (service.front.workers): loads its models
     first and only then binds the shared port, so that no connection lands on a worker still
     loading; its /metrics is private (the supervisor merges them); it drains like a server."""
-    die_with_parent()
+    die_with_parent(slot.supervisor)
     engine = Engine(config, metrics=metrics, shared=slot.counts())
     http, metrics_port = start_metrics_server(metrics, "127.0.0.1", 0)
     slot.announce_metrics(metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    # Only the supervisor's SIGTERM stops a worker, once: Ctrl-C reaches the whole process group,
+    # and the supervisor forwards it as SIGTERM, which must not cut a drain short.
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
     server = None
     starting = asyncio.create_task(engine.start())
     stopping = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if starting.done():
+        if starting.done() and not stopping.done():
             starting.result()  # re-raise a failed start
             server, port, _ = await create_server(config, engine, health=health, metrics=metrics,
                                                   reflection_enabled=reflection_enabled, reuse_port=True)
@@ -295,7 +297,9 @@ async def _serve_as_worker(config: ServeConfig, slot: WorkerSlot, health: Servin
                      describe_loop(loop))
             await stopping
     finally:
-        await _stop_waiting(loop, starting, stopping)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: None)  # draining already: later signals change nothing
+        await _stop_waiting(None, starting, stopping)
         if server is not None:
             await drain(server, engine, health, config.grace_s)
         else:
@@ -303,9 +307,10 @@ async def _serve_as_worker(config: ServeConfig, slot: WorkerSlot, health: Servin
         stop_metrics_server(http)
 
 
-async def _stop_waiting(loop: asyncio.AbstractEventLoop, *tasks: asyncio.Task) -> None:
-    """Signals go back to their defaults; the model loading and signal waiting tasks end."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
+async def _stop_waiting(loop: asyncio.AbstractEventLoop | None, *tasks: asyncio.Task) -> None:
+    """Signals go back to their defaults (with ``loop``); the model loading and signal waiting
+    tasks end."""
+    for sig in (signal.SIGTERM, signal.SIGINT) if loop is not None else ():
         loop.remove_signal_handler(sig)
     for task in tasks:
         if not task.done():
@@ -313,14 +318,14 @@ async def _stop_waiting(loop: asyncio.AbstractEventLoop, *tasks: asyncio.Task) -
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def die_with_parent() -> None:
-    """Ask Linux for SIGTERM when the supervisor dies (so that a killed supervisor leaves no
-    workers serving on its own); elsewhere a no-op."""
+def die_with_parent(supervisor: int) -> None:
+    """Ask Linux for SIGTERM when the supervisor (pid ``supervisor``) dies, so that a killed
+    supervisor leaves no workers serving on their own; elsewhere a no-op."""
     try:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # it died before that took hold
+    if os.getppid() != supervisor:  # it died before that took hold (the supervisor may be pid 1 itself)
         raise SystemExit("the supervisor is gone")

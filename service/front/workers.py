@@ -49,7 +49,7 @@ from service.core.config import ServeConfig
 
 log = logging.getLogger(__name__)
 
-WORKER_ENV = "SEQSERVE_WORKER"  # "INDEX/COUNT/DIR": set by the supervisor in each worker's environment
+WORKER_ENV = "SEQSERVE_WORKER"  # "INDEX/COUNT/SUPERVISOR_PID/DIR": set by the supervisor for each worker
 EARLY_EXIT_S = 10.0  # a worker that dies this soon after starting, twice in a row, cannot serve
 SNAPSHOT_S = 2.0  # how often the supervisor keeps each worker's counters (what a dying one had counted)
 # Gauges merged by max (every worker reports the same fact) or min; every other gauge is summed.
@@ -85,6 +85,7 @@ class WorkerSlot:
 
     index: int
     count: int
+    supervisor: int  # its pid: the worker's parent while the supervisor lives
     folder: Path
 
     def counts(self) -> shared.SharedCounts:
@@ -106,8 +107,8 @@ def worker_slot(environ: Mapping[str, str] = os.environ) -> WorkerSlot | None:
     value = environ.get(WORKER_ENV)
     if not value:
         return None
-    index, count, folder = value.split("/", 2)
-    return WorkerSlot(int(index), int(count), Path(folder))
+    index, count, supervisor, folder = value.split("/", 3)
+    return WorkerSlot(int(index), int(count), int(supervisor), Path(folder))
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -125,28 +126,44 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 class MergedMetrics:
-    """A prometheus_client collector: the workers' expositions merged into one."""
+    """A prometheus_client collector: the workers' expositions merged into one. Each worker's last
+    good snapshot stands in when a fetch fails (a busy or dying worker), so its counts never drop
+    out of a scrape; a dead worker's counter-like samples are kept (``retire``) so totals never go
+    back. One lock orders scrapes, snapshots and retirements."""
 
     def __init__(self, supervisor: "Supervisor") -> None:
         self._sup = supervisor
         self._lock = threading.Lock()
+        self._snapshots: dict[int, tuple[int, list[Any]]] = {}  # worker index -> (pid, families)
         self._retired: dict[tuple[str, str, tuple], float] = {}  # counted by workers that died
         self._kinds: dict[str, tuple[str, str]] = {}  # family -> (type, help)
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
 
-    def snapshot(self, index: int) -> list[Any] | None:
-        """Worker ``index``'s families now (None when it does not answer)."""
-        port_file = self._sup.folder / f"metrics-{index}"
+    def _fetch(self, index: int) -> list[Any] | None:
         try:
-            port = int(port_file.read_text())
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2.0) as reply:
+            port = int((self._sup.folder / f"metrics-{index}").read_text())
+            with self._opener.open(f"http://127.0.0.1:{port}/metrics", timeout=2.0) as reply:
                 return list(text_string_to_metric_families(reply.read().decode()))
-        except (OSError, ValueError):
+        except Exception:  # noqa: BLE001 - not answering (starting, busy, dying): the last snapshot stands
             return None
 
-    def retire(self, families: list[Any] | None) -> None:
-        """Keep the counts of a worker that died (its last snapshot), so totals never go back."""
+    def refresh(self, index: int, pid: int) -> list[Any] | None:
+        """Fetch worker ``index`` (process ``pid``) now; its families, or its last snapshot's."""
+        families = self._fetch(index)
         with self._lock:
-            for fam in families or []:
+            if families is not None:
+                self._snapshots[index] = (pid, families)
+            kept = self._snapshots.get(index)
+            return kept[1] if kept is not None and kept[0] == pid else None
+
+    def retire(self, index: int, pid: int) -> None:
+        """Worker ``index``, process ``pid``, died: keep its last snapshot's counts."""
+        with self._lock:
+            kept = self._snapshots.get(index)
+            if kept is None or kept[0] != pid:
+                return
+            del self._snapshots[index]
+            for fam in kept[1]:
                 if fam.type in ("counter", "histogram", "summary"):
                     self._kinds[fam.name] = (fam.type, fam.documentation)
                     for s in fam.samples:
@@ -155,21 +172,16 @@ class MergedMetrics:
                             self._retired[key] = self._retired.get(key, 0.0) + s.value
 
     def collect(self) -> Iterable[Metric]:
+        workers = self._sup.workers()
+        fresh = {i: self._fetch(i) for i, _ in workers}
         merged: dict[str, tuple[str, str, dict[tuple[str, tuple], float]]] = {}
-        for index in self._sup.live_indexes():
-            for fam in self._sup.latest(index, self.snapshot(index)) or []:
-                kind, _, samples = merged.setdefault(fam.name, (fam.type, fam.documentation, {}))
-                for s in fam.samples:
-                    key = (s.name, tuple(sorted(s.labels.items())))
-                    if key not in samples:
-                        samples[key] = s.value
-                    elif s.name.endswith("_created") or fam.name in MIN_GAUGES:
-                        samples[key] = min(samples[key], s.value)
-                    elif fam.name in MAX_GAUGES:
-                        samples[key] = max(samples[key], s.value)
-                    else:
-                        samples[key] = samples[key] + s.value
         with self._lock:
+            for i, pid in workers:
+                if fresh[i] is not None:
+                    self._snapshots[i] = (pid, fresh[i])
+            for _pid, families in self._snapshots.values():  # live workers, and dead ones not yet retired
+                for fam in families:
+                    _merge(merged, fam)
             for (name, sample, labels), value in self._retired.items():
                 kind, doc = self._kinds[name]
                 samples = merged.setdefault(name, (kind, doc, {}))[2]
@@ -179,12 +191,28 @@ class MergedMetrics:
             for (sample, labels), value in samples.items():
                 family.add_sample(sample, dict(labels), value)
             yield family
-        workers = Metric("seqserve_workers", "Worker processes serving now (seqserve serve --workers).", "gauge")
-        workers.add_sample("seqserve_workers", {}, len(self._sup.live_indexes()))
-        yield workers
+        live = Metric("seqserve_workers", "Worker processes serving now (seqserve serve --workers).", "gauge")
+        live.add_sample("seqserve_workers", {}, len(workers))
+        yield live
         restarts = Metric("seqserve_worker_restarts", "Worker processes started again after one died.", "counter")
         restarts.add_sample("seqserve_worker_restarts_total", {}, self._sup.restarts)
         yield restarts
+
+
+def _merge(merged: dict[str, tuple[str, str, dict[tuple[str, tuple], float]]], fam: Any) -> None:
+    """Add one worker's family: counters, histograms and most gauges sum; ``_created`` and
+    MIN_GAUGES take the earliest, MAX_GAUGES the largest (facts every worker reports alike)."""
+    samples = merged.setdefault(fam.name, (fam.type, fam.documentation, {}))[2]
+    for s in fam.samples:
+        key = (s.name, tuple(sorted(s.labels.items())))
+        if key not in samples:
+            samples[key] = s.value
+        elif s.name.endswith("_created") or fam.name in MIN_GAUGES:
+            samples[key] = min(samples[key], s.value)
+        elif fam.name in MAX_GAUGES:
+            samples[key] = max(samples[key], s.value)
+        else:
+            samples[key] = samples[key] + s.value
 
 
 class Supervisor:
@@ -202,22 +230,25 @@ class Supervisor:
         self._procs: list[subprocess.Popen | None] = [None] * workers
         self._started: list[float] = [0.0] * workers
         self._early: list[int] = [0] * workers  # consecutive deaths soon after starting
-        self._snapshots: dict[int, list[Any] | None] = {}
         self._stopping = threading.Event()
         self.metrics = MergedMetrics(self)
 
-    def live_indexes(self) -> list[int]:
-        return [i for i, p in enumerate(self._procs) if p is not None and p.poll() is None]
+    def workers(self) -> list[tuple[int, int]]:
+        """(index, pid) of every worker process running now."""
+        return [(i, p.pid) for i, p in enumerate(self._procs) if p is not None and p.poll() is None]
 
-    def latest(self, index: int, families: list[Any] | None) -> list[Any] | None:
-        if families is not None:
-            self._snapshots[index] = families
-        return families
+    def _snapshot_often(self) -> None:
+        """Keep every worker's counts (a thread: a slow worker never delays the watch loop)."""
+        while not self._stopping.wait(SNAPSHOT_S):
+            for i, pid in self.workers():
+                self.metrics.refresh(i, pid)
 
     def _start(self, index: int, port: int) -> None:
-        env = {**self._environ, WORKER_ENV: f"{index}/{self.count}/{self.folder}"}
+        env = {**self._environ, WORKER_ENV: f"{index}/{self.count}/{os.getpid()}/{self.folder}"}
         argv = [sys.executable, "-m", "service.client.cli", *self._argv,
                 "--port", str(port), "--metrics-host", "127.0.0.1", "--metrics-port", "0"]
+        if not self.config.worker_threads:  # the cores are shared: each worker's graph threads get its share
+            argv += ["--worker-threads", str(max(1, available_cores() // self.count))]
         for name in (f"metrics-{index}", f"ready-{index}"):
             (self.folder / name).unlink(missing_ok=True)
         self._procs[index] = subprocess.Popen(argv, env=env)
@@ -279,7 +310,7 @@ class Supervisor:
         return True
 
     def _watch(self, port: int) -> int:
-        next_snapshot = time.monotonic() + SNAPSHOT_S
+        threading.Thread(target=self._snapshot_often, name="worker metrics", daemon=True).start()
         while not self._stopping.wait(0.1):
             for i, proc in enumerate(self._procs):
                 if proc is None or proc.poll() is None:
@@ -288,17 +319,13 @@ class Supervisor:
                 log.error("worker %d (pid %d) exited with %s after %.1f s; starting another", i, proc.pid,
                           _status(proc.returncode), lived)
                 shared.reset_worker(self.folder / "counts", self.count, i)
-                self.metrics.retire(self._snapshots.pop(i, None))
+                self.metrics.retire(i, proc.pid)
                 self._early[i] = self._early[i] + 1 if lived < EARLY_EXIT_S else 0
                 if self._early[i] >= 2:
                     log.error("worker %d died twice within %.0f s of starting: stopping the server", i, EARLY_EXIT_S)
                     return 1
                 self.restarts += 1
                 self._start(i, port)
-            if time.monotonic() >= next_snapshot:
-                for i in self.live_indexes():
-                    self.latest(i, self.metrics.snapshot(i))
-                next_snapshot = time.monotonic() + SNAPSHOT_S
         return 0
 
     def _stop_all(self) -> None:

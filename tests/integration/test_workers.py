@@ -152,23 +152,28 @@ async def test_a_worker_killed_under_load_is_replaced_and_no_call_hangs(module_m
 
 
 async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(module_models):
-    with ServerProcess(module_models, *WORKERS, "--grace-s", "20", ready=READY) as server:
+    """Also when the signal reaches the workers again (the supervisor forwards it as SIGTERM)."""
+    with ServerProcess(module_models, *WORKERS, "--grace-s", "30", "--max-tokens", "100000", ready=READY) as server:
         workers = _workers(server)
         channels = [grpc.aio.insecure_channel(server.address, options=[("grpc.use_local_subchannel_pool", 1)])
                     for _ in range(6)]
         try:
             streams = [generate_pb2_grpc.GeneratorStub(c).GenerateStream(
-                generate_pb2.GenerateRequest(model="tiny-generate", prompt="F", max_tokens=600, seed=i))
+                generate_pb2.GenerateRequest(model="tiny-generate", prompt="First", max_tokens=6000, temperature=0.0))
                 for i, c in enumerate(channels)]
             for s in streams:
                 await s.read()  # admitted and running
             server.sigterm()
+            await asyncio.sleep(0.2)
+            for pid in workers:  # Ctrl-C or systemd signal every process of the group: the workers
+                os.kill(pid, signal.SIGINT)  # must go on draining, not die of the second signal
+                os.kill(pid, signal.SIGTERM)
             finished = []
             for s in streams:
                 last = None
                 while (chunk := await s.read()) != grpc.aio.EOF:
                     last = chunk
-                finished.append(last is None or bool(last.finish_reason))
+                finished.append(last is not None and last.finish_reason == "length" and last.completion_tokens == 6000)
             code = await asyncio.to_thread(server.wait, 60)
         finally:
             for c in channels:

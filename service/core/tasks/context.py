@@ -29,11 +29,21 @@ class SpeechStreams:
     def open(self) -> int:
         return self._open if self._shared is None else self._shared.total("speech_streams")
 
-    def change(self, n: int) -> None:
+    def try_open(self) -> int | None:
+        """Count one more open stream unless that passes the capacity: None when counted, else the
+        count that refused it (checked and counted at once across worker processes)."""
+        if self._shared is not None:
+            return self._shared.try_add("speech_streams", 1, self.capacity)
+        if self._open >= self.capacity:
+            return self._open
+        self._open += 1
+        return None
+
+    def close(self) -> None:
         if self._shared is None:
-            self._open += n
+            self._open -= 1
         else:
-            self._shared.add("speech_streams", n)
+            self._shared.add("speech_streams", -1)
 
 
 @dataclass

@@ -23,8 +23,8 @@ from service.inference import ctc
 from service.inference.speech import ChunkFramer, blank_first_frame
 
 from .. import audio as A
-from ..errors import Internal, InvalidArgument, ServiceError, Unavailable
-from ..observe import GraphMeter
+from ..errors import Internal, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
+from ..observe import GraphMeter, label_request
 from ..runtime import GraphRuntime
 from ..types import RecognitionConfig, SpeechAlternative, SpeechResult, Word
 
@@ -303,17 +303,22 @@ class AudioStepLoop:
         """Join the loop (and the server-wide count of open streams) until ``remove``."""
         if self._closed:
             raise Unavailable(f"{self.name} is shutting down")
+        open_ = stream.model._ctx.speech_streams
+        refused = open_.try_open()  # checked and counted at once, across worker processes too
+        if refused is not None:
+            label_request(reason="streams_full")
+            raise ResourceExhausted(f"{refused} of {open_.capacity} recognition streams are open "
+                                    "(max_speech_streams); retry later")
         self._serial += 1
         stream.serial = self._serial
         self._streams.append(stream)
-        stream.model._ctx.speech_streams.change(1)
         self._meter.streams(len(self._streams))
 
     def remove(self, stream: AudioStream) -> None:
         stream.cancelled = True
         if stream in self._streams:
             self._streams.remove(stream)
-            stream.model._ctx.speech_streams.change(-1)
+            stream.model._ctx.speech_streams.close()
         self._meter.streams(len(self._streams))
 
     async def close(self) -> None:

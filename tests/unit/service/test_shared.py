@@ -37,10 +37,11 @@ def test_stream_slots_and_speech_streams_count_across_workers(tmp_path):
     leases[0].release()
     leases[0].release()  # idempotent
     assert one.in_use == two.in_use == 1
-    speech = [SpeechStreams(5, shared.SharedCounts(path, 2, i)) for i in range(2)]
-    speech[0].change(1)
-    speech[1].change(2)
-    assert speech[0].open == speech[1].open == 3
+    speech = [SpeechStreams(2, shared.SharedCounts(path, 2, i)) for i in range(2)]
+    assert speech[0].try_open() is None and speech[1].try_open() is None
+    assert speech[0].try_open() == 2  # refused: two of two are open, one in each worker
+    speech[1].close()
+    assert speech[0].try_open() is None and speech[0].open == speech[1].open == 2
 
 
 def _take(path, worker, n, results):
