@@ -1,7 +1,8 @@
 """`seqserve serve --workers 2`: two serving processes behind one address, one supervisor. Calls
 over several channels reach both workers; /metrics is their sum; the stream cap counts every
 worker's streams; a worker killed with SIGKILL under load is replaced while the other keeps serving,
-and the calls it held end UNAVAILABLE, none hang; SIGTERM drains both and the supervisor exits 0."""
+and the calls it held end UNAVAILABLE, none hang; a new version reaches every worker; SIGTERM drains
+both and the supervisor exits 0."""
 
 from __future__ import annotations
 
@@ -199,3 +200,27 @@ def test_the_python_client_spreads_its_calls_over_its_channels(module_models):
         busy = {p: _cpu(p) - cpu[p] for p in workers}
     assert set(results) == {"tiny-forecast"}
     assert all(seconds > 0.05 for seconds in busy.values()), busy
+
+
+async def test_a_new_version_reaches_every_worker(models_dir, bundle_source):
+    """Hot reload with --workers 2: every worker polls the repository and swaps the version in, so
+    soon every connection, whichever worker it reached, is answered by version 2."""
+    from tests.bundles import install
+
+    with ServerProcess(models_dir, *WORKERS, "--poll-interval-s", "0.2", ready=READY) as server:
+        channels = [grpc.aio.insecure_channel(server.address, options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(16)]
+        stubs = [forecast_pb2_grpc.ForecasterStub(c) for c in channels]
+        request = forecast_pb2.ForecastRequest(model="tiny-forecast", history=_history())
+        try:
+            assert {(await s.Forecast(request)).version for s in stubs} == {"1"}
+            install(bundle_source.spare / "tiny-forecast" / "2", models_dir / "tiny-forecast" / "2")
+
+            async def everywhere() -> bool:
+                return {(await s.Forecast(request)).version for s in stubs} == {"2"}
+
+            await wait_until(everywhere, timeout=60, what="version 2 on every connection")
+        finally:
+            for c in channels:
+                await c.close()
+    assert server.count(r"model tiny-forecast version 2 \(forecast\) ready") == 2  # once per worker
