@@ -168,6 +168,15 @@ def _export(out: Path, task: str, cell: str, seed: int, limits: dict[str, int] |
     return folder
 
 
+def global_forecaster(folder: Path) -> None:
+    """Edit a ``seasonal=True`` forecast bundle (an ``edit`` for make_bundle) into a global model's
+    manifest: no frequency of its own, trained for hourly, daily and monthly series."""
+    manifest = folder / "manifest.json"
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    data["forecast"].update(frequency="", frequencies=["h", "D", "M"])
+    manifest.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 # --- bundles that behave one chosen way at run time ---------------------------------------------
 
 

@@ -38,13 +38,14 @@ class BundleSource:
 def bundle_source(tmp_path_factory) -> BundleSource:
     """The tiny bundles, built once per session; tests copy them (module_models, models_dir)."""
     pytest.importorskip("torch")
-    from tests.bundles import make_bundle
+    from tests.bundles import global_forecaster, make_bundle
 
     models = tmp_path_factory.mktemp("bundles")
     spare = tmp_path_factory.mktemp("spare")
     for task in ("translate", "forecast", "generate", "recognize"):
         make_bundle(models, task)
     make_bundle(models, "forecast", name="tiny-forecast3", channels=3, seed=3)
+    make_bundle(models, "forecast", name="tiny-global", seasonal=True, seed=4, edit=global_forecaster)
     make_bundle(spare, "forecast", version="2", seed=1)
     make_bundle(spare, "forecast", version="3", seed=2)
     make_bundle(spare, "generate", version="2", seed=1)

@@ -55,7 +55,7 @@ def torch_graphs(model) -> dict[str, Graph]:
     out: dict[str, Graph] = {}
     for role, cls in wrappers.items():
         module = cls(model).eval()
-        spec = graph_spec(role, cell)
+        spec = graph_spec(role, cell, bool(getattr(model.config, "seasonal", False)))
         in_names, out_names = spec.input_names, spec.output_names
 
         def run(feed, module=module, in_names=in_names, out_names=out_names):
@@ -272,10 +272,13 @@ def _evaluate(
         series = splits.split(split)
         if max_items:
             series = [s[: forecast["window"] + forecast["horizon"] + max_items - 1] for s in series]
-        figures.update(forecast_metrics(graphs["forecast"], series, forecast["window"], forecast["horizon"],
-                                        forecast["quantiles"], season=D.season_length(cfg, splits.freq)))
-        figures["by_horizon"] = horizon_metrics(
-            graphs["forecast"], series, forecast["window"], forecast["horizon"], forecast["quantiles"])
+        season = D.season_length(cfg, splits.freq)
+        graph = graphs["forecast"]
+        if forecast.get("season_input"):  # every window gets the data's season (1 when it has none)
+            graph = lambda feed, run=graph: run({**feed, "season": np.full(len(feed["window"]), max(season, 1), np.int64)})  # noqa: E731
+        figures.update(forecast_metrics(graph, series, forecast["window"], forecast["horizon"], forecast["quantiles"],
+                                        season=season))
+        figures["by_horizon"] = horizon_metrics(graph, series, forecast["window"], forecast["horizon"], forecast["quantiles"])
     elif task == "recognize" and cfg.dataset == "files":
         from training.evaluate_speech import user_speech_metrics
 
@@ -350,7 +353,8 @@ def evaluate_bundle(bundle_dir: str | Path, split: str = "test", data_dir=None, 
         tokenizers={r: Tokenizer.from_file(str(bundle_dir / f)) for r, f in m.tokenizers.items()},
         cell=m.cell, num_layers=m.num_layers, hidden_size=m.hidden_size, specials=m.special_tokens, limits=m.limits,
         forecast=None if m.forecast is None else {"window": m.forecast.window, "horizon": m.forecast.horizon,
-                                                  "min_history": m.forecast.min_history, "quantiles": m.forecast.quantiles},
+                                                  "min_history": m.forecast.min_history, "quantiles": m.forecast.quantiles,
+                                                  "season_input": m.forecast.season_input},
         split=split, data_dir=data_dir, max_items=max_items, beam=beam, speech=m.speech.info() if m.speech else None,
     )
     figures["source"] = "onnxruntime"
@@ -368,8 +372,8 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_dir=None, ma
     figures = _evaluate(
         model.task, torch_graphs(model), run_config=ckpt["run_config"], tokenizers=tokenizers, cell=c.cell,
         num_layers=c.num_layers, hidden_size=c.hidden_size, specials=dict(SPECIAL_IDS), limits={},
-        forecast={"window": c.window, "horizon": c.horizon, "min_history": c.min_history, "quantiles": list(c.quantiles)}
-        if model.task == "forecast" else None,
+        forecast={"window": c.window, "horizon": c.horizon, "min_history": c.min_history, "quantiles": list(c.quantiles),
+                  "season_input": c.seasonal} if model.task == "forecast" else None,
         split=split, data_dir=data_dir, max_items=max_items,
         speech=_speech_info(c) if model.task == "recognize" else None,
     )

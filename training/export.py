@@ -48,8 +48,8 @@ class ForecastGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, window: Tensor) -> Tensor:  # (B, T, C) -> (B, H, C, Q)
-        return self.model(window)
+    def forward(self, window: Tensor, season: Tensor | None = None) -> Tensor:  # (B, T, C) [, (B,)] -> (B, H, C, Q)
+        return self.model(window, season)
 
 
 class LMGraph(nn.Module):
@@ -91,8 +91,9 @@ class DecoderStepGraph(nn.Module):
 # ---- export --------------------------------------------------------------------------------------
 
 
-def _export_graph(module: nn.Module, args: tuple[Tensor, ...], path: Path, role: str, cell: str) -> None:
-    spec = graph_spec(role, cell)
+def _export_graph(module: nn.Module, args: tuple[Tensor, ...], path: Path, role: str, cell: str,
+                  seasonal: bool = False) -> None:
+    spec = graph_spec(role, cell, seasonal)
     dynamic = {t.name: t.dynamic_axes() for t in (*spec.inputs, *spec.outputs)}
     with warnings.catch_warnings(), export_mode():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice, tracer warnings
@@ -104,7 +105,7 @@ def _export_graph(module: nn.Module, args: tuple[Tensor, ...], path: Path, role:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"{path.name}: onnx.checker failed: {err}") from None
-    check_graph_file(path, role, cell)
+    check_graph_file(path, role, cell, seasonal)
     check_op_types(path, ONNX_OP[cell])
 
 
@@ -113,13 +114,17 @@ def _export_forecast(model: Forecaster, out: Path, rng: torch.Generator) -> dict
     path = out / GRAPHS["forecast"]["forecast"]
     graph = ForecastGraph(model).eval()
     example = torch.randn(2, max(c.min_history, 2), c.channels, generator=rng)
-    _export_graph(graph, (example,), path, "forecast", c.cell)
+    seasons = (torch.tensor([12, 1]),) if c.seasonal else ()
+    _export_graph(graph, (example, *seasons), path, "forecast", c.cell, c.seasonal)
     worst = 0.0
     for batch, length in ((1, c.window), (3, c.min_history), (2, (c.window + c.min_history) // 2)):
         level = 10.0 * torch.randn(1, 1, c.channels, generator=rng)
         spread = torch.rand(1, 1, c.channels, generator=rng) * 3 + 0.5
         window = level + spread * torch.randn(batch, length, c.channels, generator=rng)
-        worst = max(worst, compare(path, graph, {"window": window}))
+        feed = {"window": window}
+        if c.seasonal:  # a season within the window, one longer than it, none
+            feed["season"] = torch.tensor([max(1, length // 3), length + 5, 1][:batch] + [7] * max(0, batch - 3))
+        worst = max(worst, compare(path, graph, feed))
     return {"forecast": worst}
 
 
@@ -201,6 +206,7 @@ def export_bundle(
     description: str = "",
     channel_names: list[str] | None = None,
     frequency: str = "",
+    frequencies: list[str] | None = None,
     target_channel: int = -1,
     seed: int = 0,
     extra: dict[str, Any] | None = None,
@@ -263,7 +269,7 @@ def export_bundle(
         special_tokens=specials,
         limits=dict(limits or {}),
         languages=dict(languages or {}),
-        forecast=_forecast_spec(cfg, channel_names, frequency, target_channel) if task == "forecast" else None,
+        forecast=_forecast_spec(cfg, channel_names, frequency, target_channel, frequencies) if task == "forecast" else None,
         speech=speech_spec(cfg) if task == "recognize" else None,
         training=train_info,
         evaluation=dict(evaluation or {}),
@@ -309,7 +315,8 @@ def _token_of(tokenizer: Any, text: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
-def _forecast_spec(cfg: Any, channel_names: list[str] | None, frequency: str, target_channel: int) -> ForecastSpec:
+def _forecast_spec(cfg: Any, channel_names: list[str] | None, frequency: str, target_channel: int,
+                   frequencies: list[str] | None = None) -> ForecastSpec:
     names = list(channel_names or [])
     if names and len(names) != cfg.channels:
         raise ValueError(f"channel_names has {len(names)} names for {cfg.channels} channels")
@@ -317,6 +324,7 @@ def _forecast_spec(cfg: Any, channel_names: list[str] | None, frequency: str, ta
         window=cfg.window, min_history=cfg.min_history, horizon=cfg.horizon, channels=cfg.channels,
         quantiles=[float(q) for q in cfg.quantiles], target_channel=target_channel,
         channel_names=names, frequency=frequency,
+        frequencies=list(frequencies or ([frequency] if frequency else [])), season_input=bool(cfg.seasonal),
     )
 
 
@@ -376,7 +384,7 @@ def export_checkpoint(checkpoint: str | Path, models_dir: str | Path, name: str,
     if model.task == "forecast":
         columns = list(info.get("columns", []))
         kwargs.update(channel_names=columns, frequency=info.get("freq") or FREQUENCY.get(run["data"]["dataset"], ""),
-                      target_channel=columns.index("OT") if "OT" in columns else -1)
+                      target_channel=columns.index("OT") if "OT" in columns else -1, frequencies=info.get("frequencies"))
     dataset = run["data"]["dataset"]
     description = description or f"{model.task} {model.config.cell} trained on {dataset}" + (
         f": {DOMAINS[dataset]}" if dataset in DOMAINS else "")

@@ -57,9 +57,9 @@ def check_op_types(path: str | Path, expect: str | None = None) -> Counter:
     return ops
 
 
-def check_graph_file(path: str | Path, role: str, cell: str) -> None:
+def check_graph_file(path: str | Path, role: str, cell: str, seasonal: bool = False) -> None:
     """Raise ExportError unless the graph at ``path`` has exactly the contract's inputs and outputs
-    for ``role`` and ``cell``, in order, with their dtypes, ranks and symbolic batch/length axes."""
+    for ``role`` and ``cell`` (and ``seasonal``, a forecast graph's), in order, with their dtypes, ranks and symbolic batch/length axes."""
     model = onnx.load(str(path), load_external_data=False)
 
     def found(values) -> list[Found]:
@@ -69,7 +69,7 @@ def check_graph_file(path: str | Path, role: str, cell: str) -> None:
                 for v in values]
 
     try:
-        check_graph(Path(path).name, graph_spec(role, cell), found(model.graph.input), found(model.graph.output),
+        check_graph(Path(path).name, graph_spec(role, cell, seasonal), found(model.graph.input), found(model.graph.output),
                     ordered=True)
     except BundleError as err:
         raise ExportError(str(err)) from None

@@ -172,6 +172,9 @@ class ForecastConfig:
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)  # ascending, must contain 0.5 (the point forecast)
     scale_floor: float = 1e-5  # smallest per-window std used to normalise (flat windows)
     relative_scale_floor: float = 0.0  # and at least this share of the window's mean |value| (0 = off)
+    # The graph also takes each row's season length (steps): the encoder reads the seasonal difference
+    # and log(season) beside each value, and the median is a correction to seasonal naive's forecast.
+    seasonal: bool = False
 
     def validate(self) -> "ForecastConfig":
         check_cell(self.cell)
@@ -197,7 +200,8 @@ class Forecaster(nn.Module):
     def __init__(self, config: ForecastConfig) -> None:
         super().__init__()
         self.config = c = config.validate()
-        self.encoder = Recurrent(c.cell, c.channels, c.hidden_size, c.num_layers, c.bidirectional, c.dropout,
+        features = 2 * c.channels + 1 if c.seasonal else c.channels
+        self.encoder = Recurrent(c.cell, features, c.hidden_size, c.num_layers, c.bidirectional, c.dropout,
                                  forget_bias=c.forget_bias)
         self.dropout = nn.Dropout(c.dropout)
         self.num_quantiles = len(c.quantiles)
@@ -213,24 +217,48 @@ class Forecaster(nn.Module):
             scale = torch.maximum(scale, self.config.relative_scale_floor * window.abs().mean(dim=1, keepdim=True))
         return (window - mean) / scale, mean, scale
 
-    def forward_normalised(self, window: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """window (B, T, C) -> quantiles (B, H, C, Q) on the window-normalised scale, mean, scale."""
+    def seasonal_inputs(self, x: Tensor, season: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, T, C) normalised, season (B,) steps -> encoder features (B, T, 2C + 1): the value, its
+        difference from one season before (0 in the first season) and log(season) / log(512); and
+        seasonal naive's forecast (B, H, C) on x's scale. A season longer than the window counts as 1
+        (as seasonal naive falls back to the last value)."""
+        steps = torch.arange(x.shape[1], device=x.device)  # traced: follows the window's length
+        s = season.to(torch.int64).clamp_min(1)
+        s = torch.where(s <= steps[-1:] + 1, s, torch.ones_like(s))
+        lag = (steps.unsqueeze(0) - s.unsqueeze(1)).clamp_min(0)  # (B, T)
+        channels = x.shape[2]
+        before = torch.gather(x, 1, lag.unsqueeze(-1).expand(-1, -1, channels))
+        diff = (x - before) * (steps.unsqueeze(0) >= s.unsqueeze(1)).unsqueeze(-1).to(x.dtype)
+        level = torch.ones_like(x[..., :1]) * (torch.log(s.to(x.dtype)) / math.log(512.0)).view(-1, 1, 1)
+        ahead = torch.arange(self.config.horizon, device=x.device).unsqueeze(0)  # (1, H)
+        at = steps[-1:] + 1 - s.unsqueeze(1) + torch.remainder(ahead, s.unsqueeze(1))  # (B, H)
+        naive = torch.gather(x, 1, at.unsqueeze(-1).expand(-1, -1, channels))
+        return torch.cat([x, diff, level], dim=-1), naive
+
+    def forward_normalised(self, window: Tensor, season: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """window (B, T, C) [, season (B,)] -> quantiles (B, H, C, Q) on the window-normalised scale, mean, scale."""
         c = self.config
         if not torch.jit.is_tracing() and (window.dim() != 3 or window.shape[2] != c.channels):
             raise ValueError(f"window must have shape (B, T, {c.channels}), got {tuple(window.shape)}")
         if not torch.jit.is_tracing() and not c.min_history <= window.shape[1]:
             raise ValueError(f"window length {window.shape[1]} is below min_history {c.min_history}")
+        if c.seasonal and season is None:
+            raise ValueError("a seasonal forecaster needs each row's season length")
         x, mean, scale = self.normalise(window)
+        base = None
+        if c.seasonal:
+            x, base = self.seasonal_inputs(x, season)
         _, h = self.encoder(x)
         h = h[0] if isinstance(h, tuple) else h  # (L*D, B, H)
         summary = h[-self.encoder.num_directions :].transpose(0, 1).flatten(1)  # (B, D*H), top layer
         raw = self.head(self.dropout(summary)).unflatten(1, (c.horizon, c.channels, self.num_quantiles))
-        return self._ordered(raw), mean, scale
+        return self._ordered(raw, base), mean, scale
 
-    def _ordered(self, raw: Tensor) -> Tensor:
-        """(B, H, C, Q) free outputs -> non-crossing quantiles: median ± cumulative softplus offsets."""
+    def _ordered(self, raw: Tensor, base: Tensor | None = None) -> Tensor:
+        """(B, H, C, Q) free outputs -> non-crossing quantiles: median (plus ``base``, (B, H, C)) ±
+        cumulative softplus offsets."""
         k = self.median_index
-        median = raw[..., k]
+        median = raw[..., k] if base is None else raw[..., k] + base
         cols = [median]
         below = median
         for j in range(k - 1, -1, -1):
@@ -242,14 +270,14 @@ class Forecaster(nn.Module):
             cols.append(above)
         return torch.stack(cols, dim=-1)
 
-    def forward(self, window: Tensor) -> Tensor:
-        """window (B, T, C), any scale, min_history <= T -> quantiles (B, H, C, Q) in the input's scale."""
-        q, mean, scale = self.forward_normalised(window)
+    def forward(self, window: Tensor, season: Tensor | None = None) -> Tensor:
+        """window (B, T, C), any scale, min_history <= T [, season (B,)] -> quantiles (B, H, C, Q) in the input's scale."""
+        q, mean, scale = self.forward_normalised(window, season)
         return q * scale.unsqueeze(-1) + mean.unsqueeze(-1)
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """batch: window (B, T, C), target (B, H, C) -> pinball loss on the normalised scale (mean over Q)."""
-        q, mean, scale = self.forward_normalised(batch["window"])
+        """batch: window (B, T, C), target (B, H, C) [, season (B,)] -> pinball loss on the normalised scale (mean over Q)."""
+        q, mean, scale = self.forward_normalised(batch["window"], batch.get("season"))
         target = ((batch["target"] - mean) / scale).unsqueeze(-1)  # (B, H, C, 1)
         diff = target - q
         return torch.maximum(self.levels * diff, (self.levels - 1.0) * diff).mean()

@@ -93,7 +93,10 @@ def bundle_model(bundle_dir: str | Path, threads: int = 1) -> tuple[str, Forecas
                 history = np.concatenate([np.full(spec.min_history - len(history), history[0]), history])
             steps: list[np.ndarray] = []
             while sum(len(s) for s in steps) < horizon:
-                q = graph({"window": history.astype(np.float32)[None, :, None]})["quantiles"][0, :, 0, :]  # (H, Q)
+                feed = {"window": history.astype(np.float32)[None, :, None]}
+                if spec.season_input:
+                    feed["season"] = np.array([season], np.int64)
+                q = graph(feed)["quantiles"][0, :, 0, :]  # (H, Q)
                 steps.append(q)
                 median = q[:, levels.index(min(levels, key=lambda x: abs(x - 0.5)))]
                 history = np.concatenate([history, median])[-spec.window :]

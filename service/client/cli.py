@@ -174,6 +174,12 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         "--quantiles", type=_quantile_list, default=[], metavar="Q1,Q2",
         help="quantile levels to print, e.g. 0.1,0.9 (default: the model's levels)",
     )
+    p.add_argument("--frequency", default="", metavar="ALIAS",
+                   help="the series' frequency, a pandas-style alias: h, 30min, D, B, W, M, Q, Y (default: from the "
+                        "file's time column, sent to models that take a season; a model trained on one frequency "
+                        "rejects another)")
+    p.add_argument("--season-length", type=int, default=0, metavar="STEPS",
+                   help="steps per season, for models that take a season (default 0: from the frequency)")
 
     p = sub.add_parser(
         "generate",

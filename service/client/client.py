@@ -239,16 +239,20 @@ class SeqserveClient:
         *,
         model: str = "",
         version: str = "",
+        frequency: str = "",
+        season_length: int = 0,
         timeout: float | None = _UNSET,  # type: ignore[assignment]
     ) -> ForecastResult:
         """Forecast ``horizon`` steps (0 = the model's) after ``history``.
 
         ``history`` is (T,) for one channel or (T, C) for several (rows are time steps).
-        ``quantiles`` empty returns the model's own levels.
+        ``quantiles`` empty returns the model's own levels. ``frequency`` (a pandas-style alias such as
+        "h", "D", "M") and ``season_length`` (steps) tell a model that takes a season about the series.
         """
         values = np.asarray(history, dtype=np.float64)
         request = forecast_pb2.ForecastRequest(
-            model=model, version=version, horizon=horizon, quantiles=list(quantiles)
+            model=model, version=version, horizon=horizon, quantiles=list(quantiles), frequency=frequency,
+            season_length=season_length,
         )
         if values.ndim == 1:
             request.history.extend(values.tolist())
@@ -267,6 +271,7 @@ class SeqserveClient:
             channel_quantiles={
                 q.quantile: [list(s.values) for s in q.channels] for q in reply.quantiles if q.channels
             },
+            season_length=reply.season_length,
         )
 
     @staticmethod

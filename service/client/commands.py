@@ -105,8 +105,15 @@ def run_forecast(client, args, out: TextIO) -> int:
         print(note, file=sys.stderr)
     names, rows = csv_history.names, csv_history.rows
     history = [r[0] for r in rows] if len(names) == 1 else rows
+    frequency = args.frequency
+    if not frequency and csv_history.frequency():
+        spec = answering_model(client, "forecast", args.model, args.version).get("forecast") or {}
+        if spec.get("season_input"):
+            frequency = csv_history.frequency()
+            print(f"frequency {frequency} (from the {csv_history.time_column!r} column)", file=sys.stderr)
     result = client.forecast(
-        history, args.horizon, args.quantiles, model=args.model, version=args.version
+        history, args.horizon, args.quantiles, model=args.model, version=args.version, frequency=frequency,
+        season_length=args.season_length,
     )
     times = csv_history.next_times(len(result.forecast))
     if args.json:
@@ -120,7 +127,8 @@ def run_forecast(client, args, out: TextIO) -> int:
         return 0
     target = names[result.target_channel] if result.target_channel < len(names) else str(result.target_channel)
     levels = sorted(result.quantiles)
-    out.write(f"# {result.model} v{result.version}, {len(rows)} steps of {', '.join(names)}; forecast of {target}\n")
+    season = f", season {result.season_length}" if result.season_length else ""
+    out.write(f"# {result.model} v{result.version}, {len(rows)} steps of {', '.join(names)}; forecast of {target}{season}\n")
     out.write("\t".join(["step", *([csv_history.time_column] if times else []), "forecast",
                          *(f"q{q:g}" for q in levels)]) + "\n")
     digits = significant_digits([*result.forecast, *(v for q in levels for v in result.quantiles[q])])

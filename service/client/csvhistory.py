@@ -41,6 +41,24 @@ class CsvHistory:
             return None
         return [self.times[-1] + step * (k + 1) for k in range(n)]
 
+    def frequency(self) -> str:
+        """The time column's usual step as a pandas-style alias ("15min", "h", "D", "W", "M", "Q", "Y"),
+        "" without a time column or for a step that is none of those."""
+        if not self.times or len(self.times) < 3:
+            return ""
+        step = statistics.median(b - a for a, b in zip(self.times, self.times[1:])).total_seconds()
+        days = step / 86400
+        for low, high, alias in ((28, 31, "M"), (89, 92, "Q"), (365, 366, "Y")):
+            if low <= days <= high:
+                return alias
+        seconds = round(step)
+        if seconds <= 0 or abs(step - seconds) > 1e-6:
+            return ""
+        for unit, size in (("W", 604800), ("D", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+            if seconds % size == 0:
+                return unit if seconds == size else f"{seconds // size}{unit}"
+        return ""
+
 
 def parse_number(text: str, delimiter: str = ",") -> float | None:
     """A finite number from a cell ("1.5", "30,000", "1 234.5", "3,5" in a ';' file), else None."""

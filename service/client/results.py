@@ -40,6 +40,7 @@ class ForecastResult:
     target_channel: int = 0
     channels: list[list[float]] = field(default_factory=list)  # (C, H) medians, multichannel only
     channel_quantiles: dict[float, list[list[float]]] = field(default_factory=dict)  # level -> (C, H)
+    season_length: int = 0  # the season the model was given (0: it takes none)
 
 
 @dataclass

@@ -5,6 +5,8 @@ forecast  ``forecast.onnx``
                                            ``forecast.min_history`` to ``forecast.window``
     out ``quantiles``  float32 (B, H, C, Q) in the input's scale, H = ``forecast.horizon``,
                                            Q = len(``forecast.quantiles``) (sorted, contains 0.5)
+        ``season``     int64   (B,)         only when ``forecast.season_input``: each row's season
+                                           length in steps (1 = none known)
     Per-window normalisation happens inside the graph, so one model serves any scale.
 
 generate  ``lm.onnx``
@@ -105,10 +107,12 @@ def _states(cell: str, suffix: str = "") -> tuple[TensorSpec, ...]:
     return tuple(_t(f"state_{s}{suffix}", FLOAT32, "layers batch hidden", (1,)) for s in state_names(cell))
 
 
-def graph_spec(role: str, cell: str) -> GraphSpec:
-    """The contract of graph ``role`` (forecast, lm, encoder, decoder_step, acoustic, acoustic_step) for ``cell``; raises BundleError."""
+def graph_spec(role: str, cell: str, seasonal: bool = False) -> GraphSpec:
+    """The contract of graph ``role`` (forecast, lm, encoder, decoder_step, acoustic, acoustic_step) for
+    ``cell`` (a ``seasonal`` forecast graph also takes ``season``); raises BundleError."""
     if role == "forecast":
-        return GraphSpec(role, (_t("window", FLOAT32, "batch time channels", (0, 1)),),
+        season = (_t("season", INT64, "batch", (0,)),) if seasonal else ()
+        return GraphSpec(role, (_t("window", FLOAT32, "batch time channels", (0, 1)), *season),
                          (_t("quantiles", FLOAT32, "batch horizon channels levels", (0,)),))
     if role == "lm":
         return GraphSpec(role, (_t("tokens", INT64, "batch time", (0, 1)), *_states(cell)),

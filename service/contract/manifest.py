@@ -93,7 +93,13 @@ class ForecastSpec:
     quantiles: list[float]  # levels of the Q outputs, sorted ascending, contains 0.5
     target_channel: int = -1  # the channel the evaluation figures refer to
     channel_names: list[str] = field(default_factory=list)
-    frequency: str = ""  # e.g. "1h"; informational
+    frequency: str = ""  # e.g. "1h": the series' frequency the model was trained on (its default when a request names none)
+    frequencies: list[str] = field(default_factory=list)  # every frequency it was trained for (a global model's several)
+    season_input: bool = False  # forecast.onnx also takes ``season`` (B,) int64: each row's season length in steps
+
+    def __post_init__(self) -> None:
+        if not self.frequencies and self.frequency:  # bundles written before `frequencies` existed
+            self.frequencies = [self.frequency]
 
     @property
     def target_index(self) -> int:
@@ -118,6 +124,13 @@ class ForecastSpec:
             raise BundleError(f"forecast.quantiles {q!r} must be distinct, ascending, within (0, 1)")
         if not any(math.isclose(x, 0.5) for x in q):
             raise BundleError(f"forecast.quantiles {q!r} must contain 0.5 (the point forecast)")
+        from .frequency import FrequencyError, parse
+
+        try:
+            for alias in ([self.frequency] if self.frequency else []) + list(self.frequencies):
+                parse(alias, "forecast.frequencies")
+        except FrequencyError as err:
+            raise BundleError(str(err)) from None
 
 
 @dataclass

@@ -150,7 +150,8 @@ def open_bundle(path: Path, name: str, version: str, options: RuntimeOptions, ex
             graph = GraphRuntime(f"{name}/{version}/{file}", data, options, executor)
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise BundleError(f"{path}: graph {file!r} does not load: {str(err)[:300]}") from None
-        graph.check(graph_spec(role, manifest.cell))  # BundleError naming the graph and what differs
+        seasonal = manifest.forecast is not None and manifest.forecast.season_input
+        graph.check(graph_spec(role, manifest.cell, seasonal))  # BundleError naming the graph and what differs
         graphs[role] = graph
     codecs = {}
     for role, file in manifest.tokenizers.items():

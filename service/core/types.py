@@ -23,6 +23,8 @@ class ForecastRequest:
     # The request field the history came from: "history" (univariate) or "channels" (one series
     # per channel); validation errors name it.
     history_field: str = "history"
+    frequency: str = ""  # pandas-style alias; "" = the model's own (service.contract.frequency)
+    season_length: int = 0  # steps per season, for models that take one; 0 = from the frequency
 
 
 @dataclass
@@ -33,6 +35,7 @@ class ForecastResult:
     quantiles: list[float]  # the levels of quantile_paths, in request order
     quantile_paths: np.ndarray  # (Q, H, C)
     target_channel: int = 0  # the channel the model's figures refer to (the manifest's, within 0..C-1)
+    season_length: int = 0  # the season the model was given (0: it takes none)
 
 
 @dataclass

@@ -52,7 +52,8 @@ TENSORS = {
 OPTIONAL_INPUTS = {"continuation"}
 PARAMETERS = {
     "translate": {"beam_size": int_parameter, "max_length": int_parameter},
-    "forecast": {"horizon": int_parameter, "quantiles": lambda n, v: _levels(n, v)},
+    "forecast": {"horizon": int_parameter, "quantiles": lambda n, v: _levels(n, v), "frequency": string_parameter,
+                 "season_length": int_parameter},
     "generate": {"max_tokens": int_parameter, "temperature": float_parameter, "top_k": int_parameter,
                  "top_p": float_parameter, "seed": int_parameter, "stop": string_parameter,
                  "logprobs": bool_parameter},
@@ -191,7 +192,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         rows = array.shape[0]
         history = array.astype(np.float64).reshape(rows, array.shape[1], channels)
         base = dict(model=info.name, version=info.asked, horizon=params.get("horizon", 0),
-                    quantiles=params.get("quantiles", []))
+                    quantiles=params.get("quantiles", []), frequency=params.get("frequency", ""),
+                    season_length=params.get("season_length", 0))
         results = await _gather((self.engine.forecast(types.ForecastRequest(history=h, **base), deadline) for h in history),
                                 info.task)
         target = results[0].target_channel

@@ -149,6 +149,8 @@ def model_info(info: types.ModelInfo) -> models_pb2.ModelInfo:
                 target_channel=int(spec.get("target_channel", 0)),  # an index: ForecastSpec.info()
                 channel_names=[str(n) for n in spec.get("channel_names", [])],
                 frequency=str(spec.get("frequency", "")),
+                frequencies=[str(f) for f in spec.get("frequencies", [])],
+                season_input=bool(spec.get("season_input", False)),
             )
         )
     loaded = _timestamp(info.loaded_at)
@@ -260,13 +262,16 @@ class ForecasterServicer(forecast_pb2_grpc.ForecasterServicer):
             horizon=request.horizon,
             quantiles=list(request.quantiles),
             history_field="channels" if request.channels else "history",
+            frequency=request.frequency,
+            season_length=request.season_length,
         )
         result = await self.engine.forecast(req, deadline_of(context))
         point = np.asarray(result.forecast, dtype=np.float64)  # (H, C)
         paths = np.asarray(result.quantile_paths, dtype=np.float64)  # (Q, H, C)
         channels, target = point.shape[1], result.target_channel
         # Arrays go in through their wire form (service.front.protowire): ~10x faster than lists.
-        out = forecast_pb2.ForecastResponse(model=result.model, version=str(result.version), target_channel=target)
+        out = forecast_pb2.ForecastResponse(model=result.model, version=str(result.version), target_channel=target,
+                                            season_length=result.season_length)
         extend_packed(out, "forecast", point[:, target])
         if channels > 1:
             for c in range(channels):

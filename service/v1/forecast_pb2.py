@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aseqserve/v1/forecast.proto\x12\x0bseqserve.v1\"\x18\n\x06Series\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\x8d\x01\n\x0f\x46orecastRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07history\x18\x03 \x03(\x01\x12%\n\x08\x63hannels\x18\x04 \x03(\x0b\x32\x13.seqserve.v1.Series\x12\x0f\n\x07horizon\x18\x05 \x01(\x05\x12\x11\n\tquantiles\x18\x06 \x03(\x01\"W\n\x0cQuantilePath\x12\x10\n\x08quantile\x18\x01 \x01(\x01\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12%\n\x08\x63hannels\x18\x03 \x03(\x0b\x32\x13.seqserve.v1.Series\"\xb1\x01\n\x10\x46orecastResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x66orecast\x18\x03 \x03(\x01\x12%\n\x08\x63hannels\x18\x04 \x03(\x0b\x32\x13.seqserve.v1.Series\x12,\n\tquantiles\x18\x05 \x03(\x0b\x32\x19.seqserve.v1.QuantilePath\x12\x16\n\x0etarget_channel\x18\x06 \x01(\x05\x32U\n\nForecaster\x12G\n\x08\x46orecast\x12\x1c.seqserve.v1.ForecastRequest\x1a\x1d.seqserve.v1.ForecastResponseB+\n\x0f\x64\x65v.seqserve.v1P\x01Z\x16seqserve/v1;seqservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aseqserve/v1/forecast.proto\x12\x0bseqserve.v1\"\x18\n\x06Series\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\xb7\x01\n\x0f\x46orecastRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07history\x18\x03 \x03(\x01\x12%\n\x08\x63hannels\x18\x04 \x03(\x0b\x32\x13.seqserve.v1.Series\x12\x0f\n\x07horizon\x18\x05 \x01(\x05\x12\x11\n\tquantiles\x18\x06 \x03(\x01\x12\x11\n\tfrequency\x18\x07 \x01(\t\x12\x15\n\rseason_length\x18\x08 \x01(\x05\"W\n\x0cQuantilePath\x12\x10\n\x08quantile\x18\x01 \x01(\x01\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12%\n\x08\x63hannels\x18\x03 \x03(\x0b\x32\x13.seqserve.v1.Series\"\xc8\x01\n\x10\x46orecastResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x66orecast\x18\x03 \x03(\x01\x12%\n\x08\x63hannels\x18\x04 \x03(\x0b\x32\x13.seqserve.v1.Series\x12,\n\tquantiles\x18\x05 \x03(\x0b\x32\x19.seqserve.v1.QuantilePath\x12\x16\n\x0etarget_channel\x18\x06 \x01(\x05\x12\x15\n\rseason_length\x18\x07 \x01(\x05\x32U\n\nForecaster\x12G\n\x08\x46orecast\x12\x1c.seqserve.v1.ForecastRequest\x1a\x1d.seqserve.v1.ForecastResponseB+\n\x0f\x64\x65v.seqserve.v1P\x01Z\x16seqserve/v1;seqservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERIES']._serialized_start=43
   _globals['_SERIES']._serialized_end=67
   _globals['_FORECASTREQUEST']._serialized_start=70
-  _globals['_FORECASTREQUEST']._serialized_end=211
-  _globals['_QUANTILEPATH']._serialized_start=213
-  _globals['_QUANTILEPATH']._serialized_end=300
-  _globals['_FORECASTRESPONSE']._serialized_start=303
-  _globals['_FORECASTRESPONSE']._serialized_end=480
-  _globals['_FORECASTER']._serialized_start=482
-  _globals['_FORECASTER']._serialized_end=567
+  _globals['_FORECASTREQUEST']._serialized_end=253
+  _globals['_QUANTILEPATH']._serialized_start=255
+  _globals['_QUANTILEPATH']._serialized_end=342
+  _globals['_FORECASTRESPONSE']._serialized_start=345
+  _globals['_FORECASTRESPONSE']._serialized_end=545
+  _globals['_FORECASTER']._serialized_start=547
+  _globals['_FORECASTER']._serialized_end=632
 # @@protoc_insertion_point(module_scope)

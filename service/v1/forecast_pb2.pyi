@@ -13,20 +13,24 @@ class Series(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ForecastRequest(_message.Message):
-    __slots__ = ("model", "version", "history", "channels", "horizon", "quantiles")
+    __slots__ = ("model", "version", "history", "channels", "horizon", "quantiles", "frequency", "season_length")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     HORIZON_FIELD_NUMBER: _ClassVar[int]
     QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    FREQUENCY_FIELD_NUMBER: _ClassVar[int]
+    SEASON_LENGTH_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     history: _containers.RepeatedScalarFieldContainer[float]
     channels: _containers.RepeatedCompositeFieldContainer[Series]
     horizon: int
     quantiles: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., history: _Optional[_Iterable[float]] = ..., channels: _Optional[_Iterable[_Union[Series, _Mapping]]] = ..., horizon: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ...) -> None: ...
+    frequency: str
+    season_length: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., history: _Optional[_Iterable[float]] = ..., channels: _Optional[_Iterable[_Union[Series, _Mapping]]] = ..., horizon: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., frequency: _Optional[str] = ..., season_length: _Optional[int] = ...) -> None: ...
 
 class QuantilePath(_message.Message):
     __slots__ = ("quantile", "values", "channels")
@@ -39,17 +43,19 @@ class QuantilePath(_message.Message):
     def __init__(self, quantile: _Optional[float] = ..., values: _Optional[_Iterable[float]] = ..., channels: _Optional[_Iterable[_Union[Series, _Mapping]]] = ...) -> None: ...
 
 class ForecastResponse(_message.Message):
-    __slots__ = ("model", "version", "forecast", "channels", "quantiles", "target_channel")
+    __slots__ = ("model", "version", "forecast", "channels", "quantiles", "target_channel", "season_length")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FORECAST_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     QUANTILES_FIELD_NUMBER: _ClassVar[int]
     TARGET_CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    SEASON_LENGTH_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     forecast: _containers.RepeatedScalarFieldContainer[float]
     channels: _containers.RepeatedCompositeFieldContainer[Series]
     quantiles: _containers.RepeatedCompositeFieldContainer[QuantilePath]
     target_channel: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., forecast: _Optional[_Iterable[float]] = ..., channels: _Optional[_Iterable[_Union[Series, _Mapping]]] = ..., quantiles: _Optional[_Iterable[_Union[QuantilePath, _Mapping]]] = ..., target_channel: _Optional[int] = ...) -> None: ...
+    season_length: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., forecast: _Optional[_Iterable[float]] = ..., channels: _Optional[_Iterable[_Union[Series, _Mapping]]] = ..., quantiles: _Optional[_Iterable[_Union[QuantilePath, _Mapping]]] = ..., target_channel: _Optional[int] = ..., season_length: _Optional[int] = ...) -> None: ...

@@ -49,7 +49,8 @@ class ForecasterServicer:
     def Forecast(self, request, context):
         """Predicts the next `horizon` steps after `history`.
         Errors: INVALID_ARGUMENT (history shorter than the model's min_history, wrong channel count,
-        channels of unequal length, NaN/inf values, horizon or quantiles out of range), NOT_FOUND,
+        channels of unequal length, NaN/inf values, horizon or quantiles out of range, a frequency that
+        is no alias or not the model's, a season length out of range), NOT_FOUND,
         UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -37,7 +37,7 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
 
 class ForecastSpec(_message.Message):
-    __slots__ = ("window", "min_history", "horizon", "channels", "quantiles", "target_channel", "channel_names", "frequency")
+    __slots__ = ("window", "min_history", "horizon", "channels", "quantiles", "target_channel", "channel_names", "frequency", "frequencies", "season_input")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     MIN_HISTORY_FIELD_NUMBER: _ClassVar[int]
     HORIZON_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,8 @@ class ForecastSpec(_message.Message):
     TARGET_CHANNEL_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_NAMES_FIELD_NUMBER: _ClassVar[int]
     FREQUENCY_FIELD_NUMBER: _ClassVar[int]
+    FREQUENCIES_FIELD_NUMBER: _ClassVar[int]
+    SEASON_INPUT_FIELD_NUMBER: _ClassVar[int]
     window: int
     min_history: int
     horizon: int
@@ -54,7 +56,9 @@ class ForecastSpec(_message.Message):
     target_channel: int
     channel_names: _containers.RepeatedScalarFieldContainer[str]
     frequency: str
-    def __init__(self, window: _Optional[int] = ..., min_history: _Optional[int] = ..., horizon: _Optional[int] = ..., channels: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., target_channel: _Optional[int] = ..., channel_names: _Optional[_Iterable[str]] = ..., frequency: _Optional[str] = ...) -> None: ...
+    frequencies: _containers.RepeatedScalarFieldContainer[str]
+    season_input: bool
+    def __init__(self, window: _Optional[int] = ..., min_history: _Optional[int] = ..., horizon: _Optional[int] = ..., channels: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., target_channel: _Optional[int] = ..., channel_names: _Optional[_Iterable[str]] = ..., frequency: _Optional[str] = ..., frequencies: _Optional[_Iterable[str]] = ..., season_input: _Optional[bool] = ...) -> None: ...
 
 class SpeechSpec(_message.Message):
     __slots__ = ("sample_rate", "labels", "frame_seconds", "streaming", "n_fft", "hop", "n_mels", "word_separator")

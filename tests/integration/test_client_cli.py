@@ -158,7 +158,7 @@ async def test_cli_models_and_health(served, capsys):
     rc, out, _ = await run_cli(capsys, "models", "--address", served.address)
     lines = out.splitlines()
     assert rc == 0 and lines[0].split()[:3] == ["NAME", "VERSION", "TASK"]
-    assert [line.split()[0] for line in lines[1:]] == ["tiny-forecast", "tiny-forecast3", "tiny-generate", "tiny-recognize",
+    assert [line.split()[0] for line in lines[1:]] == ["tiny-forecast", "tiny-forecast3", "tiny-generate", "tiny-global", "tiny-recognize",
                                                    "tiny-translate"]
     assert "WEIGHTS" in lines[0].split() and all(" float32 " in line for line in lines[1:])
     rc, out, _ = await run_cli(capsys, "models", "tiny-generate", "--json", "--address", served.address)

@@ -124,19 +124,23 @@ async def test_score_and_token_logprobs(served):
 async def test_list_and_get_models(served):
     listed = (await served.models.ListModels(models_pb2.ListModelsRequest())).models
     assert [(m.name, m.version) for m in listed] == [
-        ("tiny-forecast", "1"), ("tiny-forecast3", "1"), ("tiny-generate", "1"), ("tiny-recognize", "1"),
+        ("tiny-forecast", "1"), ("tiny-forecast3", "1"), ("tiny-generate", "1"), ("tiny-global", "1"), ("tiny-recognize", "1"),
         ("tiny-translate", "1")]
     assert all(m.state == "READY" and not m.error and m.loaded_at.seconds > 0 for m in listed)
     by_name = {m.name: m for m in listed}
     assert by_name["tiny-forecast"].is_default and not by_name["tiny-forecast3"].is_default
     assert by_name["tiny-translate"].bidirectional and by_name["tiny-translate"].limits["max_source_tokens"] == 64
     assert by_name["tiny-forecast3"].forecast.channels == 3
+    assert (by_name["tiny-forecast"].forecast.frequency, list(by_name["tiny-forecast"].forecast.frequencies)) == ("1h", ["1h"])
+    assert not by_name["tiny-forecast"].forecast.season_input
+    glob = by_name["tiny-global"].forecast
+    assert glob.season_input and glob.frequency == "" and list(glob.frequencies) == ["h", "D", "M"]
     assert by_name["tiny-generate"].num_parameters > 0 and by_name["tiny-generate"].num_layers == 2
     assert by_name["tiny-recognize"].speech.streaming and not by_name["tiny-generate"].HasField("speech")
     assert {m.weights for m in listed} == {"float32"}
 
     forecast_only = (await served.models.ListModels(models_pb2.ListModelsRequest(task="forecast"))).models
-    assert {m.name for m in forecast_only} == {"tiny-forecast", "tiny-forecast3"}
+    assert {m.name for m in forecast_only} == {"tiny-forecast", "tiny-forecast3", "tiny-global"}
     one = (await served.models.GetModel(models_pb2.GetModelRequest(name="tiny-generate", version="1"))).model
     assert one == by_name["tiny-generate"]
 

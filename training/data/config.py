@@ -78,6 +78,7 @@ class DataConfig:
     synthetic_series: int = 400  # corpus: KernelSynth series (512 steps each) beside the real ones
     real_share: float = 0.5  # corpus: share of training rows cut from real series
     mix_share: float = 0.2  # corpus: share that are TSMixup mixes of real windows (the rest: synthetic)
+    unknown_season: float = 0.1  # corpus, seasonal models: share of rows given season 1 (no frequency known)
     val_share: float = 0.1  # of each series' rows (at least a horizon), of the distinct targets, of the text
     test_share: float = 0.1
 

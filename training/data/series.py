@@ -51,6 +51,7 @@ class SeriesSplits:
     names: list[str] = field(default_factory=list)  # one per series (a user's files)
     freq: str = ""  # pandas alias, when known
     filled: int = 0  # missing values interpolated
+    seasons: list[int] = field(default_factory=list)  # steps per season of each series, when known
 
     def split(self, name: str) -> list[np.ndarray]:
         return getattr(self, check_split(name))

@@ -166,16 +166,16 @@ def _times(table: Table, column: str) -> Any:
 def seasonality(freq: str) -> int:
     """The seasonal period of a pandas frequency as GluonTS defines it (gluonts.time_feature.get_seasonality):
     minutes -> a day, hours -> a day, business days 5, months 12, quarters 4; seconds, days, weeks,
-    years 1; a multiple that does not divide the period: 1."""
+    years 1; a multiple that does not divide the period: 1. Pandas reads the alias; the table is the
+    service's (service.contract.frequency), so a request naming the same frequency gets the same season."""
     from pandas.tseries.frequencies import to_offset
 
+    from service.contract.frequency import UNITS, Frequency
+
     offset = to_offset(freq)
-    base = offset.rule_code.split("-")[0].upper()
-    periods = {"MIN": 1440, "T": 1440, "H": 24, "B": 5, "M": 12, "MS": 12, "ME": 12,
-               "Q": 4, "QS": 4, "QE": 4}
-    period = periods.get(base, 1)
-    n = max(1, int(offset.n))
-    return period // n if period % n == 0 else 1
+    base = offset.rule_code.split("-")[0]
+    unit = UNITS.get(base) or UNITS.get(base.upper())
+    return Frequency(max(1, int(offset.n)), unit).season if unit else 1
 
 
 @dataclass

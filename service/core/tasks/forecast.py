@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 
-from service.contract import BundleError
+from service.contract import BundleError, frequency
 
-from ..batching import DynamicBatcher
 from ..errors import InvalidArgument
 from ..repository import Bundle
 from ..types import ForecastRequest, ForecastResult
@@ -56,7 +55,8 @@ def standardise(window: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 class ForecastModel:
     """One loaded forecasting version: a dynamic batcher in front of ``forecast.onnx``. Windows of
-    different lengths never share a call (a recurrent net must not see padding)."""
+    different lengths never share a call (a recurrent net must not see padding); a model that takes a
+    season gets each window's with it (rows of one call may differ)."""
 
     task = "forecast"
 
@@ -69,8 +69,17 @@ class ForecastModel:
         self._levels = np.asarray(self.spec.quantiles, dtype=np.float64)
         self._median = int(np.argmin(np.abs(self._levels - 0.5)))
         self._bound = max_abs_value(self.spec.window)
-        self._batcher: DynamicBatcher[np.ndarray, np.ndarray] = ctx.batcher(
-            m.name, m.version, "forecast", self._run_batch, key=lambda window: window.shape[0])
+        self._seasonal = self.spec.season_input
+        own = self.spec.frequency
+        self._own = frequency.parse(own, "forecast.frequency") if own else None
+        self._trained = [frequency.parse(f, "forecast.frequencies") for f in self.spec.frequencies]
+        self._default_season = self._own.season if self._own else 1
+        if self._seasonal:
+            self._batcher = ctx.batcher(m.name, m.version, "forecast", self._run_seasonal,
+                                        key=lambda item: item[0].shape[0])
+        else:
+            self._batcher = ctx.batcher(m.name, m.version, "forecast", self._run_batch,
+                                        key=lambda window: window.shape[0])
 
     def limits(self) -> dict[str, int]:
         return {
@@ -95,7 +104,10 @@ class ForecastModel:
             t = np.arange(length, dtype=np.float32)[None, :, None]
             window = np.sin(t / 3.0 + np.arange(spec.channels, dtype=np.float32)) + 0.01 * t  # (B, T, C)
             window = np.repeat(window, batch, axis=0)
-            q = (await self._graph.run({"window": window}))["quantiles"]
+            feed = {"window": window}
+            if self._seasonal:
+                feed["season"] = np.full(batch, 12, np.int64)
+            q = (await self._graph.run(feed))["quantiles"]
             want = (batch, spec.horizon, spec.channels, len(spec.quantiles))
             if q.shape != want:
                 raise BundleError(f"{self._graph.name}: quantiles have shape {q.shape}, the manifest implies {want}")
@@ -161,10 +173,37 @@ class ForecastModel:
                 )
         return history[-spec.window :], horizon, levels
 
+    def season(self, req: ForecastRequest) -> int:
+        """The season length the request gives the model (0 for a model that takes none); raises
+        InvalidArgument naming ``frequency`` or ``season_length``, the value and what is allowed."""
+        spec, name = self.spec, self.name
+        try:
+            asked = frequency.parse(req.frequency) if req.frequency else None
+        except frequency.FrequencyError as err:
+            raise InvalidArgument(str(err), field="frequency") from None
+        if asked is not None and not self._seasonal and self._trained and not any(asked.same_as(f) for f in self._trained):
+            raise InvalidArgument(
+                f"frequency {req.frequency!r} is not one model {name!r} was trained for "
+                f"({', '.join(spec.frequencies)}); a model that takes a season (ModelInfo.forecast.season_input) "
+                "forecasts any frequency", field="frequency")
+        if req.season_length:
+            if not self._seasonal:
+                raise InvalidArgument(f"season_length {req.season_length}: model {name!r} takes no season "
+                                      "(ModelInfo.forecast.season_input is false)", field="season_length")
+            if not 1 <= req.season_length <= spec.window:
+                raise InvalidArgument(f"season_length {req.season_length} must be within 1..{spec.window} "
+                                      f"(model {name!r}'s window)", field="season_length")
+            return req.season_length
+        if not self._seasonal:
+            return 0
+        return min(asked.season, spec.window) if asked is not None else self._default_season
+
     async def forecast(self, req: ForecastRequest, deadline: float | None) -> ForecastResult:
         history, horizon, levels = self.prepare(req)
+        season = self.season(req)
         window, loc, scale = standardise(history)
-        paths = await self._batcher.submit(window, deadline)  # (H, C, Qm), standardised
+        item = (window, season) if self._seasonal else window
+        paths = await self._batcher.submit(item, deadline)  # (H, C, Qm), standardised
         paths = paths[:horizon].astype(np.float64) * scale[None, :, None] + loc[None, :, None]
         if not np.all(np.isfinite(paths)):  # never answer inf / NaN as if it were a forecast
             where = req.history_field
@@ -177,9 +216,14 @@ class ForecastModel:
         else:
             wanted = interpolate_levels(paths, self._levels, levels)
         return ForecastResult(self.name, self.version, paths[..., self._median].copy(), levels, wanted,
-                              self.spec.target_index)
+                              self.spec.target_index, season)
 
     async def _run_batch(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         out = await self._graph.run({"window": np.stack(windows)})  # (B, T, C) -> (B, H, C, Q)
         q = out["quantiles"]
         return [q[i] for i in range(len(windows))]
+
+    async def _run_seasonal(self, items: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+        feed = {"window": np.stack([w for w, _ in items]), "season": np.array([s for _, s in items], np.int64)}
+        q = (await self._graph.run(feed))["quantiles"]
+        return [q[i] for i in range(len(items))]

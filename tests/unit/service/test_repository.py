@@ -103,6 +103,8 @@ async def test_failed_version_never_replaces_the_good_one(repo, add_bundle, make
         ("symlinked_graph", "missing"),
         ("wrong_suffix", "must be a plain file name"),
         ("weights", "weights 'int4' is not one of float32, int8"),
+        ("frequency", "forecast.frequencies 'fortnightly' is not a frequency"),
+        ("season_input", "season"),  # the manifest says the graph takes a season; this one does not
     ],
 )
 async def test_broken_bundles_are_recorded_failed(repo, add_bundle, make_engine, breakage, message):
@@ -121,6 +123,10 @@ async def test_broken_bundles_are_recorded_failed(repo, add_bundle, make_engine,
         (bad / "forecast.onnx").symlink_to(repo / "real.onnx")
     elif breakage == "weights":
         _edit_manifest(bad, weights="int4")
+    elif breakage in ("frequency", "season_input"):
+        spec = json.loads((bad / "manifest.json").read_text())["forecast"]
+        _edit_manifest(bad, forecast={**spec, **({"frequencies": ["fortnightly"]} if breakage == "frequency"
+                                                 else {"season_input": True})})
     elif breakage == "wrong_suffix":
         shutil.copy(bad / "forecast.onnx", bad / "forecast.so")
         _edit_manifest(bad, graphs={"forecast": "forecast.so"})

@@ -75,3 +75,60 @@ def test_relative_scale_floor_tames_flat_windows():
     assert torch.allclose(floored.normalise(varied)[2], base.normalise(varied)[2])  # std well above 1% of |mean|
     with pytest.raises(ValueError, match="relative_scale_floor"):
         ForecastConfig(relative_scale_floor=1.5).validate()
+
+
+def test_rows_carry_their_series_season_and_some_none():
+    real = [np.arange(300.0), np.arange(300.0) * 2]
+    synthetic = C.kernel_synth(3, 256, seed=1)
+    assert all(s.season == 1 or s.season in C.PERIODS for s in synthetic)
+    assert C.CorpusSeries("x", "y", "monthly", np.zeros(3)).season == 12
+    seasons = [12, 4] + [s.season for s in synthetic]
+    batches = C.CorpusBatches(real, [s.values for s in synthetic], 64, 8, 6, batch_size=16, steps=30, seed=0,
+                              real_share=1.0, mix_share=0.0, seasons=seasons, unknown_season=0.25)
+    rows = [(int(b["window"][i, 1, 0] - b["window"][i, 0, 0]), int(b["season"][i]))
+            for b in batches.batches(0) for i in range(16)]
+    by_step = {step: {s for st, s in rows if st == step} for step in (1, 2)}
+    assert by_step == {1: {12, 1}, 2: {4, 1}}  # each ramp with its series' season, or 1 (unknown)
+    share = sum(s == 1 for _, s in rows) / len(rows)
+    assert 0.15 < share < 0.35
+    plain = next(iter(C.CorpusBatches(real, [s.values for s in synthetic], 64, 8, 6, 4, 1).batches(0)))
+    assert "season" not in plain
+    with pytest.raises(ValueError, match="seasons has 1 entries for 5 series"):
+        C.CorpusBatches(real, [s.values for s in synthetic], 64, 8, 6, 4, 1, seasons=[1])
+
+
+@pytest.mark.parametrize("length, season", [(40, 12), (40, 7), (40, 1), (40, 40), (40, 41), (13, 12), (9, 24)])
+def test_seasonal_forecaster_starts_from_seasonal_naive(length, season):
+    model = Forecaster(ForecastConfig(window=64, min_history=8, horizon=10, hidden_size=8, num_layers=1,
+                                      quantiles=(0.1, 0.5, 0.9), seasonal=True)).eval()
+    x = torch.randn(2, length, 1)
+    features, naive = model.seasonal_inputs(x, torch.tensor([season, 1]))
+    y = x[0, :, 0].numpy()
+    m = season if season <= length else 1  # as the benchmark's seasonal naive falls back
+    np.testing.assert_allclose(naive[0, :, 0].numpy(), np.resize(y[-m:], 10), rtol=1e-6)
+    np.testing.assert_allclose(naive[1, :, 0].numpy(), np.full(10, x[1, -1, 0].item()), rtol=1e-6)
+    diff = features[0, :, 1].numpy()
+    np.testing.assert_allclose(diff[m:], y[m:] - y[:-m], rtol=1e-5, atol=1e-6)
+    assert not diff[:m].any()
+    np.testing.assert_allclose(features[:, 0, 2].numpy(), np.log([m, 1]) / np.log(512), rtol=1e-6)
+    with torch.no_grad():  # zero head: the median is seasonal naive exactly, on the input's scale
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        q = model(x, torch.tensor([season, 1]))
+    np.testing.assert_allclose(q[0, :, 0, 1].numpy(), np.resize(y[-m:], 10), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="season length"):
+        model(x)
+
+
+def test_seasonal_forecaster_exports_with_a_season_input(tmp_path):
+    import onnxruntime as ort
+
+    from tests.bundles import make_bundle
+
+    folder = make_bundle(tmp_path, "forecast", seasonal=True)
+    session = ort.InferenceSession(str(folder / "forecast.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["window", "season"]
+    window = np.sin(np.arange(20, dtype=np.float32) / 2)[None, :, None].repeat(3, axis=0)
+    out = session.run(None, {"window": window, "season": np.array([4, 4, 30], np.int64)})[0]
+    np.testing.assert_allclose(out[0], out[1])
+    assert not np.allclose(out[0], out[2])  # a season past the window is none: a different forecast
