@@ -126,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=1.5, help="measured seconds per level and round (default 1.5)")
     parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per level and round (default 0.5)")
     parser.add_argument("--history-len", type=int, help="forecast history steps (default: random lengths)")
+    parser.add_argument("--model", default="", help="model to load (default: the task's default model)")
     parser.add_argument("--max-tokens", type=int, default=64, help="generation tokens per request (default 64)")
     parser.add_argument("--beam", type=int, default=1, help="translation beam width (default 1)")
     parser.add_argument("--channels", type=int, default=1,
@@ -142,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = BenchConfig(endpoints=[args.endpoint], concurrency=[int(c) for c in args.concurrency.split(",")],
                          duration_s=args.duration, warmup_s=args.warmup, timeout_s=60.0, max_tokens=args.max_tokens,
-                         beam=args.beam, history_len=[args.history_len] if args.history_len else [],
+                         beam=args.beam, history_len=[args.history_len] if args.history_len else [], model=args.model,
                          channels=args.channels)
     try:
         config.validate()

@@ -97,6 +97,8 @@ async def measure(models: Path, duration_s: float, triton_venv: Path | None, rou
             names[manifest.task] = path.parent.parent.name
     if (models / "translate-de-en").is_dir():  # the model bench's German sentences go to
         names["translate"] = "translate-de-en"
+    if (models / "forecast-etth1").is_dir():  # issue 19's targets are measured on its graph (Triton serves it too)
+        names["forecast"] = "forecast-etth1"
     forecast_bundle = max((models / names["forecast"]).iterdir())
     lm_bundle = max((models / names["generate"]).iterdir())
     window = read_manifest(forecast_bundle).forecast.window
@@ -161,7 +163,8 @@ async def measure(models: Path, duration_s: float, triton_venv: Path | None, rou
 
         # Every system at every level, in interleaved rounds; the targets take each figure's median round.
         forecast: dict[str, list[Any]] = {"seqserve": [], "seqserve-nobatch": [], "echo": [], "torch": []}
-        forecast_steps = {name: driven(forecast, name, "forecast", FORECAST_LEVELS, history_len=[window])
+        forecast_steps = {name: driven(forecast, name, "forecast", FORECAST_LEVELS, history_len=[window],
+                                       model=names["forecast"])
                           for name in forecast}
         seqserve_step = forecast_steps["seqserve"]
 
@@ -196,7 +199,8 @@ async def measure(models: Path, duration_s: float, triton_venv: Path | None, rou
                 return step
 
             async def seqserve_64() -> float:
-                return rps((await drive(seqserve.address, "forecast", (64,), duration_s, history_len=[window]))[0])
+                return rps((await drive(seqserve.address, "forecast", (64,), duration_s, history_len=[window],
+                                        model=names["forecast"]))[0])
 
             cpu_steps = {"seqserve": cpu_step("seqserve", seqserve.proc.pid, seqserve_64)}
             if triton is not None:
@@ -235,7 +239,8 @@ async def measure(models: Path, duration_s: float, triton_venv: Path | None, rou
         # random prompts) at concurrency 64, after everything above.
         log.info("random lengths at c=64")
         before = seqserve.rss_mib()
-        run.add("seqserve (random lengths)", await drive(seqserve.address, "forecast", (64,), 2 * duration_s))
+        run.add("seqserve (random lengths)", await drive(seqserve.address, "forecast", (64,), 2 * duration_s,
+                                                         model=names["forecast"]))
         run.figures["rss_random_lengths_mib"] = (before, seqserve.rss_mib())
     finally:
         stop_sampling.set()

@@ -58,6 +58,7 @@ from bench.echo_server import (
     health_statuses,
 )
 from service.contract import Manifest
+from service.contract.frequency import season_of
 from service.v1 import forecast_pb2, forecast_pb2_grpc, generate_pb2, generate_pb2_grpc, models_pb2, models_pb2_grpc
 from training.layers import State
 from training.models import CONFIGS, Forecaster, LanguageModel, build_model
@@ -131,9 +132,11 @@ class TorchForecast:
         return values
 
     @torch.inference_mode()
-    def predict(self, window: np.ndarray) -> np.ndarray:
-        """(T, C) history -> (H, C, Q) quantiles in its scale (T cropped to the model's window)."""
-        return self.model(torch.from_numpy(window[-self.spec.window:])[None])[0].numpy()
+    def predict(self, window: np.ndarray, season: int = 1) -> np.ndarray:
+        """(T, C) history -> (H, C, Q) quantiles in its scale (T cropped to the model's window); a model
+        that takes a season gets ``season``."""
+        seasons = (torch.tensor([season]),) if self.spec.season_input else ()
+        return self.model(torch.from_numpy(window[-self.spec.window:])[None], *seasons)[0].numpy()
 
     def forecast(self, request: forecast_pb2.ForecastRequest) -> forecast_pb2.ForecastResponse:
         spec = self.spec
@@ -148,7 +151,8 @@ class TorchForecast:
             if not match:
                 raise invalid(f"quantile {q} is not one of the model's levels {spec.quantiles}")
             columns.append(match[0])
-        paths = self.predict(window)[:horizon].astype(np.float64)  # (H, C, Q)
+        season = request.season_length or (season_of(request.frequency) if request.frequency else 1)
+        paths = self.predict(window, season)[:horizon].astype(np.float64)  # (H, C, Q)
         target = spec.target_channel % spec.channels
         reply = forecast_pb2.ForecastResponse(model=self.entry.name, version=self.entry.version,
                                               forecast=paths[:, target, self.median].tolist(), target_channel=target)

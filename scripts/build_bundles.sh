@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train, export and evaluate the bundled models, one command each (fixed seeds, 2-core CPU):
-#   scripts/build_bundles.sh forecast-etth1 generate-shakespeare translate-de-en translate-zh-en
+#   scripts/build_bundles.sh forecast-etth1 forecast-global generate-shakespeare translate-de-en translate-zh-en
 # For each NAME: trains training/presets/NAME.yaml into runs/NAME (an interrupted run continues with
 # `seqserve-train train TASK --preset NAME --out runs/NAME --resume`),
 # exports runs/NAME/best.pt to models/NAME/VERSION, evaluates the bundle with onnxruntime on the test
@@ -24,7 +24,12 @@ for name in "$@"; do
   threads=(); [ -n "$THREADS" ] && threads=(--set "train.num_threads=$THREADS")
   seqserve-train train "$task" --preset "$name" --out "runs/$name" "${threads[@]}"
   rm -rf "${MODELS:?}/$name/$VERSION"
-  seqserve-train export --checkpoint "runs/$name/best.pt" --models "$MODELS" --name "$name" --version "$VERSION"
+  default=(); [ "$name" = forecast-global ] && default=(--default)  # the default forecaster (issue 17)
+  seqserve-train export --checkpoint "runs/$name/best.pt" --models "$MODELS" --name "$name" --version "$VERSION" "${default[@]}"
+  if [ "$name" = forecast-global ]; then  # trained on no one dataset: its held-out figures are the zero-shot benchmark's
+    seqserve-train zero-shot --bundle "$MODELS/$name/$VERSION" --baselines "" --write-manifest --out "runs/$name/zeroshot"
+    continue  # float32: quantize checks test-split figures, which a global model has none of
+  fi
   seqserve-train evaluate --bundle "$MODELS/$name/$VERSION" --split test --threads "$EVAL_THREADS" --write-manifest
   if [ "$task" = translate ]; then
     seqserve-train evaluate --bundle "$MODELS/$name/$VERSION" --split test --threads "$EVAL_THREADS" --beam 4 --write-manifest

@@ -108,6 +108,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_checkpoint
 
     manifest = export_checkpoint(args.checkpoint, args.models, args.name, args.version, args.description)
+    if args.default:
+        from dataclasses import replace
+
+        from service.contract import write_manifest
+
+        write_manifest(Path(args.models) / args.name / args.version, replace(manifest, default=True))
     print(f"exported {manifest.task} bundle to {Path(args.models) / args.name / args.version}")
     return 0
 
@@ -193,14 +199,21 @@ def cmd_zero_shot(args: argparse.Namespace) -> int:
     unknown = [b for b in wanted if b not in kinds]
     if unknown:
         raise SystemExit(f"--baselines {', '.join(unknown)}: not one of {', '.join(kinds)}")
+    if args.write_manifest and (args.datasets.strip() or args.max_series):
+        raise SystemExit("--write-manifest stores figures of the whole benchmark; drop --datasets and --max-series")
     forecasters: dict[str, Any] = {}
+    bundles: dict[str, str] = {}
     for bundle in args.bundle or []:
         name, run = Z.bundle_model(bundle, args.threads)
-        forecasters[name] = run
+        forecasters[name], bundles[name] = run, bundle
     forecasters.update({kinds[b]: Z.statsforecast_model(kinds[b]) for b in wanted})
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     report = Z.run_benchmark(forecasters, datasets, args.max_series)
     paths = Z.write(report, args.out)
+    if args.write_manifest:
+        from training.evaluate import write_evaluation
+
+        paths += [write_evaluation(path, Z.figures(report, name)) for name, path in bundles.items()]
     print(Z.markdown(report))
     print("wrote " + ", ".join(map(str, paths)))
     return 0
@@ -255,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", required=True, help="model name (letters, digits, . _ -)")
     e.add_argument("--version", required=True, help="version (digits)")
     e.add_argument("--description", default="", help="free text stored in the manifest")
+    e.add_argument("--default", action="store_true",
+                   help="mark the model as its task's default (answers requests that name no model)")
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser("evaluate", help="evaluate a bundle (onnxruntime) or a checkpoint (PyTorch)",
@@ -362,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--datasets", default="", help="comma-separated benchmark datasets (default: all)")
     z.add_argument("--max-series", type=int, default=0, metavar="N", help="the first N series of each dataset only")
     z.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
+    z.add_argument("--write-manifest", action="store_true",
+                   help="store each bundle's relative MASE and WQL (overall, per group) in its manifest, "
+                        "evaluation.zero_shot")
     z.add_argument("--out", required=True, metavar="DIR", help="output directory")
     z.set_defaults(func=cmd_zero_shot)
 

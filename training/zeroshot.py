@@ -176,6 +176,21 @@ def run_benchmark(forecasters: dict[str, Forecaster], datasets: Sequence[str] = 
     return report
 
 
+def figures(report: Report, model: str) -> dict:
+    """``model``'s figures for its manifest (evaluation["zero_shot"]): relative MASE and WQL overall and
+    per frequency group, with what they were measured on."""
+    groups = [g for g in GROUPS if any(d.group == g for d in report.datasets)]
+    return {
+        "split": "zero_shot", "task": "forecast", "benchmark": "seqserve-train zero-shot (Chronos Benchmark II scoring)",
+        "relative_mase": round(report.relative(model, "mase"), 4), "relative_wql": round(report.relative(model, "wql"), 4),
+        "groups": {g: {"relative_mase": round(report.relative(model, "mase", g), 4),
+                       "relative_wql": round(report.relative(model, "wql", g), 4)} for g in groups},
+        "datasets": [d.name for d in report.datasets],
+        "windows": sum(report.scores[d.name][model].windows for d in report.datasets),
+        "source": "onnxruntime",
+    }
+
+
 def markdown(report: Report) -> str:
     groups = [g for g in GROUPS if any(d.group == g for d in report.datasets)]
     head = "| model | relative MASE | relative WQL | " + " | ".join(f"{g} MASE / WQL" for g in groups) + " |"

@@ -20,7 +20,13 @@ BUNDLES = sorted(p.parent for p in MODELS.glob("*/*/manifest.json"))
 SIZE_LIMIT = 30 * 1000 * 1000  # "under 30 MB"
 # The figures `seqserve-train evaluate --write-manifest` stored that must reproduce within 1%.
 KEY_FIGURES = {"translate": ("bleu", "chrf", "bleu_lc"), "forecast": ("mse", "mae"), "generate": ("nats_per_char",),
-               "recognize": ("accuracy", "der")}
+               "recognize": ("accuracy", "der"), "zero_shot": ("relative_mase", "relative_wql")}
+
+
+def held_out(bundle: Path) -> str:
+    """The evaluation key of a bundle's held-out figures: its test split's, or for a global forecaster
+    (trained on no single dataset) the zero-shot benchmark's."""
+    return "zero_shot" if "zero_shot" in read_manifest(bundle).evaluation else "test"
 
 pytestmark = pytest.mark.skipif(not BUNDLES, reason="models/ holds no bundles")
 
@@ -33,8 +39,9 @@ def test_bundles_record_training_data_and_evaluation_and_stay_small():
         assert m.training["seconds"] > 0 and m.training["seed"] is not None, bundle
         files = m.training["data"]["files"]
         assert files and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in files.values()), bundle
-        test = m.evaluation["test"]
-        assert all(isinstance(test[k], float) and math.isfinite(test[k]) for k in KEY_FIGURES[m.task]), bundle
+        key = held_out(bundle)
+        test = m.evaluation[key]
+        assert all(isinstance(test[k], float) and math.isfinite(test[k]) for k in KEY_FIGURES[m.task if key == "test" else key]), bundle
         if m.weights == "int8":  # int8 weights only where every figure held within 1% of float32
             from training.quantize import compare_figures
 
@@ -63,6 +70,15 @@ def test_the_preset_of_the_same_name_is_how_the_bundle_was_trained(bundle):
 def test_evaluating_a_bundle_again_reproduces_its_manifest(bundle, data_dir):
     from training.evaluate import evaluate_bundle
 
+    if held_out(bundle) == "zero_shot":
+        from training import zeroshot as Z
+
+        stored = read_manifest(bundle).evaluation["zero_shot"]
+        name, run = Z.bundle_model(bundle)
+        again = Z.figures(Z.run_benchmark({name: run}), name)
+        for key in KEY_FIGURES["zero_shot"]:
+            assert again[key] == pytest.approx(stored[key], rel=0.01), key
+        return
     stored = read_manifest(bundle).evaluation["test"]
     again = evaluate_bundle(bundle, "test", data_dir)
     for key in KEY_FIGURES[again["task"]]:
@@ -102,6 +118,12 @@ def test_seqserve_serve_with_no_arguments_serves_every_bundled_model():
                 history = [math.sin(i / 24 * 2 * math.pi) for i in range(400)]
                 result = client.forecast(history, horizon=24)
                 assert len(result.forecast) == 24 and all(math.isfinite(v) for v in result.forecast)
+                seasonal = [m for m in listed.values() if m.get("forecast", {}).get("season_input")]
+                if seasonal:  # told the frequency, a global forecaster continues a daily cycle of hourly values
+                    hourly = client.forecast(history, horizon=24, frequency="h", model=seasonal[0]["name"])
+                    truth = [math.sin(i / 24 * 2 * math.pi) for i in range(400, 424)]
+                    assert hourly.season_length == 24
+                    assert sum(abs(a - b) for a, b in zip(hourly.forecast, truth)) / 24 < 0.1, hourly.forecast
             if "generate" in tasks:
                 out = client.generate("ROMEO:", max_tokens=60, seed=1, temperature=0.8)
                 assert out.completion_tokens == 60 and len(out.text) > 20

@@ -64,7 +64,7 @@ def test_a_batch_of_rows_answers_as_separate_calls(checked):
         assert (got, score) == (alone.text, pytest.approx(alone.score, abs=1e-9))
     assert seen["translate"]["unknown_source_tokens"] == [0, 0, 2]
     for k, row in enumerate((HISTORY, 2 * HISTORY + 5)):
-        alone = client.forecast(row.tolist(), horizon=24, quantiles=[0.1, 0.5, 0.9])
+        alone = client.forecast(row.tolist(), horizon=24, quantiles=[0.1, 0.5, 0.9], model="forecast-etth1")
         # rows ride the batcher: a batch of 2 sums floats in another order than a batch of 1 (the graph is float32)
         np.testing.assert_allclose(seen["forecast_FP64"]["forecast"][k], alone.forecast, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(np.array(seen["forecast_FP64"]["quantiles"][k])[:, 0], alone.quantiles[0.1],
