@@ -341,7 +341,7 @@ DOMAINS = {
               "statsmodels' datasets, ETTh1/ETTm1's training months) and 400 KernelSynth series with TSMixup mixes; each "
               "window normalised by its own mean and scale; give the series' frequency (ForecastRequest.frequency) or "
               "season_length: a seasonal model's median corrects seasonal naive's forecast for that season "
-              "(none given: season 1)",
+              "(none given: a season detected in the history)",
     "fsdd": "spoken English digits 0-9, single or strung together, from the Free Spoken Digit Dataset (FSDD), "
             "Zohar Jackson and contributors, CC BY-SA 4.0 (six male speakers, 8 kHz); other words are not recognised",
 }

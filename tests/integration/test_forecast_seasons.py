@@ -38,7 +38,7 @@ def _graph(models, history, season):
 
 
 @pytest.mark.parametrize("frequency, season_length, season", [
-    ("", 0, 1),  # a global model has no frequency of its own: season 1
+    ("", 0, 12),  # a global model has no frequency of its own: the history's period, detected
     ("M", 0, 12), ("MS", 0, 12), ("h", 0, 24), ("4h", 0, 6), ("D", 0, 1), ("Q", 0, 4), ("2h", 0, 12),
     ("D", 7, 7),  # an explicit season length wins over the frequency's
     ("", 5, 5),
@@ -51,6 +51,14 @@ async def test_the_season_reaching_the_graph_comes_from_frequency_or_season_leng
     assert reply.season_length == season
     want = _graph(module_models, HISTORY[-24:], season)
     np.testing.assert_allclose(reply.forecast, want[:, 1], rtol=1e-4, atol=1e-3)  # levels 0.1, 0.5, 0.9
+
+
+async def test_without_a_frequency_a_season_is_detected_or_none(served):
+    rng = np.random.default_rng(0)
+    for history, season in ((rng.normal(size=60), 1), (np.cumsum(rng.normal(size=60)), 1),
+                            (np.tile([3.0, 1.0, 0.0, 1.0, 5.0], 8) + rng.normal(0, 0.1, 40), 5)):
+        reply = await served.forecaster.Forecast(forecast_pb2.ForecastRequest(model="tiny-global", history=history))
+        assert reply.season_length == season
 
 
 async def test_windows_of_different_seasons_share_a_call_and_keep_their_own(served):

@@ -9,6 +9,7 @@ import pytest
 
 from service.client.csvhistory import CsvHistory
 from service.contract.frequency import FrequencyError, parse, season_of
+from service.core.tasks.forecast import detect_season
 
 
 @pytest.mark.parametrize("alias, season", [
@@ -65,3 +66,39 @@ def test_calendar_months_quarters_and_years():
     assert _history(datetime(2020, 1, 1), months(3)).frequency() == "Q"
     assert _history(datetime(2020, 1, 1), months(12)).frequency() == "Y"
     assert CsvHistory(names=["y"], rows=[[1.0], [2.0]], times=[]).frequency() == ""
+
+
+def _noisy(period_values, repeats: int, trend: float = 0.0, noise: float = 0.1, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = np.tile(np.asarray(period_values, float), repeats)
+    return y + trend * np.arange(len(y)) + rng.normal(0, noise, len(y))
+
+
+@pytest.mark.parametrize("period", [4, 5, 7, 12, 24, 52])
+def test_detect_season_finds_a_repeating_pattern_under_trend_and_noise(period):
+    import numpy as np
+
+    shape = np.sin(2 * np.pi * np.arange(period) / period) + 0.5 * np.cos(4 * np.pi * np.arange(period) / period)
+    assert detect_season(_noisy(shape, 600 // period, trend=0.05), 512) == period
+
+
+def test_detect_season_prefers_the_day_to_the_week_it_repeats_in_and_respects_the_window():
+    import numpy as np
+
+    day = np.sin(2 * np.pi * np.arange(24) / 24)
+    weekly = np.concatenate([day * (1.5 if d >= 5 else 1.0) for d in range(7)])  # weekends stronger
+    assert detect_season(_noisy(weekly, 4), 1000) == 24
+    assert detect_season(_noisy(day, 20), 1000) == 24
+    assert detect_season(_noisy(day, 20), 40) == 1  # the last 40 steps cannot hold two days
+
+
+@pytest.mark.parametrize("name", ["white noise", "random walk", "line", "constant", "short"])
+def test_detect_season_says_1_when_nothing_repeats(name):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    y = {"white noise": rng.normal(size=500), "random walk": np.cumsum(rng.normal(size=500)),
+         "line": np.arange(300.0), "constant": np.ones(300), "short": np.tile([1.0, 0.0, 2.0, 0.0], 2)}[name]
+    assert detect_season(y, 512) == 1
