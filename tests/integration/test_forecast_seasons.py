@@ -117,6 +117,9 @@ async def test_open_inference_protocol_takes_frequency_and_season_length(served)
     np.testing.assert_allclose(point, monthly.forecast, rtol=1e-5)
     err = await rpc_error(infer(season_length=99))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "season_length 99" in err.details()
+    assert bad_request_fields(err) == ["parameters.season_length"]
+    err = await rpc_error(infer(frequency="fortnightly"))
+    assert err.details().startswith("parameters.frequency: frequency 'fortnightly' is not a frequency")
 
 
 async def test_cli_sends_the_csv_time_column_frequency_to_a_seasonal_model(served, tmp_path, capsys):

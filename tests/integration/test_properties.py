@@ -45,7 +45,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.contract import TASKS
+from service.contract import TASKS, frequency
 from service.core.sentences import SentenceSplitter
 from service.core.tasks.forecast import max_abs_value
 from service.core.tokenizing import TextCodec
@@ -391,10 +391,10 @@ VERSION_TRAPS = [
 
 def model_names(task: str) -> st.SearchStrategy[str]:
     """Names that reach a model of ``task`` ("" = the default), and traps; task "": GetModel."""
-    others = ["tiny-translate", "tiny-forecast", "tiny-forecast3", "tiny-generate", "tiny-recognize"]
+    others = ["tiny-translate", "tiny-forecast", "tiny-forecast3", "tiny-global", "tiny-generate", "tiny-recognize"]
     own = {
         "translate": ["", "tiny-translate"],
-        "forecast": ["", "tiny-forecast", "tiny-forecast3"],
+        "forecast": ["", "tiny-forecast", "tiny-forecast3", "tiny-global"],
         "generate": ["", "tiny-generate"],
         "recognize": ["", "tiny-recognize"],
         "": others,
@@ -474,6 +474,11 @@ def forecast_requests(draw) -> forecast_pb2.ForecastRequest:
     req.quantiles.extend(
         draw(mostly(st.lists(levels, max_size=6), st.lists(levels, min_size=30, max_size=36), one_in=8))
     )
+    req.frequency = draw(mostly(st.sampled_from(["", "", "h", "1h", "60min", "D", "M", "MS", "Q", "W-SUN", "15min", "5min"]),
+                                st.one_of(st.sampled_from(["0h", "fortnightly", "1.5h", "-1D", "h2", " ", "W-MONDAY"]),
+                                          WILD_TEXT), one_in=6))
+    req.season_length = draw(mostly(st.sampled_from([0, 0, 0, 1, 4, 12, 24]),
+                                    st.sampled_from([-1, 25, 2**31 - 1, -(2**31)]), one_in=8))
     return req
 
 
@@ -682,6 +687,16 @@ def forecast_oracle(live: LiveServer, req: forecast_pb2.ForecastRequest) -> tupl
         not (0 < q < 1 and lo - 1e-9 <= q <= hi + 1e-9) for q in req.quantiles
     ):
         problems.add("quantiles")
+    try:
+        asked = frequency.parse(req.frequency) if req.frequency else None
+    except frequency.FrequencyError:
+        problems.add("frequency")
+        asked = None
+    trained = [frequency.parse(f) for f in spec.frequencies]
+    if asked is not None and not spec.season_input and trained and not any(asked.same_as(f) for f in trained):
+        problems.add("frequency")
+    if req.season_length and (not spec.season_input or not 1 <= req.season_length <= spec.window):
+        problems.add("season_length")
     return problems, facts
 
 
@@ -719,6 +734,14 @@ def check_forecast(live: LiveServer, req: forecast_pb2.ForecastRequest) -> None:
     for q, path in paths:
         if q == 0.5:
             np.testing.assert_allclose(path, reply.forecast, rtol=1e-12, atol=0)
+    if not spec.season_input:
+        assert reply.season_length == 0
+    elif req.season_length:
+        assert reply.season_length == req.season_length
+    elif req.frequency:
+        assert reply.season_length == min(frequency.season_of(req.frequency), spec.window)
+    else:
+        assert 1 <= reply.season_length <= spec.window
 
 
 @pytest.mark.parametrize("profile", profiles(600))
