@@ -97,6 +97,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     group.add_argument("--history-len", type=_list_of(int, "--history-len"), default=[], metavar="N[,MAX]",
                        help="forecast: history steps, or a range drawn from per request (default: random between "
                        "the model's min_history and window; equal lengths share batches)")
+    group.add_argument("--frequency", default="", metavar="ALIAS",
+                       help="forecast: the frequency each request names (the synthetic histories are hourly: h; "
+                       "default: none, so a model that takes a season detects one)")
     group.add_argument("--beam", type=int, default=1, help="translate: beam width (default 1 = greedy)")
     group.add_argument("--max-tokens", type=int, default=32, help="generate: tokens per request (default 32)")
     group.add_argument("--chunk-ms", type=float, default=DEFAULT_CHUNK_MS, metavar="MS",
@@ -143,7 +146,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         model=args.model, version=args.version, concurrency=list(concurrency), rates=list(args.rate),
         duration_s=args.duration, max_requests=args.requests, warmup_s=args.warmup,
         max_outstanding=args.max_outstanding, seed=args.seed, texts=texts, beam=args.beam,
-        max_tokens=args.max_tokens, history_len=args.history_len, timeout_s=args.timeout, channels=args.channels,
+        max_tokens=args.max_tokens, history_len=args.history_len, frequency=args.frequency, timeout_s=args.timeout,
+        channels=args.channels,
         chunk_ms=args.chunk_ms, data_dir=args.data_dir, digits=args.digits,
     )
     config.validate()

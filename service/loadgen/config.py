@@ -52,6 +52,7 @@ class BenchConfig:
     beam: int = 1
     max_tokens: int = 32
     history_len: Sequence[int] = ()  # forecast: (n,) or (low, high) steps; () = random in [min_history, window]
+    frequency: str = ""  # forecast: ForecastRequest.frequency of every request ("" = none; the histories are hourly)
     timeout_s: float = 30.0
     channels: int = 1
     chunk_ms: float = DEFAULT_CHUNK_MS  # recognize_stream: milliseconds of audio per message, sent at real-time pace

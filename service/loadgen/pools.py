@@ -49,7 +49,7 @@ def forecast_requests(config: BenchConfig, shape: ForecastShape, rng: np.random.
     out = []
     for _ in range(POOL_SIZE):
         values = synthetic_series(rng, int(rng.integers(low, high + 1)), shape.channels)
-        request = forecast_pb2.ForecastRequest(model=config.model, version=config.version)
+        request = forecast_pb2.ForecastRequest(model=config.model, version=config.version, frequency=config.frequency)
         if shape.channels == 1:
             request.history.extend(values[:, 0].tolist())
         else:
@@ -72,6 +72,8 @@ def infer_requests(config: BenchConfig, shape: ForecastShape, rng: np.random.Gen
                                                           model_version=config.version)
         infer.inputs.add(name="history", datatype="FP32", shape=list(values.shape))
         infer.raw_input_contents.append(values.tobytes())
+        if config.frequency:
+            infer.parameters["frequency"].string_param = config.frequency
         out.append(infer)
     return out
 

@@ -116,6 +116,20 @@ async def test_request_errors_are_counted_by_code(target):
 
 
 @on_module_loop
+async def test_forecasts_name_a_frequency_a_seasonal_model_takes_and_another_refuses(target):
+    def config(model: str, frequency: str) -> BenchConfig:
+        return BenchConfig(address=target.address, metrics_address=target.metrics_address, model=model,
+                           frequency=frequency, **{**QUICK, "endpoints": ["forecast", "infer"], "concurrency": [2],
+                                                   "rates": []})
+
+    for r in await benchmark(config("tiny-global", "h")):
+        assert r.ok > 0 and r.errors == {} and r.model == "tiny-global", r
+    for r in await benchmark(config("tiny-forecast", "D")):  # trained on 1h only
+        assert r.ok == 0 and r.errors == {"INVALID_ARGUMENT": r.requests}, r
+    assert bench.config_from_args(_bench_args("--frequency", "M")).frequency == "M"
+
+
+@on_module_loop
 async def test_run_entry_prints_json_and_writes_csv_and_png(target, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     texts = tmp_path / "texts.txt"

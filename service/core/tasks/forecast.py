@@ -51,12 +51,11 @@ def detect_season(values: np.ndarray, longest: int, floor: float = 0.2) -> int:
     pinball loss of 0.288, against 0.290 with each series' GluonTS season and 0.327 with season 1."""
     y = np.asarray(values, dtype=np.float64)[-longest:]
     n = len(y)
-    t = np.arange(n, dtype=np.float64)
     if n < 2 * SEASON_CANDIDATES[0] + 2:
         return 1
-    slope, intercept = np.polyfit(t, y, 1)
-    y = y - (slope * t + intercept)
-    y -= y.mean()
+    t = np.arange(n, dtype=np.float64) - (n - 1) / 2.0  # centred: the least-squares line in closed form
+    y = y - y.mean()
+    y -= t * (float(t @ y) / float(t @ t))
     var = float(y @ y)
     if not var > 0.0:
         return 1
