@@ -207,6 +207,7 @@ def export_bundle(
     channel_names: list[str] | None = None,
     frequency: str = "",
     frequencies: list[str] | None = None,
+    season_length: int = 0,
     target_channel: int = -1,
     seed: int = 0,
     extra: dict[str, Any] | None = None,
@@ -269,7 +270,8 @@ def export_bundle(
         special_tokens=specials,
         limits=dict(limits or {}),
         languages=dict(languages or {}),
-        forecast=_forecast_spec(cfg, channel_names, frequency, target_channel, frequencies) if task == "forecast" else None,
+        forecast=_forecast_spec(cfg, channel_names, frequency, target_channel, frequencies, season_length)
+        if task == "forecast" else None,
         speech=speech_spec(cfg) if task == "recognize" else None,
         training=train_info,
         evaluation=dict(evaluation or {}),
@@ -316,7 +318,7 @@ def _token_of(tokenizer: Any, text: str) -> int | None:
 
 
 def _forecast_spec(cfg: Any, channel_names: list[str] | None, frequency: str, target_channel: int,
-                   frequencies: list[str] | None = None) -> ForecastSpec:
+                   frequencies: list[str] | None = None, season_length: int = 0) -> ForecastSpec:
     names = list(channel_names or [])
     if names and len(names) != cfg.channels:
         raise ValueError(f"channel_names has {len(names)} names for {cfg.channels} channels")
@@ -325,6 +327,7 @@ def _forecast_spec(cfg: Any, channel_names: list[str] | None, frequency: str, ta
         quantiles=[float(q) for q in cfg.quantiles], target_channel=target_channel,
         channel_names=names, frequency=frequency,
         frequencies=list(frequencies or ([frequency] if frequency else [])), season_input=bool(cfg.seasonal),
+        season_length=int(season_length) if cfg.seasonal else 0,
     )
 
 
@@ -389,7 +392,8 @@ def export_checkpoint(checkpoint: str | Path, models_dir: str | Path, name: str,
     if model.task == "forecast":
         columns = list(info.get("columns", []))
         kwargs.update(channel_names=columns, frequency=info.get("freq") or FREQUENCY.get(run["data"]["dataset"], ""),
-                      target_channel=columns.index("OT") if "OT" in columns else -1, frequencies=info.get("frequencies"))
+                      target_channel=columns.index("OT") if "OT" in columns else -1, frequencies=info.get("frequencies"),
+                      season_length=int(info.get("season_length", 0)))
     dataset = run["data"]["dataset"]
     description = description or f"{model.task} {model.config.cell} trained on {dataset}" + (
         f": {DOMAINS[dataset]}" if dataset in DOMAINS else "")

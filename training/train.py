@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -124,12 +125,17 @@ def prepare_data(run: RunConfig, data_dir=None, rank: int = 0, world_size: int =
         train_ds = D.WindowDataset(series.train, window, horizon, cfg.stride)
         val_ds = D.WindowDataset(series.val, window, horizon)
         info.update(scaler=asdict(series.scaler), columns=series.columns, lead=series.lead, train_windows=len(train_ds))
+        # a seasonal model (model.seasonal) is given the data's season with every window
+        season = max(1, D.season_length(cfg, series.freq)) if run.model.get("seasonal") else 0
+        if season:
+            info["season_length"] = season
         return TaskData(
             train=D.LoaderBatches(
-                train_ds, tc.batch_size, D.CropWindows(min_history, cfg.crop_prob, tc.seed),
+                train_ds, tc.batch_size, D.CropWindows(min_history, cfg.crop_prob, tc.seed, season),
                 seed=tc.seed, rank=rank, world_size=world_size,
             ),
-            val=D.EvalBatches(val_ds, tc.batch_size, D.collate_windows, rank, world_size),
+            val=D.EvalBatches(val_ds, tc.batch_size, functools.partial(D.collate_windows, season=season), rank,
+                              world_size),
             tokenizers={},
             model_fields={"channels": len(series.columns)},
             info=info,

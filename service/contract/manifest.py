@@ -96,6 +96,7 @@ class ForecastSpec:
     frequency: str = ""  # e.g. "1h": the series' frequency the model was trained on (its default when a request names none)
     frequencies: list[str] = field(default_factory=list)  # every frequency it was trained for (a global model's several)
     season_input: bool = False  # forecast.onnx also takes ``season`` (B,) int64: each row's season length in steps
+    season_length: int = 0  # the season a request naming neither frequency nor season gets (0: its frequency's)
 
     def __post_init__(self) -> None:
         if not self.frequencies and self.frequency:  # bundles written before `frequencies` existed
@@ -124,6 +125,8 @@ class ForecastSpec:
             raise BundleError(f"forecast.quantiles {q!r} must be distinct, ascending, within (0, 1)")
         if not any(math.isclose(x, 0.5) for x in q):
             raise BundleError(f"forecast.quantiles {q!r} must contain 0.5 (the point forecast)")
+        if not isinstance(self.season_length, int) or self.season_length < 0:
+            raise BundleError(f"forecast.season_length must be a non-negative integer, got {self.season_length!r}")
         from .frequency import FrequencyError, parse
 
         try:

@@ -151,6 +151,7 @@ def model_info(info: types.ModelInfo) -> models_pb2.ModelInfo:
                 frequency=str(spec.get("frequency", "")),
                 frequencies=[str(f) for f in spec.get("frequencies", [])],
                 season_input=bool(spec.get("season_input", False)),
+                season_length=int(spec.get("season_length", 0)),
             )
         )
     loaded = _timestamp(info.loaded_at)

@@ -37,7 +37,7 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
 
 class ForecastSpec(_message.Message):
-    __slots__ = ("window", "min_history", "horizon", "channels", "quantiles", "target_channel", "channel_names", "frequency", "frequencies", "season_input")
+    __slots__ = ("window", "min_history", "horizon", "channels", "quantiles", "target_channel", "channel_names", "frequency", "frequencies", "season_input", "season_length")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     MIN_HISTORY_FIELD_NUMBER: _ClassVar[int]
     HORIZON_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class ForecastSpec(_message.Message):
     FREQUENCY_FIELD_NUMBER: _ClassVar[int]
     FREQUENCIES_FIELD_NUMBER: _ClassVar[int]
     SEASON_INPUT_FIELD_NUMBER: _ClassVar[int]
+    SEASON_LENGTH_FIELD_NUMBER: _ClassVar[int]
     window: int
     min_history: int
     horizon: int
@@ -58,7 +59,8 @@ class ForecastSpec(_message.Message):
     frequency: str
     frequencies: _containers.RepeatedScalarFieldContainer[str]
     season_input: bool
-    def __init__(self, window: _Optional[int] = ..., min_history: _Optional[int] = ..., horizon: _Optional[int] = ..., channels: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., target_channel: _Optional[int] = ..., channel_names: _Optional[_Iterable[str]] = ..., frequency: _Optional[str] = ..., frequencies: _Optional[_Iterable[str]] = ..., season_input: _Optional[bool] = ...) -> None: ...
+    season_length: int
+    def __init__(self, window: _Optional[int] = ..., min_history: _Optional[int] = ..., horizon: _Optional[int] = ..., channels: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., target_channel: _Optional[int] = ..., channel_names: _Optional[_Iterable[str]] = ..., frequency: _Optional[str] = ..., frequencies: _Optional[_Iterable[str]] = ..., season_input: _Optional[bool] = ..., season_length: _Optional[int] = ...) -> None: ...
 
 class SpeechSpec(_message.Message):
     __slots__ = ("sample_rate", "labels", "frame_seconds", "streaming", "n_fft", "hop", "n_mels", "word_separator")

@@ -65,6 +65,26 @@ async def test_a_forecast_build_is_hot_loaded_and_the_next_build_is_the_next_ver
         assert entries(models / "sales") == ["1", "2"]
 
 
+async def test_a_seasonal_forecast_build_is_served_with_the_season_it_was_trained_with(tmp_path, capsys):
+    models = tmp_path / "models"
+    models.mkdir()
+    data = monthly_long(tmp_path / "sales.csv", series=2, rows=72)
+    rc, out, err = await build(capsys, "--task", "forecast", "--data", str(data), "--name", "sales",
+                               "--models", str(models), "--out", str(tmp_path / "run"), "--set", "model.seasonal=true",
+                               "--set", "data.season_length=6", *QUICK)
+    assert rc == 0, err
+    spec = json.loads((models / "sales" / "1" / "manifest.json").read_text())["forecast"]
+    assert (spec["season_input"], spec["season_length"], spec["frequency"], spec["frequencies"]) == (True, 6, "MS", ["MS"])
+    async with serving(models) as s:
+        history = list(np.linspace(0, 1, 40))
+        plain = await s.forecaster.Forecast(forecast_pb2.ForecastRequest(model="sales", history=history))
+        assert plain.season_length == 6  # what it was trained with, not the frequency's 12
+        monthly = await s.forecaster.Forecast(forecast_pb2.ForecastRequest(model="sales", history=history, frequency="M"))
+        assert monthly.season_length == 12
+        info = (await s.models.GetModel(models_pb2.GetModelRequest(name="sales"))).model
+        assert info.forecast.season_input and info.forecast.season_length == 6
+
+
 async def test_bad_data_is_refused_before_training_and_leaves_nothing(tmp_path, capsys):
     models = tmp_path / "models"
     bad = edited(monthly_long(tmp_path / "good.csv"), tmp_path / "bad.csv", 9, "s0,2000-08-01,n/a")

@@ -176,9 +176,13 @@ class WindowDataset(Dataset):
         return {"window": x[s : s + self.seq_len], "target": x[s + self.seq_len : s + self.seq_len + self.horizon]}
 
 
-def collate_windows(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Stack windows: window (B, T, C) float32, target (B, H, C) float32."""
-    return {k: torch.stack([it[k] for it in items]) for k in ("window", "target")}
+def collate_windows(items: list[dict[str, Tensor]], season: int = 0) -> dict[str, Tensor]:
+    """Stack windows: window (B, T, C) float32, target (B, H, C) float32; with ``season`` > 0 also
+    season (B,) int64 (a seasonal model's input: every window of one dataset shares its season)."""
+    batch = {k: torch.stack([it[k] for it in items]) for k in ("window", "target")}
+    if season:
+        batch["season"] = torch.full((len(items),), season, dtype=torch.int64)
+    return batch
 
 
 class CropWindows:
@@ -186,15 +190,15 @@ class CropWindows:
     window of the batch, L uniform in [min_len, T]: the model learns to forecast from any history
     the service accepts (min_history .. window), not only from full windows. Seeded per epoch."""
 
-    def __init__(self, min_len: int, prob: float, seed: int = 0) -> None:
-        self.min_len, self.prob, self.seed = min_len, prob, seed
+    def __init__(self, min_len: int, prob: float, seed: int = 0, season: int = 0) -> None:
+        self.min_len, self.prob, self.seed, self.season = min_len, prob, seed, season
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self._gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
 
     def __call__(self, items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        batch = collate_windows(items)
+        batch = collate_windows(items, self.season)
         steps = batch["window"].shape[1]
         if self.prob > 0 and steps > self.min_len and torch.rand((), generator=self._gen) < self.prob:
             keep = int(torch.randint(self.min_len, steps + 1, (), generator=self._gen))

@@ -236,6 +236,8 @@ class ForecastModel:
             return 0
         if asked is not None:
             return min(asked.season, spec.window)
+        if spec.season_length:  # the season the model was trained with (a user's data.season_length)
+            return min(spec.season_length, spec.window)
         if self._own is not None:
             return min(self._own.season, spec.window)
         return detect_season(history[:, spec.target_index], spec.window)
