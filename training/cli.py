@@ -205,6 +205,8 @@ def cmd_zero_shot(args: argparse.Namespace) -> int:
     bundles: dict[str, str] = {}
     for bundle in args.bundle or []:
         name, run = Z.bundle_model(bundle, args.threads)
+        if name in forecasters:  # two bundles that call themselves the same: tell them apart by folder
+            name = f"{name} ({bundle})"
         forecasters[name], bundles[name] = run, bundle
     forecasters.update({kinds[b]: Z.statsforecast_model(kinds[b]) for b in wanted})
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
