@@ -207,11 +207,18 @@ def _speech_data(run: RunConfig, data_dir, rank: int, info: dict[str, Any]) -> T
         teacher = _speech_teacher(run.model["distill_from"], spec, run.model, info)
     if cfg.dataset == "fsdd":  # the README's hash of the whole recordings folder, checked by load_fsdd
         info["files"] = {S.FSDD_DIR: S.FSDD_TREE_SHA256}
+    extra = []
+    if cfg.tts_share > 0:
+        from training.data import tts
+
+        extra = tts.tts_recordings(cfg.tts_takes, cfg.seed)
+        info["tts"] = {"share": cfg.tts_share, "recordings": len(extra), "voices": len({r.speaker for r in extra}),
+                       "tools": tts.tools(), "recipe": tts.RECIPE}
     return TaskData(
         train=S.SpeechBatches(train, features, tc.batch_size, cfg.steps_per_epoch,
                               mix=dataclasses.replace(S.TRAIN_MIX, tail_ms=tail_ms, single_share=cfg.single_share),
                               seed=tc.seed, rank=rank,
-                              teacher=teacher),
+                              teacher=teacher, extra=extra, extra_share=cfg.tts_share),
         val=S.FixedSpeechBatches(val_items, features, tc.batch_size),
         tokenizers={},
         model_fields={"features": spec.to_dict(), "num_labels": len(S.LABELS), "feature_mean": mean, "feature_std": std},

@@ -62,6 +62,8 @@ class DataConfig:
     single_share: float = 0.3  # share of training utterances that are one recording (the rest: digit strings)
     steps_per_epoch: int = 100  # recognize / corpus: batches are built fresh: how many make an epoch
     val_utterances: int = 300  # val: the val split's single recordings plus this many digit strings
+    tts_share: float = 0.0  # fsdd: share of training digits spoken by synthetic voices (training.data.tts); 0 = none
+    tts_takes: int = 3  # takes of each digit per synthetic voice
     # files: a user's own data (training.data.user; seqserve-train build)
     paths: list[str] = field(default_factory=list)  # forecast: tables; translate: 2 text files or 1 table; generate: text files; recognize: folder + CSV
     layout: str = "auto"  # forecast tables: auto | long (id, time, value columns) | wide (time column + one per series)
@@ -103,7 +105,9 @@ class DataConfig:
                              "(0, 1) and leave a training part")
         if self.season_length < 0:
             raise ValueError(f"data.season_length must be >= 0, got {self.season_length!r}")
-        for key in ("concat_pairs", "concat_comma", "single_share"):
+        if self.tts_takes < 1:
+            raise ValueError(f"data.tts_takes must be >= 1, got {self.tts_takes!r}")
+        for key in ("concat_pairs", "concat_comma", "single_share", "tts_share"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"data.{key} must be within [0, 1], got {getattr(self, key)!r}")
         return self

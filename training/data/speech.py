@@ -173,11 +173,16 @@ def _speed(audio: np.ndarray, factor: float) -> np.ndarray:
     return np.interp(np.linspace(0, len(audio) - 1, n), np.arange(len(audio)), audio).astype(np.float32)
 
 
-def make_utterance(pool: Sequence[Recording], rng: np.random.Generator, mix: Mix) -> tuple[np.ndarray, list[int]]:
-    """One utterance from ``pool``: (audio float32 (N,), digits)."""
+def make_utterance(pool: Sequence[Recording], rng: np.random.Generator, mix: Mix, extra: Sequence[Recording] = (),
+                   extra_share: float = 0.0) -> tuple[np.ndarray, list[int]]:
+    """One utterance from ``pool``: (audio float32 (N,), digits). With ``extra`` (synthetic voices), each
+    digit comes from it with probability ``extra_share``."""
     single = rng.random() < mix.single_share
     n = 1 if single else int(rng.integers(mix.min_digits, mix.max_digits + 1))
     picks = [pool[i] for i in rng.integers(0, len(pool), n)]
+    if len(extra) and extra_share > 0:  # drawn only then: without them the draws stay as they were
+        other = rng.integers(0, len(extra), n)
+        picks = [extra[j] if u < extra_share else p for p, j, u in zip(picks, other, rng.random(n))]
     rate = FSDD_RATE / 1000.0
     pieces = [np.zeros(int(rng.uniform(*mix.edge_ms) * rate), np.float32)]
     for k, rec in enumerate(picks):
@@ -252,8 +257,10 @@ class SpeechBatches:
     stateful = False
 
     def __init__(self, pool: Sequence[Recording], features, batch_size: int, steps: int, mix: Mix = TRAIN_MIX,
-                 seed: int = 0, rank: int = 0, teacher=None) -> None:
+                 seed: int = 0, rank: int = 0, teacher=None, extra: Sequence[Recording] = (),
+                 extra_share: float = 0.0) -> None:
         self.pool, self.features, self.batch_size, self.steps, self.mix = list(pool), features, batch_size, steps, mix
+        self.extra, self.extra_share = list(extra), extra_share  # synthetic voices (training.data.tts)
         self.seed, self.rank = seed, rank
         self.teacher = teacher  # batch -> (B, T, V) target log-probs (distillation), or None
 
@@ -263,8 +270,8 @@ class SpeechBatches:
     def batches(self, epoch: int = 0) -> Iterator[dict[str, Tensor]]:
         for step in range(self.steps):
             rng = np.random.default_rng([self.seed, epoch, step, self.rank])
-            batch = collate_audio([make_utterance(self.pool, rng, self.mix) for _ in range(self.batch_size)],
-                                  self.features)
+            batch = collate_audio([make_utterance(self.pool, rng, self.mix, self.extra, self.extra_share)
+                                   for _ in range(self.batch_size)], self.features)
             if self.teacher is not None:
                 batch["teacher"] = self.teacher(batch)
             yield batch
