@@ -230,6 +230,12 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
                    help=f"with --stream: milliseconds of audio per message (default {DEFAULT_CHUNK_MS:g})")
     p.add_argument("--realtime", action="store_true",
                    help="with --stream: send each chunk once its time has passed, as a microphone would")
+    p.add_argument("--single-utterance", action="store_true",
+                   help="with --stream: the server ends the stream once the speaker stops (a silence after speech) "
+                        "and transcribes the audio until then; the rest of the file is not sent")
+    p.add_argument("--end-silence-ms", type=int, default=0, metavar="MS",
+                   help="with --single-utterance: the silence that ends the utterance, 100..10000 ms (default: the "
+                        "server's end_silence_ms, 800)")
     p.add_argument("--alternatives", type=int, default=None, metavar="N",
                    help="also list up to N transcripts, most probable first, with their confidences (at most the "
                         "server's max_alternatives, 10 by default)")

@@ -404,10 +404,16 @@ class SeqserveClient:
         word_time_offsets: bool = False,
         model: str = "",
         version: str = "",
+        single_utterance: bool = False,
+        end_silence_ms: int = 0,
         timeout: float | None = _UNSET,  # type: ignore[assignment]
     ) -> Iterator[RecognizeUpdate]:
         """Transcribe audio as it arrives: yield interim results (with ``interim_results``) while
-        ``chunks`` are sent, then the final result once ``chunks`` is exhausted.
+        ``chunks`` are sent, then the final result once ``chunks`` is exhausted. With
+        ``single_utterance``, the server ends the stream itself once the speaker stops
+        (``end_silence_ms`` of silence after speech; 0 = the server's, 800 ms by default): an update
+        whose ``speech_event`` is "END_OF_SINGLE_UTTERANCE", then the final result of the audio until
+        then; the rest of ``chunks`` is not sent.
 
         ``chunks`` yields LINEAR16 audio (signed 16-bit little-endian mono samples at
         ``sample_rate_hertz``), each an even number of bytes and at most the server's
@@ -421,6 +427,8 @@ class SeqserveClient:
             config=self._recognition_config("LINEAR16", sample_rate_hertz, max_alternatives, word_time_offsets, model,
                                             version),
             interim_results=interim_results,
+            single_utterance=single_utterance,
+            end_silence_ms=end_silence_ms,
         )
         started = threading.Event()  # set once ``call`` exists: the sender may need to cancel it
         failure: list[BaseException] = []
@@ -442,6 +450,10 @@ class SeqserveClient:
         started.set()
         try:
             for r in call:
+                if r.speech_event_type:
+                    yield RecognizeUpdate(r.model, r.version, False, [], 0.0, 0.0, _seconds(r.total_billed_time),
+                                          recognize_pb2.StreamingRecognizeResponse.SpeechEventType.Name(
+                                              r.speech_event_type))
                 for x in r.results:
                     yield RecognizeUpdate(r.model, r.version, x.is_final, _alternatives(x.alternatives), x.stability,
                                           _seconds(x.result_end_time), _seconds(r.total_billed_time))

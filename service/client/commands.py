@@ -318,8 +318,10 @@ def write_recognition(alternatives, args, out: TextIO) -> None:
 def run_recognize(client, args, out: TextIO) -> int:
     from service.client.client import ClientError
 
-    if not args.stream and (args.realtime or args.chunk_ms is not None):
-        raise ValueError("--chunk-ms and --realtime apply to --stream only")
+    if not args.stream and (args.realtime or args.chunk_ms is not None or args.single_utterance):
+        raise ValueError("--chunk-ms, --realtime and --single-utterance apply to --stream only")
+    if args.end_silence_ms and not args.single_utterance:
+        raise ValueError("--end-silence-ms applies to --single-utterance only")
     data = read_audio(args.file, sys.stdin.buffer)
     params = dict(model=args.model, version=args.version, max_alternatives=args.alternatives or 1,
                   word_time_offsets=args.words)
@@ -335,14 +337,18 @@ def run_recognize(client, args, out: TextIO) -> int:
 
     pcm, rate = wav_to_linear16(data, "standard input" if args.file == "-" else args.file)
     chunks = pcm_chunks(pcm, rate, args.chunk_ms or DEFAULT_CHUNK_MS, args.realtime)
-    interim, final = InterimLine(sys.stderr), None
+    interim, final, utterance_ended = InterimLine(sys.stderr), None, False
     try:
-        for update in client.recognize_stream(chunks, sample_rate_hertz=rate, interim_results=True, **params):
+        for update in client.recognize_stream(chunks, sample_rate_hertz=rate, interim_results=True,
+                                              single_utterance=args.single_utterance,
+                                              end_silence_ms=args.end_silence_ms, **params):
+            if update.speech_event:
+                utterance_ended = True
             if args.json:
                 out.write(json.dumps({**dataclasses.asdict(update), "transcript": update.transcript}, sort_keys=True,
                                      ensure_ascii=False) + "\n")
                 out.flush()
-            elif not update.is_final:
+            elif not update.is_final and not update.speech_event:
                 interim.show(update)
             if update.is_final:
                 final = update
@@ -359,7 +365,10 @@ def run_recognize(client, args, out: TextIO) -> int:
         raise ClientError("UNKNOWN", "the stream ended without a final result")
     if not args.json:
         write_recognition(final.alternatives, args, out)
-        print(f"[{final.model} v{final.version}, {final.total_billed_time:.2f} s of audio, streamed]", file=sys.stderr)
+        out.flush()
+        ended = f", the utterance ended at {final.result_end_time:.2f} s" if utterance_ended else ""
+        print(f"[{final.model} v{final.version}, {final.total_billed_time:.2f} s of audio, streamed{ended}]",
+              file=sys.stderr)
     return 0
 
 

@@ -138,6 +138,9 @@ class RecognizeUpdate:
     stability: float  # interim: how likely the transcript is to stay as it is, 0..1; 0 when final
     result_end_time: float  # seconds of audio recognised so far
     total_billed_time: float  # seconds of audio the server has received so far
+    # "END_OF_SINGLE_UTTERANCE" (single_utterance): the speaker stopped, the final result follows; then
+    # alternatives is empty. "" for results.
+    speech_event: str = ""
 
     @property
     def transcript(self) -> str:

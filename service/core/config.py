@@ -15,6 +15,7 @@ from service.inference.seq2seq import DEFAULT_LENGTH_PENALTY
 ENV_PREFIX = "SEQSERVE_"
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")  # auto = uvloop where it is installed
+END_SILENCE_MS = (100, 10_000)  # StreamingRecognize end_silence_ms: the range a server or a request may set
 
 
 def default_models_dir() -> Path:
@@ -133,6 +134,10 @@ class ServeConfig:
     stream_step_ms: float = _opt(
         20.0, "StreamingRecognize: the shortest time between two rounds of a model's shared step loop; 0 = a "
         "round whenever audio arrives")
+    # StreamingRecognize single_utterance: the silence after speech that ends an utterance, when the
+    # request names none (end_silence_ms). Digit strings pause up to ~400 ms between digits.
+    end_silence_ms: int = _opt(800, "StreamingRecognize single_utterance: ms of silence after speech that end "
+                               "the utterance when a request gives no end_silence_ms (100..10000)")
     max_message_bytes: int = _opt(4 * 1024 * 1024, "gRPC send/receive message size")
     length_penalty: float = _opt(DEFAULT_LENGTH_PENALTY, "GNMT alpha for beam search: score / ((5 + len) / 6) ** alpha")
     # Transport security (PEM files; all empty = plaintext). A client CA turns on mutual TLS:
@@ -167,6 +172,8 @@ class ServeConfig:
                      "inline_idle_graph_ms", "stream_step_ms"):
             if not getattr(self, name) >= 0:  # also rejects NaN
                 raise ValueError(f"{name} {getattr(self, name)!r} must be 0 or more")
+        if not END_SILENCE_MS[0] <= self.end_silence_ms <= END_SILENCE_MS[1]:
+            raise ValueError(f"end_silence_ms {self.end_silence_ms!r} must be within {END_SILENCE_MS[0]}..{END_SILENCE_MS[1]}")
         for name in ("max_audio_seconds", "max_stream_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} {getattr(self, name)!r} must be more than 0")

@@ -280,16 +280,18 @@ class Engine:
         return streaming[0]
 
     @asynccontextmanager
-    async def recognize_stream(self, config: RecognitionConfig, interim: bool,
-                               deadline: float | None = None) -> AsyncIterator[tuple[str, str, Any]]:
+    async def recognize_stream(self, config: RecognitionConfig, interim: bool, deadline: float | None = None,
+                               single_utterance: bool = False,
+                               end_silence_ms: int = 0) -> AsyncIterator[tuple[str, str, Any]]:
         """Open a recognition stream: yields (model, version, AudioStream) while it lives; the stream
-        leaves the step loop when the block exits. Raises NotFound, Unavailable, FailedPrecondition
-        (a model that cannot stream), InvalidArgument, ResourceExhausted."""
+        leaves the step loop when the block exits. ``single_utterance``: it ends itself once the speaker
+        stops (``end_silence_ms`` of silence after speech; 0 = the server's). Raises NotFound,
+        Unavailable, FailedPrecondition (a model that cannot stream), InvalidArgument, ResourceExhausted."""
         with self._admit(deadline):
             name = config.model or self._streaming_default()
             entry = self._resolve("recognize", name, config.version)
             with entry.lease() as model:
-                stream = model.open_stream(config, interim, deadline)
+                stream = model.open_stream(config, interim, deadline, single_utterance, end_silence_ms)
                 model.streams.add(stream)
                 try:
                     yield entry.name, entry.version, stream

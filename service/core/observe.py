@@ -66,7 +66,8 @@ class Sink:
 
     def speech_latency(self, model: str, version: str, kind: str, seconds: float) -> None:
         """kind "interim": from a chunk's arrival to the interim result that covers it; "final": from
-        the end of a stream's audio (half-close) to its final result."""
+        the end of a stream's audio (half-close) to its final result; "endpoint" (single_utterance): from
+        the arrival of the chunk that completed the end-of-utterance silence to the final result."""
 
     def model_loaded(self, model: str, version: str, task: str, cell: str, seconds: float) -> None:
         """``model``/``version`` (a ``task`` model with ``cell`` cells) is serving; loading took ``seconds``."""

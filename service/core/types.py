@@ -179,6 +179,14 @@ class SpeechResult:
 
 
 @dataclass
+class SpeechEvent:
+    """Something a stream noticed in the audio (not a result)."""
+
+    kind: str  # "END_OF_SINGLE_UTTERANCE": the speaker stopped (single_utterance)
+    end_time: float  # seconds of audio recognised when it happened
+
+
+@dataclass
 class RecognizeResult:
     model: str
     version: str

@@ -145,7 +145,7 @@ class Metrics(Sink):
       audio_seconds         seqserve_audio_seconds_total (speech recognised); model, version, mode
       speech_compute        seqserve_speech_compute_seconds_total (graph time for it); model, version, mode
       real_time_factor      seqserve_real_time_factor (histogram, offline requests: compute / audio); model, version
-      speech_result_latency seqserve_speech_result_latency_seconds; model, version, kind (interim | final)
+      speech_result_latency seqserve_speech_result_latency_seconds; model, version, kind (interim | final | endpoint)
       load_seconds          seqserve_model_load_duration_seconds; model, version
       load_failures         seqserve_model_load_failures_total; model, version, reason
       model_info            seqserve_model_info (gauge, 1 per loaded version); model, version, task, cell
@@ -245,7 +245,8 @@ class Metrics(Sink):
         self.speech_result_latency = hist(
             "seqserve_speech_result_latency_seconds",
             "kind interim: from an audio chunk's arrival to the interim result that covers it; kind final: "
-            "from a stream's half-close to its final result.", ("model", "version", "kind"))
+            "from a stream's half-close to its final result; kind endpoint (single_utterance): from the arrival of "
+            "the chunk that completed the end-of-utterance silence to the final result.", ("model", "version", "kind"))
 
         self.load_seconds = hist(
             "seqserve_model_load_duration_seconds",

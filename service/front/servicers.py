@@ -370,11 +370,18 @@ class RecognizerServicer(recognize_pb2_grpc.RecognizerServicer):
         config = recognition_config(sc.config, "streaming_config.config")
         label_request(model=config.model, version=config.version, for_model=True)
         deadline = deadline_of(context)
-        async with self.engine.recognize_stream(config, sc.interim_results, deadline) as (name, version, stream):
+        async with self.engine.recognize_stream(config, sc.interim_results, deadline, sc.single_utterance,
+                                                sc.end_silence_ms) as (name, version, stream):
             tasks = [asyncio.create_task(_read_audio(messages, stream)),
                      asyncio.create_task(_stop_early(self.engine, stream, deadline_margin(deadline)))]
             try:
                 async for result in stream.updates():
+                    if isinstance(result, types.SpeechEvent):  # the speaker stopped (single_utterance)
+                        await context.write(recognize_pb2.StreamingRecognizeResponse(
+                            model=name, version=str(version), total_billed_time=duration(stream.received_seconds),
+                            speech_event_type=recognize_pb2.StreamingRecognizeResponse.SpeechEventType.Value(
+                                result.kind)))
+                        continue
                     await context.write(recognize_pb2.StreamingRecognizeResponse(
                         model=name, version=str(version), total_billed_time=duration(stream.received_seconds),
                         results=[recognize_pb2.StreamingRecognitionResult(

@@ -85,12 +85,16 @@ class RecognizeResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., results: _Optional[_Iterable[_Union[SpeechRecognitionResult, _Mapping]]] = ..., total_billed_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class StreamingRecognitionConfig(_message.Message):
-    __slots__ = ("config", "interim_results")
+    __slots__ = ("config", "interim_results", "single_utterance", "end_silence_ms")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     INTERIM_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SINGLE_UTTERANCE_FIELD_NUMBER: _ClassVar[int]
+    END_SILENCE_MS_FIELD_NUMBER: _ClassVar[int]
     config: RecognitionConfig
     interim_results: bool
-    def __init__(self, config: _Optional[_Union[RecognitionConfig, _Mapping]] = ..., interim_results: _Optional[bool] = ...) -> None: ...
+    single_utterance: bool
+    end_silence_ms: int
+    def __init__(self, config: _Optional[_Union[RecognitionConfig, _Mapping]] = ..., interim_results: _Optional[bool] = ..., single_utterance: _Optional[bool] = ..., end_silence_ms: _Optional[int] = ...) -> None: ...
 
 class StreamingRecognizeRequest(_message.Message):
     __slots__ = ("streaming_config", "audio_content")
@@ -113,13 +117,21 @@ class StreamingRecognitionResult(_message.Message):
     def __init__(self, alternatives: _Optional[_Iterable[_Union[SpeechRecognitionAlternative, _Mapping]]] = ..., is_final: _Optional[bool] = ..., stability: _Optional[float] = ..., result_end_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class StreamingRecognizeResponse(_message.Message):
-    __slots__ = ("model", "version", "results", "total_billed_time")
+    __slots__ = ("model", "version", "results", "total_billed_time", "speech_event_type")
+    class SpeechEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        SPEECH_EVENT_UNSPECIFIED: _ClassVar[StreamingRecognizeResponse.SpeechEventType]
+        END_OF_SINGLE_UTTERANCE: _ClassVar[StreamingRecognizeResponse.SpeechEventType]
+    SPEECH_EVENT_UNSPECIFIED: StreamingRecognizeResponse.SpeechEventType
+    END_OF_SINGLE_UTTERANCE: StreamingRecognizeResponse.SpeechEventType
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BILLED_TIME_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     results: _containers.RepeatedCompositeFieldContainer[StreamingRecognitionResult]
     total_billed_time: _duration_pb2.Duration
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., results: _Optional[_Iterable[_Union[StreamingRecognitionResult, _Mapping]]] = ..., total_billed_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    speech_event_type: StreamingRecognizeResponse.SpeechEventType
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., results: _Optional[_Iterable[_Union[StreamingRecognitionResult, _Mapping]]] = ..., total_billed_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., speech_event_type: _Optional[_Union[StreamingRecognizeResponse.SpeechEventType, str]] = ...) -> None: ...

@@ -64,7 +64,10 @@ class RecognizerServicer:
     def StreamingRecognize(self, request_iterator, context):
         """Recognises audio as it arrives. The first message carries `streaming_config` and no audio; every
         later one carries `audio_content` and no config. Interim results (when asked for) follow the
-        audio; the final result comes once the client half-closes the request stream. A deadline, a
+        audio; the final result comes once the client half-closes the request stream, or, with
+        `single_utterance`, once the speaker stops: a response with speech_event_type
+        END_OF_SINGLE_UTTERANCE, then the final result, then the call ends (audio sent after the end of
+        the utterance is not recognised). A deadline, a
         cancelled call or a server drain ends the stream: on a deadline or a drain the final result of
         what was heard comes first, then the status.
         Errors: INVALID_ARGUMENT (config missing or out of place, odd byte counts, a chunk or the stream

@@ -174,8 +174,10 @@ class Mix:
         chunk = 2 * int(rate * self.rng.choice([0.05, 0.1, 0.2]))
         config = recognize_pb2.RecognitionConfig(encoding=recognize_pb2.RecognitionConfig.LINEAR16, sample_rate_hertz=rate,
                                                  model=self.names["recognize"], max_alternatives=int(self.rng.integers(0, 3)))
+        single = bool(self.rng.random() < 0.3)  # some end themselves when the "speaker" pauses
         first = recognize_pb2.StreamingRecognizeRequest(streaming_config=recognize_pb2.StreamingRecognitionConfig(
-            config=config, interim_results=bool(self.rng.random() < 0.5)))
+            config=config, interim_results=bool(self.rng.random() < 0.5), single_utterance=single,
+            end_silence_ms=int(self.rng.choice([0, 100, 300])) if single else 0))
         return [first, *(recognize_pb2.StreamingRecognizeRequest(audio_content=data[i : i + chunk])
                          for i in range(0, len(data), chunk))]
 
@@ -251,9 +253,12 @@ async def _recognized(call: Awaitable[Any]) -> bool:
 
 
 async def _speech_stream(call: Any) -> bool:
-    """Complete: exactly one final result, the last response."""
-    finals = [r.results[0].is_final async for r in call]
-    return finals.count(True) == 1 and finals[-1]  # (an empty stream: count 0)
+    """Complete: exactly one final result, the last response (after at most one END_OF_SINGLE_UTTERANCE)."""
+    responses = [r async for r in call]
+    events = [i for i, r in enumerate(responses) if r.speech_event_type]
+    finals = [r.results[0].is_final for r in responses if not r.speech_event_type]
+    return (finals.count(True) == 1 and finals[-1]  # (an empty stream: count 0)
+            and events in ([], [len(responses) - 2]))
 
 
 async def timed(rpc: str, send: Callable[[float | None], Awaitable[bool]], timeout_s: float | None = None) -> Call:

@@ -992,6 +992,7 @@ RATES = [8000, 16000, 22050, 44100, 48000]
 RATE_TRAPS = [0, 7999, 48001, -1, 4000, 96000, *INT32]
 ENCODING_TRAPS = [3, 9, -1, *INT32]  # numbers no RecognitionConfig.AudioEncoding has
 ALTERNATIVES_TRAPS = [-1, 11, 12, 1000, *INT32]  # beyond the server's max_alternatives (10)
+END_SILENCE_TRAPS = [-1, 1, 99, 10001, *INT32]  # outside 100..10000 ms
 
 
 @dataclass(frozen=True)
@@ -1213,7 +1214,9 @@ def stream_requests(draw) -> list[recognize_pb2.StreamingRecognizeRequest]:
     data = linear16(synth(draw(st.sampled_from(SIGNALS)), sum(max(s, 0) for s in sizes) // 2 + 1,
                           rate if 8000 <= rate <= 48000 else 8000, draw(st.integers(0, 2**16))))
     first = message(streaming_config=recognize_pb2.StreamingRecognitionConfig(
-        config=config, interim_results=draw(st.booleans())))
+        config=config, interim_results=draw(st.booleans()), single_utterance=draw(st.sampled_from([False, False, True])),
+        end_silence_ms=draw(mostly(st.just(0), st.one_of(st.sampled_from([100, 300, 800, 10000]),
+                                                          st.sampled_from(END_SILENCE_TRAPS)), one_in=4))))
     messages, pos = [], 0
     for size in sizes:
         if size == CONFIG_MESSAGE:
@@ -1265,6 +1268,10 @@ def stream_oracle(live: LiveServer, messages: list[recognize_pb2.StreamingRecogn
         plan.problems.add(f"{where}.encoding")
     elif not 8000 <= cfg.sample_rate_hertz <= 48000:
         plan.problems.add(f"{where}.sample_rate_hertz")
+    else:
+        sc = messages[0].streaming_config
+        if sc.end_silence_ms and not (sc.single_utterance and 100 <= sc.end_silence_ms <= 10000):
+            plan.problems.add("streaming_config.end_silence_ms")
     if plan.problems:
         return plan
     audio = bytearray()
@@ -1315,6 +1322,12 @@ def check_stream(live: LiveServer, messages: list[recognize_pb2.StreamingRecogni
         return
     facts, cfg = plan.facts, messages[0].streaming_config.config
     spec = facts.speech
+    # single_utterance: the speaker may stop (END_OF_SINGLE_UTTERANCE) just before the final result
+    events = [i for i, r in enumerate(responses) if r.speech_event_type]
+    if events:
+        assert messages[0].streaming_config.single_utterance and events == [len(responses) - 2], responses
+        assert not responses[events[0]].results
+        responses = [r for r in responses if not r.speech_event_type]
     assert responses, "a stream without a result"
     assert [r.results[0].is_final for r in responses] == [False] * (len(responses) - 1) + [True]
     if not interim:
@@ -1331,8 +1344,12 @@ def check_stream(live: LiveServer, messages: list[recognize_pb2.StreamingRecogni
         assert 0.0 <= r.results[0].stability <= 1.0
     final = responses[-1].results[0]
     assert final.stability == 0.0
-    assert billed[-1] == round(plan.seconds * 1e9), (billed[-1], plan.seconds)
     check_alternatives(spec, final.alternatives, cfg.max_alternatives, cfg.enable_word_time_offsets, ends[-1])
+    if events:  # the stream ended before its audio did: the final result covers what was heard until then
+        assert billed[-1] <= round(plan.seconds * 1e9) and ends[-1] <= billed[-1], (billed[-1], ends[-1], plan.seconds)
+        assert final.alternatives[0].transcript, "an utterance ended without a word"
+        return
+    assert billed[-1] == round(plan.seconds * 1e9), (billed[-1], plan.seconds)
     n, rate = len(plan.audio) // 2, cfg.sample_rate_hertz
     if resampled_length(n, rate, spec.sample_rate) < frame_samples(spec):
         # Not one frame heard (no audio at all, or less than a frame): an empty transcript, sure of itself.

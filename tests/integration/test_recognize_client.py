@@ -171,8 +171,16 @@ async def test_cli_errors_name_the_problem(served, capsys, tmp_path):
         rc, _, err = await run_cli(capsys, "recognize", mono, "--alternatives", "11", *extra, "--address",
                                    served.address)
         assert (rc, err) == (cli.EXIT_RPC_ERROR, "error: INVALID_ARGUMENT: --alternatives 11 is outside 0..10\n")
-    rc, _, err = await run_cli(capsys, "recognize", mono, "--realtime", "--address", served.address)
-    assert (rc, err) == (cli.EXIT_USAGE, "error: INVALID_ARGUMENT: --chunk-ms and --realtime apply to --stream only\n")
+    for flags in (["--realtime"], ["--single-utterance"]):
+        rc, _, err = await run_cli(capsys, "recognize", mono, *flags, "--address", served.address)
+        assert (rc, err) == (cli.EXIT_USAGE, "error: INVALID_ARGUMENT: --chunk-ms, --realtime and --single-utterance "
+                                             "apply to --stream only\n")
+    rc, _, err = await run_cli(capsys, "recognize", mono, "--stream", "--end-silence-ms", "500", "--address",
+                               served.address)
+    assert (rc, err) == (cli.EXIT_USAGE, "error: INVALID_ARGUMENT: --end-silence-ms applies to --single-utterance only\n")
+    rc, _, err = await run_cli(capsys, "recognize", mono, "--stream", "--single-utterance", "--end-silence-ms", "50",
+                               "--address", served.address)
+    assert rc == cli.EXIT_RPC_ERROR and "streaming_config.end_silence_ms 50 is outside 100..10000" in err
 
 
 async def test_recognize_help_describes_every_flag(capsys):
@@ -180,7 +188,8 @@ async def test_recognize_help_describes_every_flag(capsys):
         cli.main(["recognize", "--help"])
     text = capsys.readouterr().out
     assert exit_info.value.code == 0 and "seqserve recognize" in text
-    for flag in ("FILE", "--stream", "--chunk-ms", "--realtime", "--alternatives", "--words", "--json", "--model",
+    for flag in ("FILE", "--stream", "--chunk-ms", "--realtime", "--single-utterance", "--end-silence-ms",
+                 "--alternatives", "--words", "--json", "--model",
                  "--version", "--address", "--timeout", "--tls", "--token-file"):
         assert flag in text
 

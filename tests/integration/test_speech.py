@@ -54,9 +54,9 @@ def config(**kw) -> recognize_pb2.RecognitionConfig:
     return recognize_pb2.RecognitionConfig(**{"encoding": LINEAR16, "sample_rate_hertz": RATE, **kw})
 
 
-def first(config_msg: recognize_pb2.RecognitionConfig, interim: bool = True) -> recognize_pb2.StreamingRecognizeRequest:
+def first(config_msg: recognize_pb2.RecognitionConfig, interim: bool = True, **kw) -> recognize_pb2.StreamingRecognizeRequest:
     return recognize_pb2.StreamingRecognizeRequest(
-        streaming_config=recognize_pb2.StreamingRecognitionConfig(config=config_msg, interim_results=interim))
+        streaming_config=recognize_pb2.StreamingRecognitionConfig(config=config_msg, interim_results=interim, **kw))
 
 
 def chunks(data: bytes, sizes: list[int]) -> list[recognize_pb2.StreamingRecognizeRequest]:
@@ -200,6 +200,13 @@ async def test_bad_streams_are_invalid_argument_naming_the_field(served):
         ([first(config(max_alternatives=11))], "streaming_config.config.max_alternatives 11 is outside 0..10",
          "streaming_config.config.max_alternatives"),
         ([], "the stream ended before its first message", "streaming_config"),
+        ([first(config(), single_utterance=True, end_silence_ms=99)],
+         "streaming_config.end_silence_ms 99 is outside 100..10000 (0: the server's end_silence_ms)",
+         "streaming_config.end_silence_ms"),
+        ([first(config(), single_utterance=True, end_silence_ms=-5)], "streaming_config.end_silence_ms -5 is outside",
+         "streaming_config.end_silence_ms"),
+        ([first(config(), end_silence_ms=500)],
+         "streaming_config.end_silence_ms 500 needs streaming_config.single_utterance", "streaming_config.end_silence_ms"),
     ]
     for requests, message, field in cases:
         err = await _stream_error(stub, requests)

@@ -17,6 +17,7 @@ from service.inference.speech import blank_first_frame, pad_batch, with_tail
 
 from .. import audio as A
 from ..batching import DynamicBatcher
+from ..config import END_SILENCE_MS
 from ..errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from ..observe import label_request
 from ..repository import Bundle
@@ -139,9 +140,12 @@ class RecognizeModel:
 
     # ---- streaming
 
-    def open_stream(self, config: RecognitionConfig, interim: bool, deadline: float | None) -> "AudioStream":
+    def open_stream(self, config: RecognitionConfig, interim: bool, deadline: float | None,
+                    single_utterance: bool = False, end_silence_ms: int = 0) -> "AudioStream":
         """A stream of LINEAR16 chunks at config.sample_rate_hertz; raises FailedPrecondition when the
-        model cannot stream, InvalidArgument for a bad config, ResourceExhausted when streams are full."""
+        model cannot stream, InvalidArgument for a bad config, ResourceExhausted when streams are full.
+        ``single_utterance``: the stream ends itself after ``end_silence_ms`` (0: the server's) of silence
+        that follows speech."""
         if self.streams is None:
             raise FailedPrecondition(f"model {self.name!r} is bidirectional and cannot stream; use a model whose "
                                      "ModelInfo.speech.streaming is true", field="streaming_config.config.model")
@@ -154,12 +158,24 @@ class RecognizeModel:
         if not A.MIN_RATE <= rate <= A.MAX_RATE:
             raise InvalidArgument(f"{where}.sample_rate_hertz {rate} is outside {A.MIN_RATE}..{A.MAX_RATE}",
                                   field=f"{where}.sample_rate_hertz")
+        end_silence = None
+        if end_silence_ms and not single_utterance:
+            raise InvalidArgument(f"streaming_config.end_silence_ms {end_silence_ms} needs "
+                                  "streaming_config.single_utterance (without it the stream ends when the client "
+                                  "half-closes)", field="streaming_config.end_silence_ms")
+        if single_utterance:
+            low, high = END_SILENCE_MS
+            ms = end_silence_ms or self._config.end_silence_ms
+            if not low <= ms <= high:
+                raise InvalidArgument(f"streaming_config.end_silence_ms {end_silence_ms} is outside {low}..{high} "
+                                      "(0: the server's end_silence_ms)", field="streaming_config.end_silence_ms")
+            end_silence = ms / 1000.0
         open_ = self._ctx.speech_streams
         if open_.open >= open_.capacity:
             label_request(reason="streams_full")
             raise ResourceExhausted(f"{open_.open} of {open_.capacity} recognition streams are open "
                                     "(max_speech_streams); retry later")
-        return AudioStream(self, config, interim, deadline)
+        return AudioStream(self, config, interim, deadline, end_silence)
 
 
 

@@ -26,13 +26,17 @@ from .. import audio as A
 from ..errors import Internal, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
 from ..observe import GraphMeter, label_request
 from ..runtime import GraphRuntime
-from ..types import RecognitionConfig, SpeechAlternative, SpeechResult, Word
+from ..types import RecognitionConfig, SpeechAlternative, SpeechEvent, SpeechResult, Word
 
 log = logging.getLogger(__name__)
 
 BEAM = 8  # prefix beam width: alternatives and confidences come from it
 MAX_STEP_FRAMES = 16  # a stream's frames per step call at most (a stream that fell behind catches up in parts)
 STABILITY_FRAMES = 10  # an interim result's stability looks at its last frames
+# single_utterance: a frame is silent when it is within SILENCE_ABOVE_FLOOR_DB of the quietest frame of
+# the stream so far and at least SILENCE_BELOW_PEAK_DB below its loudest
+SILENCE_ABOVE_FLOOR_DB = 10.0
+SILENCE_BELOW_PEAK_DB = 20.0
 
 
 def _clip01(x: float) -> float:
@@ -117,14 +121,63 @@ class BestPath:
                             stability=_clip01(stability))
 
 
+class Endpointer:
+    """single_utterance: finds where the speaker stopped. Each model frame's audio level (dB) is
+    judged against the stream's quietest and loudest frames so far; the utterance ends once a word
+    has been recognised and ``end_silence`` seconds of silent frames, with no word among them, follow."""
+
+    def __init__(self, frame_samples: int, frame_seconds: float, end_silence: float, blank: int) -> None:
+        self.frame_samples, self.blank = frame_samples, blank
+        self.frames_needed = max(1, int(np.ceil(end_silence / frame_seconds - 1e-9)))
+        self._rest = np.zeros(0, np.float32)  # samples short of a whole frame
+        self.levels: list[float] = []  # dB of each whole frame of audio received
+        self._floor, self._peak = np.inf, -np.inf
+        self._run = 0  # silent frames in a row
+        self._heard = False  # a word was recognised
+        self.checked = 0  # frames judged so far
+        self.end_frame: int | None = None  # frames recognised when the utterance ended
+
+    def push(self, samples: np.ndarray) -> None:
+        """The stream's next samples at the model's rate."""
+        x = np.concatenate([self._rest, samples]) if len(self._rest) else samples
+        whole = len(x) // self.frame_samples * self.frame_samples
+        if whole:
+            frames = x[:whole].astype(np.float64).reshape(-1, self.frame_samples)
+            self.levels.extend((10.0 * np.log10(np.mean(frames ** 2, axis=1) + 1e-10)).tolist())
+        self._rest = x[whole:].copy()
+
+    def check(self, log_probs: np.ndarray) -> bool:
+        """Judge the next frames (their CTC log-probs, (k, V)); True once the utterance has ended."""
+        best = log_probs.argmax(axis=1).tolist()
+        for label in best:
+            t = self.checked
+            self.checked += 1
+            if self.end_frame is not None:
+                continue
+            level = self.levels[t] if t < len(self.levels) else -100.0  # past the audio: silence
+            self._floor, self._peak = min(self._floor, level), max(self._peak, level)
+            silent = level <= self._floor + SILENCE_ABOVE_FLOOR_DB and level <= self._peak - SILENCE_BELOW_PEAK_DB
+            if label != self.blank:
+                self._heard, self._run = True, 0
+            elif silent:
+                self._run += 1
+            else:
+                self._run = 0
+            if self._heard and self._run >= self.frames_needed:
+                self.end_frame = self.checked
+        return self.end_frame is not None
+
+
 class AudioStream:
     """One StreamingRecognize call's state: resampler, framer, recurrent state and posteriorgram.
 
     ``push`` adds a chunk (the step loop picks its whole frames up); ``updates`` yields interim
     results as frames are recognised (the newest only, when the reader is slower) and the final
-    result after ``finish``."""
+    result after ``finish`` -- or, with ``end_silence`` (single_utterance), a SpeechEvent and the final
+    result once the speaker stops."""
 
-    def __init__(self, model: Any, config: RecognitionConfig, interim: bool, deadline: float | None) -> None:
+    def __init__(self, model: Any, config: RecognitionConfig, interim: bool, deadline: float | None,
+                 end_silence: float | None = None) -> None:
         self.model, self.config, self.interim, self.deadline = model, config, interim, deadline
         spec = model.spec
         self._rate = config.sample_rate_hertz
@@ -146,15 +199,23 @@ class AudioStream:
         self._sent_frames = 0
         self.in_flight = 0  # frames taken by a step call whose output has not come back yet
         self.serial = 0
+        self.endpointer = (Endpointer(spec.frame_samples, spec.frame_seconds, end_silence, spec.blank)
+                           if end_silence is not None else None)
+        self._endpoint_arrival = 0.0  # perf_counter of the chunk that completed the end silence
+
+    @property
+    def endpointed(self) -> bool:
+        """single_utterance: the speaker stopped; no more audio is recognised."""
+        return self.endpointer is not None and self.endpointer.end_frame is not None
 
     @property
     def frames_ready(self) -> int:
-        return self.framer.ready
+        return 0 if self.endpointed else self.framer.ready
 
     @property
     def caught_up(self) -> bool:
         """Every whole frame received has been recognised (none waiting, none in a running call)."""
-        return self.framer.ready == 0 and self.in_flight == 0
+        return self.frames_ready == 0 and self.in_flight == 0
 
     def take(self, frames: int) -> np.ndarray:
         """The step graph's input for the next ``frames`` frames; they count as in flight until ``advance``."""
@@ -178,12 +239,14 @@ class AudioStream:
                                   f"{cfg.max_stream_seconds:g} s "
                                   "(max_stream_seconds)", field=field)
         self.received_seconds = seconds
-        if not len(samples):
+        if not len(samples) or self.endpointed:  # after the end of the utterance: received, not recognised
             return
         before = self.framer.frames + self.frames_ready
         resampled = self._resampler.push(samples)
         self._samples += len(resampled)
         self.framer.push(resampled)
+        if self.endpointer is not None:
+            self.endpointer.push(resampled)
         after = self.framer.frames + self.frames_ready
         if after > before:
             self._pending_times.append((after, time.perf_counter()))
@@ -191,7 +254,7 @@ class AudioStream:
 
     def finish(self) -> None:
         """The client half-closed: flush the resampler; the final result follows the last frames."""
-        if self._ended:
+        if self._ended or self.endpointed:
             return
         rest = self._resampler.flush()
         self._samples += len(rest)
@@ -221,6 +284,10 @@ class AudioStream:
         self.in_flight -= len(log_probs)
         if not self.posteriors.frames:
             log_probs = blank_first_frame(log_probs, self.model.spec.blank)
+        if self.endpointer is not None and not self.endpointed and self.endpointer.check(log_probs):
+            end = self.endpointer.end_frame
+            self._endpoint_arrival = next((at for need, at in self._pending_times if need >= end), time.perf_counter())
+            log_probs = log_probs[: end - self.posteriors.frames]  # the utterance ends here
         self.posteriors.add(log_probs)
         if self.interim:
             self.best.extend(log_probs)
@@ -244,8 +311,9 @@ class AudioStream:
         spec = self.model.spec
         return min(self.posteriors.frames, self._samples // spec.frame_samples) * spec.frame_seconds
 
-    async def updates(self) -> AsyncIterator[SpeechResult]:
-        """Interim results (when asked for) as frames arrive, then the final result once the input ended."""
+    async def updates(self) -> AsyncIterator[SpeechResult | SpeechEvent]:
+        """Interim results (when asked for) as frames arrive, then the final result once the input ended
+        (single_utterance: or once the speaker stopped, after a SpeechEvent saying so)."""
         spec, sink = self.model.spec, self.model._ctx.sink
         while True:
             await self._changed.wait()
@@ -257,9 +325,16 @@ class AudioStream:
                 raise self._stop
             if self.posteriors.frames > self._sent_frames:
                 self._interim_latency(sink)
-                if self.interim and not (self._ended and self.caught_up):
+                if self.interim and not ((self._ended or self.endpointed) and self.caught_up):
                     self._sent_frames = self.posteriors.frames
                     yield self.best.result(spec, self.result_end())
+            if self.endpointed and self.caught_up:
+                yield SpeechEvent("END_OF_SINGLE_UTTERANCE", round(self.result_end(), 3))
+                result = self.final_result()
+                sink.speech_latency(self.model.name, self.model.version, "endpoint",
+                                    time.perf_counter() - self._endpoint_arrival)
+                yield result
+                return
             if self._ended and self.caught_up:
                 result = self.final_result()
                 sink.speech_latency(self.model.name, self.model.version, "final", time.perf_counter() - self._ended_at)

@@ -56,6 +56,9 @@ def test_bad_env_value_names_the_variable():
         _parse([], {"SEQSERVE_EVENT_LOOP": "tokio"})
     with pytest.raises(ValueError, match=r"inline_idle_graph_ms -1.0 must be 0 or more"):
         _parse(["--inline-idle-graph-ms", "-1"], {})
+    with pytest.raises(ValueError, match=r"end_silence_ms 50 must be within 100..10000"):
+        _parse(["--end-silence-ms", "50"], {})
+    assert _parse([], {"SEQSERVE_END_SILENCE_MS": "1500"}).end_silence_ms == 1500
 
 
 def test_event_loop_factory_picks_uvloop_unless_asked_for_asyncio(monkeypatch):

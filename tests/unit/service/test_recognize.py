@@ -106,3 +106,50 @@ def test_frame_zero_never_carries_a_word():
     assert masked[0].argmax() == 0 and np.array_equal(masked[1:], lp[1:].astype(np.float32))
     assert ctc.greedy(masked, 0).labels == ctc.greedy(lp[1:], 0).labels
     assert len(blank_first_frame(lp[:0], 0)) == 0
+
+
+def _labelled(labels: list[int]) -> np.ndarray:
+    """Log-probs (T, 11) whose best label at frame t is labels[t]."""
+    lp = np.full((len(labels), 11), -20.0, np.float32)
+    lp[np.arange(len(labels)), labels] = -0.01
+    return lp
+
+
+def _end_frame(audio: np.ndarray, labels: list[int], end_silence: float, sample_cuts=(), frame_cuts=()) -> int | None:
+    from service.core.tasks.speech_streams import Endpointer
+
+    ep = Endpointer(SPEC.frame_samples, SPEC.frame_seconds, end_silence, blank=0)
+    for a, b in zip([0, *sample_cuts], [*sample_cuts, len(audio)]):
+        ep.push(audio[a:b])
+    lp = _labelled(labels)
+    for a, b in zip([0, *frame_cuts], [*frame_cuts, len(labels)]):
+        if ep.check(lp[a:b]):
+            assert ep.end_frame <= b
+    return ep.end_frame
+
+
+def test_the_utterance_ends_after_the_silence_that_follows_a_word():
+    fs, frame_s = SPEC.frame_samples, SPEC.frame_seconds  # 160 samples, 20 ms
+    rng = np.random.default_rng(0)
+    noise = lambda frames: (0.001 * rng.standard_normal(frames * fs)).astype(np.float32)  # noqa: E731
+    tone = lambda frames: (0.3 * np.sin(np.arange(frames * fs) * 0.3)).astype(np.float32)  # noqa: E731
+    # 10 frames of noise, 30 of speech (a word at frame 20), 60 of noise
+    audio = np.concatenate([noise(10), tone(30), noise(60)])
+    labels = [0] * 100
+    labels[20] = 5
+    needed = round(0.4 / frame_s)  # 20 frames
+    assert _end_frame(audio, labels, 0.4) == 40 + needed  # the silence counts from the end of the speech
+    # the same whatever the chunks of samples and of frames
+    for cuts in ([7, 161, 3000], list(range(100, len(audio), 333))):
+        assert _end_frame(audio, labels, 0.4, sample_cuts=cuts, frame_cuts=[1, 2, 41, 59, 60]) == 40 + needed
+    assert _end_frame(audio, labels, 1.3) is None  # 60 frames of silence: not enough for 1.3 s
+    # no word, no end: silence around speech the model did not recognise
+    assert _end_frame(audio, [0] * 100, 0.4) is None
+    # a word recognised inside the silence (a model names a word a little after it) restarts the count
+    late = list(labels)
+    late[45] = 7
+    assert _end_frame(audio, late, 0.4) == 46 + needed
+    # steady noise as loud as the speech is never silence; nor is a pause that is not 20 dB below the speech
+    assert _end_frame(np.concatenate([tone(40), 0.5 * tone(60)]), labels, 0.4) is None
+    # frames past the audio (the tail appended at half-close) are silent
+    assert _end_frame(np.concatenate([noise(10), tone(30)]), labels + [0] * 30, 0.4) == 40 + needed
