@@ -64,6 +64,7 @@ class RecognizeModel:
             "max_chunk_bytes": cfg.max_chunk_bytes,
             "max_stream_seconds": int(cfg.max_stream_seconds),
             "max_speech_streams": cfg.max_speech_streams,
+            "end_silence_ms": cfg.end_silence_ms,  # single_utterance's default
         }
 
     def start(self) -> None:
