@@ -235,7 +235,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
                         "and transcribes the audio until then; the rest of the file is not sent")
     p.add_argument("--end-silence-ms", type=int, default=0, metavar="MS",
                    help="with --single-utterance: the silence that ends the utterance, 100..10000 ms (default: the "
-                        "server's end_silence_ms, 800)")
+                        "server's end_silence_ms, 1000)")
     p.add_argument("--alternatives", type=int, default=None, metavar="N",
                    help="also list up to N transcripts, most probable first, with their confidences (at most the "
                         "server's max_alternatives, 10 by default)")

@@ -411,7 +411,7 @@ class SeqserveClient:
         """Transcribe audio as it arrives: yield interim results (with ``interim_results``) while
         ``chunks`` are sent, then the final result once ``chunks`` is exhausted. With
         ``single_utterance``, the server ends the stream itself once the speaker stops
-        (``end_silence_ms`` of silence after speech; 0 = the server's, 800 ms by default): an update
+        (``end_silence_ms`` of silence after speech; 0 = the server's, 1000 ms by default): an update
         whose ``speech_event`` is "END_OF_SINGLE_UTTERANCE", then the final result of the audio until
         then; the rest of ``chunks`` is not sent.
 

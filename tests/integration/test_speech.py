@@ -94,7 +94,7 @@ async def test_health_and_model_info_describe_the_speech_models(served):
     bi = (await served.models.GetModel(models_pb2.GetModelRequest(name="tiny-speech-bi"))).model
     assert bi.bidirectional and not bi.speech.streaming
     assert info.limits["max_audio_seconds"] == 5 and info.limits["max_speech_streams"] == MAX_SPEECH_STREAMS
-    assert info.limits["end_silence_ms"] == 800
+    assert info.limits["end_silence_ms"] == 1000
 
 
 async def test_batched_requests_equal_single_ones(served):
