@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import wave
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,12 +58,14 @@ def voices() -> list[tuple[str, str]]:
                                                   for v in ESPEAK_VARIANTS]
 
 
-def _command(engine: str, voice: str, word: str, rng: np.random.Generator) -> list[str]:
-    if engine == "flite":  # pitch around the voice's own, duration stretched 0.8-1.3x
+def _command(engine: str, voice: str, word: str, rng: np.random.Generator, out: str) -> list[str]:
+    """The synthesiser's command line writing ``word`` as a WAV file to ``out``."""
+    if engine == "flite":  # mean pitch 80-200 Hz, duration stretched 0.8-1.3x
         return ["flite", "-voice", voice, "--setf", f"int_f0_target_mean={rng.uniform(80, 200):.0f}",
-                "--setf", f"duration_stretch={rng.uniform(0.8, 1.3):.2f}", "-t", word, "-o", "/dev/stdout"]
+                "--setf", f"duration_stretch={rng.uniform(0.8, 1.3):.2f}", "-t", word, "-o", out]
+    # pitch 20-80 (of 0-99), 120-200 words per minute
     return ["espeak-ng", "-v", voice, "-p", str(int(rng.integers(20, 81))), "-s", str(int(rng.integers(120, 201))),
-            "--stdout", word]
+            "-w", out, word]
 
 
 def _decode(wav: bytes) -> np.ndarray:
@@ -83,17 +86,11 @@ def _decode(wav: bytes) -> np.ndarray:
 def _render(job: tuple[str, str, int, int, int]) -> tuple[int, str, int, np.ndarray]:
     engine, voice, digit, take, seed = job
     rng = np.random.default_rng([seed, digit, take, int(hashlib.sha256(voice.encode()).hexdigest()[:8], 16)])
-    cmd = _command(engine, voice, WORDS[digit], rng)
-    # flite writes the WAV to a pipe with sizes it cannot seek back to fill in: read via a temp file instead
-    if engine == "flite":
-        import tempfile
-
-        with tempfile.NamedTemporaryFile(suffix=".wav") as f:
-            cmd[-1] = f.name
-            subprocess.run(cmd, check=True, capture_output=True)
-            wav = Path(f.name).read_bytes()
-    else:
-        wav = subprocess.run(cmd, check=True, capture_output=True).stdout
+    # a file, not a pipe: a WAV written to a pipe cannot have its sizes filled in afterwards
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "take.wav")
+        subprocess.run(_command(engine, voice, WORDS[digit], rng, out), check=True, capture_output=True)
+        wav = Path(out).read_bytes()
     return digit, f"tts:{engine}:{voice}", take, _decode(wav)
 
 
