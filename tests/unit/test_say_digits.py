@@ -29,4 +29,10 @@ def test_a_digit_string_becomes_one_wav_file(data_dir, tmp_path):
             assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, rate)
             assert abs(w.getnframes() - samples * rate // 8000) <= 1
     bad = subprocess.run([sys.executable, str(SCRIPT), "4x7", "--data-dir", str(data_dir)], capture_output=True, text=True)
-    assert bad.returncode == 2 and "must be digits 0-9 only" in bad.stderr
+    assert bad.returncode == 2 and "must be digits 0-9 (and spaces) only" in bad.stderr
+    paused = tmp_path / "c.wav"  # a space: --pause-ms more silence
+    run = subprocess.run([sys.executable, str(SCRIPT), "40 7", "--out", str(paused), "--pause-ms", "1000",
+                          "--data-dir", str(data_dir)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    with wave.open(str(paused)) as w:
+        assert w.getnframes() == samples + 8000
