@@ -182,8 +182,7 @@ class SpeechResult:
 class SpeechEvent:
     """Something a stream noticed in the audio (not a result)."""
 
-    kind: str  # "END_OF_SINGLE_UTTERANCE": the speaker stopped (single_utterance)
-    end_time: float  # seconds of audio recognised when it happened
+    kind: str  # "END_OF_SINGLE_UTTERANCE": the speaker stopped (single_utterance); the final result follows
 
 
 @dataclass

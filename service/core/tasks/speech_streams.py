@@ -148,12 +148,11 @@ class Endpointer:
 
     def check(self, log_probs: np.ndarray) -> bool:
         """Judge the next frames (their CTC log-probs, (k, V)); True once the utterance has ended."""
-        best = log_probs.argmax(axis=1).tolist()
-        for label in best:
+        for label in log_probs.argmax(axis=1).tolist():
+            if self.end_frame is not None:
+                break  # the frames after the end are not judged
             t = self.checked
             self.checked += 1
-            if self.end_frame is not None:
-                continue
             level = self.levels[t] if t < len(self.levels) else -100.0  # past the audio: silence
             self._floor, self._peak = min(self._floor, level), max(self._peak, level)
             silent = level <= self._floor + SILENCE_ABOVE_FLOOR_DB and level <= self._peak - SILENCE_BELOW_PEAK_DB
@@ -329,7 +328,7 @@ class AudioStream:
                     self._sent_frames = self.posteriors.frames
                     yield self.best.result(spec, self.result_end())
             if self.endpointed and self.caught_up:
-                yield SpeechEvent("END_OF_SINGLE_UTTERANCE", round(self.result_end(), 3))
+                yield SpeechEvent("END_OF_SINGLE_UTTERANCE")
                 result = self.final_result()
                 sink.speech_latency(self.model.name, self.model.version, "endpoint",
                                     time.perf_counter() - self._endpoint_arrival)
