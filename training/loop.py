@@ -64,6 +64,8 @@ class TrainConfig:
     out_dir: str = "runs/run"  # checkpoints, metrics and the loss plot go here (rank 0 writes)
     num_threads: int = 0  # torch.set_num_threads per process; 0 = leave torch's default
     progress: bool = True  # tqdm bar on rank 0 when stderr is a terminal
+    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and saved in their
+    # place (0 = off; 0.999 averages over ~1,000 steps, with a shorter warm-up average early in the run)
 
     def validate(self) -> "TrainConfig":
         positive = ("max_epochs", "batch_size", "bptt_len", "log_every")
@@ -79,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"train.clip_norm {self.clip_norm!r} and weight_decay {self.weight_decay!r} must be >= 0")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"train.schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"train.ema must be in [0, 1), got {self.ema!r}")
         if not 0.0 <= self.teacher_forcing <= 1.0 or not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(
                 f"train.teacher_forcing {self.teacher_forcing!r} and min_lr_ratio {self.min_lr_ratio!r} must be in [0, 1]"
@@ -223,6 +227,41 @@ def _set_rng_state(s: dict[str, Any]) -> None:
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
 
 
+class WeightAverage:
+    """An exponential moving average of a model's floating-point weights (Polyak averaging, as TensorFlow's
+    ExponentialMovingAverage with num_updates): after step t the decay is min(decay, (1 + t) / (10 + t)),
+    so early weights fade fast. ``swapped()`` puts the average in the model for validation and saving."""
+
+    def __init__(self, model: nn.Module, decay: float, state: dict[str, Tensor] | None = None) -> None:
+        self.model, self.decay = model, decay
+        source = state if state is not None else model.state_dict()
+        self.shadow = {k: v.detach().clone() for k, v in source.items()}
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        for k, v in self.model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1.0 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def swapped(self):
+        """Context manager: the model holds the average inside, its own weights again after."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm():
+            raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(self.shadow)
+            try:
+                yield raw
+            finally:
+                self.model.load_state_dict(raw)
+
+        return cm()
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -296,6 +335,7 @@ def fit(
     history: list[dict[str, Any]] = []
     carry: Any = None
     seconds_before = 0.0
+    averaged: dict[str, Tensor] | None = None  # a resumed run's weight average
     if resume and (out_dir / LAST).is_file():
         ckpt = load_checkpoint(out_dir / LAST)
         changed = sorted(
@@ -305,7 +345,9 @@ def fit(
         if changed:
             log.warning("resuming with changed train settings %s: the run will not match an uninterrupted one",
                         ", ".join(f"{k} {ckpt['train_config'].get(k)!r} -> {getattr(config, k)!r}" for k in changed))
-        model.load_state_dict(ckpt["model_state"])
+        # with train.ema, model_state is the average and raw_model_state the weights being trained
+        model.load_state_dict(ckpt.get("raw_model_state", ckpt["model_state"]))
+        averaged = ckpt["model_state"] if "raw_model_state" in ckpt else None
         optimizer.load_state_dict(ckpt["optimizer_state"])
         step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         best_val, best_step, bad_evals = ckpt["best_val"], ckpt["best_step"], ckpt["bad_evals"]
@@ -322,11 +364,14 @@ def fit(
         if rank == 0:
             write_metrics(out_dir, [])  # a fresh run does not append to an old run's log
 
+    average = WeightAverage(model, config.ema, averaged) if config.ema else None
+
     runner: nn.Module = module
     if world_size > 1:
         runner = nn.parallel.DistributedDataParallel(module)
 
-    def checkpoint(is_best: bool) -> None:
+    def checkpoint(is_best: bool, raw: dict[str, Tensor] | None = None) -> None:
+        """Save last.pt (and best.pt); with an average, model_state is the average and raw its own weights."""
         if rank != 0:
             return
         ckpt = {
@@ -335,6 +380,7 @@ def fit(
             **(meta or {}),
             "train_config": asdict(config),
             "model_state": model.state_dict(),
+            **({"raw_model_state": raw, "ema": config.ema} if raw is not None else {}),
             "optimizer_state": optimizer.state_dict(),
             "rng": _rng_state(),
             "step": step,
@@ -353,7 +399,13 @@ def fit(
             save_checkpoint(ckpt, out_dir / BEST)
 
     def validate() -> bool:
-        """Validate, checkpoint; True when early stopping says stop."""
+        """Validate (the weight average, with train.ema), checkpoint; True when early stopping says stop."""
+        if average is not None:
+            with average.swapped() as raw:
+                return _validate(raw)
+        return _validate(None)
+
+    def _validate(raw: dict[str, Tensor] | None) -> bool:
         nonlocal best_val, best_step, bad_evals
         val = _reduced_val(module, val_data, config.max_eval_batches)
         improved = val < best_val - config.min_delta
@@ -366,7 +418,7 @@ def fit(
         if rank == 0:
             with open(out_dir / METRICS_JSONL, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
-        checkpoint(improved)
+        checkpoint(improved, raw)
         return bool(config.patience) and bad_evals >= config.patience
 
     from tqdm import tqdm
@@ -404,6 +456,8 @@ def fit(
                 pre = post = grad_norm(model.parameters())
             optimizer.step()
             step += 1
+            if average is not None:
+                average.update(step)
             batch_in_epoch = i + 1
             window_loss += loss_value
             window_n += 1

@@ -150,12 +150,59 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] == pytest.approx(0.1)
 
 
+def test_weight_average_is_what_is_validated_and_saved(tmp_path):
+    decay = 0.9
+    seen: list[dict[str, torch.Tensor]] = []  # the weights after every step
+    torch.manual_seed(0)
+    model = _Toy()
+    model, result = _fit(tmp_path, "ema", ema=decay, model=model,
+                         on_step=lambda step, loss: seen.append({k: v.clone() for k, v in model.state_dict().items()}))
+    # the average, recomputed from the weights after every step with the warm-up decay
+    torch.manual_seed(0)
+    avg = {k: v.clone() for k, v in _Toy().state_dict().items()}  # _fit's initial weights (seed 0)
+    for t, w in enumerate(seen, start=1):
+        d = min(decay, (1 + t) / (10 + t))
+        avg = {k: d * avg[k] + (1 - d) * w[k] for k in avg}
+    last = rundir.load_checkpoint(tmp_path / "ema" / rundir.LAST)
+    assert last["ema"] == decay and last["step"] == len(seen)
+    assert all(torch.allclose(last["model_state"][k], avg[k], atol=1e-6) for k in avg)
+    assert all(torch.equal(last["raw_model_state"][k], seen[-1][k]) for k in avg)
+    assert all(torch.equal(model.state_dict()[k], seen[-1][k]) for k in avg)  # the model keeps its own weights
+    assert not all(torch.allclose(avg[k], seen[-1][k]) for k in avg)
+    # the val loss recorded is the saved average's
+    va = data.EvalBatches(_Points(32, 1), 16, _collate)
+    scored = _Toy()
+    scored.load_state_dict(last["model_state"])
+    total, weight = loop.evaluate_loss(loop.LossModule(scored, False), va)
+    assert result.history[-1]["split"] == "val" and math.isclose(result.history[-1]["loss"], total / weight, rel_tol=1e-6)
+
+
+def test_resume_with_weight_average_continues_identically(tmp_path):
+    full, full_result = _fit(tmp_path, "full", ema=0.9)
+
+    def crash(step, loss):
+        if step == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path, "resumed", on_step=crash, ema=0.9)
+    resumed, result = _fit(tmp_path, "resumed", resume=True, ema=0.9)
+    assert _same_weights(full, resumed)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(result.history) == strip(full_result.history)
+    a = rundir.load_checkpoint(tmp_path / "full" / rundir.BEST)["model_state"]
+    b = rundir.load_checkpoint(tmp_path / "resumed" / rundir.BEST)["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_bad_config_values_are_named():
     with pytest.raises(ValueError, match="train.batch_size must be >= 1, got 0"):
         loop.TrainConfig(batch_size=0).validate()
     with pytest.raises(ValueError, match="unknown train setting.*lr_max"):
         loop.TrainConfig.from_dict({"lr_max": 1})
     assert loop.TrainConfig.from_dict({"lr": "3e-3"}).lr == 0.003
+    with pytest.raises(ValueError, match=r"train.ema must be in \[0, 1\), got 1.0"):
+        loop.TrainConfig(ema=1.0).validate()
 
 
 # ---------------------------------------------------------------- every cell on every task
