@@ -216,7 +216,8 @@ def _speech_data(run: RunConfig, data_dir, rank: int, info: dict[str, Any]) -> T
                        "tools": tts.tools(), "recipe": tts.RECIPE}
     return TaskData(
         train=S.SpeechBatches(train, features, tc.batch_size, cfg.steps_per_epoch,
-                              mix=dataclasses.replace(S.TRAIN_MIX, tail_ms=tail_ms, single_share=cfg.single_share),
+                              mix=dataclasses.replace(S.TRAIN_MIX, tail_ms=tail_ms, single_share=cfg.single_share,
+                                                      channel_db=cfg.channel_db),
                               seed=tc.seed, rank=rank,
                               teacher=teacher, extra=extra, extra_share=cfg.tts_share),
         val=S.FixedSpeechBatches(val_items, features, tc.batch_size),
@@ -243,7 +244,7 @@ def _user_speech_data(run: RunConfig, spec: Any, features: Any, rank: int, info:
                 train_seconds=round(sum(len(u.audio) for u in train) / spec.sample_rate, 1))
     return TaskData(
         train=U.UtteranceBatches(train, labels, features, tc.batch_size, cfg.steps_per_epoch, seed=tc.seed, rank=rank,
-                                 tail=tail),
+                                 tail=tail, channel_db=cfg.channel_db),
         val=S.FixedSpeechBatches([(np.concatenate([u.audio, pad]), U.encode(u.text, labels)) for u in val], features,
                                  tc.batch_size, offset=0),
         tokenizers={},

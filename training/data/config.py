@@ -64,6 +64,8 @@ class DataConfig:
     val_utterances: int = 300  # val: the val split's single recordings plus this many digit strings
     tts_share: float = 0.0  # fsdd: share of training digits spoken by synthetic voices (training.data.tts); 0 = none
     tts_takes: int = 3  # takes of each digit per synthetic voice
+    channel_db: float = 0.0  # speech training: each recording through a random frequency response, spectral
+    # tilt up to +-channel_db dB with ripples, high- and low-pass (training.data.speech.channel); 0 = none
     # files: a user's own data (training.data.user; seqserve-train build)
     paths: list[str] = field(default_factory=list)  # forecast: tables; translate: 2 text files or 1 table; generate: text files; recognize: folder + CSV
     layout: str = "auto"  # forecast tables: auto | long (id, time, value columns) | wide (time column + one per series)
@@ -105,6 +107,8 @@ class DataConfig:
                              "(0, 1) and leave a training part")
         if self.season_length < 0:
             raise ValueError(f"data.season_length must be >= 0, got {self.season_length!r}")
+        if not 0.0 <= self.channel_db <= 40.0:
+            raise ValueError(f"data.channel_db must be within [0, 40] dB, got {self.channel_db!r}")
         if self.tts_takes < 1:
             raise ValueError(f"data.tts_takes must be >= 1, got {self.tts_takes!r}")
         for key in ("concat_pairs", "concat_comma", "single_share", "tts_share"):

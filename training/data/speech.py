@@ -157,6 +157,7 @@ class Mix:
     gain_db: tuple[float, float] = (0.0, 0.0)  # per-utterance gain
     digit_gain_db: float = 0.0  # per-recording gain spread (+-)
     tail_ms: int = 0  # pure silence after the end (and after the noise): a model's SpeechSpec.tail_ms
+    channel_db: float = 0.0  # each recording through a random microphone/line response (channel()); 0 = none
 
 
 # Training strings stay shorter than the test's (2-7 digits: a recurrent model carries over to longer
@@ -171,6 +172,30 @@ def _speed(audio: np.ndarray, factor: float) -> np.ndarray:
         return audio
     n = max(2, int(round(len(audio) / factor)))
     return np.interp(np.linspace(0, len(audio) - 1, n), np.arange(len(audio)), audio).astype(np.float32)
+
+
+def channel(audio: np.ndarray, rng: np.random.Generator, db: float, rate: int = FSDD_RATE) -> np.ndarray:
+    """``audio`` through a random smooth frequency response, as another microphone, room or line would
+    colour it: a spectral tilt of up to +-``db`` across the band (pivot 1 kHz), three cosine ripples of up
+    to +-``db``/4, a high-pass (half the time, 60-400 Hz, 12 dB per octave) and a low-pass (a third of the
+    time, 2.4-3.8 kHz, 24 dB per octave), applied in the frequency domain; the RMS level is kept."""
+    n = len(audio)
+    if n < 2:
+        return audio
+    f = np.fft.rfftfreq(n, 1.0 / rate)
+    nyq = rate / 2.0
+    gain_db = rng.uniform(-db, db) * (f - 1000.0) / nyq
+    for k in (1, 2, 3):
+        gain_db += rng.uniform(-db / 4, db / 4) * np.cos(np.pi * k * f / nyq)
+    if rng.random() < 0.5:
+        fc = rng.uniform(60.0, 400.0)
+        gain_db -= 10 * np.log10(1.0 + (fc / np.maximum(f, 1.0)) ** 4)
+    if rng.random() < 1 / 3:
+        fc = rng.uniform(0.3, 0.475) * rate
+        gain_db -= 10 * np.log10(1.0 + (f / fc) ** 8)
+    out = np.fft.irfft(np.fft.rfft(audio.astype(np.float64)) * 10 ** (gain_db / 20), n)
+    before, after = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))), float(np.sqrt(np.mean(out ** 2)))
+    return (out * (before / after if after > 0 else 1.0)).astype(np.float32)
 
 
 def make_utterance(pool: Sequence[Recording], rng: np.random.Generator, mix: Mix, extra: Sequence[Recording] = (),
@@ -189,6 +214,8 @@ def make_utterance(pool: Sequence[Recording], rng: np.random.Generator, mix: Mix
         audio = _speed(rec.audio, float(rng.uniform(*mix.speed)))
         if mix.digit_gain_db:
             audio = audio * np.float32(10 ** (rng.uniform(-mix.digit_gain_db, mix.digit_gain_db) / 20))
+        if mix.channel_db:  # drawn only then: without it the draws stay as they were
+            audio = channel(audio, rng, mix.channel_db)
         pieces.append(audio)
         if k < n - 1:
             pieces.append(np.zeros(int(rng.uniform(*mix.gap_ms) * rate), np.float32))

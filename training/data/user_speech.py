@@ -155,12 +155,18 @@ def error_rates(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
 # ---------------------------------------------------------------- batches
 
 
-def augment(audio: np.ndarray, rng: np.random.Generator, sample_rate: int, tail: int = 0) -> np.ndarray:
-    """One training rendering of a recording: speed 0.9-1.1 (resampled), silence 0-300 ms at each end,
-    gain -10..+6 dB, white noise at 15-45 dB SNR on 80% of them, then ``tail`` samples of silence."""
+def augment(audio: np.ndarray, rng: np.random.Generator, sample_rate: int, tail: int = 0,
+            channel_db: float = 0.0) -> np.ndarray:
+    """One training rendering of a recording: speed 0.9-1.1 (resampled), with ``channel_db`` a random
+    frequency response (training.data.speech.channel), silence 0-300 ms at each end, gain -10..+6 dB,
+    white noise at 15-45 dB SNR on 80% of them, then ``tail`` samples of silence."""
     factor = float(rng.uniform(0.9, 1.1))
     n = max(2, int(round(len(audio) / factor)))
     audio = np.interp(np.linspace(0, len(audio) - 1, n), np.arange(len(audio)), audio).astype(np.float32)
+    if channel_db:  # drawn only then: without it the draws stay as they were
+        from training.data.speech import channel
+
+        audio = channel(audio, rng, channel_db, sample_rate)
     edges = [np.zeros(int(rng.uniform(0, 0.3) * sample_rate), np.float32) for _ in range(2)]
     rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) or 1e-4
     gain = 10 ** (rng.uniform(-10.0, 6.0) / 20)
@@ -178,8 +184,9 @@ class UtteranceBatches:
     stateful = False
 
     def __init__(self, items: Sequence[Utterance], labels: Sequence[str], features, batch_size: int, steps: int,
-                 seed: int = 0, rank: int = 0, tail: int = 0) -> None:
+                 seed: int = 0, rank: int = 0, tail: int = 0, channel_db: float = 0.0) -> None:
         self.items, self.features, self.batch_size, self.steps = list(items), features, batch_size, steps
+        self.channel_db = channel_db
         self.ids = [encode(u.text, labels) for u in self.items]
         self.seed, self.rank, self.tail = seed, rank, tail
 
@@ -193,7 +200,7 @@ class UtteranceBatches:
         for step in range(self.steps):
             rng = np.random.default_rng([self.seed, epoch, step, self.rank])
             picks = rng.integers(0, len(self.items), self.batch_size)
-            yield collate_audio([(augment(self.items[i].audio, rng, rate, self.tail), self.ids[i]) for i in picks],
+            yield collate_audio([(augment(self.items[i].audio, rng, rate, self.tail, self.channel_db), self.ids[i]) for i in picks],
                                 self.features, offset=0)
 
 

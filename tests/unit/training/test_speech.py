@@ -67,6 +67,46 @@ def test_digit_strings_are_seeded_and_scored_by_edit_distance():
     assert S.digit_error_rate([[1, 2, 3], [4]], [[1, 3], [4, 5]]) == (0.5, 2, 4)
 
 
+def _band_db(audio: np.ndarray, lo: float, hi: float, rate: int = 8000) -> float:
+    spec = np.abs(np.fft.rfft(audio.astype(np.float64))) ** 2
+    f = np.fft.rfftfreq(len(audio), 1.0 / rate)
+    return 10 * np.log10(spec[(f >= lo) & (f < hi)].sum())
+
+
+def test_channel_colours_a_recording_and_keeps_its_level():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.1, 8000).astype(np.float32)  # one second of white noise: every band present
+    outs = [S.channel(noise, np.random.default_rng(seed), 12.0) for seed in range(200)]
+    assert all(len(o) == len(noise) and o.dtype == np.float32 for o in outs)
+    rms = lambda a: float(np.sqrt(np.mean(a.astype(np.float64) ** 2)))  # noqa: E731
+    assert all(abs(rms(o) / rms(noise) - 1) < 1e-4 for o in outs)
+    assert np.array_equal(S.channel(noise, np.random.default_rng(5), 12.0), outs[5])
+    # the response differs from draw to draw: low band against high band, relative to the input's
+    tilt = np.array([(_band_db(o, 100, 300) - _band_db(o, 2500, 3500)) - (_band_db(noise, 100, 300) -
+                     _band_db(noise, 2500, 3500)) for o in outs])
+    assert tilt.min() < -15 and tilt.max() > 6 and np.std(tilt) > 4
+    # ... and the spectrum stays smooth: neighbouring 100 Hz bands of one draw differ by little
+    bands = np.array([[_band_db(o, a, a + 100) - _band_db(noise, a, a + 100) for a in range(500, 2400, 100)]
+                      for o in outs[:20]])
+    assert np.abs(np.diff(bands, axis=1)).max() < 3.0
+    gentle = [S.channel(noise, np.random.default_rng(seed), 2.0) for seed in range(50)]
+    assert np.std([_band_db(o, 500, 1000) - _band_db(o, 2000, 3000) for o in gentle]) < np.std(tilt)
+
+
+def test_channel_augmentation_draws_only_when_asked():
+    recs = S.fsdd_split(S.synthetic_recordings(0, takes=12), "train")
+    plain, coloured = S.Mix(single_share=0.5), S.Mix(single_share=0.5, channel_db=10.0)
+    a = [S.make_utterance(recs, np.random.default_rng([1, k]), plain) for k in range(20)]
+    b = [S.make_utterance(recs, np.random.default_rng([1, k]), coloured) for k in range(20)]
+    assert [d for _, d in a] == [d for _, d in b]  # the same digits, drawn before the channel
+    assert not any(np.array_equal(x, y) for (x, _), (y, _) in zip(a, b))
+    from training.data.config import DataConfig
+
+    assert DataConfig.from_dict({"dataset": "fsdd", "channel_db": 12}, "recognize").channel_db == 12.0
+    with pytest.raises(ValueError, match=r"data.channel_db must be within \[0, 40\] dB, got -1"):
+        DataConfig.from_dict({"dataset": "fsdd", "channel_db": -1}, "recognize")
+
+
 def test_fsdd_is_verified_before_use(tmp_path):
     (tmp_path / "fsdd" / "recordings").mkdir(parents=True)
     (tmp_path / "fsdd" / "recordings" / "0_x_0.wav").write_bytes(b"RIFF")
