@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -246,20 +247,15 @@ class WeightAverage:
             else:
                 self.shadow[k].copy_(v)
 
-    def swapped(self):
-        """Context manager: the model holds the average inside, its own weights again after."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def cm():
-            raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.model.load_state_dict(self.shadow)
-            try:
-                yield raw
-            finally:
-                self.model.load_state_dict(raw)
-
-        return cm()
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator[dict[str, Tensor]]:
+        """The model holds the average inside (yields its own weights), its own weights again after."""
+        raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.shadow)
+        try:
+            yield raw
+        finally:
+            self.model.load_state_dict(raw)
 
 
 # ---------------------------------------------------------------- the loop
