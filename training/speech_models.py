@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,11 @@ class SpeechConfig:
     distill_from: str = ""  # the teacher's checkpoint (a recognize model with the same features and stack)
     distill_delay: int = 6
     distill_weight: float = 1.0
+    # Offline models: subtract each recording's own mean (per mel band) over its loud frames, those within
+    # utterance_norm_db of its loudest. A log-mel band's fixed offset -- a microphone's or a room's
+    # frequency response, the recording level -- then cancels exactly, whoever recorded it.
+    utterance_norm: bool = False
+    utterance_norm_db: float = 20.0
 
     @property
     def n_mels(self) -> int:
@@ -62,6 +68,11 @@ class SpeechConfig:
             raise ValueError(f"SpeechConfig.distill_delay {self.distill_delay!r} and distill_weight "
                              f"{self.distill_weight!r} must be >= 0")
         _check_dropout(self)
+        if self.utterance_norm and not self.bidirectional:
+            raise ValueError("SpeechConfig.utterance_norm needs the whole recording: a bidirectional (offline) model, "
+                             "not a streaming one")
+        if self.utterance_norm_db <= 0:
+            raise ValueError(f"SpeechConfig.utterance_norm_db {self.utterance_norm_db!r} must be > 0")
         if self.labels and (len(self.labels) != self.num_labels or self.labels[0] != ""):
             raise ValueError(f"SpeechConfig.labels has {len(self.labels)} labels for num_labels {self.num_labels} "
                              "(the first, the blank, must be '')")
@@ -96,10 +107,12 @@ class SpeechRecognizer(nn.Module):
         """Model frames of ``feat_len`` feature frames (the tail that fills no whole frame is dropped)."""
         return torch.div(feat_len, self.config.stack, rounding_mode="floor")
 
-    def _inputs(self, features: Tensor) -> Tensor:
+    def _inputs(self, features: Tensor, feat_len: Tensor | None = None) -> Tensor:
         """features (B, F, M) -> normalised, masked in training, stacked (B, F // stack, stack * M)."""
         c = self.config
         x = (features - self.mean) / self.std
+        if c.utterance_norm:
+            x = x - loud_mean(x, features, feat_len, c.utterance_norm_db)
         if self.training:
             x = self._spec_augment(x)
         T = features.shape[1] // c.stack
@@ -124,7 +137,7 @@ class SpeechRecognizer(nn.Module):
     def forward(self, features: Tensor, feat_len: Tensor) -> tuple[Tensor, Tensor]:
         """features (B, F, M), feat_len (B,) -> log-probs (B, F // stack, V), frames (B,)."""
         frames = self.frames(feat_len)
-        y, _ = self.encoder(self._inputs(features), frames)  # (B, T, D*H)
+        y, _ = self.encoder(self._inputs(features, feat_len), frames)  # (B, T, D*H)
         return F.log_softmax(self.head(self.dropout(y)), dim=-1), frames
 
     def step(self, features: Tensor, state: State | None = None) -> tuple[Tensor, State]:
@@ -152,3 +165,14 @@ class SpeechRecognizer(nn.Module):
             per_label = (kl * valid).sum(1) / batch["label_len"].clamp_min(1)
             loss = loss + self.config.distill_weight * per_label.mean()
         return loss
+
+
+def loud_mean(x: Tensor, features: Tensor, feat_len: Tensor | None, db: float) -> Tensor:
+    """x (B, F, M) -> its mean (B, 1, M) over each row's loud frames: the valid frames (t < feat_len)
+    whose mean log-mel energy is within ``db`` dB of the row's loudest. A row without valid frames: 0."""
+    energy = features.mean(-1)  # (B, F) natural log of power: 10 dB = ln(10)
+    valid = torch.ones_like(energy, dtype=torch.bool) if feat_len is None else (
+        torch.arange(energy.shape[1], device=energy.device)[None, :] < feat_len[:, None])
+    top = energy.masked_fill(~valid, -1e4).amax(1, keepdim=True)
+    w = (valid & (energy >= top - db * math.log(10.0) / 10.0)).to(x.dtype)
+    return (x * w[..., None]).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)[..., None]

@@ -137,9 +137,10 @@ def test_export_puts_the_features_in_front_and_keeps_parity(tmp_path):
     from training.export import export_bundle
 
     torch.manual_seed(1)
-    for bidirectional in (True, False):
-        model = SpeechRecognizer(SpeechConfig(hidden_size=8, num_layers=1, bidirectional=bidirectional))
-        out = tmp_path / str(bidirectional)
+    for bidirectional, norm in ((True, False), (False, False), (True, True)):
+        model = SpeechRecognizer(SpeechConfig(hidden_size=8, num_layers=1, bidirectional=bidirectional,
+                                              utterance_norm=norm))
+        out = tmp_path / f"{bidirectional}-{norm}"
         m = export_bundle(model, out, name="s", version="1")
         assert set(m.graphs) == ({"acoustic"} if bidirectional else {"acoustic", "acoustic_step"})
         assert m.speech.labels == S.LABELS and m.speech.frame_samples == 160
@@ -148,6 +149,34 @@ def test_export_puts_the_features_in_front_and_keeps_parity(tmp_path):
             sess = ort.InferenceSession(str(out / file))
             assert [i.name for i in sess.get_inputs()] == graph_spec(role, "lstm").input_names
         assert read_manifest(out).speech == m.speech
+
+
+def test_utterance_norm_cancels_a_fixed_band_offset_and_ignores_padding():
+    torch.manual_seed(3)
+    features = FeatureExtractor(SPEC)
+    audio = S.eval_strings(S.fsdd_split(S.synthetic_recordings(0, takes=20), "train"), 1, seed=4)[0][0]
+    feats = torch.from_numpy(features(audio[None, :]))
+    n = torch.tensor([feats.shape[1]])
+    for norm in (True, False):
+        model = SpeechRecognizer(SpeechConfig(hidden_size=8, num_layers=1, utterance_norm=norm)).eval()
+        # another microphone: every log-mel band shifted by its own constant (a level and a response)
+        coloured = feats + torch.linspace(-3.0, 2.0, feats.shape[2])
+        with torch.no_grad():
+            got, frames = model(feats, n)
+            other, _ = model(coloured, n)
+            padded, _ = model(torch.cat([feats, torch.full((1, 37, feats.shape[2]), -13.8)], 1), n)
+        assert torch.allclose(padded[:, : int(frames)], got, atol=1e-5)  # padding never changes a result
+        assert torch.allclose(other, got, atol=1e-4) == norm
+    from training.speech_models import loud_mean
+
+    x = torch.tensor([[[1.0], [5.0], [6.0], [9.0]]])
+    energy = torch.tensor([[[0.0], [0.0], [-9.0], [0.0]]])
+    # frame 2 is 39 dB below the loudest (left out at 20 dB), frame 3 lies past the recording's end
+    assert loud_mean(x, energy, torch.tensor([3]), 20.0).item() == 3.0
+    assert loud_mean(x, energy, torch.tensor([3]), 60.0).item() == 4.0
+    assert loud_mean(x, energy, torch.tensor([0]), 20.0).item() == 0.0
+    with pytest.raises(ValueError, match="utterance_norm needs the whole recording"):
+        SpeechConfig(utterance_norm=True, bidirectional=False).validate()
 
 
 def test_evaluation_and_leave_one_speaker_out(tmp_path):
