@@ -346,7 +346,7 @@ def fit(
             **(meta or {}),
             "train_config": asdict(config),
             "model_state": model.state_dict(),
-            **({"raw_model_state": raw, "ema": config.ema} if raw is not None else {}),
+            **({"raw_model_state": raw} if raw is not None else {}),
             "optimizer_state": optimizer.state_dict(),
             "rng": _rng_state(),
             "step": step,

@@ -164,7 +164,7 @@ def test_weight_average_is_what_is_validated_and_saved(tmp_path):
         d = min(decay, (1 + t) / (10 + t))
         avg = {k: d * avg[k] + (1 - d) * w[k] for k in avg}
     last = rundir.load_checkpoint(tmp_path / "ema" / rundir.LAST)
-    assert last["ema"] == decay and last["step"] == len(seen)
+    assert last["train_config"]["ema"] == decay and last["step"] == len(seen)
     assert all(torch.allclose(last["model_state"][k], avg[k], atol=1e-6) for k in avg)
     assert all(torch.equal(last["raw_model_state"][k], seen[-1][k]) for k in avg)
     assert all(torch.equal(model.state_dict()[k], seen[-1][k]) for k in avg)  # the model keeps its own weights

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from training.data import DataConfig, DataError, forecast_series, lm_text, translation_pairs, user
 
@@ -231,3 +232,19 @@ def test_a_character_only_the_test_part_has_is_named():
     items = [U.Utterance(np.zeros(10, np.float32), "café", "t.csv line 9")]
     with pytest.raises(DataError, match="t.csv line 9: the test transcript 'café' has 'é', which no training"):
         U.check_labels(items, ["", "a", "c", "f"], "test")
+
+
+def test_another_microphone_on_a_users_recordings_only_when_asked():
+    from training.data import user_speech as U
+    from training.features import FeatureExtractor, FeatureSpec
+
+    items = [U.Utterance((0.3 * np.sin(np.arange(2400) * (0.1 + 0.05 * i))).astype(np.float32), f"a{i % 2}", f"line {i}")
+             for i in range(6)]
+    labels = U.char_labels(items)
+    features = FeatureExtractor(FeatureSpec())
+    plain, coloured = (U.UtteranceBatches(items, labels, features, 4, 3, seed=5, channel_db=db) for db in (0.0, 12.0))
+    again = U.UtteranceBatches(items, labels, features, 4, 3, seed=5)
+    for a, b, c in zip(plain.batches(0), coloured.batches(0), again.batches(0)):
+        assert torch.equal(a["labels"], b["labels"])  # the same recordings, drawn before the channel
+        assert torch.equal(a["features"], c["features"])  # without it, the draws are as they were
+        assert not torch.equal(a["features"], b["features"])
