@@ -388,21 +388,26 @@ def _speech_info(config) -> dict[str, Any]:
     return speech_spec(config).info()
 
 
+def stored_figures(figures: dict[str, Any]) -> dict[str, Any]:
+    """What a manifest keeps of ``figures``: not the examples, nor the confusions (printed, in figures.json)."""
+    return {k: v for k, v in figures.items() if k not in ("examples", "confusions")}
+
+
 def write_evaluation(bundle_dir: str | Path, figures: dict[str, Any]) -> Path:
-    """Store ``figures`` (examples dropped) in the bundle's manifest under evaluation[split] (or
+    """Store ``figures`` (examples and confusions dropped) in the bundle's manifest under evaluation[split] (or
     evaluation[f"{split}_beam{N}"] for beam-search figures)."""
     from service.contract import read_manifest, write_manifest
 
     m = read_manifest(bundle_dir)
     key = figures["split"] + (f"_beam{figures['beam']}" if figures.get("beam") else "")
-    m.evaluation[key] = {k: v for k, v in figures.items() if k != "examples"}
+    m.evaluation[key] = stored_figures(figures)
     return write_manifest(bundle_dir, m)
 
 
 def format_table(figures: dict[str, Any]) -> str:
     """Two-column text table of the figures (examples listed after it)."""
     rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in figures.items()
-            if k not in ("examples", "by_horizon")]
+            if k not in ("examples", "by_horizon", "confusions")]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     by_horizon = figures.get("by_horizon") or {}
@@ -412,6 +417,9 @@ def format_table(figures: dict[str, Any]) -> str:
             cov = next((v for k, v in f.items() if k.startswith("coverage")), float("nan"))
             lines.append(f"{h:>7}  {f['windows']:>7}  {f['mse']:>7.4f}  {f['mae']:>7.4f}  {f['naive_mse']:>9.4f}  "
                          f"{f['naive_mae']:>9.4f}  {cov:.3f}")
+    if figures.get("confusions"):
+        lines += ["", "commonest errors on single recordings (said -> heard: times)"]
+        lines += [f"  {c['said']} -> {c['heard'] or '(nothing)'}: {c['count']}" for c in figures["confusions"]]
     for ex in figures.get("examples", []):
         lines.append("")
         lines.extend(f"{k:>9}: {v}" for k, v in ex.items())

@@ -13,6 +13,7 @@ Graph = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # as training.
 STRINGS_SEED = 2026  # the connected-digit strings of an evaluation split
 STRINGS = 300
 STREAM_CHUNK_MS = 100  # streaming evaluation: the audio arrives in chunks of this length
+CONFUSIONS = 10  # the commonest errors on single recordings listed with the figures
 
 
 def _recognize_offline(acoustic: Graph, audios: list[np.ndarray], blank: int, batch: int = 16) -> list[list[int]]:
@@ -80,12 +81,24 @@ def speech_metrics(graphs: dict[str, Graph], singles: list[tuple[np.ndarray, int
     for prefix, run in modes.items():
         got = run([a for a, _ in singles])
         figures[f"{prefix}accuracy"] = float(np.mean([g == [d + 1] for g, (_, d) in zip(got, singles)])) if singles else 0.0
+        if not prefix:
+            figures["confusions"] = confusions(got, [d for _, d in singles])
         hyps = run([a for a, _ in strings])
         der, edits, _ = digit_error_rate(hyps, [[d + 1 for d in digits] for _, digits in strings])
         figures[f"{prefix}der"] = der
         figures[f"{prefix}string_accuracy"] = float(np.mean([h == [d + 1 for d in r] for h, (_, r) in zip(hyps, strings)]))
         figures[f"{prefix}digit_edits"] = edits
     return figures
+
+
+def confusions(got: list[list[int]], digits: list[int], top: int = CONFUSIONS) -> list[dict[str, Any]]:
+    """The commonest errors on single recordings, most frequent first: the digit said, what was heard
+    (digits separated by spaces, "" for nothing) and how often."""
+    from collections import Counter
+
+    counts = Counter((str(d), " ".join(str(x - 1) for x in g)) for g, d in zip(got, digits) if g != [d + 1])
+    return [{"said": said, "heard": heard, "count": n}
+            for (said, heard), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
 
 
 def user_speech_metrics(graphs: dict[str, Graph], cfg, split: str, spec: dict[str, Any], layers: int, hidden: int,

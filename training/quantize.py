@@ -143,7 +143,7 @@ def quantize_bundle(bundle_dir: str | Path, data_dir=None, tolerance: float = 0.
     import onnx
 
     from service.contract import read_manifest, write_manifest
-    from training.evaluate import evaluate_bundle
+    from training.evaluate import evaluate_bundle, stored_figures
 
     if not 0.0 <= tolerance < 1.0:
         raise QuantizeError(f"tolerance must be within [0, 1), got {tolerance!r}")
@@ -173,7 +173,7 @@ def quantize_bundle(bundle_dir: str | Path, data_dir=None, tolerance: float = 0.
         after = {}
         for key, figures in m.evaluation.items():
             fig = evaluate_bundle(work, figures["split"], data_dir, threads=threads, beam=int(figures.get("beam", 0)))
-            after[key] = {k: v for k, v in fig.items() if k != "examples"}
+            after[key] = stored_figures(fig)
         failures = compare_figures(m.evaluation, after, tolerance)
         if failures:
             raise QuantizeError(f"{bundle_dir}: int8 weights do not hold the figures within {tolerance:.1%}, "

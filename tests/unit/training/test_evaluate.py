@@ -82,6 +82,20 @@ def test_format_table_lists_every_figure():
     assert "mse" in text and "0.2500" in text and "source: a" in text
 
 
+def test_speech_confusions_are_counted_printed_and_kept_out_of_manifests():
+    from training.evaluate_speech import confusions
+
+    said = [9, 9, 9, 4, 4, 1, 2]
+    heard = [[4], [4], [10], [8], [], [2], [3, 3]]  # labels: digit + 1; [10] is "9" (right)
+    got = confusions(heard, said)
+    assert got == [{"said": "9", "heard": "3", "count": 2}, {"said": "2", "heard": "2 2", "count": 1},
+                   {"said": "4", "heard": "", "count": 1}, {"said": "4", "heard": "7", "count": 1}]
+    assert confusions(heard, said, top=1) == got[:1]
+    text = evaluate.format_table({"task": "recognize", "accuracy": 0.5, "confusions": got})
+    assert "9 -> 3: 2" in text and "4 -> (nothing): 1" in text and "confusions " not in text
+    assert evaluate.stored_figures({"accuracy": 0.5, "confusions": got, "examples": []}) == {"accuracy": 0.5}
+
+
 def test_forecast_metrics_report_the_repeat_last_value_baseline():
     series, window, horizon = _series(), 8, 4
     ds = data.WindowDataset(series, window, horizon)
