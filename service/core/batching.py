@@ -20,7 +20,7 @@ P = TypeVar("P")  # one request's payload
 R = TypeVar("R")  # one request's result
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a cancelled caller takes its own entry out of the queue
 class _Pending(Generic[P]):
     payload: P
     key: Hashable
@@ -83,12 +83,25 @@ class DynamicBatcher(Generic[P, R]):
             label_request(reason="queue_full")
             raise ResourceExhausted(f"queue of {self.name} is full ({self.max_queue} requests waiting); retry later")
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(payload, self._key(payload), deadline, future, time.monotonic()))
+        item = _Pending(payload, self._key(payload), deadline, future, time.monotonic())
+        self._queue.append(item)
         self._meter.queue_depth(len(self._queue))
         self._arrived.set()
         if len(self._queue) >= self.max_batch_size:
             self._full.set()
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The caller is gone (its deadline passed, it cancelled): its place in the queue is freed
+            # now, not when a batch would have reached it, so that the queue bound counts live
+            # callers only. Already taken into a batch: that batch skips it.
+            try:
+                self._queue.remove(item)
+            except ValueError:
+                pass
+            else:
+                self._meter.queue_depth(len(self._queue))
+            raise
 
     async def close(self) -> None:
         """Refuse new requests, run what is queued, then stop the worker."""

@@ -90,6 +90,28 @@ async def test_full_queue_is_rejected_at_once():
     await b.close()
 
 
+async def test_a_caller_that_gives_up_frees_its_place_in_the_queue_at_once():
+    rec = Recorder(hold=True)
+    b = DynamicBatcher("forecaster", rec, max_batch_size=1, max_wait_s=0.0, max_queue=2)
+    b.start()
+    running = asyncio.ensure_future(b.submit(1))
+    await rec.started.wait()  # 1 is running (held)
+    gone = [asyncio.ensure_future(b.submit(i)) for i in (2, 3)]
+    await asyncio.sleep(0)
+    assert b.queued == 2
+    for task in gone:  # their deadlines pass: gRPC cancels the handlers
+        task.cancel()
+    await asyncio.gather(*gone, return_exceptions=True)
+    assert b.queued == 0  # the queue bound counts live callers only
+    waiting = [asyncio.ensure_future(b.submit(i)) for i in (4, 5)]
+    await asyncio.sleep(0)
+    assert b.queued == 2
+    rec.release.set()
+    assert await asyncio.gather(running, *waiting) == [10, 40, 50]
+    assert [c for call in rec.calls for c in call] == [1, 4, 5]  # 2 and 3 never ran
+    await b.close()
+
+
 async def test_expired_work_is_dropped_before_it_runs():
     rec = Recorder(hold=True)
     b = DynamicBatcher("t", rec, max_batch_size=1, max_wait_s=0.0, max_queue=10)
