@@ -111,7 +111,7 @@ class SpeechRecognizer(nn.Module):
         """features (B, F, M) -> normalised, masked in training, stacked (B, F // stack, stack * M)."""
         c = self.config
         x = (features - self.mean) / self.std
-        if c.utterance_norm:
+        if c.utterance_norm:  # offline models only (validate): forward always gives the lengths
             x = x - loud_mean(x, features, feat_len, c.utterance_norm_db)
         if self.training:
             x = self._spec_augment(x)
@@ -167,12 +167,11 @@ class SpeechRecognizer(nn.Module):
         return loss
 
 
-def loud_mean(x: Tensor, features: Tensor, feat_len: Tensor | None, db: float) -> Tensor:
+def loud_mean(x: Tensor, features: Tensor, feat_len: Tensor, db: float) -> Tensor:
     """x (B, F, M) -> its mean (B, 1, M) over each row's loud frames: the valid frames (t < feat_len)
     whose mean log-mel energy is within ``db`` dB of the row's loudest. A row without valid frames: 0."""
     energy = features.mean(-1)  # (B, F) natural log of power: 10 dB = ln(10)
-    valid = torch.ones_like(energy, dtype=torch.bool) if feat_len is None else (
-        torch.arange(energy.shape[1], device=energy.device)[None, :] < feat_len[:, None])
+    valid = torch.arange(energy.shape[1], device=energy.device)[None, :] < feat_len[:, None]
     top = energy.masked_fill(~valid, -1e4).amax(1, keepdim=True)
     w = (valid & (energy >= top - db * math.log(10.0) / 10.0)).to(x.dtype)
     return (x * w[..., None]).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)[..., None]
