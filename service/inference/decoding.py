@@ -78,6 +78,33 @@ def top_indices(values: np.ndarray, n: int) -> np.ndarray:
     return idx[np.lexsort((idx, -values[idx]))[:n]]
 
 
+def best_candidates(scores: np.ndarray, log_probs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` best (parent, token) candidates of a beam step, as flat indices into (rows, V), best first
+    (ties -> lower index), and their float64 scores ``scores[parent] + log_probs[parent, token]``.
+
+    The same as ranking every candidate in float64 (``top_indices`` of the float64 sums), at a fraction
+    of the memory traffic: the first pass ranks the float32 sums, which differ from the float64 ones by
+    less than ``margin``; every candidate within twice that of the n-th is re-scored in float64 and
+    ranked again. When float32 cannot separate them (near-ties past ``n + extra``), all are ranked in
+    float64."""
+    vocab = log_probs.shape[1]
+    flat = log_probs.reshape(-1)
+    if log_probs.dtype == np.float32:
+        extra = max(n, 8)
+        cand = (scores.astype(np.float32)[:, None] + log_probs).reshape(-1)
+        top = top_indices(cand, n + extra)
+        nth = float(cand[top[min(n, top.size) - 1]])
+        # float32 rounding of a score, of a log-prob and of their sum: each under 2**-24 of its size
+        margin = 2.0**-22 * (1.0 + float(np.abs(scores).max()) + abs(nth))
+        if np.isfinite(nth) and (top.size == cand.size or float(cand[top[-1]]) < nth - 2 * margin):
+            exact = scores[top // vocab] + flat[top].astype(np.float64)
+            order = np.lexsort((top, -exact))[:n]
+            return top[order], exact[order]
+    cand = (scores[:, None] + log_probs.astype(np.float64)).reshape(-1)
+    top = top_indices(cand, n)
+    return top, cand[top]
+
+
 class Sampler:
     """Chooses the next token from (V,) logits: greedy at temperature 0, otherwise temperature,
     then top-k, then top-p, then one draw from the request's own RNG (inverse CDF, so the same
@@ -266,8 +293,7 @@ class BeamSearch:
         """Consume (rows, V) log-probs (and (rows, S) attention); returns each new live
         hypothesis's parent row (rows',), to reorder the decoder states with."""
         vocab = log_probs.shape[1]
-        cand = (np.array([h.logp for h in self.live])[:, None] + log_probs.astype(np.float64)).ravel()
-        top = top_indices(cand, 2 * self.k)
+        top, values = best_candidates(np.array([h.logp for h in self.live]), log_probs, 2 * self.k)
         peaks = attention.argmax(axis=1).tolist() if attention is not None else None
         live: list[Hypothesis] = []
         parents: list[int] = []
@@ -276,11 +302,11 @@ class BeamSearch:
             h = self.live[parent]
             if tok == self.eos:
                 if rank < self.k:
-                    self.finished.append(Hypothesis(h.tokens, float(cand[idx]), h.attention, True, h.aligned))
+                    self.finished.append(Hypothesis(h.tokens, float(values[rank]), h.attention, True, h.aligned))
                 continue
             att = h.attention + [attention[parent].copy()] if self.keep_attention and attention is not None else h.attention
             aligned = h.aligned + [peaks[parent]] if peaks is not None else h.aligned
-            live.append(Hypothesis(h.tokens + [tok], float(cand[idx]), att, aligned=aligned))
+            live.append(Hypothesis(h.tokens + [tok], float(values[rank]), att, aligned=aligned))
             parents.append(parent)
             if len(live) == self.k:
                 break

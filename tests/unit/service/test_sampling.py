@@ -188,6 +188,29 @@ def test_top_indices_equals_a_full_sort_with_ties_to_the_lower_index(seed):
     assert top_indices(values, n).tolist() == expected.tolist()
 
 
+@pytest.mark.parametrize("seed", range(60))
+def test_beam_candidates_ranked_in_float32_first_are_those_of_float64(seed):
+    """best_candidates' float32 pass must give exactly the float64 ranking and values, near-ties included."""
+    from service.inference.decoding import best_candidates
+
+    rng = np.random.default_rng(seed)
+    rows, vocab, n = int(rng.integers(1, 6)), int(rng.integers(2, 7000)), int(rng.integers(1, 13))
+    logits = rng.standard_normal((rows, vocab)) * rng.choice([0.01, 1.0, 5.0])
+    log_probs = (logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))).astype(np.float32)
+    scores = -np.abs(rng.standard_normal(rows)) * rng.choice([0.1, 10.0, 300.0])
+    if seed % 3 == 1:  # equal sums in float64 from different parents, and float32 neighbours of them
+        log_probs[:, :40] = np.float32(-2.0)
+        scores[:] = scores[0]
+        log_probs[0, 40:45] = np.nextafter(np.float32(-2.0), np.float32(0.0))
+    if seed % 3 == 2:  # masked tokens
+        log_probs[:, rng.integers(0, vocab, vocab // 3)] = -np.inf
+    reference = (scores[:, None] + log_probs.astype(np.float64)).reshape(-1)
+    expected = np.lexsort((np.arange(reference.size), -reference))[:n]
+    top, values = best_candidates(scores, log_probs, n)
+    assert top.tolist() == expected.tolist()
+    assert values.dtype == np.float64 and np.array_equal(values, reference[expected])
+
+
 def _metaspace_codec() -> TextCodec:
     tok = Tokenizer(models.WordLevel({"<unk>": 0, "▁the": 1, "▁man": 2, ",": 3, "▁runs": 4, ".": 5, "s": 6, "▁": 7}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
