@@ -83,6 +83,15 @@ class ServeConfig:
         "tokens each generation stream decodes per round of the step loop (graph and sampling on a worker "
         "thread); 1 = one token per round",
     )
+    # Translation: each model version's beam searches are split over this many step loops (lanes),
+    # new sentences joining the least busy. While one lane's decoder call runs on a worker thread
+    # (onnxruntime releases the GIL), another lane's beam search runs on the event loop: graph and
+    # host time overlap instead of adding up each step, at the cost of smaller calls.
+    decoder_lanes: int = _opt(
+        1,
+        "translation step loops per model version, new sentences joining the least busy (one lane's "
+        "beam search overlaps another's decoder call); 1 = every sentence in one loop",
+    )
     # onnxruntime session options (per graph).
     intra_op_threads: int = _opt(1, "threads inside one operator")
     inter_op_threads: int = _opt(1, "threads across operators (>1 switches to parallel execution mode)")
@@ -160,7 +169,7 @@ class ServeConfig:
             "inter_op_threads", "max_texts", "max_text_chars", "max_history", "max_quantiles",
             "max_beam", "max_tokens", "default_max_tokens", "max_stop", "max_stop_chars",
             "max_message_bytes", "max_top_logprobs", "max_continuations", "max_alternatives", "max_speech_streams",
-            "max_chunk_bytes", "decode_steps",
+            "max_chunk_bytes", "decode_steps", "decoder_lanes",
         )
         for name in positive:
             if getattr(self, name) < 1:

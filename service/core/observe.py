@@ -36,6 +36,48 @@ class GraphMeter:
 NULL_METER = GraphMeter()
 
 
+class LaneMeter:
+    """One graph's meter shared by ``lanes`` step loops (``serve --decoder-lanes``): each lane's
+    ``lane(k)`` records its calls as they come and its stream count into a gauge of all lanes' sum."""
+
+    def __init__(self, meter: GraphMeter, lanes: int) -> None:
+        self._meter = meter
+        self._streams = [0] * lanes
+        self._open = lanes
+
+    def lane(self, k: int) -> GraphMeter:
+        return _Lane(self, k)
+
+    def _set(self, k: int, n: int) -> None:
+        self._streams[k] = n
+        self._meter.streams(sum(self._streams))
+
+    def _clear(self) -> None:
+        self._open -= 1
+        if self._open == 0:  # the last lane of the version closed: its gauges go
+            self._meter.clear()
+
+
+class _Lane(GraphMeter):
+    def __init__(self, shared: LaneMeter, k: int) -> None:
+        self._shared, self._k = shared, k
+
+    def queue_depth(self, n: int) -> None:
+        self._shared._meter.queue_depth(n)
+
+    def batch(self, rows: int, seconds: float) -> None:
+        self._shared._meter.batch(rows, seconds)
+
+    def item(self, queue_seconds: float, compute_seconds: float) -> None:
+        self._shared._meter.item(queue_seconds, compute_seconds)
+
+    def streams(self, n: int) -> None:
+        self._shared._set(self._k, n)
+
+    def clear(self) -> None:
+        self._shared._clear()
+
+
 class TokenTimer:
     """Time to first token, time between tokens and token count of one generated sequence; records nothing."""
 

@@ -73,10 +73,12 @@ class TaskContext:
         )
 
     def step_scheduler(self, model: str, version: str, graph: str, runtime: GraphRuntime,
-                       layout: StepLayout) -> StepScheduler:
-        """The step loop of ``graph`` (a decoder step or LM): every stream of the version shares its calls."""
+                       layout: StepLayout, meter: GraphMeter | None = None) -> StepScheduler:
+        """The step loop of ``graph`` (a decoder step or LM): every stream of the version (or of one
+        of its lanes, recording into ``meter``) shares its calls."""
         return StepScheduler(f"model {model} version {version} ({graph})", runtime, layout,
-                             self.meter(model, version, graph), max_streams_per_step=self.config.max_streams_per_step,
+                             meter or self.meter(model, version, graph),
+                             max_streams_per_step=self.config.max_streams_per_step,
                              decode_steps=self.config.decode_steps)
 
     def meter(self, model: str, version: str, graph: str) -> GraphMeter:

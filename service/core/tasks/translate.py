@@ -26,7 +26,8 @@ from ..batching import DynamicBatcher
 from ..config import effective_limit
 from ..errors import InvalidArgument, ServiceError
 from ..repository import Bundle
-from ..scheduler import StepItem
+from ..observe import LaneMeter
+from ..scheduler import StepItem, StepScheduler
 from ..sentences import SentenceSplitter
 from ..types import TranslateRequest, TranslateResult, Translation
 from .context import TaskContext
@@ -86,8 +87,12 @@ class TranslateModel:
         self.max_source_tokens = effective_limit(cfg.max_source_tokens, m.limits, "max_source_tokens", DEFAULT_TOKEN_LIMIT)
         self.max_target_tokens = effective_limit(cfg.max_target_tokens, m.limits, "max_target_tokens", DEFAULT_TOKEN_LIMIT)
         self._encoder: DynamicBatcher[list[int], Encoded] = ctx.batcher(m.name, m.version, "encoder", self._encode_batch)
-        self._decoder = ctx.step_scheduler(m.name, m.version, "decoder_step", self._decoder_graph,
-                                           step_layout(self._states))
+        meter = LaneMeter(ctx.meter(m.name, m.version, "decoder_step"), cfg.decoder_lanes)
+        self._lanes = [
+            ctx.step_scheduler(m.name, m.version, "decoder_step", self._decoder_graph, step_layout(self._states),
+                               meter=meter.lane(k))
+            for k in range(cfg.decoder_lanes)
+        ]
 
     def limits(self) -> dict[str, int]:
         cfg = self._ctx.config
@@ -101,11 +106,12 @@ class TranslateModel:
 
     def start(self) -> None:
         self._encoder.start()
-        self._decoder.start()
+        for lane in self._lanes:
+            lane.start()
 
     async def close(self) -> None:
         await self._encoder.close()
-        await self._decoder.close()
+        await asyncio.gather(*(lane.close() for lane in self._lanes))
 
     async def warmup(self) -> None:
         """Encode two sentences of different lengths in one call, run one decoder step on both."""
@@ -197,13 +203,15 @@ class TranslateModel:
             limit = target_limit(len(s.ids), self.max_target_tokens, req.max_length)
             search = make_search(beam, self._eos, limit, alpha, req.return_attention)
             items.append(SentenceDecode(SentenceDecoder(search, enc, self._bos, self._states), deadline))
+        lanes: list[StepScheduler] = []
         try:
             for item in items:
-                self._decoder.add(item)
+                lanes.append(min(self._lanes, key=lambda lane: lane.active))  # the least busy (the first on ties)
+                lanes[-1].add(item)
             return await _all(item.future for item in items)
         finally:
-            for item in items:
-                self._decoder.remove(item)
+            for lane, item in zip(lanes, items):
+                lane.remove(item)
 
     def _assemble(self, sentences: list[Sentence], hyps: list[Hypothesis], alpha: float, attention: bool) -> Translation:
         """One text's translation from its sentences': texts and tokens joined, attention as a

@@ -15,6 +15,7 @@ from service.core.observe import begin_request
 from service.core.repository import open_bundle
 from service.core.runtime import RuntimeOptions
 from service.core.types import ForecastRequest, TranslateRequest
+from tests.integration.harness import metric_value
 from tests.unit.service.recorded import step_calls
 
 
@@ -210,6 +211,54 @@ async def test_decoding_in_small_step_groups_gives_the_same_results(tmp_path, ad
         assert grouped_steps - steps > all_steps - shared_steps
         if per_step == 1 and beam == 1:  # one row per call
             assert grouped_steps - steps == grouped_rows - rows
+
+
+async def test_decoder_lanes_split_the_searches_and_change_no_result(tmp_path, add_bundle, make_engine):
+    """--decoder-lanes 2: concurrent sentences go to two step loops (more, smaller decoder calls),
+    each translated exactly as in one shared loop; the streams gauge counts both lanes."""
+    add_bundle(tmp_path, "tiny-translate")
+    one = await make_engine(tmp_path)
+    two = await make_engine(tmp_path, decoder_lanes=2)
+    texts = ["Ein Mann fährt Fahrrad.", "Zwei Hunde", "Die Katze schläft auf dem Sofa.", "Ein Kind liest ein Buch."]
+    for beam in (1, 3):
+        before_one, before_two = step_calls(one, "decoder_step")[0], step_calls(two, "decoder_step")[0]
+        want = await asyncio.gather(*(one.translate(TranslateRequest(texts=[t], beam_size=beam)) for t in texts))
+        got = await asyncio.gather(*(two.translate(TranslateRequest(texts=[t], beam_size=beam)) for t in texts))
+        for w, g in zip(want, got):
+            assert g.translations[0].tokens == w.translations[0].tokens
+            assert g.translations[0].score == pytest.approx(w.translations[0].score, abs=1e-4)
+        assert step_calls(two, "decoder_step")[0] - before_two > step_calls(one, "decoder_step")[0] - before_one
+    assert metric_value(two.sink, "seqserve_active_streams", model="tiny-translate") == 0
+
+
+def test_lane_meter_reports_the_sum_of_its_lanes_and_clears_with_the_last():
+    from service.core.observe import GraphMeter, LaneMeter
+
+    class Seen(GraphMeter):
+        def __init__(self):
+            self.streams_set, self.cleared, self.batches = [], 0, []
+
+        def streams(self, n):
+            self.streams_set.append(n)
+
+        def batch(self, rows, seconds):
+            self.batches.append(rows)
+
+        def clear(self):
+            self.cleared += 1
+
+    seen = Seen()
+    shared = LaneMeter(seen, 2)
+    a, b = shared.lane(0), shared.lane(1)
+    a.streams(3)
+    b.streams(2)
+    a.streams(1)
+    a.batch(12, 0.01)
+    assert seen.streams_set == [3, 5, 3] and seen.batches == [12]
+    a.clear()
+    assert seen.cleared == 0  # the other lane still decodes
+    b.clear()
+    assert seen.cleared == 1
 
 
 async def test_closing_a_batcher_whose_loop_never_ran_fails_what_is_queued():

@@ -144,7 +144,7 @@ def test_beam_search_with_beam_one_equals_greedy(seed):
 
 def test_beam_search_finds_the_better_sequence_greedy_misses():
     # Step 1: token 1 (p .6) beats token 2 (p .4); after 1 everything is flat, after 2 EOS is certain.
-    eos, vocab = 0, 4
+    eos = 0
     first = np.log(np.array([[1e-9, 0.6, 0.4, 1e-9]]))
     after = {1: np.log(np.array([0.25, 0.25, 0.25, 0.25])), 2: np.log(np.array([0.97, 0.01, 0.01, 0.01]))}
 
