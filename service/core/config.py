@@ -84,13 +84,14 @@ class ServeConfig:
         "thread); 1 = one token per round",
     )
     # Translation: each model version's beam searches are split over this many step loops (lanes),
-    # new sentences joining the least busy. While one lane's decoder call runs on a worker thread
-    # (onnxruntime releases the GIL), another lane's beam search runs on the event loop: graph and
-    # host time overlap instead of adding up each step, at the cost of smaller calls.
+    # new ones joining the least busy; greedy sentences all share the first lane. While one lane's
+    # decoder call runs on a worker thread (onnxruntime releases the GIL), another lane's beam search
+    # runs on the event loop: graph and host time overlap instead of adding up each step, at the cost
+    # of smaller calls.
     decoder_lanes: int = _opt(
-        1,
-        "translation step loops per model version, new sentences joining the least busy (one lane's "
-        "beam search overlaps another's decoder call); 1 = every sentence in one loop",
+        2,
+        "translation step loops per model version: beam searches join the least busy, greedy sentences "
+        "the first (one lane's beam search overlaps another's decoder call); 1 = one loop for all",
     )
     # onnxruntime session options (per graph).
     intra_op_threads: int = _opt(1, "threads inside one operator")

@@ -206,7 +206,9 @@ class TranslateModel:
         lanes: list[StepScheduler] = []
         try:
             for item in items:
-                lanes.append(min(self._lanes, key=lambda lane: lane.active))  # the least busy (the first on ties)
+                # Beam searches join the least busy lane (the first on ties). Greedy ones all share the
+                # first: their host work per step is small, so splitting them only makes calls smaller.
+                lanes.append(self._lanes[0] if beam == 1 else min(self._lanes, key=lambda lane: lane.active))
                 lanes[-1].add(item)
             return await _all(item.future for item in items)
         finally:
