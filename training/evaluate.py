@@ -6,10 +6,13 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from training.data.corpus_sources import FIRST_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -380,6 +383,25 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_dir=None, ma
     figures["source"] = "pytorch"
     figures["step"] = ckpt["step"]
     return figures
+
+
+def corpus_validation_loss(checkpoint, sources: str | Sequence[str] = FIRST_SOURCES, data_dir=None) -> tuple[float, int]:
+    """A forecast-global checkpoint's validation loss (mean pinball loss on the normalised scale, as training
+    logs it) on the last horizon of the real series of ``sources`` (``data.corpus_sources``), and how many
+    series that is. With the default, the windows that chose forecast-global/1 (its ``best_val_loss``),
+    whatever corpus a run trained on:
+    ``python -c "from training.evaluate import corpus_validation_loss as v; print(v('runs/X/best.pt'))"``."""
+    from training.data import corpus as C
+    from training.loop import LossModule, evaluate_loss
+    from training.train import load_checkpoint, model_from_checkpoint
+
+    model, _ = model_from_checkpoint(load_checkpoint(checkpoint))
+    c = model.config
+    real = C.real_series(data_dir, sources)
+    _, tails = C.held_out_tails([s.values for s in real], c.window, c.horizon)
+    batches = C.fixed_windows(tails, c.window, c.horizon, 64, [s.season for s in real] if c.seasonal else None)
+    total, weight = evaluate_loss(LossModule(model, stateful=False), C.FixedBatches(batches))
+    return total / weight, len(real)
 
 
 def _speech_info(config) -> dict[str, Any]:

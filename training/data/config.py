@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from training.data.corpus_sources import parse_sources
 from training.data.files import SPLITS, check_split
 from training.data.series import ETT_ROWS_PER_DAY, SeriesSplits, load_ett, synthetic_forecast
 from training.data.text import (
@@ -103,8 +104,6 @@ class DataConfig:
         if not 0.0 <= self.crop_prob <= 1.0:
             raise ValueError(f"data.crop_prob must be within [0, 1], got {self.crop_prob!r}")
         if self.dataset == "corpus":
-            from training.data.corpus import parse_sources
-
             parse_sources(self.corpus_sources)
         if self.dataset == "files" and not self.paths:
             raise ValueError("data.dataset 'files' needs data.paths (the files to train on)")

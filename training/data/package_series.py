@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib.resources
 import warnings
 
-from training.data.corpus import CorpusSeries
+from training.data.corpus_sources import CorpusSeries
 from training.data.files import DataError
 from training.data.public_series import _clean
 

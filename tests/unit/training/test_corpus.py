@@ -186,6 +186,7 @@ def test_validation_loss_of_a_checkpoint_is_what_training_logged(tmp_path, data_
     import math
 
     from training import train
+    from training.evaluate import corpus_validation_loss
     from training.rundir import load_checkpoint
 
     run = train.RunConfig.from_dict({
@@ -198,8 +199,8 @@ def test_validation_loss_of_a_checkpoint_is_what_training_logged(tmp_path, data_
     })
     _, result = train.run_task(run, data_dir=data_dir)
     best = load_checkpoint(result.best_path)
-    loss, count = C.validation_loss(result.best_path, data_dir=data_dir)
+    loss, count = corpus_validation_loss(result.best_path, data_dir=data_dir)
     assert count == len(best["data_info"]["series"])
     assert math.isclose(loss, best["best_val"], rel_tol=1e-5)
-    more, more_count = C.validation_loss(result.best_path, C.FIRST_SOURCES + ",arch", data_dir=data_dir)
+    more, more_count = corpus_validation_loss(result.best_path, C.FIRST_SOURCES + ",arch", data_dir=data_dir)
     assert more_count > count and not math.isclose(more, loss)  # other windows, another figure
