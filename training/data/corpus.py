@@ -304,4 +304,3 @@ class FixedBatches:
 
     def batches(self, epoch: int = 0) -> Iterator[dict[str, Tensor]]:
         return iter(self._batches)
-

