@@ -385,12 +385,14 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_dir=None, ma
     return figures
 
 
-def corpus_validation_loss(checkpoint, sources: str | Sequence[str] = FIRST_SOURCES, data_dir=None) -> tuple[float, int]:
+def corpus_validation_loss(checkpoint, sources: str | Sequence[str] = FIRST_SOURCES, data_dir=None,
+                           windows: int = 1) -> tuple[float, int]:
     """A forecast-global checkpoint's validation loss (mean pinball loss on the normalised scale, as training
-    logs it) on the last horizon of the real series of ``sources`` (``data.corpus_sources``), and how many
-    series that is. With the default, the windows that chose forecast-global/1 (its ``best_val_loss``),
-    whatever corpus a run trained on:
-    ``python -c "from training.evaluate import corpus_validation_loss as v; print(v('runs/X/best.pt'))"``."""
+    logs it) on the last horizons (``windows``, as ``data.val_windows`` holds them out) of the real series of
+    ``sources`` (``data.corpus_sources``), and how many windows that is. With the defaults, the windows that
+    chose forecast-global/1 (its ``best_val_loss``), whatever corpus a run trained on:
+    ``python -c "from training.evaluate import corpus_validation_loss as v; print(v('runs/X/best.pt'))"``.
+    Compare checkpoints on windows none of them trained on: ``windows`` at most each run's ``data.val_windows``."""
     from training.data import corpus as C
     from training.loop import LossModule, evaluate_loss
     from training.train import load_checkpoint, model_from_checkpoint
@@ -398,10 +400,10 @@ def corpus_validation_loss(checkpoint, sources: str | Sequence[str] = FIRST_SOUR
     model, _ = model_from_checkpoint(load_checkpoint(checkpoint))
     c = model.config
     real = C.real_series(data_dir, sources)
-    _, tails = C.held_out_tails([s.values for s in real], c.window, c.horizon)
-    batches = C.fixed_windows(tails, c.window, c.horizon, 64, [s.season for s in real] if c.seasonal else None)
+    _, tails, owner = C.held_out_tails([s.values for s in real], c.window, c.horizon, windows)
+    batches = C.fixed_windows(tails, c.window, c.horizon, 64, [real[k].season for k in owner] if c.seasonal else None)
     total, weight = evaluate_loss(LossModule(model, stateful=False), C.FixedBatches(batches))
-    return total / weight, len(real)
+    return total / weight, len(tails)
 
 
 def _speech_info(config) -> dict[str, Any]:

@@ -171,7 +171,7 @@ def _corpus_data(run: RunConfig, window: int, min_history: int, horizon: int, da
     train = C.CorpusBatches([s[:, 0] for s in splits.train], [s.values for s in synthetic], window, min_history, horizon,
                             tc.batch_size, cfg.steps_per_epoch, seed=tc.seed, real_share=cfg.real_share,
                             mix_share=cfg.mix_share, seasons=seasons, unknown_season=cfg.unknown_season)
-    info.update(series=splits.names, synthetic={"generator": "KernelSynth", "series": cfg.synthetic_series, "length": length,
+    info.update(series=splits.names, val_windows=len(splits.val), synthetic={"generator": "KernelSynth", "series": cfg.synthetic_series, "length": length,
                                                 "seed": cfg.seed},
                 real_points=int(sum(len(s) for s in splits.train)),
                 files=D.data_hashes(["ETDataset/ETTh1.csv", "ETDataset/ETTm1.csv"], data_dir))
@@ -179,7 +179,7 @@ def _corpus_data(run: RunConfig, window: int, min_history: int, horizon: int, da
         info["frequencies"] = sorted({C.GROUP_FREQ[n.rsplit("(", 1)[1].rstrip(")")] for n in splits.names
                                       if n.rsplit("(", 1)[1].rstrip(")") in C.GROUP_FREQ})
     val = C.fixed_windows([s[:, 0] for s in splits.val], window, horizon, tc.batch_size,
-                          splits.seasons if seasonal else None)
+                          splits.val_seasons if seasonal else None)
     return TaskData(train=train, val=C.FixedBatches(val), tokenizers={}, model_fields={"channels": 1}, info=info)
 
 

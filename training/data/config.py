@@ -82,6 +82,7 @@ class DataConfig:
     tgt_column: str = ""  # "" = the second column
     corpus_sources: str = FIRST_SOURCES  # corpus: packages and datasets the real series come from
     # (training.data.corpus_sources.SOURCES: also vega_datasets, arch, bokeh_sampledata)
+    val_windows: int = 1  # corpus: validating horizons at the end of each real series (at most a tenth of it)
     synthetic_series: int = 400  # corpus: KernelSynth series (512 steps each) beside the real ones
     real_share: float = 0.5  # corpus: share of training rows cut from real series
     mix_share: float = 0.2  # corpus: share that are TSMixup mixes of real windows (the rest: synthetic)
@@ -98,7 +99,7 @@ class DataConfig:
             if getattr(self, key) not in TOKENIZER_KINDS:
                 raise ValueError(f"data.{key} {getattr(self, key)!r} is not one of {', '.join(TOKENIZER_KINDS)}")
         for key in ("vocab_size", "min_freq", "max_len", "num_examples", "stride", "num_series", "series_length", "channels",
-                    "repeats", "steps_per_epoch", "val_utterances"):
+                    "repeats", "steps_per_epoch", "val_utterances", "val_windows"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)!r}")
         if not 0.0 <= self.crop_prob <= 1.0:

@@ -248,27 +248,39 @@ class CorpusBatches:
             yield batch
 
 
-def held_out_tails(series: Sequence[np.ndarray], window: int, horizon: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(training parts, validation windows): each real series' last horizon (with up to ``window`` steps
-    before it) is kept out of training for early stopping."""
-    train, val = [], []
-    for y in series:
-        train.append(y[:-horizon])
-        val.append(y[-(window + horizon):] if len(y) >= window + horizon else y)
-    return train, val
+def val_window_count(length: int, horizon: int, windows: int) -> int:
+    """How many of a series' last horizons validate: up to ``windows``, at most a tenth of the series, at least one."""
+    return max(1, min(windows, length // (10 * horizon)))
+
+
+def held_out_tails(series: Sequence[np.ndarray], window: int, horizon: int, windows: int = 1
+                   ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """(training parts, validation windows, the series of each window): each real series' last horizons
+    (``val_window_count`` of them, each with up to ``window`` steps before it) are kept out of training for
+    early stopping. With ``windows`` = 1, each series' last horizon."""
+    train, val, owner = [], [], []
+    for k, y in enumerate(series):
+        n = val_window_count(len(y), horizon, windows)
+        train.append(y[: len(y) - n * horizon])
+        for j in range(n - 1, -1, -1):  # oldest first
+            end = len(y) - j * horizon
+            val.append(y[max(0, end - window - horizon) : end])
+            owner.append(k)
+    return train, val, owner
 
 
 def corpus_splits(cfg, window: int, horizon: int, data_dir=None):
-    """SeriesSplits of the real series: train = all but each one's last horizon; val = test = those last
-    horizons with up to ``window`` steps before them (the zero-shot benchmark is the real test)."""
+    """SeriesSplits of the real series: train = all but each one's last horizons (``data.val_windows``); val = test
+    = those horizons with up to ``window`` steps before each (the zero-shot benchmark is the real test);
+    ``seasons`` are the training series', ``val_seasons`` the validation windows'."""
     from training.data.series import Scaler, SeriesSplits
 
     real = real_series(data_dir, cfg.corpus_sources)
-    train, tails = held_out_tails([s.values for s in real], window, horizon)
+    train, tails, owner = held_out_tails([s.values for s in real], window, horizon, cfg.val_windows)
     as_rows = [[(v[:, None]).astype(np.float32) for v in part] for part in (train, tails)]
     return SeriesSplits(train=as_rows[0], val=as_rows[1], test=as_rows[1], scaler=Scaler([0.0], [1.0]), columns=["y"],
                         lead=window, names=[f"{s.source}:{s.name} ({s.group})" for s in real],
-                        seasons=[s.season for s in real])
+                        seasons=[s.season for s in real], val_seasons=[real[k].season for k in owner])
 
 
 def fixed_windows(series: Sequence[np.ndarray], window: int, horizon: int, batch_size: int,

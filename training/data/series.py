@@ -52,6 +52,7 @@ class SeriesSplits:
     freq: str = ""  # pandas alias, when known
     filled: int = 0  # missing values interpolated
     seasons: list[int] = field(default_factory=list)  # steps per season of each series, when known
+    val_seasons: list[int] = field(default_factory=list)  # of each val series, where val has other series than train
 
     def split(self, name: str) -> list[np.ndarray]:
         return getattr(self, check_split(name))

@@ -64,6 +64,18 @@ def test_validation_windows_group_equal_contexts():
     assert batches[-1]["target"][1, :, 0].tolist() == [996.0, 997.0, 998.0, 999.0]
 
 
+def test_long_series_validate_on_their_last_horizons():
+    series = [np.arange(1000.0), np.arange(100.0), np.arange(250.0)]
+    assert [C.val_window_count(len(y), 10, 4) for y in series] == [4, 1, 2]  # a tenth of each series, at least one
+    train, val, owner = C.held_out_tails(series, window=32, horizon=10, windows=4)
+    assert [len(t) for t in train] == [960, 90, 230] and owner == [0, 0, 0, 0, 1, 2, 2]
+    assert [v[-1] for v in val] == [969.0, 979.0, 989.0, 999.0, 99.0, 239.0, 249.0]  # oldest first, then the last
+    assert [len(v) for v in val] == [42, 42, 42, 42, 42, 42, 42] and val[0][0] == 928.0
+    assert all(v[-10] > train[k][-1] for v, k in zip(val, owner))  # no validation target was trained on
+    one_train, one_val, _ = C.held_out_tails(series, window=32, horizon=10)
+    assert [len(t) for t in one_train] == [990, 90, 240] and [v[-1] for v in one_val] == [999.0, 99.0, 249.0]
+
+
 def test_relative_scale_floor_tames_flat_windows():
     flat = torch.full((1, 20, 1), 1000.0)
     base = Forecaster(ForecastConfig(window=20, min_history=4, horizon=2, hidden_size=4, num_layers=1))
@@ -204,3 +216,10 @@ def test_validation_loss_of_a_checkpoint_is_what_training_logged(tmp_path, data_
     assert math.isclose(loss, best["best_val"], rel_tol=1e-5)
     more, more_count = corpus_validation_loss(result.best_path, C.FIRST_SOURCES + ",arch", data_dir=data_dir)
     assert more_count > count and not math.isclose(more, loss)  # other windows, another figure
+    run.data.val_windows = 3
+    run.train.out_dir = str(tmp_path / "three")
+    _, three = train.run_task(run, data_dir=data_dir)
+    best3 = load_checkpoint(three.best_path)
+    loss3, count3 = corpus_validation_loss(three.best_path, data_dir=data_dir, windows=3)
+    assert count3 == best3["data_info"]["val_windows"] > count  # series long enough validate on three horizons
+    assert math.isclose(loss3, best3["best_val"], rel_tol=1e-5)
