@@ -134,11 +134,19 @@ class StepItem:
         raise NotImplementedError
 
     @classmethod
+    def advance_steps(cls, items: list["StepItem"], bounds: list[tuple[int, int]], steps: list[dict[str, np.ndarray]],
+                      layout: StepLayout) -> list[bool | Exception]:
+        """Advance ``items`` through every step of their ``run_steps`` round in one pass (an item that
+        finishes at one step ignores the later ones): per item, finished or the exception it raised.
+        ``settle_many`` follows once per round (classes with ``multi_step``)."""
+        raise NotImplementedError
+
+    @classmethod
     def settle_many(cls, items: list["StepItem"]) -> list[bool | Exception]:
-        """What is left of the last ``advance_many`` that the next step's inputs do not need
-        (detokenising, queueing text): the loop calls it once the next call is running. Per item,
-        finished (an item may finish here and still be part of that call: its rows are ignored)
-        or the exception it raised."""
+        """What is left of the last ``advance_many`` (or ``advance_steps``: the whole round) that the
+        next step's inputs do not need (detokenising, queueing text): the loop calls it once the next
+        call is running. Per item, finished (an item may finish here and still be part of that call:
+        its rows are ignored) or the exception it raised."""
         return [False] * len(items)
 
     def fail(self, error: ServiceError) -> None:
@@ -349,6 +357,19 @@ class StepScheduler:
         for _ in rounds:
             self._meter.batch(call.bounds[-1][1], took)
         advanced = []
+        if isinstance(outputs, list):  # a multi-step round (run_steps): each class takes it in one pass
+            groups = {}
+            for i, it in enumerate(call.items):
+                if not it.cancelled:
+                    groups.setdefault(type(it), []).append(i)
+            for cls, members in groups.items():
+                group = [call.items[i] for i in members]
+                try:
+                    results = cls.advance_steps(group, [call.bounds[i] for i in members], outputs, self._layout)
+                except Exception as err:  # noqa: BLE001 - a failed pass fails its items, not the loop
+                    results = [err] * len(group)
+                advanced.append((cls, self._conclude(group, results)))
+            return advanced
         for step in rounds:
             groups: dict[type[StepItem], list[int]] = {}  # items still here, by class (one pass each)
             for i, it in enumerate(call.items):

@@ -164,6 +164,8 @@ def sample_rows(logits: np.ndarray, samplers: list[Sampler]) -> np.ndarray:
     """(B,) int64: the next token of every row of (B, V) logits, row i drawn with samplers[i] (and
     one number from its RNG unless greedy): one vectorised pass for a decoding step's rows, the
     same tokens as each sampler alone."""
+    if len(samplers) == 1 and not samplers[0].top_k and samplers[0].top_p >= 1.0:
+        return np.array([_sample_one(logits[0], samplers[0])], dtype=np.int64)
     hot = [i for i, s in enumerate(samplers) if s.temperature != 0]
     if len(hot) < len(samplers):
         tokens = np.argmax(logits, axis=1)
@@ -181,6 +183,22 @@ def sample_rows(logits: np.ndarray, samplers: list[Sampler]) -> np.ndarray:
             return drawn
         tokens[hot] = drawn
     return tokens
+
+
+def _sample_one(logits: np.ndarray, sampler: Sampler) -> int:
+    """One stream's step (no top-k, no top-p): the arithmetic of ``_probabilities`` and ``sample_rows``
+    on a (1, V) block, in fewer numpy calls (the same reductions along the row, so the same token)."""
+    if sampler.temperature == 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64)
+    if sampler.temperature != 1.0:
+        z /= sampler.temperature
+    z -= z.max()
+    np.exp(z, out=z)
+    z /= z.sum()
+    cum = np.cumsum(z)
+    drawn = int(np.count_nonzero(cum <= sampler.rng.random() * cum[-1]))
+    return min(drawn, len(z) - 1)
 
 
 class StopChecker:

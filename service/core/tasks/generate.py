@@ -76,27 +76,27 @@ class GenerationStream(StepItem):
         return (self._eos is not None and token == self._eos) or self.completion_tokens >= self._max_tokens
 
     def settle(self) -> bool:
-        """Queue the text the oldest chosen token not yet settled makes final. True when the stream
-        is done."""
-        token, logits = self._chosen.popleft()
-        if self._finished:  # a stop string ended it at an earlier step of the round
-            return True
-        count = self.completion_tokens - len(self._chosen)  # this token's place in the completion
-        if self._logprobs is not None:
-            self._reported.append(self._logprobs.of(logits, token))
-        finish = ""
-        if self._eos is not None and token == self._eos:
-            text, finish = self._decoder.finish(), "eos"
-        else:
-            text = self._decoder.push(token)
-            if self._decoder.stopped:
-                finish = "stop"
-            elif count >= self._max_tokens:
-                text, finish = text + self._decoder.finish(), "length"
+        """Queue, as one chunk, the text that the chosen tokens not yet settled make final (one per
+        step, or a round's). True when the stream is done."""
+        text, finish, count = "", "", 0
+        while self._chosen and not self._finished:
+            token, logits = self._chosen.popleft()
+            count = self.completion_tokens - len(self._chosen)  # this token's place in the completion
+            if self._logprobs is not None:
+                self._reported.append(self._logprobs.of(logits, token))
+            if self._eos is not None and token == self._eos:
+                text, finish = text + self._decoder.finish(), "eos"
+            else:
+                text += self._decoder.push(token)
+                if self._decoder.stopped:
+                    finish = "stop"
+                elif count >= self._max_tokens:
+                    text, finish = text + self._decoder.finish(), "length"
+            self._finished = bool(finish)
+        self._chosen.clear()  # after a stop string: tokens chosen past it are dropped
         if text or finish:
             self.queue.put_nowait(GenerateChunk(text, finish, self._prompt_tokens, count, self._reported))
             self._reported = []
-        self._finished = bool(finish)
         return self._finished
 
     def step_feeds(self) -> dict[str, np.ndarray]:
@@ -115,6 +115,29 @@ class GenerationStream(StepItem):
         states = [outputs[n] for n in layout.state_outputs]
         return [st.choose(token, row_logits, {n: s[:, row : row + 1] for n, s in zip(st._names, states)})
                 for st, row, token, row_logits in zip(streams, rows, tokens, logits)]
+
+    @classmethod
+    def advance_steps(cls, items: list[StepItem], bounds: list[tuple[int, int]], steps: list[dict[str, np.ndarray]],
+                      layout: StepLayout) -> list[bool | Exception]:
+        """A round's tokens (``run_steps`` sampled them) for every stream at once: each takes them
+        in order up to the one that ends it; the state after its last is the next round's input."""
+        streams = cast(list[GenerationStream], items)
+        rows = [lo for lo, _ in bounds]
+        tokens = np.stack([out[CHOSEN][rows] for out in steps], axis=1).tolist()  # (streams, steps)
+        logits = [out["logits"] for out in steps]
+        results: list[bool | Exception] = []
+        for st, row, chosen in zip(streams, rows, tokens):
+            done = False
+            for k, token in enumerate(chosen):
+                st.completion_tokens += 1
+                st._chosen.append((token, logits[k][row, -1]))
+                done = (st._eos is not None and token == st._eos) or st.completion_tokens >= st._max_tokens
+                if done:
+                    break
+            st._next = chosen[k]
+            st._states = {n: steps[k][o][:, row : row + 1] for n, o in zip(st._names, layout.state_outputs)}
+            results.append(done)
+        return results
 
     @classmethod
     def run_steps(cls, items: list[StepItem], feeds: dict[str, np.ndarray], steps: int,

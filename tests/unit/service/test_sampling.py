@@ -272,5 +272,17 @@ def test_sampling_a_whole_step_gives_each_row_what_it_gets_alone(vocab):
             assert sample_rows(logits, batched).tolist() == [s.sample(row) for s, row in zip(single, logits)]
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.5, 1.0, 1.7])
+def test_one_stream_draws_what_a_batch_row_draws(temperature):
+    """A lone stream's step takes a shorter path (no top-k/top-p): the same token, draw after draw, as
+    the same sampler's row inside a batch."""
+    rng = np.random.default_rng(5)
+    alone, in_batch = (Sampler(temperature, 0, 1.0, np.random.default_rng(9)) for _ in range(2))
+    other = Sampler(1.0, 3, 0.9, np.random.default_rng(10))
+    for _ in range(300):
+        logits = (rng.standard_normal((2, 69)) * 4).astype(np.float32)
+        assert sample_rows(logits[:1], [alone]).tolist() == sample_rows(logits, [in_batch, other]).tolist()[:1]
+
+
 def test_top_k_keeps_ties_at_the_kth_value():
     assert set(np.flatnonzero(top_k_mask(np.array([1.0, 3.0, 2.0, 2.0, 0.5]), 2))) == {1, 2, 3}
