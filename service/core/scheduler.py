@@ -356,32 +356,20 @@ class StepScheduler:
         took = (time.monotonic() - call.started) / len(rounds)
         for _ in rounds:
             self._meter.batch(call.bounds[-1][1], took)
+        multi = isinstance(outputs, list)  # a run_steps round: each class takes it in one pass
+        groups: dict[type[StepItem], list[int]] = {}  # items still here, by class (one pass each)
+        for i, it in enumerate(call.items):
+            if not it.cancelled:  # left while the call ran
+                groups.setdefault(type(it), []).append(i)
         advanced = []
-        if isinstance(outputs, list):  # a multi-step round (run_steps): each class takes it in one pass
-            groups = {}
-            for i, it in enumerate(call.items):
-                if not it.cancelled:
-                    groups.setdefault(type(it), []).append(i)
-            for cls, members in groups.items():
-                group = [call.items[i] for i in members]
-                try:
-                    results = cls.advance_steps(group, [call.bounds[i] for i in members], outputs, self._layout)
-                except Exception as err:  # noqa: BLE001 - a failed pass fails its items, not the loop
-                    results = [err] * len(group)
-                advanced.append((cls, self._conclude(group, results)))
-            return advanced
-        for step in rounds:
-            groups: dict[type[StepItem], list[int]] = {}  # items still here, by class (one pass each)
-            for i, it in enumerate(call.items):
-                if not it.cancelled:  # left while the call ran (or finished at an earlier step)
-                    groups.setdefault(type(it), []).append(i)
-            for cls, members in groups.items():
-                group = [call.items[i] for i in members]
-                try:
-                    results = cls.advance_many(group, [call.bounds[i] for i in members], step, self._layout)
-                except Exception as err:  # noqa: BLE001 - a failed pass fails its items, not the loop
-                    results = [err] * len(group)
-                advanced.append((cls, self._conclude(group, results)))
+        for cls, members in groups.items():
+            group, bounds = [call.items[i] for i in members], [call.bounds[i] for i in members]
+            try:
+                results = (cls.advance_steps(group, bounds, outputs, self._layout) if multi
+                           else cls.advance_many(group, bounds, outputs, self._layout))
+            except Exception as err:  # noqa: BLE001 - a failed pass fails its items, not the loop
+                results = [err] * len(group)
+            advanced.append((cls, self._conclude(group, results)))
         return advanced
 
     def _settle(self, advanced: list[tuple[type[StepItem], list[StepItem]]]) -> None:
