@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -127,10 +128,13 @@ class StepItem:
     @classmethod
     def run_steps(cls, items: list["StepItem"], feeds: dict[str, np.ndarray], steps: int,
                   run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
-                  layout: StepLayout) -> list[dict[str, np.ndarray]]:
+                  layout: StepLayout, more: Callable[[list[dict[str, np.ndarray]]], bool] | None = None,
+                  ) -> list[dict[str, np.ndarray]]:
         """``steps`` steps of ``items`` at once, on a worker thread (classes with ``multi_step``):
         each step's outputs, with what ``advance_many`` needs to replay the step without choosing
-        again. Must not touch the event loop."""
+        again. With ``more``, it may go on with further rounds (none of the items can have ended),
+        handing each finished round to ``more``, which returns False when the loop wants it back
+        (the last round is the result). Must not touch the event loop."""
         raise NotImplementedError
 
     @classmethod
@@ -293,17 +297,17 @@ class StepScheduler:
                 if not items:
                     await self._sleep()
                     continue
-                call = self._launch(items)
+                call = self._launch(items, chain=True)
                 if call is None:
                     continue
             advanced = await self._finish(call)
             if call.inline:  # nothing would run beside the text: produce it first, as it came
                 self._settle(advanced)
                 items = self._admit()
-                call = self._launch(items) if items else None
+                call = self._launch(items, chain=True) if items else None
             else:
                 items = self._admit()
-                call = self._launch(items) if items else None
+                call = self._launch(items, chain=True) if items else None
                 self._settle(advanced)
 
     async def _sleep(self) -> None:
@@ -311,11 +315,11 @@ class StepScheduler:
         self._wake.clear()
         await self._wake.wait()
 
-    def _launch(self, items: list[StepItem]) -> "_Call | None":
+    def _launch(self, items: list[StepItem], chain: bool = False) -> "_Call | None":
         """Start one decoder call for ``items`` (fixing each item's rows of it); None when their
         inputs could not be put together (each item then failed, the loop goes on)."""
         try:
-            return self._start_call(items)
+            return self._start_call(items, chain)
         except Exception as err:  # noqa: BLE001 - a bug in one item's feeds must not stop the loop
             log.error("%s: could not stack a decoding step", self.name, exc_info=err)
             for it in items:
@@ -323,21 +327,55 @@ class StepScheduler:
                 self.remove(it)
             return None
 
-    def _start_call(self, items: list[StepItem]) -> "_Call":
+    def _start_call(self, items: list[StepItem], chain: bool = False) -> "_Call":
+        """With ``chain``, a multi-step call may run several rounds before it returns (``_more``)."""
         bounds = []
         start = 0
         for it in items:  # rows may change in advance(): fix the slices first
             bounds.append((start, start + it.rows))
             start += it.rows
-        started = time.monotonic()
+        mark = [time.monotonic()]  # when the call started, then when its worker handed over its last round
         feeds = self._stack(items)
         kind = type(items[0])
         if self.decode_steps > 1 and kind.multi_step and all(type(it) is kind for it in items):
             steps, layout = self.decode_steps, self._layout
-            task = self._runtime.start(feeds, lambda run, f: kind.run_steps(items, f, steps, run, layout))
+            more = self._more(items, bounds, mark) if chain else None
+            task = self._runtime.start(feeds, lambda run, f: kind.run_steps(items, f, steps, run, layout, more))
         else:
             task = self._runtime.start(feeds)
-        return _Call(items, bounds, task, started, task.done())
+        return _Call(items, bounds, task, mark, task.done())
+
+    def _more(self, items: list[StepItem], bounds: list[tuple[int, int]], mark: list[float]
+              ) -> Callable[[list[dict[str, np.ndarray]]], bool]:
+        """For a multi-step call's worker thread: after each round, go on (True, the round handed to
+        the loop, which makes its text while the next round runs: no hand-off between rounds, the
+        batch's inputs kept on the worker as vLLM's persistent batch keeps them) while nothing
+        changes, or stop (False: the loop takes the round as the call's result). Something changes
+        when an item waits to join, an item left (cancelled, finished, failed), a deadline passed or
+        the loop closes; read across threads, so a change seen one round late costs that round, whose
+        rows of a gone item are ignored as any call's are."""
+        loop = asyncio.get_running_loop()
+        deadlines = [it.deadline for it in items if it.deadline is not None]
+        first = min(deadlines, default=math.inf)
+
+        def more(steps: list[dict[str, np.ndarray]]) -> bool:
+            now = time.monotonic()
+            if self._closed or self._pending or now >= first or any(it.cancelled for it in items):
+                return False
+            loop.call_soon_threadsafe(self._take_round, items, bounds, steps, (now - mark[0]) / len(steps))
+            mark[0] = now
+            return True
+
+        return more
+
+    def _take_round(self, items: list[StepItem], bounds: list[tuple[int, int]], steps: list[dict[str, np.ndarray]],
+                    took: float) -> None:
+        """A round a worker handed over while it runs the next: advance and settle its items."""
+        if self._closed:
+            return
+        for _ in steps:
+            self._meter.batch(bounds[-1][1], took)
+        self._settle(self._advance(items, bounds, steps))
 
     async def _finish(self, call: "_Call") -> list[tuple[type[StepItem], list[StepItem]]]:
         """Wait for ``call``; every item still in the loop advances (or fails) with its rows of the
@@ -353,20 +391,26 @@ class StepScheduler:
                 self.remove(it)
             return []
         rounds = outputs if isinstance(outputs, list) else [outputs]  # one per step decoded
-        took = (time.monotonic() - call.started) / len(rounds)
+        took = (time.monotonic() - call.mark[0]) / len(rounds)
         for _ in rounds:
             self._meter.batch(call.bounds[-1][1], took)
-        multi = isinstance(outputs, list)  # a run_steps round: each class takes it in one pass
+        return self._advance(call.items, call.bounds, outputs)
+
+    def _advance(self, items: list[StepItem], bounds: list[tuple[int, int]],
+                 outputs: dict[str, np.ndarray] | list[dict[str, np.ndarray]]) -> list[tuple[type[StepItem], list[StepItem]]]:
+        """Every item still in the loop advances (or fails) with its rows of one call's outputs
+        (a list: a multi-step round's, which each class takes in one pass)."""
+        multi = isinstance(outputs, list)
         groups: dict[type[StepItem], list[int]] = {}  # items still here, by class (one pass each)
-        for i, it in enumerate(call.items):
+        for i, it in enumerate(items):
             if not it.cancelled:  # left while the call ran
                 groups.setdefault(type(it), []).append(i)
         advanced = []
         for cls, members in groups.items():
-            group, bounds = [call.items[i] for i in members], [call.bounds[i] for i in members]
+            group, rows = [items[i] for i in members], [bounds[i] for i in members]
             try:
-                results = (cls.advance_steps(group, bounds, outputs, self._layout) if multi
-                           else cls.advance_many(group, bounds, outputs, self._layout))
+                results = (cls.advance_steps(group, rows, outputs, self._layout) if multi
+                           else cls.advance_many(group, rows, outputs, self._layout))
             except Exception as err:  # noqa: BLE001 - a failed pass fails its items, not the loop
                 results = [err] * len(group)
             advanced.append((cls, self._conclude(group, results)))
@@ -402,5 +446,5 @@ class _Call(NamedTuple):
     items: list[StepItem]
     bounds: list[tuple[int, int]]
     task: asyncio.Future
-    started: float
+    mark: list[float]  # [when it started], then when its worker handed over a round (_more)
     inline: bool  # it ran in the event loop's thread, done before start() returned

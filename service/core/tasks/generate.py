@@ -142,19 +142,31 @@ class GenerationStream(StepItem):
     @classmethod
     def run_steps(cls, items: list[StepItem], feeds: dict[str, np.ndarray], steps: int,
                   run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
-                  layout: StepLayout) -> list[dict[str, np.ndarray]]:
+                  layout: StepLayout, more: Callable[[list[dict[str, np.ndarray]]], bool] | None = None,
+                  ) -> list[dict[str, np.ndarray]]:
         """``steps`` tokens of every stream: graph, sampling (each row's own sampler, as
         ``advance_many`` would), graph, ... Each step's outputs carry its tokens under CHOSEN. A
-        stream that ends on the way (EOS, max_tokens, a stop string) ignores the tokens after."""
+        stream that ends on the way (EOS, max_tokens, a stop string) ignores the tokens after.
+        With ``more``: further rounds on this thread, fed from the last step, while no stream can
+        have ended (no EOS, max_tokens not reached) and ``more(round)`` takes the finished round
+        (the loop makes its text while the next runs); returns the last round."""
         samplers = [st._sampler for st in cast(list[GenerationStream], items)]
         pairs = list(zip(layout.state_inputs, layout.state_outputs))
-        outputs = []
-        for _ in range(steps):
-            out = run(feeds)
-            out[CHOSEN] = sample_rows(out["logits"][:, -1], samplers)
-            outputs.append(out)
-            feeds = {"tokens": out[CHOSEN][:, None], **{i: out[o] for i, o in pairs}}
-        return outputs
+        # Tokens each stream may still take: read before any round of this call reached the loop.
+        left = min(st._max_tokens - st.completion_tokens for st in cast(list[GenerationStream], items))
+        eos = {st._eos for st in cast(list[GenerationStream], items)} - {None}
+        while True:
+            outputs = []
+            for _ in range(steps):
+                out = run(feeds)
+                out[CHOSEN] = sample_rows(out["logits"][:, -1], samplers)
+                outputs.append(out)
+                feeds = {"tokens": out[CHOSEN][:, None], **{i: out[o] for i, o in pairs}}
+            left -= steps
+            if more is None or left <= 0 or any(np.isin(out[CHOSEN], list(eos)).any() for out in outputs if eos):
+                return outputs
+            if not more(outputs):
+                return outputs
 
     @classmethod
     def settle_many(cls, items: list[StepItem]) -> list[bool | Exception]:

@@ -224,6 +224,43 @@ async def test_several_tokens_per_round_decode_what_one_per_round_does(tmp_path,
     assert rows / steps_run > 2  # the streams shared their calls
 
 
+async def test_rounds_go_on_without_a_hand_off_until_the_batch_changes(tmp_path, add_bundle, make_engine, monkeypatch):
+    """While nothing joins or leaves, a worker runs round after round (the loop makes each round's
+    text meanwhile); a stream that joins is taken in at the next round, and the texts are those of
+    one token per round."""
+    from service.core.runtime import GraphRuntime
+
+    add_bundle(tmp_path, "tiny-generate")
+    one = await make_engine(tmp_path, decode_steps=1)
+    many = await make_engine(tmp_path, decode_steps=4)
+    long = GenerateRequest(prompt="First", max_tokens=160, seed=3, temperature=0.8)
+    short = GenerateRequest(prompt="Speak", max_tokens=30, seed=4, temperature=0.8)
+    want = [(await one.generate(r)).text for r in (long, short)]
+    submitted = []
+    start = GraphRuntime.start
+    monkeypatch.setattr(GraphRuntime, "start", lambda self, feeds, work=None: submitted.append(work) or start(self, feeds, work))
+    steps_before = step_calls(many, "lm")[0]
+    alone = await many.generate(long)
+    rounds = (step_calls(many, "lm")[0] - steps_before) / 4
+    assert alone.text == want[0] and alone.finish_reason in ("length", "eos")
+    handed = [w for w in submitted if w is not None]
+    assert rounds >= 8 and len(handed) <= 2  # prefill aside: one or two hand-offs for all its rounds
+    submitted.clear()
+
+    async def joined() -> str:
+        first = None
+        async with aclosing(many.generate_stream(long)) as stream:
+            text = ""
+            async for chunk in stream:
+                text += chunk.text
+                if first is None:  # the long stream is running rounds on a worker: join it
+                    first = asyncio.ensure_future(many.generate(short))
+        return text, (await first).text
+
+    assert await joined() == tuple(want)
+    assert len([w for w in submitted if w is not None]) >= 2  # the join ended the worker's run of rounds
+
+
 async def test_a_stream_cancelled_mid_round_leaves_at_the_round_and_frees_its_slot(repo, make_engine):
     engine = await make_engine(repo, decode_steps=8, max_streams=2)
     req = GenerateRequest(prompt="First", max_tokens=500, seed=3, temperature=0.9)
