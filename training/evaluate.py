@@ -389,8 +389,9 @@ def corpus_validation_loss(checkpoint, sources: str | Sequence[str] = FIRST_SOUR
                            windows: int = 1) -> tuple[float, int]:
     """A forecast-global checkpoint's validation loss (mean pinball loss on the normalised scale, as training
     logs it) on the last horizons (``windows``, as ``data.val_windows`` holds them out) of the real series of
-    ``sources`` (``data.corpus_sources``), and how many windows that is. With the defaults, the windows that
-    chose forecast-global/1 (its ``best_val_loss``), whatever corpus a run trained on:
+    ``sources`` (``data.corpus_sources``), and how many windows that is. With the defaults, the 70 windows that
+    chose the former forecast-global/1 (``windows=4``: the 141 that chose the bundle), whatever corpus a run
+    trained on:
     ``python -c "from training.evaluate import corpus_validation_loss as v; print(v('runs/X/best.pt'))"``.
     Compare checkpoints on windows none of them trained on: ``windows`` at most each run's ``data.val_windows``."""
     from training.data import corpus as C
