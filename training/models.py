@@ -175,6 +175,7 @@ class ForecastConfig:
     # The graph also takes each row's season length (steps): the encoder reads the seasonal difference
     # and log(season) beside each value, and the median is a correction to seasonal naive's forecast.
     seasonal: bool = False
+    season_lags: int = 1  # seasonal: the encoder reads the differences from 1..season_lags seasons before
 
     def validate(self) -> "ForecastConfig":
         check_cell(self.cell)
@@ -189,6 +190,8 @@ class ForecastConfig:
             raise ValueError(f"ForecastConfig.scale_floor {self.scale_floor!r} must be > 0")
         if not 0.0 <= self.relative_scale_floor < 1.0:
             raise ValueError(f"ForecastConfig.relative_scale_floor {self.relative_scale_floor!r} must be in [0, 1)")
+        if not 1 <= self.season_lags <= 4:
+            raise ValueError(f"ForecastConfig.season_lags {self.season_lags!r} must be within 1..4")
         return self
 
 
@@ -200,7 +203,7 @@ class Forecaster(nn.Module):
     def __init__(self, config: ForecastConfig) -> None:
         super().__init__()
         self.config = c = config.validate()
-        features = 2 * c.channels + 1 if c.seasonal else c.channels
+        features = (1 + c.season_lags) * c.channels + 1 if c.seasonal else c.channels
         self.encoder = Recurrent(c.cell, features, c.hidden_size, c.num_layers, c.bidirectional, c.dropout,
                                  forget_bias=c.forget_bias)
         self.dropout = nn.Dropout(c.dropout)
@@ -218,22 +221,25 @@ class Forecaster(nn.Module):
         return (window - mean) / scale, mean, scale
 
     def seasonal_inputs(self, x: Tensor, season: Tensor) -> tuple[Tensor, Tensor]:
-        """x (B, T, C) normalised, season (B,) steps -> encoder features (B, T, 2C + 1): the value, its
-        difference from one season before (0 in the first season) and log(season) / log(512); and
-        seasonal naive's forecast (B, H, C) on x's scale. A season longer than the window counts as 1
-        (as seasonal naive falls back to the last value)."""
+        """x (B, T, C) normalised, season (B,) steps -> encoder features (B, T, (1 + season_lags) C + 1):
+        the value, its differences from 1..season_lags seasons before (0 where the history is shorter)
+        and log(season) / log(512); and seasonal naive's forecast (B, H, C) on x's scale. A season
+        longer than the window counts as 1 (as seasonal naive falls back to the last value)."""
         steps = torch.arange(x.shape[1], device=x.device)  # traced: follows the window's length
         s = season.to(torch.int64).clamp_min(1)
         s = torch.where(s <= steps[-1:] + 1, s, torch.ones_like(s))
-        lag = (steps.unsqueeze(0) - s.unsqueeze(1)).clamp_min(0)  # (B, T)
         channels = x.shape[2]
-        before = torch.gather(x, 1, lag.unsqueeze(-1).expand(-1, -1, channels))
-        diff = (x - before) * (steps.unsqueeze(0) >= s.unsqueeze(1)).unsqueeze(-1).to(x.dtype)
+        diffs = []
+        for k in range(1, self.config.season_lags + 1):
+            back = k * s
+            lag = (steps.unsqueeze(0) - back.unsqueeze(1)).clamp_min(0)  # (B, T)
+            before = torch.gather(x, 1, lag.unsqueeze(-1).expand(-1, -1, channels))
+            diffs.append((x - before) * (steps.unsqueeze(0) >= back.unsqueeze(1)).unsqueeze(-1).to(x.dtype))
         level = torch.ones_like(x[..., :1]) * (torch.log(s.to(x.dtype)) / math.log(512.0)).view(-1, 1, 1)
         ahead = torch.arange(self.config.horizon, device=x.device).unsqueeze(0)  # (1, H)
         at = steps[-1:] + 1 - s.unsqueeze(1) + torch.remainder(ahead, s.unsqueeze(1))  # (B, H)
         naive = torch.gather(x, 1, at.unsqueeze(-1).expand(-1, -1, channels))
-        return torch.cat([x, diff, level], dim=-1), naive
+        return torch.cat([x, *diffs, level], dim=-1), naive
 
     def forward_normalised(self, window: Tensor, season: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """window (B, T, C) [, season (B,)] -> quantiles (B, H, C, Q) on the window-normalised scale, mean, scale."""

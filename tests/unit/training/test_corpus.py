@@ -132,12 +132,29 @@ def test_seasonal_forecaster_starts_from_seasonal_naive(length, season):
         model(x)
 
 
+@pytest.mark.parametrize("season", [5, 12, 30, 1])
+def test_a_second_season_lag_reads_the_difference_from_two_seasons_before(season):
+    model = Forecaster(ForecastConfig(window=64, min_history=8, horizon=4, hidden_size=8, num_layers=1,
+                                      quantiles=(0.1, 0.5, 0.9), seasonal=True, season_lags=2)).eval()
+    x = torch.randn(1, 40, 1)
+    features, _ = model.seasonal_inputs(x, torch.tensor([season]))
+    y = x[0, :, 0].numpy()
+    assert features.shape == (1, 40, 4)  # value, one season's difference, two seasons', log(season)
+    np.testing.assert_allclose(features[0, season:, 1].numpy(), y[season:] - y[:-season], rtol=1e-5, atol=1e-6)
+    two = features[0, :, 2].numpy()
+    if 2 * season < 40:
+        np.testing.assert_allclose(two[2 * season:], y[2 * season:] - y[: -2 * season], rtol=1e-5, atol=1e-6)
+    assert not two[: min(2 * season, 40)].any()  # no history two seasons back: 0
+    with pytest.raises(ValueError, match="season_lags"):
+        ForecastConfig(season_lags=5).validate()
+
+
 def test_seasonal_forecaster_exports_with_a_season_input(tmp_path):
     import onnxruntime as ort
 
     from tests.bundles import make_bundle
 
-    folder = make_bundle(tmp_path, "forecast", seasonal=True)
+    folder = make_bundle(tmp_path, "forecast", seasonal=True, season_lags=2)  # the export checks parity with torch
     session = ort.InferenceSession(str(folder / "forecast.onnx"))
     assert [i.name for i in session.get_inputs()] == ["window", "season"]
     window = np.sin(np.arange(20, dtype=np.float32) / 2)[None, :, None].repeat(3, axis=0)
