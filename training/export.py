@@ -364,6 +364,14 @@ def portable(path) -> str:
         return str(resolved)
 
 
+def _portable_run(run: dict[str, Any]) -> dict[str, Any]:
+    """The run config with its output folder ``portable`` (a run told ``--out /abs/runs/x``)."""
+    train = run.get("train") or {}
+    if not train.get("out_dir"):
+        return run
+    return {**run, "train": {**train, "out_dir": portable(train["out_dir"])}}
+
+
 FSDD_ATTRIBUTION = ("Free Spoken Digit Dataset (FSDD), Zohar Jackson and contributors, "
                     "github.com/Jakobovski/free-spoken-digit-dataset")
 
@@ -382,7 +390,7 @@ def export_checkpoint(checkpoint: str | Path, models_dir: str | Path, name: str,
     model, tokenizers = model_from_checkpoint(ckpt)
     run, info = ckpt["run_config"], ckpt.get("data_info", {})
     training = {
-        "run_config": run, "data": info, "checkpoint": portable(checkpoint), "step": ckpt["step"],
+        "run_config": _portable_run(run), "data": info, "checkpoint": portable(checkpoint), "step": ckpt["step"],
         "best_step": ckpt["best_step"], "best_val_loss": ckpt["best_val"], "seconds": round(ckpt["seconds"], 1),
         "seed": run["train"]["seed"], "world_size": ckpt["world_size"],
     }
