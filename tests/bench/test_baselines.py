@@ -169,3 +169,13 @@ def test_inprocess_command_prints_every_bundle(models, capsys):
     assert sorted(bundles) == ["tiny-forecast/1", "tiny-generate/1"]
     assert bundles["tiny-forecast/1"]["forecast"]["p50_ms"] > 0
     assert sorted(bundles["tiny-generate/1"]["decode_step"]) == ["batch_1", "batch_2"]
+
+
+def test_gil_command_times_a_step_beside_a_busy_thread(models, capsys):
+    from bench import gil
+
+    assert gil.main(["--models", str(models), "--model", "tiny-generate", "--steps", "30"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("one-row step on a worker thread, the other thread idle: ")
+    assert [line.split("running Python ")[1].split(" of")[0] for line in lines[1:]] == ["10%", "30%", "60%"]
+    assert all(float(line.rsplit("(", 1)[1].rstrip("x)")) > 0 for line in lines[1:])
