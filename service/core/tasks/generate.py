@@ -69,9 +69,13 @@ class GenerationStream(StepItem):
     def choose(self, token: int, logits: np.ndarray, states: dict[str, np.ndarray]) -> bool:
         """``token``, sampled from (V,) ``logits``, is the next one; the next step feeds it with
         ``states``. True when it ends the stream (EOS, max_tokens); ``settle`` makes its text."""
-        self.completion_tokens += 1
         self._next = token
         self._states = states
+        return self._take(token, logits)
+
+    def _take(self, token: int, logits: np.ndarray) -> bool:
+        """Count ``token`` and keep it for ``settle``; True when it ends the stream (EOS, max_tokens)."""
+        self.completion_tokens += 1
         self._chosen.append((token, logits))
         return (self._eos is not None and token == self._eos) or self.completion_tokens >= self._max_tokens
 
@@ -129,10 +133,7 @@ class GenerationStream(StepItem):
         for st, row, chosen in zip(streams, rows, tokens):
             done = False
             for k, token in enumerate(chosen):
-                st.completion_tokens += 1
-                st._chosen.append((token, logits[k][row, -1]))
-                done = (st._eos is not None and token == st._eos) or st.completion_tokens >= st._max_tokens
-                if done:
+                if done := st._take(token, logits[k][row, -1]):
                     break
             st._next = chosen[k]
             st._states = {n: steps[k][o][:, row : row + 1] for n, o in zip(st._names, layout.state_outputs)}
@@ -150,11 +151,12 @@ class GenerationStream(StepItem):
         With ``more``: further rounds on this thread, fed from the last step, while no stream can
         have ended (no EOS, max_tokens not reached) and ``more(round)`` takes the finished round
         (the loop makes its text while the next runs); returns the last round."""
-        samplers = [st._sampler for st in cast(list[GenerationStream], items)]
+        streams = cast(list[GenerationStream], items)
+        samplers = [st._sampler for st in streams]
         pairs = list(zip(layout.state_inputs, layout.state_outputs))
         # Tokens each stream may still take: read before any round of this call reached the loop.
-        left = min(st._max_tokens - st.completion_tokens for st in cast(list[GenerationStream], items))
-        eos = {st._eos for st in cast(list[GenerationStream], items)} - {None}
+        left = min(st._max_tokens - st.completion_tokens for st in streams)
+        eos = np.array(sorted({st._eos for st in streams} - {None}), dtype=np.int64)
         while True:
             outputs = []
             for _ in range(steps):
@@ -163,8 +165,10 @@ class GenerationStream(StepItem):
                 outputs.append(out)
                 feeds = {"tokens": out[CHOSEN][:, None], **{i: out[o] for i, o in pairs}}
             left -= steps
-            if more is None or left <= 0 or any(np.isin(out[CHOSEN], list(eos)).any() for out in outputs if eos):
+            if more is None or left <= 0:
                 return outputs
+            if eos.size and np.isin(np.concatenate([out[CHOSEN] for out in outputs]), eos).any():
+                return outputs  # a stream may have ended at EOS: the loop takes the round back
             if not more(outputs):
                 return outputs
 
