@@ -373,8 +373,7 @@ class StepScheduler:
         """A round a worker handed over while it runs the next: advance and settle its items."""
         if self._closed:
             return
-        for _ in steps:
-            self._meter.batch(bounds[-1][1], took)
+        self._record(bounds, len(steps), took)
         self._settle(self._advance(items, bounds, steps))
 
     async def _finish(self, call: "_Call") -> list[tuple[type[StepItem], list[StepItem]]]:
@@ -390,11 +389,14 @@ class StepScheduler:
                     it.fail(err)
                 self.remove(it)
             return []
-        rounds = outputs if isinstance(outputs, list) else [outputs]  # one per step decoded
-        took = (time.monotonic() - call.mark[0]) / len(rounds)
-        for _ in rounds:
-            self._meter.batch(call.bounds[-1][1], took)
+        steps = len(outputs) if isinstance(outputs, list) else 1  # a multi-step round's, or one
+        self._record(call.bounds, steps, (time.monotonic() - call.mark[0]) / steps)
         return self._advance(call.items, call.bounds, outputs)
+
+    def _record(self, bounds: list[tuple[int, int]], steps: int, took: float) -> None:
+        """``steps`` calls of the graph, ``took`` seconds each, on the rows ``bounds`` cover."""
+        for _ in range(steps):
+            self._meter.batch(bounds[-1][1], took)
 
     def _advance(self, items: list[StepItem], bounds: list[tuple[int, int]],
                  outputs: dict[str, np.ndarray] | list[dict[str, np.ndarray]]) -> list[tuple[type[StepItem], list[StepItem]]]:
