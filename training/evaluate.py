@@ -395,16 +395,19 @@ def corpus_validation_loss(checkpoint, sources: str | Sequence[str] = FIRST_SOUR
     ``python -c "from training.evaluate import corpus_validation_loss as v; print(v('runs/X/best.pt'))"``.
     Compare checkpoints on windows none of them trained on: ``windows`` at most each run's ``data.val_windows``."""
     from training.data import corpus as C
+    from training.data.config import DataConfig
     from training.loop import LossModule, evaluate_loss
     from training.train import load_checkpoint, model_from_checkpoint
 
     model, _ = model_from_checkpoint(load_checkpoint(checkpoint))
     c = model.config
-    real = C.real_series(data_dir, sources)
-    _, tails, owner = C.held_out_tails([s.values for s in real], c.window, c.horizon, windows)
-    batches = C.fixed_windows(tails, c.window, c.horizon, 64, [real[k].season for k in owner] if c.seasonal else None)
+    names = ",".join(C.parse_sources(sources))
+    splits = C.corpus_splits(DataConfig(dataset="corpus", corpus_sources=names, val_windows=windows), c.window, c.horizon,
+                             data_dir)  # the windows training validates on
+    batches = C.fixed_windows([s[:, 0] for s in splits.val], c.window, c.horizon, 64,
+                              splits.val_seasons if c.seasonal else None)
     total, weight = evaluate_loss(LossModule(model, stateful=False), C.FixedBatches(batches))
-    return total / weight, len(tails)
+    return total / weight, len(splits.val)
 
 
 def _speech_info(config) -> dict[str, Any]:
