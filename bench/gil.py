@@ -1,7 +1,7 @@
-"""What the event loop's Python costs a decoding thread: the default LM's one-row step (``session.run``,
-then the next token sampled as the server samples it) timed on a worker thread while another thread
-runs pure Python for a share of every millisecond (0 = idle), as the event loop does when it makes a
-round's text and messages. ``session.run`` releases the GIL; taking it back waits for the other thread.
+"""What the event loop's Python costs a decoding thread: the default LM's one-row step (``session.run``
+fed the state and token of the step before, as ``bench.inprocess`` times it) on a worker thread while
+another thread runs pure Python for a share of every millisecond (0 = idle), as the event loop does
+when it makes a round's text and messages. ``session.run`` releases the GIL; taking it back waits for the other thread.
 
 ``python -m bench.gil [--models DIR] [--steps N]`` prints one line per share: the mean ms per step and its
 ratio to the step on an idle process.
@@ -15,32 +15,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from bench.inprocess import session
-from service.contract import read_manifest
-from service.inference.decoding import Sampler, sample_rows
+from bench.inprocess import decode_step_latency
 
 SHARES = (0.0, 0.1, 0.3, 0.6)
 
 
 def step_ms(bundle: Path, steps: int) -> float:
-    """Mean ms of ``session.run`` over ``steps`` one-row steps, each fed the sampled token and states."""
-    manifest = read_manifest(bundle)
-    sess = session(bundle, manifest, "lm")
-    outputs = [o.name for o in sess.get_outputs()]
-    states = [f"state_{s}" for s in manifest.state_names]
-    zeros = np.zeros((manifest.num_layers, 1, manifest.hidden_size), np.float32)
-    feeds = {"tokens": np.array([[1]], np.int64), **{s: zeros for s in states}}
-    sampler = Sampler(1.0, 0, 1.0, np.random.default_rng(0))
-    total = 0.0
-    for _ in range(steps):
-        start = time.perf_counter()
-        out = dict(zip(outputs, sess.run(outputs, feeds)))
-        total += time.perf_counter() - start
-        token = sample_rows(out["logits"][:, -1], [sampler])
-        feeds = {"tokens": token[:, None], **{s: out[s + "_out"] for s in states}}
-    return total / steps * 1e3
+    """Mean ms of one-row ``session.run`` steps, as ``bench.inprocess`` times the raw step."""
+    return decode_step_latency(bundle, n=steps, batch=1)[1].mean_ms
 
 
 def busy(stop: threading.Event, share: float) -> None:
